@@ -1,0 +1,1 @@
+"""Layerswarm portal: the swarm's home (accounts, tracker, reputation, ledger, chat, API)."""
