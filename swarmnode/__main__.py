@@ -1,0 +1,5 @@
+"""``python -m swarmnode`` == the ``swarmnode`` command."""
+
+from swarmnode.cli import main
+
+main()

@@ -1,0 +1,106 @@
+"""``swarmnode bench``: the swarm against local ``transformers``, measured in one run."""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+DEFAULT_PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
+
+
+class _Clock:
+    """A ``transformers`` streamer that notes when the first new token arrives."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.first = 0.0
+
+    def put(self, value) -> None:
+        self.calls += 1
+        if self.calls == 2:  # the first call carries the prompt
+            self.first = time.perf_counter()
+
+    def end(self) -> None:
+        pass
+
+
+def _timed(run, new_tokens: int) -> tuple[float, float, list[int]]:
+    clock = _Clock()
+    start = time.perf_counter()
+    ids = run(clock)
+    end = time.perf_counter()
+    return (new_tokens - 1) / (end - clock.first), clock.first - start, ids
+
+
+def run_bench(
+    model: str = "smollm2", nodes: int = 3, new_tokens: int = 64, runs: int = 3, prompt: str = DEFAULT_PROMPT
+) -> dict:
+    """Measure local ``generate`` and the same greedy generation through ``nodes`` local processes.
+
+    Returns:
+        ``{"local_tok_s", "swarm_tok_s", "ratio", "ttft_local_s", "ttft_swarm_s", "tokens_equal", ...}``;
+        speeds are decoding tokens/s after the first token, medians over ``runs`` after a warm-up.
+    """
+    from transformers import AutoModelForCausalLM
+
+    from swarmnode.client import AutoDistributedModelForCausalLM
+    from swarmnode.launcher import LocalSwarm
+    from swarmnode.models import Checkpoint, resolve_model
+
+    path = resolve_model(model)
+    checkpoint = Checkpoint(path)
+    tokenizer = checkpoint.tokenizer()
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )["input_ids"]
+    opts = dict(max_new_tokens=new_tokens, do_sample=False, eos_token_id=None)
+
+    local = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    local.eval()
+
+    def run_local(streamer):
+        with torch.inference_mode():
+            out = local.generate(ids, min_new_tokens=new_tokens, pad_token_id=0, streamer=streamer, **opts)
+        return out[0, ids.shape[1] :].tolist()
+
+    with (
+        tempfile.TemporaryDirectory() as logs,
+        LocalSwarm(model, checkpoint.num_blocks, nodes, log_dir=Path(logs)) as swarm,
+    ):
+        remote = AutoDistributedModelForCausalLM.from_pretrained(model, peers=swarm.urls)
+
+        def run_swarm(streamer):
+            out = remote.generate(ids, streamer=streamer, **opts)
+            return out[0, ids.shape[1] :].tolist()
+
+        results = {"local": [], "swarm": []}
+        tokens = {}
+        for name, fn in (("local", run_local), ("swarm", run_swarm)):
+            fn(None)  # warm-up
+        for _ in range(runs):  # interleave so drifting machine load hits both alike
+            for name, fn in (("local", run_local), ("swarm", run_swarm)):
+                tok_s, ttft, out = _timed(fn, new_tokens)
+                results[name].append((tok_s, ttft))
+                tokens[name] = out
+    local_tok_s = statistics.median(r[0] for r in results["local"])
+    swarm_tok_s = statistics.median(r[0] for r in results["swarm"])
+    return {
+        "model": model,
+        "nodes": nodes,
+        "new_tokens": new_tokens,
+        "prompt_tokens": int(ids.shape[1]),
+        "runs": runs,
+        "local_tok_s": round(local_tok_s, 2),
+        "swarm_tok_s": round(swarm_tok_s, 2),
+        "ratio": round(swarm_tok_s / local_tok_s, 3),
+        "ttft_local_s": round(statistics.median(r[1] for r in results["local"]), 4),
+        "ttft_swarm_s": round(statistics.median(r[1] for r in results["swarm"]), 4),
+        "tokens_equal": tokens["local"] == tokens["swarm"],
+    }

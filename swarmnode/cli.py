@@ -1,0 +1,218 @@
+"""The ``swarmnode`` command: serve | generate | bench | models | demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from swarmnode.protocol import Limits
+    from swarmnode.server import NodeConfig, run_node
+
+    limits = Limits(
+        max_frame_bytes=args.max_frame_bytes,
+        max_tokens_per_step=args.max_tokens_per_step,
+        max_session_length=args.max_session_length,
+    )
+    config = NodeConfig(
+        model=args.model,
+        blocks=args.blocks,
+        host=args.host,
+        port=args.port,
+        public_host=args.public_host,
+        device=args.device,
+        dtype=args.dtype,
+        num_threads=args.num_threads,
+        cache_tokens=args.cache_tokens,
+        idle_timeout=args.idle_timeout,
+        limits=limits,
+    )
+    run_node(config)
+
+
+def _prompt_ids(tokenizer, prompt: str, chat: bool, system: str | None):
+    if chat:
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": prompt}
+        ]
+        return tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )["input_ids"]
+    return tokenizer(prompt, return_tensors="pt")["input_ids"]
+
+
+def _generate(args: argparse.Namespace) -> None:
+    import torch
+
+    from swarmnode.client import AutoDistributedModelForCausalLM
+
+    peers = [p for p in (args.peers or "").split(",") if p]
+    model = AutoDistributedModelForCausalLM.from_pretrained(args.model, peers=peers)
+    tok = model.tokenizer
+    ids = _prompt_ids(tok, args.prompt, args.chat, args.system)
+    generator = torch.Generator().manual_seed(args.seed) if args.seed is not None else None
+    opts = dict(
+        max_new_tokens=args.max_new_tokens,
+        do_sample=not args.greedy and args.temperature > 0,
+        temperature=args.temperature if args.temperature > 0 else 1.0,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        repetition_penalty=args.repetition_penalty,
+        stop_strings=args.stop or None,
+    )
+    new_ids: list[int] = []
+    printed = ""
+    for token in model.stream(ids, generator=generator, **opts):
+        new_ids.append(int(token[0]))
+        text = tok.decode(new_ids, skip_special_tokens=True)
+        if not args.json:
+            sys.stdout.write(text[len(printed) :])
+            sys.stdout.flush()
+        printed = text
+    text = _cut_at_stop(printed, args.stop or [])
+    stats = model.last_stats
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "text": text,
+                    "token_ids": new_ids,
+                    "ttft_s": round(stats.ttft_s, 4),
+                    "tokens_per_s": round(stats.tokens_per_s, 2),
+                }
+            )
+        )
+    else:
+        print(
+            f"\n[{len(new_ids)} tokens, first after {stats.ttft_s:.2f}s, {stats.tokens_per_s:.1f} tokens/s]",
+            file=sys.stderr,
+        )
+
+
+def _cut_at_stop(text: str, stops: list[str]) -> str:
+    cuts = [text.index(s) for s in stops if s in text]
+    return text[: min(cuts)] if cuts else text
+
+
+def _bench(args: argparse.Namespace) -> None:
+    from swarmnode.bench import run_bench
+
+    result = run_bench(args.model, args.nodes, args.new_tokens, args.runs)
+    print(json.dumps(result) if args.json else json.dumps(result, indent=2))
+
+
+def _models(args: argparse.Namespace) -> None:
+    from swarmnode.models import KNOWN_MODELS, fetch_model, layerswarm_home
+
+    if args.models_command == "fetch":
+        path = fetch_model(args.name)
+        print(f"{args.name}: {path}")
+    else:
+        for name, spec in KNOWN_MODELS.items():
+            cached = (layerswarm_home() / "models" / name / "config.json").is_file()
+            print(f"{name:10s} {'fetched' if cached else 'not fetched':12s} {spec.description}")
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from swarmnode.launcher import LocalSwarm
+    from swarmnode.models import Checkpoint, resolve_model
+
+    checkpoint = Checkpoint(resolve_model(args.model))
+    print(f"starting {args.nodes} nodes for {args.model} ({checkpoint.num_blocks} blocks)...", flush=True)
+    with LocalSwarm(args.model, checkpoint.num_blocks, args.nodes) as swarm:
+        for node in swarm.nodes:
+            print(f"  node blocks {node.ready['start_block']}:{node.ready['end_block']}  {node.url}")
+        peers = ",".join(swarm.urls)
+        print("\nThe swarm is up. Chat with it from another terminal:\n")
+        print(f"  .venv/bin/swarmnode generate --peers {peers} --model {args.model} --chat \\")
+        print('      --prompt "What is the capital of France?" --max-new-tokens 64\n')
+        print("Press Ctrl-C to stop every node.", flush=True)
+        try:
+            while all(n.process.poll() is None for n in swarm.nodes):
+                time.sleep(0.5)
+            print("a node exited; stopping the swarm", file=sys.stderr)
+        except KeyboardInterrupt:
+            print("\nstopping...")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``swarmnode`` command."""
+    parser = argparse.ArgumentParser(prog="swarmnode", description="Layerswarm node agent and client")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve a span of a model's blocks")
+    serve.add_argument("--model", default="smollm2", help="known name, checkpoint dir or .gguf path")
+    serve.add_argument("--blocks", help="START:END (END exclusive); default: the whole model")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    serve.add_argument("--public-host", help="host name to advertise when binding 0.0.0.0")
+    serve.add_argument("--device", default="cpu")
+    serve.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    serve.add_argument("--num-threads", type=int, default=None)
+    serve.add_argument(
+        "--cache-tokens", type=int, default=32768, help="KV-cache budget across sessions (tokens)"
+    )
+    serve.add_argument(
+        "--idle-timeout", type=float, default=300.0, help="seconds before an idle session is closed"
+    )
+    serve.add_argument("--max-frame-bytes", type=int, default=64 * 1024 * 1024)
+    serve.add_argument("--max-tokens-per-step", type=int, default=4096)
+    serve.add_argument("--max-session-length", type=int, default=8192)
+    serve.set_defaults(func=_serve)
+
+    gen = sub.add_parser("generate", help="generate text through a swarm")
+    gen.add_argument("--peers", required=True, help="comma-separated node URLs")
+    gen.add_argument("--model", default="smollm2")
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    gen.add_argument("--system", help="system message (with --chat)")
+    gen.add_argument("--max-new-tokens", type=int, default=128)
+    gen.add_argument("--greedy", action="store_true")
+    gen.add_argument("--temperature", type=float, default=0.7)
+    gen.add_argument("--top-p", type=float, default=0.9)
+    gen.add_argument("--top-k", type=int, default=50)
+    gen.add_argument("--repetition-penalty", type=float, default=1.0)
+    gen.add_argument("--stop", action="append", help="stop sequence (repeatable)")
+    gen.add_argument("--seed", type=int)
+    gen.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
+    gen.set_defaults(func=_generate)
+
+    bench = sub.add_parser("bench", help="swarm vs local transformers, same run")
+    bench.add_argument("--model", default="smollm2")
+    bench.add_argument("--nodes", type=int, default=3)
+    bench.add_argument("--new-tokens", type=int, default=64)
+    bench.add_argument("--runs", type=int, default=3)
+    bench.add_argument("--json", action="store_true")
+    bench.set_defaults(func=_bench)
+
+    models = sub.add_parser("models", help="fetch and list models")
+    msub = models.add_subparsers(dest="models_command", required=True)
+    fetch = msub.add_parser("fetch", help="download and convert a known model")
+    fetch.add_argument("name")
+    msub.add_parser("list", help="known models and whether they are fetched")
+    models.set_defaults(func=_models)
+
+    demo = sub.add_parser("demo", help="run a local swarm in the foreground")
+    demo.add_argument("--model", default="smollm2")
+    demo.add_argument("--nodes", type=int, default=3)
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the ``swarmnode`` command."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        print(f"swarmnode: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,256 @@
+"""``AutoDistributedModelForCausalLM``: a causal LM whose blocks run on a swarm.
+
+The client keeps the embeddings, the final norm and the LM head; every generation opens one
+session per span and sends only the new token's hidden state per step.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+
+import torch
+
+from swarmnode.client.generation import SamplingParams, build_processors, select_next
+from swarmnode.client.remote import PeerInfo, RemoteSpan
+from swarmnode.client.routing import SwarmNotCovering, find_chain, probe_peers
+from swarmnode.client.session import InferenceSession
+from swarmnode.models import Checkpoint, load_client_head, resolve_model
+from swarmnode.models.registry import model_name
+from swarmnode.protocol import Forward, ForwardResult
+from swarmnode.runtime.backend import tensor_to_wire, wire_to_tensor
+
+
+@dataclass
+class GenerationStats:
+    """Timings of the last generation."""
+
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    ttft_s: float = 0.0  # prompt sent -> first new token chosen
+    total_s: float = 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Decoding speed after the first token."""
+        decode_s = self.total_s - self.ttft_s
+        return (self.new_tokens - 1) / decode_s if self.new_tokens > 1 and decode_s > 0 else 0.0
+
+
+class DistributedModelForCausalLM:
+    """Client side of a model served by a swarm. Build it with :class:`AutoDistributedModelForCausalLM`."""
+
+    def __init__(
+        self, name: str, checkpoint: Checkpoint, peers: list[PeerInfo], dtype: torch.dtype, timeout: float
+    ):
+        self.name = name
+        self.checkpoint = checkpoint
+        self.config = checkpoint.config
+        self.peers = peers
+        self.dtype = dtype
+        self.timeout = timeout
+        self.head = load_client_head(checkpoint, dtype)
+        self.tokenizer = checkpoint.tokenizer()
+        from transformers import GenerationConfig
+
+        try:
+            self.generation_config = GenerationConfig.from_pretrained(checkpoint.path)
+        except OSError:
+            self.generation_config = GenerationConfig.from_model_config(self.config)
+        self.last_stats = GenerationStats()
+
+    # -- routing ----------------------------------------------------------------------------
+
+    def chain(self) -> list[PeerInfo]:
+        """The spans a new session will use.
+
+        Raises:
+            SwarmNotCovering: the known peers do not cover every block.
+        """
+        return find_chain(self.peers, self.checkpoint.num_blocks, self.name)
+
+    # -- generation -----------------------------------------------------------------------
+
+    def _params(self, kwargs: dict) -> SamplingParams:
+        gc = self.generation_config
+        params = SamplingParams(
+            max_new_tokens=gc.max_new_tokens or 20,
+            do_sample=bool(gc.do_sample),
+            temperature=gc.temperature if gc.temperature is not None else 1.0,
+            top_k=gc.top_k if gc.top_k is not None else 50,
+            top_p=gc.top_p if gc.top_p is not None else 1.0,
+            min_p=gc.min_p,
+            repetition_penalty=gc.repetition_penalty if gc.repetition_penalty is not None else 1.0,
+            eos_token_id=gc.eos_token_id,
+            pad_token_id=gc.pad_token_id,
+        )
+        names = {f.name for f in fields(SamplingParams)}
+        for key, value in kwargs.items():
+            if key not in names:
+                raise TypeError(f"generate() got an unexpected keyword argument {key!r}")
+            if value is not None or key in ("eos_token_id", "stop_strings", "top_k"):
+                setattr(params, key, value)
+        if isinstance(params.eos_token_id, int):
+            params.eos_token_id = [params.eos_token_id]
+        if isinstance(params.stop_strings, str):
+            params.stop_strings = [params.stop_strings]
+        params.validate()
+        return params
+
+    def stream(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        **kwargs,
+    ) -> Iterator[torch.Tensor]:
+        """Yield the next token of every sequence, step by step (a ``(B,)`` tensor each time).
+
+        Stops at ``max_new_tokens``, when every sequence has produced an EOS token, or when a stop
+        string appears in the generated text. Closing the iterator closes the swarm sessions.
+
+        Raises:
+            ValueError: bad settings, padded batches, or a request longer than the nodes allow.
+            SwarmNotCovering: no chain of nodes covers the model.
+            RemoteError: a node failed.
+        """
+        if input_ids.dim() == 1:
+            input_ids = input_ids.unsqueeze(0)
+        if attention_mask is not None and not bool(attention_mask.all()):
+            raise ValueError("padded batches are not supported yet: give sequences of equal length")
+        params = self._params(kwargs)
+        procs = build_processors(params)
+        chain = self.chain()
+        max_length = input_ids.shape[1] + params.max_new_tokens
+        limit = min(p.max_session_length for p in chain)
+        if max_length > limit:
+            raise ValueError(
+                f"prompt + max_new_tokens = {max_length} tokens exceeds the swarm's limit of {limit}"
+            )
+        eos = torch.tensor(params.eos_token_id or [], dtype=torch.long)
+        finished = torch.zeros(input_ids.shape[0], dtype=torch.bool)
+        ids = input_ids
+        start = time.perf_counter()
+        self.last_stats = GenerationStats(prompt_tokens=input_ids.shape[1])
+        prompt_text = [""] * ids.shape[0]
+        if params.stop_strings:
+            prompt_text = self.tokenizer.batch_decode(input_ids)
+        with InferenceSession(chain, max_length, tensor_to_wire_dtype(self.dtype), self.timeout) as session:
+            step_input = input_ids
+            for i in range(params.max_new_tokens):
+                hidden = session.step(self.head.embed_tokens(step_input))  # (B, T, H)
+                logits = self.head.logits(hidden[:, -1:, :])[:, -1, :]  # (B, V)
+                token = select_next(logits, ids, params, procs, generator)
+                if params.pad_token_id is not None and eos.numel():
+                    token = torch.where(finished, torch.tensor(params.pad_token_id), token)
+                ids = torch.cat([ids, token[:, None]], dim=1)
+                if i == 0:
+                    self.last_stats.ttft_s = time.perf_counter() - start
+                self.last_stats.new_tokens = i + 1
+                self.last_stats.total_s = time.perf_counter() - start
+                yield token
+                if eos.numel():
+                    finished |= torch.isin(token, eos)
+                    if bool(finished.all()):
+                        break
+                if params.stop_strings and self._hit_stop(ids, prompt_text, params.stop_strings):
+                    break
+                step_input = token[:, None]
+
+    def _hit_stop(self, ids: torch.Tensor, prompt_text: list[str], stops: list[str]) -> bool:
+        texts = self.tokenizer.batch_decode(ids)
+        return all(any(s in t[len(p) :] for s in stops) for t, p in zip(texts, prompt_text, strict=True))
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        streamer=None,
+        generator: torch.Generator | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        """Generate like ``transformers``' ``generate``: returns prompt + new tokens, ``(B, T + N)``.
+
+        Args:
+            input_ids: ``(B, T)`` prompt token ids.
+            attention_mask: accepted for compatibility; must be all ones.
+            streamer: a ``transformers`` streamer (``put``/``end``), e.g. ``TextStreamer``.
+            generator: torch RNG for sampling.
+            **kwargs: ``max_new_tokens``, ``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``min_p``,
+                ``repetition_penalty``, ``eos_token_id``, ``pad_token_id``, ``stop_strings``.
+        """
+        if input_ids.dim() == 1:
+            input_ids = input_ids.unsqueeze(0)
+        if streamer is not None:
+            streamer.put(input_ids.cpu())
+        out = [input_ids]
+        for token in self.stream(input_ids, attention_mask, generator=generator, **kwargs):
+            out.append(token[:, None])
+            if streamer is not None:
+                streamer.put(token.cpu())
+        if streamer is not None:
+            streamer.end()
+        return torch.cat(out, dim=1)
+
+    @torch.inference_mode()
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, T, V)
+        """Logits for every position, through the swarm without any cache (scoring)."""
+        if input_ids.dim() == 1:
+            input_ids = input_ids.unsqueeze(0)
+        wire = tensor_to_wire(self.head.embed_tokens(input_ids), tensor_to_wire_dtype(self.dtype))
+        for peer in self.chain():
+            span = RemoteSpan(peer.url, timeout=self.timeout)
+            try:
+                reply = span.request(Forward(hidden=wire))
+            finally:
+                span.close()
+            assert isinstance(reply, ForwardResult) and reply.hidden is not None
+            wire = reply.hidden
+        return self.head.logits(wire_to_tensor(wire, self.dtype))
+
+    __call__ = forward
+
+
+def tensor_to_wire_dtype(dtype: torch.dtype) -> str:
+    """Wire name of a torch dtype."""
+    return {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}[dtype]
+
+
+class AutoDistributedModelForCausalLM:
+    """Entry point mirroring ``transformers.AutoModelForCausalLM``."""
+
+    @staticmethod
+    def from_pretrained(
+        model: str,
+        peers: list[str] | None = None,
+        dtype: torch.dtype = torch.float32,
+        timeout: float = 60.0,
+    ) -> DistributedModelForCausalLM:
+        """Load the client parts of ``model`` and learn what each peer serves.
+
+        Args:
+            model: a known name (``smollm2``), a checkpoint directory or a ``.gguf`` path.
+            peers: node URLs (``ws://host:port/layerswarm/v1``).
+            dtype: client-side compute dtype and activation dtype on the wire.
+            timeout: seconds to wait for any node reply.
+
+        Raises:
+            ValueError: no peers given.
+            SwarmNotCovering: the peers that answered do not cover every block.
+        """
+        if not peers:
+            raise ValueError("give peers=[...] (node URLs)")
+        checkpoint = Checkpoint(resolve_model(model))
+        infos, errors = probe_peers(list(peers))
+        name = model_name(model)
+        distributed = DistributedModelForCausalLM(name, checkpoint, infos, dtype, timeout)
+        try:
+            distributed.chain()
+        except SwarmNotCovering as exc:
+            detail = "; ".join(f"{u}: {e}" for u, e in errors.items())
+            raise SwarmNotCovering(name, checkpoint.num_blocks, exc.uncovered) from (
+                RuntimeError(detail) if detail else None
+            )
+        return distributed

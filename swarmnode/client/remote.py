@@ -1,0 +1,110 @@
+"""A blocking connection to one node, speaking the wire protocol request by request."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from websockets.sync.client import ClientConnection, connect
+
+from swarmnode.protocol import Error, Info, InfoReply, Limits, Message, ProtocolError, decode, encode
+
+
+class RemoteError(Exception):
+    """A node answered with an Error message, or broke the protocol, or went away.
+
+    Attributes:
+        url: the node.
+        code: the protocol error code (``unavailable`` when the node is unreachable).
+    """
+
+    def __init__(self, url: str, code: str, message: str) -> None:
+        super().__init__(f"{url}: {code}: {message}")
+        self.url = url
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class PeerInfo:
+    """What a node said it serves, plus where it is."""
+
+    url: str
+    model: str
+    start_block: int
+    end_block: int
+    num_blocks: int
+    hidden_size: int
+    dtype: str
+    cache_tokens_left: int
+    max_session_length: int
+
+    @classmethod
+    def from_reply(cls, url: str, reply: InfoReply) -> PeerInfo:
+        """Build from an :class:`InfoReply`."""
+        names = {f.name for f in dataclasses.fields(cls)} - {"url"}
+        return cls(url=url, **{n: getattr(reply, n) for n in names})
+
+
+class RemoteSpan:
+    """One websocket to one node. Not thread-safe: one request at a time.
+
+    Args:
+        url: the node's ``ws://`` URL from its ready line or the tracker.
+        timeout: seconds to wait for connecting and for each reply.
+
+    Raises:
+        RemoteError: ``unavailable`` when the node cannot be reached.
+    """
+
+    def __init__(self, url: str, timeout: float = 60.0) -> None:
+        self.url = url
+        self.timeout = timeout
+        self._next_id = 1
+        # Replies from a node we chose are still checked, but can be large (a long prefill).
+        self._limits = Limits(max_frame_bytes=1 << 30)
+        try:
+            self._ws: ClientConnection = connect(
+                url, open_timeout=timeout, max_size=None, compression=None, ping_interval=None
+            )
+        except Exception as exc:
+            raise RemoteError(url, "unavailable", f"cannot connect ({type(exc).__name__}: {exc})") from None
+
+    def request(self, message: Message, timeout: float | None = None) -> Message:
+        """Send a request and wait for its reply.
+
+        Raises:
+            RemoteError: an Error reply (its code), a garbled reply, a timeout or a dropped link.
+        """
+        message = dataclasses.replace(message, id=self._next_id)
+        self._next_id += 1
+        try:
+            self._ws.send(encode(message))
+            frame = self._ws.recv(timeout=self.timeout if timeout is None else timeout)
+        except TimeoutError:
+            raise RemoteError(self.url, "timeout", "no reply in time") from None
+        except Exception as exc:
+            raise RemoteError(self.url, "unavailable", f"connection lost ({type(exc).__name__})") from None
+        try:
+            reply = decode(frame, self._limits)
+        except ProtocolError as exc:
+            raise RemoteError(self.url, "bad_reply", exc.message) from None
+        if isinstance(reply, Error):
+            raise RemoteError(self.url, reply.code, reply.message)
+        if reply.id != message.id:
+            raise RemoteError(self.url, "bad_reply", f"reply id {reply.id} for request {message.id}")
+        return reply
+
+    def info(self) -> PeerInfo:
+        """Ask the node what it serves."""
+        reply = self.request(Info())
+        if not isinstance(reply, InfoReply):
+            raise RemoteError(self.url, "bad_reply", f"expected info_reply, got {reply.TYPE}")
+        return PeerInfo.from_reply(self.url, reply)
+
+    def close(self) -> None:
+        """Close the websocket (the node frees this connection's sessions)."""
+        try:
+            self._ws.close()
+        except Exception:
+            pass

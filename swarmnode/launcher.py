@@ -1,0 +1,155 @@
+"""Start and stop real node processes on this machine (demo, benchmarks, tests)."""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def split_blocks(num_blocks: int, num_nodes: int) -> list[tuple[int, int]]:
+    """Split [0, num_blocks) into ``num_nodes`` contiguous spans of near-equal length."""
+    if not 1 <= num_nodes <= num_blocks:
+        raise ValueError(f"cannot split {num_blocks} blocks over {num_nodes} nodes")
+    bounds = [round(i * num_blocks / num_nodes) for i in range(num_nodes + 1)]
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
+
+
+@dataclass
+class NodeProcess:
+    """A running ``swarmnode serve`` process and what its ready line said."""
+
+    process: subprocess.Popen
+    ready: dict = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        """The node's websocket URL."""
+        return self.ready["url"]
+
+
+def start_node(
+    model: str,
+    blocks: str,
+    *,
+    extra_args: list[str] | None = None,
+    env: dict | None = None,
+    log_path: Path | None = None,
+    timeout: float = 300.0,
+) -> NodeProcess:
+    """Start ``swarmnode serve`` and wait for its ready line.
+
+    Raises:
+        RuntimeError: the process exited or stayed silent past ``timeout``.
+    """
+    cmd = [sys.executable, "-m", "swarmnode", "serve", "--model", model, "--blocks", blocks, "--port", "0"]
+    cmd += extra_args or []
+    stderr = open(log_path, "ab") if log_path else None  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=stderr, env={**os.environ, **(env or {})}, text=True, bufsize=1
+    )
+    if stderr:
+        stderr.close()
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if not sel.select(timeout=0.5):
+                if proc.poll() is not None:
+                    break
+                continue
+            line = proc.stdout.readline()
+            if not line:
+                break
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue
+            if msg.get("event") == "ready":
+                return NodeProcess(proc, msg)
+    finally:
+        sel.close()
+    proc.kill()
+    raise RuntimeError(
+        f"node {blocks} did not become ready (exit code {proc.poll()}); see {log_path or 'stderr'}"
+    )
+
+
+class LocalSwarm:
+    """N node processes on loopback splitting the model evenly. Use as a context manager.
+
+    Args:
+        model: model spec for every node.
+        num_blocks: blocks of the model.
+        num_nodes: how many nodes.
+        extra_args: more ``swarmnode serve`` arguments for every node.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        num_blocks: int,
+        num_nodes: int = 3,
+        extra_args: list[str] | None = None,
+        log_dir: Path | None = None,
+        env: dict | None = None,
+    ):
+        self.model = model
+        self.spans = split_blocks(num_blocks, num_nodes)
+        self.extra_args = extra_args or []
+        self.log_dir = log_dir
+        self.env = env
+        self.nodes: list[NodeProcess] = []
+
+    @property
+    def urls(self) -> list[str]:
+        """URLs of the running nodes, in block order."""
+        return [n.url for n in self.nodes]
+
+    def start(self) -> LocalSwarm:
+        """Start every node (in parallel) and wait until all are ready."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        def launch(span):
+            log = self.log_dir / f"node-{span[0]}-{span[1]}.log" if self.log_dir else None
+            return start_node(
+                self.model, f"{span[0]}:{span[1]}", extra_args=self.extra_args, env=self.env, log_path=log
+            )
+
+        with ThreadPoolExecutor(len(self.spans)) as pool:
+            futures = [pool.submit(launch, s) for s in self.spans]
+            for f in futures:
+                try:
+                    self.nodes.append(f.result())
+                except Exception:
+                    self.stop()
+                    for g in futures:
+                        if g.done() and not g.exception():
+                            g.result().process.kill()
+                    raise
+        return self
+
+    def stop(self) -> None:
+        """Terminate every node and wait for them."""
+        for n in self.nodes:
+            if n.process.poll() is None:
+                n.process.terminate()
+        for n in self.nodes:
+            try:
+                n.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                n.process.kill()
+                n.process.wait()
+        self.nodes = []
+
+    def __enter__(self) -> LocalSwarm:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,58 @@
+"""Turn a GGUF file into a plain safetensors checkpoint directory, once.
+
+transformers can read GGUF, but dequantizing and rebuilding the tokenizer takes tens of
+seconds and needs the whole model in memory. Nodes want to load only their span, lazily,
+so we convert once (with progress) into a directory that :class:`Checkpoint` reads per tensor.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+
+def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
+    """Dequantize ``gguf_path`` to fp32 and write config, tokenizer and ``model.safetensors``.
+
+    The directory is written under a temporary name and renamed at the end, so an interrupted
+    conversion never leaves a half-written checkpoint behind.
+
+    Returns:
+        ``out_dir``, containing ``config.json``, tokenizer files and ``model.safetensors``.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_path = Path(gguf_path)
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    print(f"converting {gguf_path.name} to a safetensors checkpoint (one time only)...", flush=True)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
+    )
+    # A GGUF-loaded model refuses save_pretrained (it carries a 'quantized with gguf' marker);
+    # the dequantized weights are ordinary fp32 tensors, so write them directly.
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.dtype = "float32"
+    config.save_pretrained(tmp)
+    model.generation_config.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    state = {}
+    seen: set[int] = set()
+    for name, tensor in model.state_dict().items():
+        if tensor.data_ptr() in seen:  # tied weights are stored once
+            continue
+        seen.add(tensor.data_ptr())
+        state[name] = tensor.detach().contiguous()
+    save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
+    (tmp / "layerswarm.json").write_text(json.dumps({"source": gguf_path.name}) + "\n")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    return out_dir

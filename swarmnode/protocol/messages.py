@@ -1,0 +1,231 @@
+"""Versioned wire messages and their msgpack codec (spec §2, §4).
+
+Every frame is one msgpack map ``{"v": 1, "type": ..., "id": ..., ...fields}``. Decoding never
+executes anything a peer sends: msgpack ext types are refused, sizes are bounded, and every
+field is type-checked before a message object exists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import msgpack
+
+from swarmnode.protocol.errors import ProtocolError
+from swarmnode.protocol.tensors import WireTensor, tensor_from_wire
+
+PROTOCOL_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Hard limits a node enforces on what peers send (spec §6)."""
+
+    max_frame_bytes: int = 64 * 1024 * 1024  # whole frame, envelope included
+    max_tokens_per_step: int = 4096  # sequence positions in one Step/Forward
+    max_batch: int = 64  # sequences in one Step/Forward
+    max_session_id_len: int = 128
+    max_session_length: int = 8192  # tokens one session may hold in cache
+
+
+@dataclass(frozen=True)
+class Message:
+    """Base of all messages; ``id`` pairs a reply with its request (spec §2.2)."""
+
+    id: int = 0
+    TYPE = ""
+
+
+@dataclass(frozen=True)
+class Info(Message):
+    """Ask a node what it serves."""
+
+    TYPE = "info"
+
+
+@dataclass(frozen=True)
+class InfoReply(Message):
+    """What a node serves and how much room it has left."""
+
+    TYPE = "info_reply"
+    model: str = ""
+    start_block: int = 0
+    end_block: int = 0
+    num_blocks: int = 0
+    hidden_size: int = 0
+    dtype: str = "float32"
+    backend: str = ""
+    device: str = ""
+    version: str = ""
+    cache_tokens_left: int = 0
+    max_session_length: int = 0
+    open_sessions: int = 0
+
+
+@dataclass(frozen=True)
+class OpenSession(Message):
+    """Start an inference session that keeps a KV cache of up to ``max_length`` tokens."""
+
+    TYPE = "open_session"
+    session_id: str = ""
+    max_length: int = 0
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class SessionOpened(Message):
+    """The node reserved cache room for the session."""
+
+    TYPE = "session_opened"
+    session_id: str = ""
+    cache_tokens_left: int = 0
+
+
+@dataclass(frozen=True)
+class Step(Message):
+    """Run hidden states ``(B, T, H)`` at cache position ``position`` through the span."""
+
+    TYPE = "step"
+    session_id: str = ""
+    position: int = 0
+    hidden: WireTensor | None = None
+
+
+@dataclass(frozen=True)
+class StepResult(Message):
+    """The span's output for a Step; ``position`` is the cache length after the step."""
+
+    TYPE = "step_result"
+    session_id: str = ""
+    position: int = 0
+    hidden: WireTensor | None = None
+
+
+@dataclass(frozen=True)
+class Forward(Message):
+    """Run hidden states ``(B, T, H)`` through the span without any cache."""
+
+    TYPE = "forward"
+    hidden: WireTensor | None = None
+
+
+@dataclass(frozen=True)
+class ForwardResult(Message):
+    """The span's output for a Forward."""
+
+    TYPE = "forward_result"
+    hidden: WireTensor | None = None
+
+
+@dataclass(frozen=True)
+class CloseSession(Message):
+    """End a session and free its cache."""
+
+    TYPE = "close_session"
+    session_id: str = ""
+
+
+@dataclass(frozen=True)
+class SessionClosed(Message):
+    """The session is gone; its cache is free."""
+
+    TYPE = "session_closed"
+    session_id: str = ""
+
+
+@dataclass(frozen=True)
+class Error(Message):
+    """A request failed; ``code`` is one of spec §5."""
+
+    TYPE = "error"
+    code: str = ""
+    message: str = ""
+    session_id: str = ""
+
+
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    cls.TYPE: cls
+    for cls in (
+        Info,
+        InfoReply,
+        OpenSession,
+        SessionOpened,
+        Step,
+        StepResult,
+        Forward,
+        ForwardResult,
+        CloseSession,
+        SessionClosed,
+        Error,
+    )
+}
+
+_FIELD_TYPES = {"int": int, "str": str, "WireTensor | None": WireTensor}
+
+
+def encode(message: Message) -> bytes:
+    """Serialize a message to one binary frame."""
+    body: dict = {"v": PROTOCOL_VERSION, "type": message.TYPE}
+    for f in fields(message):
+        value = getattr(message, f.name)
+        body[f.name] = value.to_wire() if isinstance(value, WireTensor) else value
+    return msgpack.packb(body, use_bin_type=True)
+
+
+def _refuse_ext(code: int, data: bytes) -> object:
+    raise ProtocolError("bad_frame", "msgpack extension types are not allowed")
+
+
+def decode(frame: bytes | str, limits: Limits | None = None) -> Message:
+    """Parse and type-check one frame.
+
+    Raises:
+        ProtocolError: ``frame_too_large``, ``bad_frame``, ``bad_version``, ``unknown_type``,
+            ``bad_field`` or a tensor error from :func:`tensor_from_wire`.
+    """
+    limits = limits or Limits()
+    if isinstance(frame, str):
+        raise ProtocolError("bad_frame", "frames must be binary msgpack, not text")
+    if len(frame) > limits.max_frame_bytes:
+        raise ProtocolError(
+            "frame_too_large", f"frame of {len(frame)} bytes exceeds the limit of {limits.max_frame_bytes}"
+        )
+    try:
+        body = msgpack.unpackb(frame, raw=False, strict_map_key=True, ext_hook=_refuse_ext)
+    except ProtocolError:
+        raise
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise ProtocolError("bad_frame", f"not a msgpack frame ({type(exc).__name__})") from None
+    if not isinstance(body, dict):
+        raise ProtocolError("bad_frame", "a frame must be a msgpack map")
+    if body.get("v") != PROTOCOL_VERSION:
+        raise ProtocolError("bad_version", f"protocol version {body.get('v')!r} not supported; use 1")
+    cls = MESSAGE_TYPES.get(body.get("type"))  # type: ignore[arg-type]
+    if cls is None:
+        raise ProtocolError("unknown_type", f"unknown message type {body.get('type')!r}")
+    kwargs = {}
+    for f in fields(cls):
+        if f.name not in body:
+            continue
+        value = body[f.name]
+        expected = _FIELD_TYPES.get(str(f.type), None)
+        if expected is WireTensor:
+            value = tensor_from_wire(value) if value is not None else None
+        elif expected is int:
+            if not isinstance(value, int) or isinstance(value, bool) or not -(2**62) < value < 2**62:
+                raise ProtocolError("bad_field", f"{f.name} must be an integer")
+        elif expected is str:
+            if not isinstance(value, str) or len(value) > 4096:
+                raise ProtocolError("bad_field", f"{f.name} must be a short string")
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "Limits",
+    "Message",
+    "MESSAGE_TYPES",
+    "encode",
+    "decode",
+] + [cls.__name__ for cls in MESSAGE_TYPES.values()]

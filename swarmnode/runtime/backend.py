@@ -1,0 +1,57 @@
+"""The PyTorch backend: runs a :class:`SpanModel` on CPU or CUDA, converting wire tensors."""
+
+from __future__ import annotations
+
+import torch
+
+from swarmnode.models.span import SpanModel
+from swarmnode.protocol import WireTensor
+
+_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_WIRE_DTYPES = {v: k for k, v in _TORCH_DTYPES.items()}
+
+
+def wire_to_tensor(tensor: WireTensor, dtype: torch.dtype | None = None, device: str = "cpu") -> torch.Tensor:
+    """Copy wire bytes into a torch tensor (never ``torch.load``: bytes are only reinterpreted)."""
+    out = torch.frombuffer(bytearray(tensor.data), dtype=_TORCH_DTYPES[tensor.dtype]).reshape(tensor.shape)
+    return out.to(device=device, dtype=dtype or out.dtype)
+
+
+def tensor_to_wire(tensor: torch.Tensor, dtype: str | None = None) -> WireTensor:
+    """Encode a tensor as little-endian bytes in ``dtype`` (default: its own dtype)."""
+    dtype = dtype or _WIRE_DTYPES[tensor.dtype]
+    t = tensor.detach().to(device="cpu", dtype=_TORCH_DTYPES[dtype]).contiguous()
+    raw = t.view(torch.int16) if t.dtype == torch.bfloat16 else t
+    return WireTensor(dtype, tuple(t.shape), raw.numpy().tobytes())
+
+
+class TorchBackend:
+    """Run a span with PyTorch.
+
+    Args:
+        span: the loaded blocks.
+        device: ``cpu`` or ``cuda[:N]``.
+        dtype: compute dtype of the span.
+    """
+
+    name = "torch"
+
+    def __init__(self, span: SpanModel, device: str = "cpu", dtype: torch.dtype = torch.float32) -> None:
+        self.span = span
+        self.device = device
+        self.dtype = dtype
+        self.wire_dtype = _WIRE_DTYPES[dtype]
+
+    def new_cache(self):
+        """An empty per-session KV cache."""
+        return self.span.new_cache()
+
+    def step(self, hidden: WireTensor, cache) -> WireTensor:
+        """Run new positions through the span, appending their keys/values to ``cache``."""
+        x = wire_to_tensor(hidden, self.dtype, self.device)  # (B, T, H)
+        return tensor_to_wire(self.span(x, cache), self.wire_dtype)
+
+    def forward(self, hidden: WireTensor) -> WireTensor:
+        """Run positions 0..T-1 through the span without a cache."""
+        x = wire_to_tensor(hidden, self.dtype, self.device)
+        return tensor_to_wire(self.span(x, None), self.wire_dtype)

@@ -1,0 +1,97 @@
+"""Sessions and the node's KV-cache budget, counted in tokens (one token = one position in every block).
+
+A session reserves ``max_length`` tokens when it opens, so a step can never run the node out
+of memory halfway: a session that does not fit is refused up front with ``out_of_cache``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from swarmnode.protocol import ProtocolError
+
+
+class OutOfCache(ProtocolError):
+    """The node's cache budget cannot hold another session of that length."""
+
+    def __init__(self, wanted: int, left: int) -> None:
+        super().__init__("out_of_cache", f"session needs {wanted} cache tokens but only {left} are free")
+
+
+@dataclass
+class SessionState:
+    """One inference session on this node."""
+
+    session_id: str
+    max_length: int  # tokens reserved in the budget
+    cache: Any  # backend-specific KV cache
+    owner: object  # the connection that opened it; its sessions die with it
+    position: int = 0  # tokens already in the cache
+    last_used: float = field(default_factory=time.monotonic)
+
+
+class CachePool:
+    """Tracks open sessions against a token budget, and evicts idle ones.
+
+    Args:
+        budget_tokens: total tokens of KV cache the node will hold across sessions.
+        idle_timeout: seconds after which an unused session is closed.
+    """
+
+    def __init__(self, budget_tokens: int, idle_timeout: float = 300.0) -> None:
+        self.budget_tokens = budget_tokens
+        self.idle_timeout = idle_timeout
+        self.sessions: dict[str, SessionState] = {}
+
+    @property
+    def tokens_left(self) -> int:
+        """Tokens not reserved by any session."""
+        return self.budget_tokens - sum(s.max_length for s in self.sessions.values())
+
+    def open(self, session_id: str, max_length: int, cache: Any, owner: object) -> SessionState:
+        """Reserve room and register a session.
+
+        Raises:
+            ProtocolError: ``session_exists`` when the id is taken.
+            OutOfCache: not enough free tokens.
+        """
+        if session_id in self.sessions:
+            raise ProtocolError("session_exists", f"session {session_id!r} is already open")
+        if max_length > self.tokens_left:
+            raise OutOfCache(max_length, self.tokens_left)
+        state = SessionState(session_id, max_length, cache, owner)
+        self.sessions[session_id] = state
+        return state
+
+    def get(self, session_id: str, owner: object) -> SessionState:
+        """The session, if this connection owns it.
+
+        Raises:
+            ProtocolError: ``unknown_session`` (never opened, closed, expired, or someone else's).
+        """
+        state = self.sessions.get(session_id)
+        if state is None or state.owner is not owner:
+            raise ProtocolError("unknown_session", f"no open session {session_id!r} on this connection")
+        state.last_used = time.monotonic()
+        return state
+
+    def close(self, session_id: str) -> None:
+        """Drop a session and free its cache."""
+        self.sessions.pop(session_id, None)
+
+    def close_owned_by(self, owner: object) -> int:
+        """Close every session of a connection that went away; return how many."""
+        ids = [sid for sid, s in self.sessions.items() if s.owner is owner]
+        for sid in ids:
+            self.close(sid)
+        return len(ids)
+
+    def evict_idle(self, now: float | None = None) -> list[str]:
+        """Close sessions unused for longer than ``idle_timeout``; return their ids."""
+        now = time.monotonic() if now is None else now
+        ids = [sid for sid, s in self.sessions.items() if now - s.last_used > self.idle_timeout]
+        for sid in ids:
+            self.close(sid)
+        return ids

@@ -1,0 +1,43 @@
+"""``NodeConfig``: the one configuration object a node passes down."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from swarmnode.protocol import Limits
+
+WS_PATH = "/layerswarm/v1"
+
+
+def parse_blocks(text: str, num_blocks: int | None = None) -> tuple[int, int]:
+    """Parse ``START:END`` (END exclusive).
+
+    Raises:
+        ValueError: not two integers with 0 <= START < END (<= num_blocks when given).
+    """
+    try:
+        start_s, end_s = text.split(":")
+        start, end = int(start_s), int(end_s)
+    except ValueError:
+        raise ValueError(f"--blocks must look like START:END, e.g. 0:10; got {text!r}") from None
+    if not 0 <= start < end or (num_blocks is not None and end > num_blocks):
+        limit = f" (the model has {num_blocks} blocks)" if num_blocks is not None else ""
+        raise ValueError(f"--blocks {text} is not a non-empty range inside the model{limit}")
+    return start, end
+
+
+@dataclass
+class NodeConfig:
+    """Everything a node needs to know to serve a span."""
+
+    model: str = "smollm2"  # registry name, checkpoint dir or .gguf path
+    blocks: str | None = None  # "START:END"; None serves the whole model
+    host: str = "127.0.0.1"
+    port: int = 0  # 0 picks a free port (printed in the ready line)
+    public_host: str | None = None  # host to advertise in URLs when binding 0.0.0.0
+    device: str = "cpu"
+    dtype: str = "float32"
+    num_threads: int | None = None  # torch intra-op threads; None = all cores
+    cache_tokens: int = 32768  # KV-cache budget across sessions, in tokens
+    idle_timeout: float = 300.0  # seconds before an unused session is evicted
+    limits: Limits = field(default_factory=Limits)

@@ -1,0 +1,224 @@
+"""The node: loads its span and serves it over a websocket (spec §2-§6)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.http11 import Request, Response
+
+from swarmnode import __version__
+from swarmnode.models import Checkpoint, load_span, resolve_model
+from swarmnode.models.registry import model_name
+from swarmnode.protocol import (
+    DTYPE_SIZES,
+    CloseSession,
+    Error,
+    Forward,
+    ForwardResult,
+    Info,
+    InfoReply,
+    Message,
+    OpenSession,
+    ProtocolError,
+    SessionClosed,
+    SessionOpened,
+    Step,
+    StepResult,
+    check_hidden,
+    check_open_session,
+    decode,
+    encode,
+)
+from swarmnode.runtime import CachePool, TorchBackend
+from swarmnode.server.config import WS_PATH, NodeConfig, parse_blocks
+
+log = logging.getLogger("swarmnode.node")
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class Node:
+    """A node serving blocks [start, end) of one model.
+
+    Args:
+        config: the node's configuration.
+    """
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.limits = config.limits
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        path = resolve_model(config.model)
+        self.checkpoint = Checkpoint(path)
+        self.model_name = model_name(config.model)
+        num = self.checkpoint.num_blocks
+        self.start, self.end = parse_blocks(config.blocks, num) if config.blocks else (0, num)
+        self.hidden_size = self.checkpoint.hidden_size
+        span = load_span(self.checkpoint, self.start, self.end, _DTYPES[config.dtype], config.device)
+        self.backend = TorchBackend(span, config.device, _DTYPES[config.dtype])
+        self.pool = CachePool(config.cache_tokens, config.idle_timeout)
+        self.max_session_length = min(
+            self.limits.max_session_length,
+            int(getattr(self.checkpoint.config, "max_position_embeddings", 1 << 30)),
+        )
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
+        self.url = ""
+
+    # -- message handling ---------------------------------------------------------------
+
+    def info(self, request_id: int = 0) -> InfoReply:
+        """What this node serves, for :class:`Info` requests and announcements."""
+        return InfoReply(
+            id=request_id,
+            model=self.model_name,
+            start_block=self.start,
+            end_block=self.end,
+            num_blocks=self.checkpoint.num_blocks,
+            hidden_size=self.hidden_size,
+            dtype=self.config.dtype,
+            backend=self.backend.name,
+            device=self.config.device,
+            version=__version__,
+            cache_tokens_left=self.pool.tokens_left,
+            max_session_length=self.max_session_length,
+            open_sessions=len(self.pool.sessions),
+        )
+
+    async def handle_frame(self, frame: bytes | str, owner: object) -> Message:
+        """Turn one incoming frame into exactly one reply; never raises for peer input."""
+        request_id = 0
+        session_id = ""
+        try:
+            msg = decode(frame, self.limits)
+            request_id = msg.id
+            session_id = getattr(msg, "session_id", "")
+            return await self._dispatch(msg, owner)
+        except ProtocolError as exc:
+            return Error(id=request_id, code=exc.code, message=exc.message, session_id=session_id)
+        except Exception as exc:  # a bug or a backend failure: this session's cache is suspect
+            log.exception("internal error while handling a request")
+            if session_id:
+                self.pool.close(session_id)
+            return Error(
+                id=request_id, code="internal", message=f"{type(exc).__name__}: {exc}", session_id=session_id
+            )
+
+    async def _dispatch(self, msg: Message, owner: object) -> Message:
+        loop = asyncio.get_running_loop()
+        if isinstance(msg, Step):
+            state = self.pool.get(msg.session_id, owner)
+            hidden = check_hidden(msg.hidden, self.hidden_size, self.limits)
+            if msg.position != state.position:
+                raise ProtocolError(
+                    "bad_position",
+                    f"step at position {msg.position} but the session's cache holds {state.position}",
+                )
+            new_len = state.position + hidden.shape[1]
+            if new_len > state.max_length:
+                raise ProtocolError(
+                    "session_full",
+                    f"{new_len} tokens would exceed the session's max_length {state.max_length}",
+                )
+            out = await loop.run_in_executor(self._executor, self.backend.step, hidden, state.cache)
+            state.position = new_len
+            return StepResult(id=msg.id, session_id=msg.session_id, position=new_len, hidden=out)
+        if isinstance(msg, OpenSession):
+            check_open_session(msg, self.limits)
+            if msg.dtype not in DTYPE_SIZES:
+                raise ProtocolError("bad_dtype", f"dtype {msg.dtype!r} not allowed")
+            if msg.max_length > self.max_session_length:
+                raise ProtocolError(
+                    "bad_field", f"max_length {msg.max_length} exceeds this node's {self.max_session_length}"
+                )
+            self.pool.open(msg.session_id, msg.max_length, self.backend.new_cache(), owner)
+            return SessionOpened(
+                id=msg.id, session_id=msg.session_id, cache_tokens_left=self.pool.tokens_left
+            )
+        if isinstance(msg, Forward):
+            hidden = check_hidden(msg.hidden, self.hidden_size, self.limits)
+            out = await loop.run_in_executor(self._executor, self.backend.forward, hidden)
+            return ForwardResult(id=msg.id, hidden=out)
+        if isinstance(msg, CloseSession):
+            self.pool.get(msg.session_id, owner)
+            self.pool.close(msg.session_id)
+            return SessionClosed(id=msg.id, session_id=msg.session_id)
+        if isinstance(msg, Info):
+            return self.info(msg.id)
+        raise ProtocolError("unexpected_message", f"a node does not accept {msg.TYPE!r} messages")
+
+    # -- networking -----------------------------------------------------------------------
+
+    async def _connection(self, ws: ServerConnection) -> None:
+        try:
+            async for frame in ws:
+                reply = await self.handle_frame(frame, ws)
+                await ws.send(encode(reply))
+        except Exception as exc:  # a dropped connection must never take the node down
+            log.info("connection ended: %s", exc)
+        finally:
+            closed = self.pool.close_owned_by(ws)
+            if closed:
+                log.info("freed %d session(s) of a closed connection", closed)
+
+    def _check_path(self, connection: ServerConnection, request: Request) -> Response | None:
+        if request.path.split("?")[0] != WS_PATH:
+            return connection.respond(404, f"this node serves {WS_PATH}\n")
+        return None
+
+    async def _reap(self) -> None:
+        while True:
+            await asyncio.sleep(min(5.0, self.config.idle_timeout / 2))
+            for sid in self.pool.evict_idle():
+                log.info("evicted idle session %s", sid)
+
+    async def serve(self, ready: asyncio.Future | None = None) -> None:
+        """Listen until cancelled; print the ready line once listening."""
+        async with serve(
+            self._connection,
+            self.config.host,
+            self.config.port,
+            max_size=2 * self.limits.max_frame_bytes,  # frames between 1x and 2x get a clear Error reply
+            compression=None,  # float bytes do not compress; deflate would only cost CPU
+            process_request=self._check_path,
+            ping_interval=20,
+            ping_timeout=60,
+        ) as server:
+            port = next(iter(server.sockets)).getsockname()[1]
+            host = self.config.public_host or self.config.host
+            self.url = f"ws://{host}:{port}{WS_PATH}"
+            reaper = asyncio.create_task(self._reap())
+            line = {
+                "event": "ready",
+                "url": self.url,
+                "model": self.model_name,
+                "start_block": self.start,
+                "end_block": self.end,
+                "backend": self.backend.name,
+                "device": self.config.device,
+                "dtype": self.config.dtype,
+                "pid": os.getpid(),
+            }
+            print(json.dumps(line), flush=True)
+            if ready is not None:
+                ready.set_result(self.url)
+            try:
+                await asyncio.Future()
+            finally:
+                reaper.cancel()
+
+
+def run_node(config: NodeConfig) -> None:
+    """Load the span and serve it in the foreground until interrupted."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    node = Node(config)
+    try:
+        asyncio.run(node.serve())
+    except KeyboardInterrupt:
+        pass
