@@ -82,7 +82,7 @@ def run_bench(
 
         results = {"local": [], "swarm": []}
         tokens = {}
-        for name, fn in (("local", run_local), ("swarm", run_swarm)):
+        for fn in (run_local, run_swarm):
             fn(None)  # warm-up
         for _ in range(runs):  # interleave so drifting machine load hits both alike
             for name, fn in (("local", run_local), ("swarm", run_swarm)):

@@ -35,9 +35,7 @@ def _serve(args: argparse.Namespace) -> None:
 
 def _prompt_ids(tokenizer, prompt: str, chat: bool, system: str | None):
     if chat:
-        messages = ([{"role": "system", "content": system}] if system else []) + [
-            {"role": "user", "content": prompt}
-        ]
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
         return tokenizer.apply_chat_template(
             messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
         )["input_ids"]
@@ -152,12 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--device", default="cpu")
     serve.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     serve.add_argument("--num-threads", type=int, default=None)
-    serve.add_argument(
-        "--cache-tokens", type=int, default=32768, help="KV-cache budget across sessions (tokens)"
-    )
-    serve.add_argument(
-        "--idle-timeout", type=float, default=300.0, help="seconds before an idle session is closed"
-    )
+    serve.add_argument("--cache-tokens", type=int, default=32768, help="KV-cache budget across sessions (tokens)")
+    serve.add_argument("--idle-timeout", type=float, default=300.0, help="seconds before an idle session is closed")
     serve.add_argument("--max-frame-bytes", type=int, default=64 * 1024 * 1024)
     serve.add_argument("--max-tokens-per-step", type=int, default=4096)
     serve.add_argument("--max-session-length", type=int, default=8192)

@@ -76,9 +76,7 @@ def start_node(
     finally:
         sel.close()
     proc.kill()
-    raise RuntimeError(
-        f"node {blocks} did not become ready (exit code {proc.poll()}); see {log_path or 'stderr'}"
-    )
+    raise RuntimeError(f"node {blocks} did not become ready (exit code {proc.poll()}); see {log_path or 'stderr'}")
 
 
 class LocalSwarm:

@@ -41,9 +41,7 @@ class GenerationStats:
 class DistributedModelForCausalLM:
     """Client side of a model served by a swarm. Build it with :class:`AutoDistributedModelForCausalLM`."""
 
-    def __init__(
-        self, name: str, checkpoint: Checkpoint, peers: list[PeerInfo], dtype: torch.dtype, timeout: float
-    ):
+    def __init__(self, name: str, checkpoint: Checkpoint, peers: list[PeerInfo], dtype: torch.dtype, timeout: float):
         self.name = name
         self.checkpoint = checkpoint
         self.config = checkpoint.config
@@ -125,9 +123,7 @@ class DistributedModelForCausalLM:
         max_length = input_ids.shape[1] + params.max_new_tokens
         limit = min(p.max_session_length for p in chain)
         if max_length > limit:
-            raise ValueError(
-                f"prompt + max_new_tokens = {max_length} tokens exceeds the swarm's limit of {limit}"
-            )
+            raise ValueError(f"prompt + max_new_tokens = {max_length} tokens exceeds the swarm's limit of {limit}")
         eos = torch.tensor(params.eos_token_id or [], dtype=torch.long)
         finished = torch.zeros(input_ids.shape[0], dtype=torch.bool)
         ids = input_ids

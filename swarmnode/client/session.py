@@ -24,9 +24,7 @@ class InferenceSession:
         RemoteError: a node could not be reached or refused the session (e.g. ``out_of_cache``).
     """
 
-    def __init__(
-        self, chain: list[PeerInfo], max_length: int, wire_dtype: str = "float32", timeout: float = 60.0
-    ):
+    def __init__(self, chain: list[PeerInfo], max_length: int, wire_dtype: str = "float32", timeout: float = 60.0):
         self.chain = chain
         self.max_length = max_length
         self.wire_dtype = wire_dtype

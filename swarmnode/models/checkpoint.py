@@ -62,9 +62,7 @@ class Checkpoint:
             with safe_open(file, framework="pt") as f:
                 for key in file_keys:
                     tensor = f.get_tensor(key)
-                    out[key] = (
-                        tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
-                    )
+                    out[key] = tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
         return out
 
     def tokenizer(self):

@@ -32,9 +32,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     tmp.mkdir(parents=True)
     print(f"converting {gguf_path.name} to a safetensors checkpoint (one time only)...", flush=True)
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-    model = AutoModelForCausalLM.from_pretrained(
-        gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
-    )
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
     # A GGUF-loaded model refuses save_pretrained (it carries a 'quantized with gguf' marker);
     # the dequantized weights are ordinary fp32 tensors, so write them directly.
     config = model.config

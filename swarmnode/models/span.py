@@ -27,9 +27,7 @@ class Family:
 
 
 #: Families whose base model is ``embed_tokens -> layers -> norm`` with no extra scaling.
-FAMILIES: dict[str, Family] = {
-    name: Family() for name in ("llama", "mistral", "qwen2", "qwen3", "olmo2", "granite")
-}
+FAMILIES: dict[str, Family] = {name: Family() for name in ("llama", "mistral", "qwen2", "qwen3", "olmo2", "granite")}
 
 
 def family_of(config) -> Family:
@@ -146,9 +144,7 @@ class ClientHead(nn.Module):
         return self.lm_head(self.norm(hidden))
 
 
-def load_client_head(
-    checkpoint: Checkpoint, dtype: torch.dtype = torch.float32, device: str = "cpu"
-) -> ClientHead:
+def load_client_head(checkpoint: Checkpoint, dtype: torch.dtype = torch.float32, device: str = "cpu") -> ClientHead:
     """Load embeddings, final norm and LM head (tied to the embeddings when the config says so)."""
     from transformers import AutoModelForCausalLM
 
@@ -156,16 +152,11 @@ def load_client_head(
     cfg = span_config(checkpoint.config, 0, 0)
     lm = _empty_module(AutoModelForCausalLM.from_config, cfg)
     keys = [family.embed_key] + [k for k in checkpoint.keys() if k.startswith(family.norm_prefix)]
-    tied = (
-        bool(getattr(checkpoint.config, "tie_word_embeddings", False))
-        or family.lm_head_key not in checkpoint.keys()
-    )
+    tied = bool(getattr(checkpoint.config, "tie_word_embeddings", False)) or family.lm_head_key not in checkpoint.keys()
     if not tied:
         keys.append(family.lm_head_key)
     state = checkpoint.load(keys, dtype=dtype)
-    _materialize(
-        lm.model, {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}, "head"
-    )
+    _materialize(lm.model, {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}, "head")
     if tied:
         lm.lm_head.weight = lm.model.embed_tokens.weight
     else:

@@ -17,14 +17,10 @@ def check_hidden(tensor: WireTensor | None, hidden_size: int, limits: Limits) ->
     if tensor is None:
         raise ProtocolError("missing_tensor", "this message needs a 'hidden' tensor")
     if len(tensor.shape) != 3:
-        raise ProtocolError(
-            "bad_shape", f"hidden states must be (batch, tokens, hidden), got {list(tensor.shape)}"
-        )
+        raise ProtocolError("bad_shape", f"hidden states must be (batch, tokens, hidden), got {list(tensor.shape)}")
     batch, tokens, hidden = tensor.shape
     if hidden != hidden_size:
-        raise ProtocolError(
-            "wrong_hidden_size", f"hidden size {hidden} does not match the model's {hidden_size}"
-        )
+        raise ProtocolError("wrong_hidden_size", f"hidden size {hidden} does not match the model's {hidden_size}")
     if batch < 1 or tokens < 1:
         raise ProtocolError("bad_shape", "batch and token dimensions must be at least 1")
     if tokens > limits.max_tokens_per_step:

@@ -106,9 +106,7 @@ class Node:
             log.exception("internal error while handling a request")
             if session_id:
                 self.pool.close(session_id)
-            return Error(
-                id=request_id, code="internal", message=f"{type(exc).__name__}: {exc}", session_id=session_id
-            )
+            return Error(id=request_id, code="internal", message=f"{type(exc).__name__}: {exc}", session_id=session_id)
 
     async def _dispatch(self, msg: Message, owner: object) -> Message:
         loop = asyncio.get_running_loop()
@@ -138,9 +136,7 @@ class Node:
                     "bad_field", f"max_length {msg.max_length} exceeds this node's {self.max_session_length}"
                 )
             self.pool.open(msg.session_id, msg.max_length, self.backend.new_cache(), owner)
-            return SessionOpened(
-                id=msg.id, session_id=msg.session_id, cache_tokens_left=self.pool.tokens_left
-            )
+            return SessionOpened(id=msg.id, session_id=msg.session_id, cache_tokens_left=self.pool.tokens_left)
         if isinstance(msg, Forward):
             hidden = check_hidden(msg.hidden, self.hidden_size, self.limits)
             out = await loop.run_in_executor(self._executor, self.backend.forward, hidden)
