@@ -1,1 +1,5 @@
-"""Layerswarm portal: the swarm's home (accounts, tracker, reputation, ledger, chat, API)."""
+"""The Layerswarm portal (Django project)."""
+
+from portal.celery import app as celery_app
+
+__all__ = ["celery_app"]

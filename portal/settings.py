@@ -1,12 +1,25 @@
-"""Django settings for the Layerswarm portal (minimal; the portal issue grows this)."""
+"""Django settings for the Layerswarm portal: one module, two worlds, chosen by environment variables.
 
-import os
+- **Embedded** (the default, what ``make demo`` uses): SQLite, the in-memory channel layer, and
+  Celery over a broker that lives in a local folder, so nothing has to be installed or running.
+- **Production**: ``DJANGO_DEBUG=0``, ``DATABASE_URL=postgres://...``, ``REDIS_URL=redis://...`` (channel
+  layer and Celery broker), ``DJANGO_SECRET_KEY`` and ``DJANGO_ALLOWED_HOSTS``. ``portal/checks.py``
+  validates the combination (``manage.py check --deploy``).
+"""
+
 from pathlib import Path
 
+import dj_database_url
+
+from portal.env import env_bool, env_float, env_int, env_list, env_str
+
 BASE_DIR = Path(__file__).resolve().parent.parent
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "dev-insecure-layerswarm-key")
-DEBUG = os.environ.get("DJANGO_DEBUG", "1") == "1"
-ALLOWED_HOSTS = os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost").split(",")
+VAR_DIR = Path(env_str("LAYERSWARM_VAR_DIR", str(BASE_DIR / "var")))
+
+DEBUG = env_bool("DJANGO_DEBUG", True)
+SECRET_KEY = env_str("DJANGO_SECRET_KEY", "dev-insecure-layerswarm-key" if DEBUG else "")
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost"])
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
     "daphne",
@@ -17,6 +30,12 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    "rest_framework",
+    "drf_spectacular",
+    "portal",
+    "portal.accounts",
+    "portal.swarm",
+    "portal.api",
 ]
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
@@ -25,6 +44,7 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 ROOT_URLCONF = "portal.urls"
 TEMPLATES = [
@@ -42,9 +62,97 @@ TEMPLATES = [
     }
 ]
 ASGI_APPLICATION = "portal.asgi.application"
-DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": BASE_DIR / "db.sqlite3"}}
-CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# -- data stores ----------------------------------------------------------------------------------
+DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}")
+DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 0))}
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    # Concurrent daphne + Celery writers: wait for the lock instead of failing at once.
+    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
+    DATABASES["default"]["OPTIONS"]["transaction_mode"] = "IMMEDIATE"
+REDIS_URL = env_str("REDIS_URL", "")
+if REDIS_URL:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}}
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# -- Celery: Redis in production; a folder-backed broker when embedded (no server to run) -----------
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL or "filesystem://")
+CELERY_BROKER_TRANSPORT_OPTIONS = (
+    {
+        "data_folder_in": str(VAR_DIR / "celery" / "queue"),
+        "data_folder_out": str(VAR_DIR / "celery" / "queue"),
+        "processed_folder": str(VAR_DIR / "celery" / "processed"),
+        "store_processed": False,
+    }
+    if CELERY_BROKER_URL.startswith("filesystem")
+    else {}
+)
+CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+
+# -- the swarm tracker -------------------------------------------------------------------------------
+SWARM_HEARTBEAT_INTERVAL = env_float("SWARM_HEARTBEAT_INTERVAL", 10.0)  # seconds between a node's heartbeats
+SWARM_HEARTBEAT_TIMEOUT = env_float("SWARM_HEARTBEAT_TIMEOUT", 35.0)  # silent this long -> offline
+SWARM_EXPIRE_EVERY = env_float("SWARM_EXPIRE_EVERY", 5.0)  # how often the beat task marks stale nodes
+SWARM_HEARTBEAT_HISTORY = env_int("SWARM_HEARTBEAT_HISTORY", 24 * 3600)  # seconds of heartbeats to keep
+API_MAX_JSON_BYTES = env_int("API_MAX_JSON_BYTES", 16 * 1024)  # JSON request body limit (413 above)
+SWARM_MAX_NODES_PER_TOKEN = env_int("SWARM_MAX_NODES_PER_TOKEN", 8)  # active nodes one machine may run
+CELERY_BEAT_SCHEDULE = {
+    "expire-stale-nodes": {"task": "portal.swarm.tasks.expire_stale_nodes", "schedule": SWARM_EXPIRE_EVERY},
+    "prune-heartbeats": {"task": "portal.swarm.tasks.prune_heartbeats", "schedule": 600.0},
+}
+# Where `pip install` in the "Contribute a GPU" commands fetches the node agent from.
+SWARMNODE_PIP_SOURCE = env_str("SWARMNODE_PIP_SOURCE", "git+https://github.com/layerswarm/layerswarm.git")
+
+# -- API ---------------------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "portal.accounts.authentication.ApiKeyAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_PARSER_CLASSES": ["portal.api.parsers.LimitedJSONParser"],
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Layerswarm portal API",
+    "DESCRIPTION": "The swarm tracker (nodes register and heartbeat; clients find spans) and swarm health.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+# -- auth, static, i18n --------------------------------------------------------------------------------
+LOGIN_URL = "accounts:login"
+LOGIN_REDIRECT_URL = "swarm:contribute"
+LOGOUT_REDIRECT_URL = "home"
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "frontend"]
+STATIC_ROOT = Path(env_str("DJANGO_STATIC_ROOT", str(BASE_DIR / "staticfiles")))
+SERVE_STATIC = env_bool("DJANGO_SERVE_STATIC", DEBUG)  # daphne serves /static/ itself; nginx does in production
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USE_TZ = True
+TIME_ZONE = "UTC"
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": env_str("DJANGO_LOG_LEVEL", "WARNING")},
+}
+
+# -- production hardening (all on when DEBUG is off; nginx terminates TLS) ------------------------------
+if not DEBUG:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", True)
+    SECURE_HSTS_SECONDS = env_int("DJANGO_HSTS_SECONDS", 31536000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True

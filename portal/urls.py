@@ -1,13 +1,21 @@
 """URL routes of the portal."""
 
+from django.conf import settings
 from django.contrib import admin
-from django.http import HttpResponse
-from django.urls import path
+from django.urls import include, path, re_path
+from django.views.static import serve
 
+from portal import views
 
-def home(request):
-    """Placeholder home page until the portal issue lands."""
-    return HttpResponse("<h1>Layerswarm</h1><p>The swarm portal.</p>")
+admin.site.site_header = "Layerswarm admin"
+admin.site.site_title = "Layerswarm"
 
-
-urlpatterns = [path("", home, name="home"), path("admin/", admin.site.urls)]
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("accounts/", include("portal.accounts.urls")),
+    path("", include("portal.swarm.urls")),
+    path("api/", include("portal.api.urls")),
+    path("admin/", admin.site.urls),
+]
+if settings.SERVE_STATIC:  # embedded mode: daphne serves frontend/ itself (nginx does in production)
+    urlpatterns.append(re_path(r"^static/(?P<path>.*)$", serve, {"document_root": settings.STATICFILES_DIRS[0]}))

@@ -1,0 +1,89 @@
+"""API keys and node tokens: bearer secrets owned by a user, stored hashed, revocable."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+from portal.accounts import bearer
+
+
+class SecretQuerySet(models.QuerySet):
+    """Lookups shared by API keys and node tokens."""
+
+    def usable(self):
+        """Not revoked, not expired, owned by an active (not banned) user."""
+        now = timezone.now()
+        return self.filter(revoked_at__isnull=True, user__is_active=True).filter(
+            models.Q(expires_at__isnull=True) | models.Q(expires_at__gt=now)
+        )
+
+
+class BearerSecret(models.Model):
+    """Common fields of a secret that authenticates as its user."""
+
+    KIND = ""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16)
+    digest = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    objects = SecretQuerySet.as_manager()
+
+    class Meta:
+        abstract = True
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.KIND}_{self.prefix}_…)"
+
+    @property
+    def is_active(self) -> bool:
+        """Usable right now."""
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > timezone.now())
+
+    @classmethod
+    def create_for(cls, user, name: str, expires_at=None) -> tuple[BearerSecret, str]:
+        """Create a secret for ``user``; return it and the plain text (shown once)."""
+        new = bearer.generate(cls.KIND)
+        obj = cls.objects.create(user=user, name=name, prefix=new.prefix, digest=new.digest, expires_at=expires_at)
+        return obj, new.plain
+
+    @classmethod
+    def authenticate(cls, plain: str):
+        """The usable secret matching ``plain``, or ``None`` (unknown, forged, revoked, expired, banned user)."""
+        if not plain.startswith(cls.KIND + "_") or len(plain) > 200:
+            return None
+        obj = cls.objects.usable().select_related("user").filter(digest=bearer.digest(plain)).first()
+        if obj is not None:
+            now = timezone.now()
+            # At most one write a minute: heartbeats authenticate every few seconds.
+            if obj.last_used_at is None or (now - obj.last_used_at).total_seconds() > 60:
+                cls.objects.filter(pk=obj.pk).update(last_used_at=now)
+        return obj
+
+    def revoke(self) -> None:
+        """Stop the secret from authenticating (idempotent)."""
+        if self.revoked_at is None:
+            self.revoked_at = timezone.now()
+            self.save(update_fields=["revoked_at"])
+
+
+class ApiKey(BearerSecret):
+    """A key for programs calling the API as the user (``Authorization: Bearer lsk_...``)."""
+
+    KIND = "lsk"
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys")
+
+
+class NodeToken(BearerSecret):
+    """A token for one contributed machine; its nodes register and heartbeat with it (``lsn_...``)."""
+
+    KIND = "lsn"
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="node_tokens")

@@ -1,0 +1,153 @@
+"""Request and response shapes of the API (parsing and validation only; logic is in the domain apps)."""
+
+from __future__ import annotations
+
+import math
+from urllib.parse import urlsplit
+
+from rest_framework import serializers
+
+from portal.swarm.models import Node, SwarmModel
+from portal.swarm.tracker import Beat, Registration
+
+MAX_BLOCK = 100_000
+MAX_INT32 = 2**31 - 1
+DTYPES = ["float32", "float16", "bfloat16", "int8", "int4"]
+
+
+class FiniteFloatField(serializers.FloatField):
+    """A float that is not NaN or infinite (DRF accepts the strings "nan" and "inf")."""
+
+    def to_internal_value(self, data):
+        value = super().to_internal_value(data)
+        if not math.isfinite(value):
+            self.fail("invalid")
+        return value
+
+
+class RegistrationSerializer(serializers.Serializer):
+    """What ``swarmnode serve --portal`` announces."""
+
+    model = serializers.SlugField(max_length=64)
+    start_block = serializers.IntegerField(min_value=0, max_value=MAX_BLOCK)
+    end_block = serializers.IntegerField(min_value=1, max_value=MAX_BLOCK)
+    url = serializers.CharField(max_length=300, required=False, allow_blank=True, default="")
+    relay = serializers.BooleanField(required=False, default=False)
+    backend = serializers.CharField(max_length=32)
+    device = serializers.CharField(max_length=64)
+    dtype = serializers.ChoiceField(choices=DTYPES)
+    throughput = FiniteFloatField(min_value=0, max_value=1e9, required=False, default=0.0)
+    cache_tokens_left = serializers.IntegerField(min_value=0, max_value=MAX_INT32, required=False, default=0)
+    max_session_length = serializers.IntegerField(min_value=1, max_value=1 << 24, required=False, default=8192)
+    version = serializers.CharField(max_length=32)
+    public_key = serializers.CharField(max_length=512, required=False, allow_blank=True, default="")
+
+    def validate_url(self, value: str) -> str:
+        if not value:
+            return value
+        try:
+            parts = urlsplit(value)
+            port = parts.port
+        except ValueError:
+            raise serializers.ValidationError("not a valid URL") from None
+        if parts.scheme not in ("ws", "wss") or not parts.hostname or port is None:
+            raise serializers.ValidationError("must be ws://HOST:PORT/... or wss://HOST:PORT/...")
+        return value
+
+    def validate(self, attrs: dict) -> dict:
+        if attrs["start_block"] >= attrs["end_block"]:
+            raise serializers.ValidationError({"end_block": "must be greater than start_block"})
+        if attrs["relay"] and attrs["url"]:
+            raise serializers.ValidationError({"url": "a relayed node has no direct URL; send url or relay, not both"})
+        if not attrs["relay"] and not attrs["url"]:
+            raise serializers.ValidationError({"url": "required unless relay is true"})
+        return attrs
+
+    def to_registration(self) -> Registration:
+        """The validated payload as the tracker's :class:`Registration`."""
+        return Registration(**self.validated_data)
+
+
+class HeartbeatSerializer(serializers.Serializer):
+    """A node's periodic liveness report."""
+
+    cache_tokens_left = serializers.IntegerField(min_value=0, max_value=MAX_INT32, required=False, default=0)
+    throughput = FiniteFloatField(min_value=0, max_value=1e9, required=False, default=None, allow_null=True)
+    open_sessions = serializers.IntegerField(min_value=0, max_value=MAX_INT32, required=False, default=0)
+
+    def to_beat(self) -> Beat:
+        """The validated payload as the tracker's :class:`Beat`."""
+        return Beat(**self.validated_data)
+
+
+class NodeSerializer(serializers.ModelSerializer):
+    """A node as its owner sees it."""
+
+    model = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    connection = serializers.CharField(read_only=True)
+
+    class Meta:
+        model = Node
+        fields = [
+            "id",
+            "model",
+            "start_block",
+            "end_block",
+            "state",
+            "connection",
+            "url",
+            "relay",
+            "backend",
+            "device",
+            "dtype",
+            "throughput",
+            "cache_tokens_left",
+            "max_session_length",
+            "open_sessions",
+            "version",
+            "banned",
+            "registered_at",
+            "last_seen_at",
+        ]
+        read_only_fields = fields
+
+
+class SpanSerializer(serializers.ModelSerializer):
+    """A node as clients see it: enough to route (``swarmnode.client.remote.PeerInfo`` fields and more)."""
+
+    model = serializers.CharField(source="model.name")
+    num_blocks = serializers.IntegerField(source="model.num_blocks")
+    hidden_size = serializers.IntegerField(source="model.hidden_size")
+
+    class Meta:
+        model = Node
+        fields = [
+            "id",
+            "url",
+            "relay",
+            "model",
+            "start_block",
+            "end_block",
+            "num_blocks",
+            "hidden_size",
+            "dtype",
+            "cache_tokens_left",
+            "max_session_length",
+            "throughput",
+            "backend",
+            "device",
+            "version",
+            "public_key",
+        ]
+        read_only_fields = fields
+
+
+class SwarmModelSerializer(serializers.ModelSerializer):
+    """A model the swarm serves, with how many nodes are online for it."""
+
+    online_nodes = serializers.IntegerField(read_only=True)
+
+    class Meta:
+        model = SwarmModel
+        fields = ["name", "num_blocks", "hidden_size", "description", "online_nodes"]
+        read_only_fields = fields

@@ -1,0 +1,20 @@
+"""Routes of the API (``/api/v1/...``) and its schema and docs."""
+
+from django.urls import path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from portal.api import views
+
+app_name = "api"
+urlpatterns = [
+    path("schema/", SpectacularAPIView.as_view(permission_classes=[]), name="schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="api:schema", permission_classes=[]), name="docs"),
+    path("v1/nodes/", views.MyNodes.as_view(), name="nodes"),
+    path("v1/nodes/register/", views.RegisterNode.as_view(), name="node_register"),
+    path("v1/nodes/<int:pk>/", views.MyNode.as_view(), name="node"),
+    path("v1/nodes/<int:pk>/heartbeat/", views.NodeHeartbeat.as_view(), name="node_heartbeat"),
+    path("v1/nodes/<int:pk>/leave/", views.NodeLeave.as_view(), name="node_leave"),
+    path("v1/models/", views.Models.as_view(), name="models"),
+    path("v1/models/<slug:model>/spans/", views.ModelSpans.as_view(), name="model_spans"),
+    path("v1/swarm/health/", views.SwarmHealth.as_view(), name="swarm_health"),
+]

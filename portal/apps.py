@@ -1,0 +1,12 @@
+"""The project package as an app: system checks of the settings and project-wide commands (``run_demo``)."""
+
+from django.apps import AppConfig
+
+
+class PortalConfig(AppConfig):
+    """Registers :mod:`portal.checks`."""
+
+    name = "portal"
+
+    def ready(self) -> None:
+        from portal import checks  # noqa: F401  (registers the checks)

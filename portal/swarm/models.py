@@ -1,0 +1,100 @@
+"""Models served by the swarm, the nodes serving spans of them, and the nodes' heartbeats."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+from portal.accounts.models import NodeToken
+
+
+class SwarmModel(models.Model):
+    """A model the swarm serves, e.g. ``smollm2`` with 30 blocks. Nodes can only register spans inside it."""
+
+    name = models.SlugField(max_length=64, unique=True)
+    num_blocks = models.PositiveIntegerField()
+    hidden_size = models.PositiveIntegerField()
+    description = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class NodeQuerySet(models.QuerySet):
+    """Filters the tracker uses."""
+
+    def visible(self):
+        """Nodes the swarm may use: not banned, owner not banned."""
+        return self.filter(banned=False, owner__is_active=True)
+
+    def active(self):
+        """Joining or online (they hold their span)."""
+        return self.filter(state__in=[Node.State.JOINING, Node.State.ONLINE])
+
+
+class Node(models.Model):
+    """One running ``swarmnode serve`` process serving blocks ``[start_block, end_block)`` of a model."""
+
+    class State(models.TextChoices):
+        JOINING = "joining"  # registered, no heartbeat yet
+        ONLINE = "online"  # heartbeats arriving
+        OFFLINE = "offline"  # left, or missed heartbeats for SWARM_HEARTBEAT_TIMEOUT
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="nodes")
+    token = models.ForeignKey(NodeToken, on_delete=models.CASCADE, related_name="nodes")
+    model = models.ForeignKey(SwarmModel, on_delete=models.PROTECT, related_name="nodes")
+    start_block = models.PositiveIntegerField()
+    end_block = models.PositiveIntegerField()
+    url = models.CharField(max_length=300, blank=True)  # ws:// or wss://; blank when relayed
+    relay = models.BooleanField(default=False)  # reachable only through the portal's relay
+    backend = models.CharField(max_length=32)
+    device = models.CharField(max_length=64)
+    dtype = models.CharField(max_length=16)
+    throughput = models.FloatField(default=0.0)  # tokens/s through the whole span, as measured by the node
+    cache_tokens_left = models.PositiveIntegerField(default=0)
+    max_session_length = models.PositiveIntegerField(default=8192)
+    open_sessions = models.PositiveIntegerField(default=0)
+    version = models.CharField(max_length=32)
+    public_key = models.CharField(max_length=512, blank=True)
+    state = models.CharField(max_length=8, choices=State.choices, default=State.JOINING)
+    banned = models.BooleanField(default=False)
+    registered_at = models.DateTimeField(default=timezone.now)
+    last_seen_at = models.DateTimeField(default=timezone.now)  # registration or latest heartbeat
+
+    objects = NodeQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["model", "start_block", "id"]
+        indexes = [models.Index(fields=["model", "state"]), models.Index(fields=["state", "last_seen_at"])]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(start_block__lt=models.F("end_block")), name="node_span_nonempty")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model_id and self.model.name} [{self.start_block}:{self.end_block}) #{self.pk}"
+
+    @property
+    def connection(self) -> str:
+        """``direct`` or ``relay``."""
+        return "relay" if self.relay else "direct"
+
+
+class Heartbeat(models.Model):
+    """One heartbeat of a node: the history admins look at."""
+
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="heartbeats")
+    at = models.DateTimeField(default=timezone.now)
+    cache_tokens_left = models.PositiveIntegerField(default=0)
+    throughput = models.FloatField(default=0.0)
+    open_sessions = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-at"]
+        indexes = [models.Index(fields=["node", "-at"]), models.Index(fields=["at"])]
+
+    def __str__(self) -> str:
+        return f"node #{self.node_id} at {self.at:%Y-%m-%d %H:%M:%S}"

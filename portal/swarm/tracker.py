@@ -1,0 +1,214 @@
+"""The tracker: nodes register their span, heartbeat, leave, and expire when they go quiet.
+
+Views and tasks call these functions; each runs in one transaction, so a rejected request
+leaves the database as it was.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from portal.accounts.models import NodeToken
+from portal.swarm.models import Heartbeat, Node, SwarmModel
+
+
+class TrackerError(Exception):
+    """A request the tracker refuses; ``status`` is the HTTP status to answer with.
+
+    Attributes:
+        status: 400 (bad span), 403 (banned), 404 (not this token's node), 409 (conflict), 410 (gone offline).
+        code: short machine-readable reason.
+    """
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What a node announces about itself (already type-checked by the API serializer)."""
+
+    model: str
+    start_block: int
+    end_block: int
+    backend: str
+    device: str
+    dtype: str
+    version: str
+    url: str = ""
+    relay: bool = False
+    throughput: float = 0.0
+    cache_tokens_left: int = 0
+    max_session_length: int = 8192
+    public_key: str = ""
+
+
+@dataclass(frozen=True)
+class Beat:
+    """What a heartbeat reports."""
+
+    cache_tokens_left: int = 0
+    throughput: float | None = None
+    open_sessions: int = 0
+
+
+def register_node(token: NodeToken, reg: Registration, now: datetime | None = None) -> tuple[Node, bool]:
+    """Register a node of ``token``'s machine, or refresh the same node after a restart.
+
+    The same token, model, span and URL updates the existing record (a restarted node); any other
+    overlap with one of the token's active nodes is refused, so one machine cannot pose as several
+    nodes serving the same blocks.
+
+    Returns:
+        The node and whether it was created.
+
+    Raises:
+        TrackerError: unknown model (400), span outside the model (400), overlap with another active
+            node of this token (409), URL held by another account's node (409), too many nodes (409).
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        # Lock the token row: concurrent registrations of one machine run one after the other.
+        NodeToken.objects.select_for_update().filter(pk=token.pk).first()
+        try:
+            model = SwarmModel.objects.get(name=reg.model)
+        except SwarmModel.DoesNotExist:
+            raise TrackerError(400, "unknown_model", f"the swarm does not serve a model named {reg.model!r}") from None
+        if reg.end_block > model.num_blocks:
+            raise TrackerError(
+                400,
+                "span_outside_model",
+                f"blocks {reg.start_block}:{reg.end_block} fall outside {model.name} (blocks 0:{model.num_blocks})",
+            )
+        mine = Node.objects.active().filter(token=token, model=model)
+        same = mine.filter(start_block=reg.start_block, end_block=reg.end_block, url=reg.url, relay=reg.relay).first()
+        overlapping = mine.filter(start_block__lt=reg.end_block, end_block__gt=reg.start_block)
+        if same is not None:
+            overlapping = overlapping.exclude(pk=same.pk)
+        clash = overlapping.first()
+        if clash is not None:
+            raise TrackerError(
+                409,
+                "overlapping_span",
+                f"this token already serves blocks {clash.start_block}:{clash.end_block} of {model.name} "
+                f"(node {clash.pk}); one machine serves each block once",
+            )
+        if reg.url:
+            taken = Node.objects.active().filter(url=reg.url).exclude(owner=token.user).exists()
+            if taken:
+                raise TrackerError(409, "url_taken", f"{reg.url} is registered by another account's node")
+        if same is None and Node.objects.active().filter(token=token).count() >= settings.SWARM_MAX_NODES_PER_TOKEN:
+            raise TrackerError(
+                409, "too_many_nodes", f"a token may run at most {settings.SWARM_MAX_NODES_PER_TOKEN} active nodes"
+            )
+        fields = {
+            "start_block": reg.start_block,
+            "end_block": reg.end_block,
+            "url": reg.url,
+            "relay": reg.relay,
+            "backend": reg.backend,
+            "device": reg.device,
+            "dtype": reg.dtype,
+            "throughput": reg.throughput,
+            "cache_tokens_left": reg.cache_tokens_left,
+            "max_session_length": reg.max_session_length,
+            "version": reg.version,
+            "public_key": reg.public_key,
+            "state": Node.State.JOINING,
+            "last_seen_at": now,
+        }
+        if same is not None:
+            if same.banned:
+                raise TrackerError(403, "banned", "this node is banned from the swarm")
+            Node.objects.filter(pk=same.pk).update(**fields)
+            same.refresh_from_db()
+            return same, False
+        node = Node.objects.create(owner=token.user, token=token, model=model, registered_at=now, **fields)
+        return node, True
+
+
+def _token_node(token: NodeToken, node_id: int, lock: bool = False) -> Node:
+    nodes = Node.objects.select_for_update() if lock else Node.objects
+    node = nodes.filter(pk=node_id, token=token).first()
+    if node is None:
+        raise TrackerError(404, "no_such_node", f"token has no node {node_id}")
+    if node.banned:
+        raise TrackerError(403, "banned", "this node is banned from the swarm")
+    return node
+
+
+def record_heartbeat(token: NodeToken, node_id: int, beat: Beat, now: datetime | None = None) -> Node:
+    """Record a heartbeat: the node is online and its stats are fresh.
+
+    Raises:
+        TrackerError: not this token's node (404), banned (403), already marked offline (410: register again).
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        node = _token_node(token, node_id, lock=True)
+        if node.state == Node.State.OFFLINE:
+            raise TrackerError(410, "offline", "the node was marked offline; register again")
+        node.state = Node.State.ONLINE
+        node.last_seen_at = now
+        node.cache_tokens_left = beat.cache_tokens_left
+        node.open_sessions = beat.open_sessions
+        if beat.throughput is not None:
+            node.throughput = beat.throughput
+        node.save(update_fields=["state", "last_seen_at", "cache_tokens_left", "open_sessions", "throughput"])
+        Heartbeat.objects.create(
+            node=node,
+            at=now,
+            cache_tokens_left=beat.cache_tokens_left,
+            throughput=node.throughput,
+            open_sessions=beat.open_sessions,
+        )
+    return node
+
+
+def leave(token: NodeToken, node_id: int) -> Node:
+    """A node shutting down: mark it offline now instead of waiting for it to expire."""
+    with transaction.atomic():
+        node = _token_node(token, node_id, lock=True)
+        node.state = Node.State.OFFLINE
+        node.save(update_fields=["state"])
+    return node
+
+
+def expire_stale_nodes(now: datetime | None = None) -> int:
+    """Mark offline every joining/online node silent for ``SWARM_HEARTBEAT_TIMEOUT``; return how many."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=settings.SWARM_HEARTBEAT_TIMEOUT)
+    return Node.objects.active().filter(last_seen_at__lt=cutoff).update(state=Node.State.OFFLINE)
+
+
+def prune_heartbeats(now: datetime | None = None) -> int:
+    """Delete heartbeats older than ``SWARM_HEARTBEAT_HISTORY`` seconds; return how many."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=settings.SWARM_HEARTBEAT_HISTORY)
+    deleted, _ = Heartbeat.objects.filter(at__lt=cutoff).delete()
+    return deleted
+
+
+def set_banned(nodes, banned: bool) -> int:
+    """Ban (hidden from clients, heartbeats refused) or unban nodes; return how many changed."""
+    if banned:
+        return nodes.update(banned=True, state=Node.State.OFFLINE)
+    return nodes.update(banned=False)
+
+
+def online_spans(model_name: str):
+    """Online, usable nodes of a model, cheapest first for routing ties (the clients' peer list)."""
+    return (
+        Node.objects.visible()
+        .filter(model__name=model_name, state=Node.State.ONLINE)
+        .select_related("model")
+        .order_by("start_block", "-throughput", "id")
+    )
