@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
 
 def _serve(args: argparse.Namespace) -> None:
+    # Several nodes may share a machine, and a chain runs them one after the other: OpenMP
+    # workers that spin after each op would steal the cores the next node is computing on.
+    # Must be set before torch (and its OpenMP runtime) loads.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from swarmnode.protocol import Limits
     from swarmnode.server import NodeConfig, run_node
 
@@ -29,6 +34,8 @@ def _serve(args: argparse.Namespace) -> None:
         cache_tokens=args.cache_tokens,
         idle_timeout=args.idle_timeout,
         limits=limits,
+        portal=args.portal,
+        token=args.token or os.environ.get("LAYERSWARM_NODE_TOKEN"),
     )
     run_node(config)
 
@@ -48,7 +55,9 @@ def _generate(args: argparse.Namespace) -> None:
     from swarmnode.client import AutoDistributedModelForCausalLM
 
     peers = [p for p in (args.peers or "").split(",") if p]
-    model = AutoDistributedModelForCausalLM.from_pretrained(args.model, peers=peers)
+    if not peers and not args.portal:
+        raise ValueError("give --peers URL,... or --portal URL")
+    model = AutoDistributedModelForCausalLM.from_pretrained(args.model, peers=peers, portal=args.portal)
     tok = model.tokenizer
     ids = _prompt_ids(tok, args.prompt, args.chat, args.system)
     generator = torch.Generator().manual_seed(args.seed) if args.seed is not None else None
@@ -155,10 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-frame-bytes", type=int, default=64 * 1024 * 1024)
     serve.add_argument("--max-tokens-per-step", type=int, default=4096)
     serve.add_argument("--max-session-length", type=int, default=8192)
+    serve.add_argument("--portal", help="portal URL to register with and heartbeat to, e.g. http://127.0.0.1:8000")
+    serve.add_argument("--token", help="node token from the portal (default: $LAYERSWARM_NODE_TOKEN)")
     serve.set_defaults(func=_serve)
 
     gen = sub.add_parser("generate", help="generate text through a swarm")
-    gen.add_argument("--peers", required=True, help="comma-separated node URLs")
+    gen.add_argument("--peers", help="comma-separated node URLs")
+    gen.add_argument("--portal", help="find nodes through this portal's tracker instead of (or besides) --peers")
     gen.add_argument("--model", default="smollm2")
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")

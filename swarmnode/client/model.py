@@ -16,6 +16,7 @@ from swarmnode.client.generation import SamplingParams, build_processors, select
 from swarmnode.client.remote import PeerInfo, RemoteSpan
 from swarmnode.client.routing import SwarmNotCovering, find_chain, probe_peers
 from swarmnode.client.session import InferenceSession
+from swarmnode.client.tracker import fetch_spans
 from swarmnode.models import Checkpoint, load_client_head, resolve_model
 from swarmnode.models.registry import model_name
 from swarmnode.protocol import Forward, ForwardResult
@@ -223,6 +224,7 @@ class AutoDistributedModelForCausalLM:
         peers: list[str] | None = None,
         dtype: torch.dtype = torch.float32,
         timeout: float = 60.0,
+        portal: str | None = None,
     ) -> DistributedModelForCausalLM:
         """Load the client parts of ``model`` and learn what each peer serves.
 
@@ -231,16 +233,20 @@ class AutoDistributedModelForCausalLM:
             peers: node URLs (``ws://host:port/layerswarm/v1``).
             dtype: client-side compute dtype and activation dtype on the wire.
             timeout: seconds to wait for any node reply.
+            portal: a portal URL (``http://host:8000``) whose tracker lists the nodes serving ``model``.
 
         Raises:
-            ValueError: no peers given.
+            ValueError: neither peers nor portal given; ``TrackerError`` (a ``ValueError``) if the portal fails.
             SwarmNotCovering: the peers that answered do not cover every block.
         """
-        if not peers:
-            raise ValueError("give peers=[...] (node URLs)")
+        if not peers and not portal:
+            raise ValueError("give peers=[...] (node URLs) or portal=URL (a tracker)")
         checkpoint = Checkpoint(resolve_model(model))
-        infos, errors = probe_peers(list(peers))
         name = model_name(model)
+        urls = list(peers or [])
+        if portal:  # the tracker says who serves what; probing below confirms each node is alive
+            urls += [p.url for p in fetch_spans(portal, name) if p.url not in urls]
+        infos, errors = probe_peers(urls)
         distributed = DistributedModelForCausalLM(name, checkpoint, infos, dtype, timeout)
         try:
             distributed.chain()

@@ -41,3 +41,5 @@ class NodeConfig:
     cache_tokens: int = 32768  # KV-cache budget across sessions, in tokens
     idle_timeout: float = 300.0  # seconds before an unused session is evicted
     limits: Limits = field(default_factory=Limits)
+    portal: str | None = None  # tracker to announce to, e.g. http://127.0.0.1:8000 (None: don't announce)
+    token: str | None = None  # node token from the portal's "Contribute a GPU" page

@@ -37,6 +37,7 @@ from swarmnode.protocol import (
     encode,
 )
 from swarmnode.runtime import CachePool, TorchBackend
+from swarmnode.server.announce import start_announcer
 from swarmnode.server.config import WS_PATH, NodeConfig, parse_blocks
 
 log = logging.getLogger("swarmnode.node")
@@ -204,10 +205,13 @@ class Node:
             print(json.dumps(line), flush=True)
             if ready is not None:
                 ready.set_result(self.url)
+            announcer = start_announcer(self)  # None unless --portal and --token were given
             try:
                 await asyncio.Future()
             finally:
                 reaper.cancel()
+                if announcer is not None:
+                    await announcer.close()
 
 
 def run_node(config: NodeConfig) -> None:

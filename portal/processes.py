@@ -1,0 +1,154 @@
+"""Starting the portal's own processes (daphne, Celery) on this machine: the demo, the load benchmark
+and the integration tests use these, so all three run the portal exactly the same way."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def free_port(preferred: int | None = None, host: str = "127.0.0.1") -> int:
+    """``preferred`` if nothing listens there, else a free port the OS picks."""
+    if preferred:
+        with socket.socket() as s:
+            try:
+                s.bind((host, preferred))
+                return preferred
+            except OSError:
+                pass
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def manage(args: list[str], env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``manage.py ARGS`` in a child process with ``env`` (added to this process's environment)."""
+    return subprocess.run(
+        [sys.executable, str(BASE_DIR / "manage.py"), *args],
+        env={**os.environ, **env},
+        cwd=BASE_DIR,
+        capture_output=True,
+        text=True,
+        check=check,
+    )
+
+
+def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:
+    """Wait until ``url`` answers 200.
+
+    Raises:
+        RuntimeError: ``proc`` exited or ``timeout`` passed.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer within {timeout:.0f}s")
+
+
+def _spawn(cmd: list[str], env: dict[str, str], log_path: Path | None) -> subprocess.Popen:
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - handed to the child
+    try:
+        return subprocess.Popen(
+            cmd, env={**os.environ, **env}, cwd=BASE_DIR, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    finally:
+        if log_path:
+            out.close()
+
+
+def stop(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """SIGINT, then SIGTERM, then SIGKILL: give the process (and its children) a chance to clean up."""
+    if proc.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGINT, timeout), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)  # its own session: reaches Celery's pool children too
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@dataclass
+class PortalProcesses:
+    """daphne (and optionally a Celery worker with embedded beat) serving the portal on loopback.
+
+    Args:
+        env: environment for every process (``DATABASE_URL``, ``REDIS_URL``, ``SWARM_*`` ...).
+        port: preferred port (a free one if taken; 0 for any).
+        celery: also run ``celery worker --beat``.
+        log_dir: where ``daphne.log`` and ``celery.log`` go (``None``: discarded).
+        migrate: run ``manage.py migrate`` first.
+    """
+
+    env: dict[str, str] = field(default_factory=dict)
+    port: int = 0
+    celery: bool = True
+    log_dir: Path | None = None
+    migrate: bool = True
+    procs: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT``."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> PortalProcesses:
+        """Migrate, start everything, and wait until the portal answers."""
+        if self.log_dir:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+        if self.migrate:
+            result = manage(["migrate", "--noinput", "-v0"], self.env, check=False)
+            if result.returncode:
+                raise RuntimeError(f"migrate failed:\n{result.stdout}\n{result.stderr}")
+        self.port = free_port(self.port or None)
+        daphne = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "portal.asgi:application"]
+        log = self.log_dir / "daphne.log" if self.log_dir else None
+        self.procs.append(_spawn(daphne, self.env, log))
+        if self.celery:
+            worker = [sys.executable, "-m", "celery", "-A", "portal", "worker", "--beat", "--pool", "solo"]
+            worker += ["--loglevel", "INFO", "--without-mingle", "--without-gossip"]
+            self.procs.append(_spawn(worker, self.env, self.log_dir / "celery.log" if self.log_dir else None))
+        try:
+            wait_http(self.url + "/api/v1/models/", timeout, self.procs[0])
+        except Exception:
+            self.stop()
+            raise
+        return self
+
+    def alive(self) -> bool:
+        """Every process still running."""
+        return all(p.poll() is None for p in self.procs)
+
+    def stop(self) -> None:
+        """Stop every process."""
+        for p in reversed(self.procs):
+            stop(p)
+        self.procs = []
+
+    def __enter__(self) -> PortalProcesses:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

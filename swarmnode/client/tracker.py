@@ -1,0 +1,65 @@
+"""Discovery through a portal's tracker: which nodes serve which blocks of a model."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+
+from swarmnode.client.remote import PeerInfo
+
+
+class TrackerError(ValueError):
+    """The tracker could not be reached, does not know the model, or sent something unusable."""
+
+
+def spans_url(portal: str, model: str) -> str:
+    """``{portal}/api/v1/models/{model}/spans/``."""
+    return f"{portal.rstrip('/')}/api/v1/models/{urllib.parse.quote(model, safe='')}/spans/"
+
+
+def fetch_spans(portal: str, model: str, timeout: float = 10.0) -> list[PeerInfo]:
+    """The online nodes the tracker knows for ``model`` that clients can dial directly.
+
+    Args:
+        portal: the portal's base URL, e.g. ``http://127.0.0.1:8000``.
+        model: the model's registry name (``smollm2``).
+        timeout: seconds to wait for the tracker.
+
+    Returns:
+        One :class:`PeerInfo` per node (relayed nodes are skipped: this client cannot use a relay yet).
+
+    Raises:
+        TrackerError: unreachable tracker, unknown model, or a malformed answer.
+    """
+    url = spans_url(portal, model)
+    try:
+        with urllib.request.urlopen(
+            urllib.request.Request(url, headers={"Accept": "application/json"}), timeout=timeout
+        ) as r:
+            body = json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            raise TrackerError(f"the tracker at {portal} does not know the model {model!r}") from None
+        raise TrackerError(f"the tracker at {portal} answered HTTP {exc.code}") from None
+    except (OSError, ValueError) as exc:
+        raise TrackerError(f"cannot ask the tracker at {portal}: {exc}") from None
+    try:
+        return [
+            PeerInfo(
+                url=str(s["url"]),
+                model=str(s["model"]),
+                start_block=int(s["start_block"]),
+                end_block=int(s["end_block"]),
+                num_blocks=int(s["num_blocks"]),
+                hidden_size=int(s["hidden_size"]),
+                dtype=str(s["dtype"]),
+                cache_tokens_left=int(s["cache_tokens_left"]),
+                max_session_length=int(s["max_session_length"]),
+            )
+            for s in body["spans"]
+            if s.get("url") and not s.get("relay")
+        ]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise TrackerError(f"the tracker at {portal} sent a malformed span list ({exc!r})") from None

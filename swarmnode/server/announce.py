@@ -1,0 +1,214 @@
+"""Announcing a node to a portal's tracker: register once, then heartbeat until the node stops.
+
+The announcer is a background asyncio task of the node. The portal being down, slow or
+refusing never stops the node from serving: every failure is logged and retried with
+exponential backoff. Only the standard library is used (``urllib`` in a worker thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import statistics
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+log = logging.getLogger("swarmnode.announce")
+
+REGISTER_PATH = "/api/v1/nodes/register/"
+
+
+class PortalRejected(Exception):
+    """The portal answered with an HTTP error status.
+
+    Attributes:
+        status: the HTTP status (401 bad token, 404/410 node unknown or offline, 409 conflict, ...).
+        detail: the portal's explanation.
+    """
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"HTTP {status}: {detail}")
+        self.status = status
+        self.detail = detail
+
+
+def post_json(url: str, token: str, body: dict[str, Any] | None, timeout: float) -> dict[str, Any]:
+    """POST ``body`` as JSON with the node token; return the JSON reply.
+
+    Raises:
+        PortalRejected: an HTTP error status.
+        OSError: the portal could not be reached (``urllib.error.URLError`` is an ``OSError``).
+        ValueError: the reply is not JSON.
+    """
+    data = json.dumps(body or {}).encode()
+    request = urllib.request.Request(
+        url,
+        data=data,
+        method="POST",
+        headers={"Content-Type": "application/json", "Accept": "application/json", "Authorization": f"Bearer {token}"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()[:2000].decode("utf-8", "replace")
+        try:
+            detail = json.loads(raw).get("detail", raw)
+        except (ValueError, AttributeError):
+            detail = raw
+        raise PortalRejected(exc.code, str(detail)) from None
+
+
+def measure_throughput(node, repeats: int = 5) -> float:
+    """Single-sequence decode speed through the node's span, in tokens/s (0.0 if it cannot be measured)."""
+    try:
+        import torch
+
+        from swarmnode.runtime.backend import tensor_to_wire
+
+        x = tensor_to_wire(torch.zeros(1, 1, node.hidden_size), node.config.dtype)  # (B=1, T=1, H)
+        node.backend.forward(x)  # warm-up: the first call pays for lazy initialisation
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            node.backend.forward(x)
+            times.append(time.perf_counter() - started)
+        return round(1.0 / max(statistics.median(times), 1e-6), 2)
+    except Exception as exc:  # an estimate only: never fail the node over it
+        log.warning("could not measure throughput: %s", exc)
+        return 0.0
+
+
+class Announcer:
+    """Registers ``node`` with the tracker at ``portal`` and keeps it alive with heartbeats.
+
+    Args:
+        node: a serving :class:`~swarmnode.server.node.Node` (its ``url`` is set).
+        portal: the portal's base URL, e.g. ``http://127.0.0.1:8000``.
+        token: the node token (``lsn_...``) from the portal's "Contribute a GPU" page.
+        timeout: seconds per HTTP request.
+        max_backoff: the longest wait between retries.
+    """
+
+    def __init__(self, node, portal: str, token: str, timeout: float = 10.0, max_backoff: float = 60.0) -> None:
+        self.node = node
+        self.portal = portal.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+        self.max_backoff = max_backoff
+        self.node_id: int | None = None
+        self.interval = 10.0  # replaced by the portal's heartbeat_interval
+        self.throughput = 0.0
+        self.state = "unregistered"
+
+    def registration(self) -> dict[str, Any]:
+        """The registration payload, from the node's own :meth:`Node.info`."""
+        info = self.node.info()
+        return {
+            "model": info.model,
+            "start_block": info.start_block,
+            "end_block": info.end_block,
+            "url": self.node.url,
+            "relay": False,
+            "backend": info.backend,
+            "device": info.device,
+            "dtype": info.dtype,
+            "throughput": self.throughput,
+            "cache_tokens_left": info.cache_tokens_left,
+            "max_session_length": info.max_session_length,
+            "version": info.version,
+            "public_key": "",
+        }
+
+    def heartbeat(self) -> dict[str, Any]:
+        """The heartbeat payload."""
+        info = self.node.info()
+        return {
+            "cache_tokens_left": info.cache_tokens_left,
+            "open_sessions": info.open_sessions,
+            "throughput": self.throughput,
+        }
+
+    async def _post(self, path: str, body: dict[str, Any] | None, timeout: float | None = None) -> dict[str, Any]:
+        url = self.portal + path
+        return await asyncio.to_thread(post_json, url, self.token, body, timeout or self.timeout)
+
+    async def announce_once(self) -> None:
+        """Register if needed, then send one heartbeat.
+
+        Raises:
+            PortalRejected, OSError, ValueError: as :func:`post_json`.
+        """
+        if self.node_id is None:
+            reply = await self._post(REGISTER_PATH, self.registration())
+            self.node_id = int(reply["id"])
+            self.interval = max(0.2, float(reply.get("heartbeat_interval", self.interval)))
+            log.info("registered with %s as node %d", self.portal, self.node_id)
+        try:
+            reply = await self._post(f"/api/v1/nodes/{self.node_id}/heartbeat/", self.heartbeat())
+        except PortalRejected as exc:
+            if exc.status in (404, 410):  # expired or forgotten: register again next time
+                self.node_id = None
+            raise
+        self.state = str(reply.get("state", "online"))
+
+    async def run(self) -> None:
+        """Announce forever; failures are logged and retried with exponential backoff."""
+        self.throughput = await asyncio.to_thread(measure_throughput, self.node)
+        backoff = 1.0
+        while True:
+            try:
+                await self.announce_once()
+                backoff = 1.0
+                await asyncio.sleep(self.interval)
+                continue
+            except PortalRejected as exc:
+                level = logging.WARNING if exc.status in (404, 410) else logging.ERROR
+                log.log(level, "portal %s refused the announcement: %s", self.portal, exc)
+                if exc.status in (404, 410):
+                    continue  # re-register at once
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.warning("portal %s unreachable (%s); retrying in %.0fs", self.portal, exc, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self.max_backoff)
+
+    async def leave(self) -> None:
+        """Tell the portal the node is going away (best effort, short timeout)."""
+        if self.node_id is None:
+            return
+        try:
+            await self._post(f"/api/v1/nodes/{self.node_id}/leave/", None, timeout=2.0)
+        except Exception as exc:
+            log.info("could not say goodbye to the portal: %s", exc)
+
+
+class AnnouncerTask:
+    """A running :class:`Announcer`; :meth:`close` stops it and sends the goodbye."""
+
+    def __init__(self, announcer: Announcer) -> None:
+        self.announcer = announcer
+        self.task = asyncio.create_task(announcer.run(), name="announce")
+
+    async def close(self) -> None:
+        """Stop heartbeating and leave the swarm."""
+        self.task.cancel()
+        try:
+            await self.task
+        except (asyncio.CancelledError, Exception):
+            pass
+        await self.announcer.leave()
+
+
+def start_announcer(node) -> AnnouncerTask | None:
+    """Start announcing ``node`` if its config names a portal and a token; otherwise ``None``."""
+    portal = getattr(node.config, "portal", None)
+    token = getattr(node.config, "token", None)
+    if not portal:
+        return None
+    if not token:
+        log.error("--portal given without --token: not announcing (create a token on the portal)")
+        return None
+    return AnnouncerTask(Announcer(node, portal, token))
