@@ -63,7 +63,8 @@ class Beat:
 def register_node(token: NodeToken, reg: Registration, now: datetime | None = None) -> tuple[Node, bool]:
     """Register a node of ``token``'s machine, or refresh the same node after a restart.
 
-    The same token, model, span and URL updates the existing record (a restarted node); any other
+    The same token, model, span and URL updates the existing record (a restarted node, even one
+    already marked offline); any other
     overlap with one of the token's active nodes is refused, so one machine cannot pose as several
     nodes serving the same blocks.
 
@@ -88,8 +89,14 @@ def register_node(token: NodeToken, reg: Registration, now: datetime | None = No
                 "span_outside_model",
                 f"blocks {reg.start_block}:{reg.end_block} fall outside {model.name} (blocks 0:{model.num_blocks})",
             )
+        # The same machine, span and address as an earlier registration (live or not): a restart.
+        same = (
+            Node.objects.filter(token=token, model=model, start_block=reg.start_block, end_block=reg.end_block)
+            .filter(url=reg.url, relay=reg.relay)
+            .order_by("-last_seen_at")
+            .first()
+        )
         mine = Node.objects.active().filter(token=token, model=model)
-        same = mine.filter(start_block=reg.start_block, end_block=reg.end_block, url=reg.url, relay=reg.relay).first()
         overlapping = mine.filter(start_block__lt=reg.end_block, end_block__gt=reg.start_block)
         if same is not None:
             overlapping = overlapping.exclude(pk=same.pk)
@@ -105,7 +112,8 @@ def register_node(token: NodeToken, reg: Registration, now: datetime | None = No
             taken = Node.objects.active().filter(url=reg.url).exclude(owner=token.user).exists()
             if taken:
                 raise TrackerError(409, "url_taken", f"{reg.url} is registered by another account's node")
-        if same is None and Node.objects.active().filter(token=token).count() >= settings.SWARM_MAX_NODES_PER_TOKEN:
+        reviving = same is None or same.state == Node.State.OFFLINE
+        if reviving and Node.objects.active().filter(token=token).count() >= settings.SWARM_MAX_NODES_PER_TOKEN:
             raise TrackerError(
                 409, "too_many_nodes", f"a token may run at most {settings.SWARM_MAX_NODES_PER_TOKEN} active nodes"
             )
