@@ -99,6 +99,7 @@ class StepResult(Message):
     session_id: str = ""
     position: int = 0
     hidden: WireTensor | None = None
+    compute_us: int = 0  # time the node spent computing, for routing and adaptive timeouts
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,7 @@ class ForwardResult(Message):
 
     TYPE = "forward_result"
     hidden: WireTensor | None = None
+    compute_us: int = 0
 
 
 @dataclass(frozen=True)

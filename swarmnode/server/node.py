@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -125,9 +126,11 @@ class Node:
                     "session_full",
                     f"{new_len} tokens would exceed the session's max_length {state.max_length}",
                 )
+            started = time.perf_counter()
             out = await loop.run_in_executor(self._executor, self.backend.step, hidden, state.cache)
             state.position = new_len
-            return StepResult(id=msg.id, session_id=msg.session_id, position=new_len, hidden=out)
+            compute_us = int((time.perf_counter() - started) * 1e6)
+            return StepResult(id=msg.id, session_id=msg.session_id, position=new_len, hidden=out, compute_us=compute_us)
         if isinstance(msg, OpenSession):
             check_open_session(msg, self.limits)
             if msg.dtype not in DTYPE_SIZES:
@@ -140,8 +143,9 @@ class Node:
             return SessionOpened(id=msg.id, session_id=msg.session_id, cache_tokens_left=self.pool.tokens_left)
         if isinstance(msg, Forward):
             hidden = check_hidden(msg.hidden, self.hidden_size, self.limits)
+            started = time.perf_counter()
             out = await loop.run_in_executor(self._executor, self.backend.forward, hidden)
-            return ForwardResult(id=msg.id, hidden=out)
+            return ForwardResult(id=msg.id, hidden=out, compute_us=int((time.perf_counter() - started) * 1e6))
         if isinstance(msg, CloseSession):
             self.pool.get(msg.session_id, owner)
             self.pool.close(msg.session_id)

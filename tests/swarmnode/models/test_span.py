@@ -1,0 +1,87 @@
+"""Spans built from checkpoints compute exactly what the whole local model computes."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from swarmnode.models import Checkpoint, load_client_head, load_span, resolve_model
+from swarmnode.models.span import family_of
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
+def test_it_matches_the_local_model_exactly_across_spans(tiny_models, arch):
+    path = tiny_models[arch]
+    ck = Checkpoint(path)
+    spans = [load_span(ck, a, b) for a, b in [(0, 2), (2, 5), (5, 6)]]
+    head = load_client_head(ck)
+    ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    ids = torch.randint(0, 49152, (2, 7), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        expected = ref(ids).logits
+        h = head.embed_tokens(ids)
+        for span in spans:
+            h = span(h)
+        got = head.logits(h)
+    assert torch.equal(got, expected)
+
+
+def test_it_matches_incremental_decoding_with_caches(tiny_models):
+    ck = Checkpoint(tiny_models["llama"])
+    spans = [load_span(ck, 0, 3), load_span(ck, 3, 6)]
+    head = load_client_head(ck)
+    ids = torch.randint(0, 49152, (1, 9), generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        full = head.embed_tokens(ids)
+        for span in spans:
+            full = span(full)
+        caches = [s.new_cache() for s in spans]
+        outs = []
+        for chunk in (ids[:, :5], ids[:, 5:6], ids[:, 6:9]):
+            h = head.embed_tokens(chunk)
+            for span, cache in zip(spans, caches, strict=True):
+                h = span(h, cache)
+            outs.append(h)
+    torch.testing.assert_close(torch.cat(outs, dim=1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_it_loads_only_the_span_weights(tiny_models):
+    ck = Checkpoint(tiny_models["llama"])
+    span = load_span(ck, 2, 4)
+    assert len(span.inner.layers) == 2
+    assert span.inner.embed_tokens is None
+    n_params = sum(p.numel() for p in span.parameters())
+    per_block = sum(p.numel() for p in load_span(ck, 0, 1).parameters())
+    assert n_params == 2 * per_block
+
+
+def test_it_keeps_untied_lm_heads(tiny_models):
+    head = load_client_head(Checkpoint(tiny_models["qwen2"]))
+    assert head.lm_head.weight.data_ptr() != head.embed.weight.data_ptr()
+    tied = load_client_head(Checkpoint(tiny_models["llama"]))
+    assert tied.lm_head.weight.data_ptr() == tied.embed.weight.data_ptr()
+
+
+@pytest.mark.parametrize("start, end", [(0, 0), (4, 2), (0, 7), (-1, 2)])
+def test_it_refuses_spans_outside_the_model(tiny_models, start, end):
+    with pytest.raises(ValueError, match="outside"):
+        load_span(Checkpoint(tiny_models["llama"]), start, end)
+
+
+def test_it_names_unsupported_architectures(tiny_models):
+    config = Checkpoint(tiny_models["llama"]).config
+    config.model_type = "gpt2"
+    with pytest.raises(NotImplementedError, match="gpt2"):
+        family_of(config)
+
+
+def test_it_resolves_names_dirs_and_refuses_the_rest(tiny_models, smollm2_dir, tmp_path):
+    assert resolve_model("smollm2") == smollm2_dir
+    assert resolve_model(str(tiny_models["llama"])) == tiny_models["llama"]
+    with pytest.raises(FileNotFoundError, match="neither"):
+        resolve_model(str(tmp_path / "nothing-here"))
+
+
+def test_the_default_model_is_smollm2(smollm2_dir):
+    ck = Checkpoint(smollm2_dir)
+    assert (ck.num_blocks, ck.hidden_size, ck.config.model_type) == (30, 576, "llama")
+    assert ck.config.rope_parameters["rope_theta"] == 100000.0
