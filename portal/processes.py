@@ -11,8 +11,11 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -152,3 +155,63 @@ class PortalProcesses:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+@contextmanager
+def scratch_database(base_url: str, name: str, folder: Path) -> Iterator[str]:
+    """A new, empty database next to ``base_url``'s, dropped afterwards; yields its URL.
+
+    PostgreSQL URLs get a fresh database ``name`` on the same server; anything else gets a SQLite
+    file in ``folder``. Used by the load benchmark and the tests that run a real portal.
+    """
+    if not base_url.startswith(("postgres://", "postgresql://")):
+        path = folder / f"{name}.sqlite3"
+        path.unlink(missing_ok=True)
+        yield f"sqlite:///{path}"
+        path.unlink(missing_ok=True)
+        return
+    import psycopg
+    from psycopg import sql
+
+    parts = urlsplit(base_url)
+    admin_url = urlunsplit(parts._replace(path="/postgres"))
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield urlunsplit(parts._replace(path=f"/{name}"))
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def create_user_with_node_token(env: dict[str, str], username: str, password: str, token_name: str = "test") -> str:
+    """Create (or reuse) ``username`` in the database ``env`` points at and return a new node token."""
+    code = (
+        "from django.contrib.auth.models import User\n"
+        "from portal.accounts.models import NodeToken\n"
+        f"user, _ = User.objects.get_or_create(username={username!r})\n"
+        f"user.set_password({password!r}); user.save()\n"
+        f"print(NodeToken.create_for(user, {token_name!r})[1])\n"
+    )
+    return manage(["shell", "-c", code], env).stdout.strip().splitlines()[-1]
+
+
+@contextmanager
+def live_portal(
+    folder: Path, name: str, celery: bool = True, env: dict[str, str] | None = None
+) -> Iterator[PortalProcesses]:
+    """A portal on a scratch database (PostgreSQL when ``DATABASE_URL`` says so, else SQLite) with
+    quick heartbeat timing, its own Celery broker folder, and logs in ``folder``."""
+    base_url = os.environ.get("DATABASE_URL", "sqlite://")
+    with scratch_database(base_url, name, folder) as db_url:
+        full_env = {
+            "DATABASE_URL": db_url,
+            "LAYERSWARM_VAR_DIR": str(folder / "var"),
+            "SWARM_HEARTBEAT_INTERVAL": "1",
+            "SWARM_HEARTBEAT_TIMEOUT": "4",
+            "SWARM_EXPIRE_EVERY": "1",
+            **(env or {}),
+        }
+        with PortalProcesses(env=full_env, celery=celery, log_dir=folder / "logs") as portal:
+            yield portal
