@@ -14,8 +14,8 @@ app.autodiscover_tasks()
 
 @app.on_after_configure.connect
 def _make_broker_folders(sender, **kwargs):
-    # The embedded (filesystem) broker needs its folders; Redis needs nothing.
-    for key in ("data_folder_in", "data_folder_out", "processed_folder"):
-        folder = (sender.conf.broker_transport_options or {}).get(key)
-        if folder:
-            Path(folder).mkdir(parents=True, exist_ok=True)
+    # The embedded (filesystem) broker needs its folders, and beat the folder of its schedule file.
+    folders = [(sender.conf.broker_transport_options or {}).get(key) for key in ("data_folder_in", "processed_folder")]
+    folders.append(str(Path(sender.conf.beat_schedule_filename).parent))
+    for folder in filter(None, folders):
+        Path(folder).mkdir(parents=True, exist_ok=True)
