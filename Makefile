@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install model demo test test-fast lint format bench clean
+.PHONY: install model demo test test-fast lint format bench bench-portal clean
 
 $(STAMP): requirements/node.txt requirements/portal.txt requirements/dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,17 +19,25 @@ install: $(STAMP)
 model: install
 	$(PY) -m swarmnode models fetch smollm2
 
-## Run a local swarm (3 nodes x 10 blocks) in the foreground; Ctrl-C stops everything.
+## The portal (daphne) + Celery + 3 local nodes (10 blocks each) registered with it, in the foreground:
+## prints the portal URL and a demo login; Ctrl-C stops everything. (`swarmnode demo` runs the nodes alone.)
 demo: model
-	$(PY) -m swarmnode demo --model smollm2 --nodes 3
+	$(PY) manage.py run_demo --model smollm2 --nodes 3
 
-## The whole test suite (CI calls exactly this).
+# The portal tests run twice: embedded (SQLite, in-memory channel layer) and on the real services.
+PORTAL_PG    ?= postgres://postgres@127.0.0.1:5432/layerswarm
+PORTAL_REDIS ?= redis://127.0.0.1:6379/0
+ON_SERVICES  := DATABASE_URL=$(PORTAL_PG) REDIS_URL=$(PORTAL_REDIS)
+
+## The whole test suite (CI calls exactly this): everything embedded, then the portal tests on PostgreSQL + Redis.
 test: model
 	$(PY) -m pytest -q
+	$(ON_SERVICES) $(PY) -m pytest -q tests/portal
 
 ## Everything but the slow end-to-end tests.
 test-fast: model
 	$(PY) -m pytest -q -m "not slow"
+	$(ON_SERVICES) $(PY) -m pytest -q -m "not slow" tests/portal
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -42,6 +50,10 @@ format: install
 ## Swarm vs local transformers, same run.
 bench: model
 	$(PY) -m swarmnode bench --model smollm2 --nodes 3 --new-tokens 64 --json
+
+## Heartbeats of 1,000 simulated nodes against daphne + PostgreSQL: requests/s and p99 latency.
+bench-portal: install
+	$(ON_SERVICES) $(PY) bench/portal_heartbeats.py --nodes 1000
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
