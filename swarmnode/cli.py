@@ -31,6 +31,7 @@ def _serve(args: argparse.Namespace) -> None:
         device=args.device,
         dtype=args.dtype,
         num_threads=args.num_threads,
+        small_step_threads=args.small_step_threads,
         cache_tokens=args.cache_tokens,
         idle_timeout=args.idle_timeout,
         limits=limits,
@@ -158,7 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--public-host", help="host name to advertise when binding 0.0.0.0")
     serve.add_argument("--device", default="cpu")
     serve.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    serve.add_argument("--num-threads", type=int, default=None)
+    serve.add_argument("--num-threads", type=int, default=None, help="torch threads (default: all cores)")
+    serve.add_argument(
+        "--small-step-threads", type=int, default=None, help="threads for decoding steps (default: --num-threads)"
+    )
     serve.add_argument("--cache-tokens", type=int, default=32768, help="KV-cache budget across sessions (tokens)")
     serve.add_argument("--idle-timeout", type=float, default=300.0, help="seconds before an idle session is closed")
     serve.add_argument("--max-frame-bytes", type=int, default=64 * 1024 * 1024)

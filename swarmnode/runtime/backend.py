@@ -36,22 +36,40 @@ class TorchBackend:
 
     name = "torch"
 
-    def __init__(self, span: SpanModel, device: str = "cpu", dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self,
+        span: SpanModel,
+        device: str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        threads: int | None = None,
+        small_step_threads: int | None = None,
+        small_step_tokens: int = 4,
+    ) -> None:
         self.span = span
         self.device = device
         self.dtype = dtype
-        self.wire_dtype = _WIRE_DTYPES[dtype]
+        self.threads = threads or torch.get_num_threads()
+        # On CPU a one-token step is bound by memory and per-op overhead, not arithmetic: extra
+        # threads add little and their barriers stall whenever another process holds a core.
+        self.small_step_threads = small_step_threads or self.threads
+        self.small_step_tokens = small_step_tokens
 
     def new_cache(self):
         """An empty per-session KV cache."""
         return self.span.new_cache()
 
+    def _run(self, hidden: WireTensor, cache) -> WireTensor:
+        x = wire_to_tensor(hidden, self.dtype, self.device)  # (B, T, H)
+        if self.device == "cpu":
+            small = x.shape[0] * x.shape[1] <= self.small_step_tokens
+            torch.set_num_threads(self.small_step_threads if small else self.threads)
+        # Reply in the dtype the peer sent, whatever this node computes in.
+        return tensor_to_wire(self.span(x, cache), hidden.dtype)
+
     def step(self, hidden: WireTensor, cache) -> WireTensor:
         """Run new positions through the span, appending their keys/values to ``cache``."""
-        x = wire_to_tensor(hidden, self.dtype, self.device)  # (B, T, H)
-        return tensor_to_wire(self.span(x, cache), self.wire_dtype)
+        return self._run(hidden, cache)
 
     def forward(self, hidden: WireTensor) -> WireTensor:
         """Run positions 0..T-1 through the span without a cache."""
-        x = wire_to_tensor(hidden, self.dtype, self.device)
-        return tensor_to_wire(self.span(x, None), self.wire_dtype)
+        return self._run(hidden, None)

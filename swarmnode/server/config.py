@@ -38,6 +38,7 @@ class NodeConfig:
     device: str = "cpu"
     dtype: str = "float32"
     num_threads: int | None = None  # torch intra-op threads; None = all cores
+    small_step_threads: int | None = None  # threads for decoding steps (few tokens); None = num_threads
     cache_tokens: int = 32768  # KV-cache budget across sessions, in tokens
     idle_timeout: float = 300.0  # seconds before an unused session is evicted
     limits: Limits = field(default_factory=Limits)

@@ -64,7 +64,9 @@ class Node:
         self.start, self.end = parse_blocks(config.blocks, num) if config.blocks else (0, num)
         self.hidden_size = self.checkpoint.hidden_size
         span = load_span(self.checkpoint, self.start, self.end, _DTYPES[config.dtype], config.device)
-        self.backend = TorchBackend(span, config.device, _DTYPES[config.dtype])
+        self.backend = TorchBackend(
+            span, config.device, _DTYPES[config.dtype], config.num_threads, config.small_step_threads
+        )
         self.pool = CachePool(config.cache_tokens, config.idle_timeout)
         self.max_session_length = min(
             self.limits.max_session_length,
@@ -223,6 +225,12 @@ def run_node(config: NodeConfig) -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     node = Node(config)
     try:
-        asyncio.run(node.serve())
+        import uvloop  # optional speed-up (the 'speed' extra); not available on Windows
+
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    try:
+        runner(node.serve())
     except KeyboardInterrupt:
         pass
