@@ -36,10 +36,37 @@ def _timed(run, new_tokens: int) -> tuple[float, float, list[int]]:
     return (new_tokens - 1) / (end - clock.first), clock.first - start, ids
 
 
+def local_backend_generate(backend, head, ids: torch.Tensor, new_tokens: int, streamer=None) -> list[int]:
+    """Greedy decoding of the whole model in this process through one backend (no network)."""
+    from swarmnode.runtime.backend import tensor_to_wire, wire_to_tensor
+
+    cache = backend.new_cache()
+    step_input, out = ids, []
+    if streamer is not None:
+        streamer.put(ids)
+    with torch.inference_mode():
+        for _ in range(new_tokens):
+            hidden = wire_to_tensor(backend.step(tensor_to_wire(head.embed_tokens(step_input)), cache))
+            token = head.logits(hidden[:, -1:, :])[:, -1, :].argmax(-1)
+            out.append(int(token))
+            if streamer is not None:
+                streamer.put(token)
+            step_input = token[:, None]
+    return out
+
+
 def run_bench(
-    model: str = "smollm2", nodes: int = 3, new_tokens: int = 64, runs: int = 3, prompt: str = DEFAULT_PROMPT
+    model: str = "smollm2",
+    nodes: int = 3,
+    new_tokens: int = 64,
+    runs: int = 3,
+    prompt: str = DEFAULT_PROMPT,
+    backend: str = "torch",
 ) -> dict:
-    """Measure local ``generate`` and the same greedy generation through ``nodes`` local processes.
+    """Measure local decoding and the same greedy generation through ``nodes`` local processes.
+
+    ``backend="torch"``: local ``transformers`` ``generate`` vs PyTorch nodes (exact parity).
+    ``backend="onnxruntime"``: the whole model in one local ONNX Runtime session vs ONNX nodes.
 
     Returns:
         ``{"local_tok_s", "swarm_tok_s", "ratio", "ttft_local_s", "ttft_swarm_s", "tokens_equal", ...}``;
@@ -49,30 +76,37 @@ def run_bench(
 
     from swarmnode.client import AutoDistributedModelForCausalLM
     from swarmnode.launcher import LocalSwarm
-    from swarmnode.models import Checkpoint, resolve_model
+    from swarmnode.models import Checkpoint, load_client_head, load_span, resolve_model
 
     path = resolve_model(model)
     checkpoint = Checkpoint(path)
     tokenizer = checkpoint.tokenizer()
-    ids = tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt}],
-        add_generation_prompt=True,
-        return_tensors="pt",
-        return_dict=True,
-    )["input_ids"]
+    messages = [{"role": "user", "content": prompt}]
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    ids = ids["input_ids"]
     opts = dict(max_new_tokens=new_tokens, do_sample=False, eos_token_id=None)
 
-    local = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    local.eval()
+    if backend == "torch":
+        local = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        local.eval()
 
-    def run_local(streamer):
-        with torch.inference_mode():
-            out = local.generate(ids, min_new_tokens=new_tokens, pad_token_id=0, streamer=streamer, **opts)
-        return out[0, ids.shape[1] :].tolist()
+        def run_local(streamer):
+            with torch.inference_mode():
+                out = local.generate(ids, min_new_tokens=new_tokens, pad_token_id=0, streamer=streamer, **opts)
+            return out[0, ids.shape[1] :].tolist()
+    else:
+        from swarmnode.runtime.onnx_backend import OnnxBackend
 
+        whole = OnnxBackend(load_span(checkpoint, 0, checkpoint.num_blocks))
+        head = load_client_head(checkpoint)
+
+        def run_local(streamer):
+            return local_backend_generate(whole, head, ids, new_tokens, streamer)
+
+    node_args = ["--backend", backend]
     with (
         tempfile.TemporaryDirectory() as logs,
-        LocalSwarm(model, checkpoint.num_blocks, nodes, log_dir=Path(logs)) as swarm,
+        LocalSwarm(model, checkpoint.num_blocks, nodes, extra_args=node_args, log_dir=Path(logs)) as swarm,
     ):
         remote = AutoDistributedModelForCausalLM.from_pretrained(model, peers=swarm.urls)
 
@@ -93,6 +127,7 @@ def run_bench(
     swarm_tok_s = statistics.median(r[0] for r in results["swarm"])
     return {
         "model": model,
+        "backend": backend,
         "nodes": nodes,
         "new_tokens": new_tokens,
         "prompt_tokens": int(ids.shape[1]),

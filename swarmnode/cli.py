@@ -30,6 +30,11 @@ def _serve(args: argparse.Namespace) -> None:
         public_host=args.public_host,
         device=args.device,
         dtype=args.dtype,
+        backend=args.backend,
+        num_blocks=args.num_blocks,
+        max_memory=args.max_memory,
+        max_batch=args.max_batch,
+        prefill_chunk=args.prefill_chunk,
         num_threads=args.num_threads,
         small_step_threads=args.small_step_threads,
         cache_tokens=args.cache_tokens,
@@ -108,7 +113,7 @@ def _cut_at_stop(text: str, stops: list[str]) -> str:
 def _bench(args: argparse.Namespace) -> None:
     from swarmnode.bench import run_bench
 
-    result = run_bench(args.model, args.nodes, args.new_tokens, args.runs)
+    result = run_bench(args.model, args.nodes, args.new_tokens, args.runs, backend=args.backend)
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
 
 
@@ -157,8 +162,23 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=0, help="0 picks a free port")
     serve.add_argument("--public-host", help="host name to advertise when binding 0.0.0.0")
-    serve.add_argument("--device", default="cpu")
-    serve.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    serve.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")
+    serve.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "float16", "bfloat16", "int8"],
+        help="compute precision; auto: bf16/fp16 on GPU, fp32 on CPU; int8 weights on CPU (ONNX Runtime)",
+    )
+    serve.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "torch", "onnxruntime"],
+        help="auto: PyTorch on CUDA, the faster of ONNX Runtime/PyTorch (measured) on CPU",
+    )
+    serve.add_argument("--num-blocks", help="with no --blocks: 'auto' (as many as fit --max-memory) or a count")
+    serve.add_argument("--max-memory", help="memory budget for weights + KV cache, e.g. 2GB (default: 80%% of free)")
+    serve.add_argument("--max-batch", type=int, default=16, help="most sessions' decoding steps in one pass")
+    serve.add_argument("--prefill-chunk", type=int, default=512, help="long prompts run in chunks of this size")
     serve.add_argument("--num-threads", type=int, default=None, help="torch threads (default: all cores)")
     serve.add_argument(
         "--small-step-threads", type=int, default=None, help="threads for decoding steps (default: --num-threads)"
@@ -195,6 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--nodes", type=int, default=3)
     bench.add_argument("--new-tokens", type=int, default=64)
     bench.add_argument("--runs", type=int, default=3)
+    bench.add_argument(
+        "--backend",
+        default="torch",
+        choices=["torch", "onnxruntime"],
+        help="torch: vs local transformers generate; onnxruntime: vs the whole model in local ORT",
+    )
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(func=_bench)
 

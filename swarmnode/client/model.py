@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import torch
 
+from swarmnode.client.failover import BanList, FailoverPolicy, StepTimer
 from swarmnode.client.generation import SamplingParams, build_processors, select_next
+from swarmnode.client.latency import RttTable, ping_all
 from swarmnode.client.remote import PeerInfo, RemoteSpan
-from swarmnode.client.routing import SwarmNotCovering, find_chain, probe_peers
-from swarmnode.client.session import InferenceSession
+from swarmnode.client.routing import RoutingPolicy, SwarmNotCovering, find_chain
+from swarmnode.client.session import FailoverEvent, InferenceSession
 from swarmnode.client.tracker import fetch_spans
 from swarmnode.models import Checkpoint, load_client_head, resolve_model
 from swarmnode.models.registry import model_name
@@ -31,6 +33,7 @@ class GenerationStats:
     new_tokens: int = 0
     ttft_s: float = 0.0  # prompt sent -> first new token chosen
     total_s: float = 0.0
+    failovers: list[FailoverEvent] = field(default_factory=list)  # nodes replaced mid-generation
 
     @property
     def tokens_per_s(self) -> float:
@@ -42,13 +45,35 @@ class GenerationStats:
 class DistributedModelForCausalLM:
     """Client side of a model served by a swarm. Build it with :class:`AutoDistributedModelForCausalLM`."""
 
-    def __init__(self, name: str, checkpoint: Checkpoint, peers: list[PeerInfo], dtype: torch.dtype, timeout: float):
+    def __init__(
+        self,
+        name: str,
+        checkpoint: Checkpoint,
+        peers: list[PeerInfo],
+        dtype: torch.dtype,
+        timeout: float,
+        *,
+        urls: list[str] | None = None,
+        portal: str | None = None,
+        rtts: RttTable | None = None,
+        routing: RoutingPolicy | None = None,
+        failover: FailoverPolicy | None = None,
+        push: bool = False,
+    ):
         self.name = name
         self.checkpoint = checkpoint
         self.config = checkpoint.config
         self.peers = peers
         self.dtype = dtype
         self.timeout = timeout
+        self.urls = list(urls or [p.url for p in peers])  # static peers, probed again when rediscovering
+        self.portal = portal
+        self.rtts = rtts or RttTable()
+        self.routing = routing or RoutingPolicy(rtt_weight=0.5 if push else 1.0)
+        self.failover = failover or FailoverPolicy(first_step_timeout_s=timeout)
+        self.push = push
+        self.bans = BanList(self.failover)  # shared by every session of this client
+        self.timer = StepTimer(self.failover)
         self.head = load_client_head(checkpoint, dtype)
         self.tokenizer = checkpoint.tokenizer()
         from transformers import GenerationConfig
@@ -67,7 +92,50 @@ class DistributedModelForCausalLM:
         Raises:
             SwarmNotCovering: the known peers do not cover every block.
         """
-        return find_chain(self.peers, self.checkpoint.num_blocks, self.name)
+        return find_chain(
+            self.peers,
+            self.checkpoint.num_blocks,
+            self.name,
+            exclude=self.bans.banned(),
+            rtts=self.rtts.snapshot(),
+            policy=self.routing,
+        )
+
+    def discover(self) -> list[PeerInfo]:
+        """Ask the tracker (if any) and every known node again what they serve; refresh RTTs.
+
+        Returns:
+            The nodes that answered (also stored as ``self.peers``).
+        """
+        urls = list(self.urls)
+        if self.portal:
+            try:
+                urls += [p.url for p in fetch_spans(self.portal, self.name) if p.url not in urls]
+            except ValueError:
+                pass  # the tracker is down: the nodes we know may still answer
+        infos, _ = ping_all(urls, self.rtts, timeout=min(self.timeout, 5.0))
+        if infos:
+            self.peers = infos
+        return self.peers
+
+    def open_session(self, max_length: int, chain: list[PeerInfo] | None = None) -> InferenceSession:
+        """An inference session over the current best chain, with failover onto every known node."""
+        return InferenceSession(
+            chain or self.chain(),
+            max_length,
+            tensor_to_wire_dtype(self.dtype),
+            self.timeout,
+            peers=self.peers,
+            num_blocks=self.checkpoint.num_blocks,
+            model=self.name,
+            discover=self.discover,
+            bans=self.bans,
+            timer=self.timer,
+            rtts=self.rtts.snapshot(),
+            routing=self.routing,
+            failover=self.failover,
+            push=self.push,
+        )
 
     # -- generation -----------------------------------------------------------------------
 
@@ -133,7 +201,8 @@ class DistributedModelForCausalLM:
         prompt_text = [""] * ids.shape[0]
         if params.stop_strings:
             prompt_text = self.tokenizer.batch_decode(input_ids)
-        with InferenceSession(chain, max_length, tensor_to_wire_dtype(self.dtype), self.timeout) as session:
+        with self.open_session(max_length, chain) as session:
+            self.last_stats.failovers = session.failovers
             step_input = input_ids
             for i in range(params.max_new_tokens):
                 hidden = session.step(self.head.embed_tokens(step_input))  # (B, T, H)
@@ -225,6 +294,9 @@ class AutoDistributedModelForCausalLM:
         dtype: torch.dtype = torch.float32,
         timeout: float = 60.0,
         portal: str | None = None,
+        routing: RoutingPolicy | None = None,
+        failover: FailoverPolicy | None = None,
+        push: bool = False,
     ) -> DistributedModelForCausalLM:
         """Load the client parts of ``model`` and learn what each peer serves.
 
@@ -234,6 +306,9 @@ class AutoDistributedModelForCausalLM:
             dtype: client-side compute dtype and activation dtype on the wire.
             timeout: seconds to wait for any node reply.
             portal: a portal URL (``http://host:8000``) whose tracker lists the nodes serving ``model``.
+            routing: how chains are priced (latency or throughput mode, penalties).
+            failover: retry budget, bans, adaptive timeouts and replay mode.
+            push: server-to-server push (each step goes to the first node; nodes forward it).
 
         Raises:
             ValueError: neither peers nor portal given; ``TrackerError`` (a ``ValueError``) if the portal fails.
@@ -246,8 +321,21 @@ class AutoDistributedModelForCausalLM:
         urls = list(peers or [])
         if portal:  # the tracker says who serves what; probing below confirms each node is alive
             urls += [p.url for p in fetch_spans(portal, name) if p.url not in urls]
-        infos, errors = probe_peers(urls)
-        distributed = DistributedModelForCausalLM(name, checkpoint, infos, dtype, timeout)
+        rtts = RttTable()
+        infos, errors = ping_all(urls, rtts, timeout=min(timeout, 10.0))
+        distributed = DistributedModelForCausalLM(
+            name,
+            checkpoint,
+            infos,
+            dtype,
+            timeout,
+            urls=list(peers or []),
+            portal=portal,
+            rtts=rtts,
+            routing=routing,
+            failover=failover,
+            push=push,
+        )
         try:
             distributed.chain()
         except SwarmNotCovering as exc:

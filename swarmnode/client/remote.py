@@ -38,11 +38,20 @@ class PeerInfo:
     dtype: str
     cache_tokens_left: int
     max_session_length: int
+    throughput: float = 0.0  # tokens/s of one-token steps through the whole span; 0 = unknown
+    prefill_throughput: float = 0.0  # tokens/s of a long prefill through the span; 0 = unknown
+    state: str = "online"  # "draining": serves its sessions but takes no new ones
+    relay: bool = False  # reachable only through a relay (an extra hop)
+
+    @property
+    def length(self) -> int:
+        """Number of blocks served."""
+        return self.end_block - self.start_block
 
     @classmethod
     def from_reply(cls, url: str, reply: InfoReply) -> PeerInfo:
         """Build from an :class:`InfoReply`."""
-        names = {f.name for f in dataclasses.fields(cls)} - {"url"}
+        names = {f.name for f in dataclasses.fields(cls)} - {"url", "relay"}
         return cls(url=url, **{n: getattr(reply, n) for n in names})
 
 
@@ -93,6 +102,41 @@ class RemoteSpan:
             raise RemoteError(self.url, reply.code, reply.message)
         if reply.id != message.id:
             raise RemoteError(self.url, "bad_reply", f"reply id {reply.id} for request {message.id}")
+        return reply
+
+    def send(self, message: Message, request_id: int | None = None) -> int:
+        """Send a request without waiting for a reply (server-to-server push, spec §7); return its id.
+
+        Raises:
+            RemoteError: ``unavailable`` when the link is down.
+        """
+        if request_id is None:
+            request_id = self._next_id
+            self._next_id += 1
+        try:
+            self._ws.send(encode(dataclasses.replace(message, id=request_id)))
+        except Exception as exc:
+            raise RemoteError(self.url, "unavailable", f"connection lost ({type(exc).__name__})") from None
+        return request_id
+
+    def receive(self, timeout: float) -> Message | None:
+        """The next frame from the node, or ``None`` if none arrives within ``timeout`` seconds.
+
+        Raises:
+            RemoteError: an Error frame (its code), a garbled frame or a dropped link.
+        """
+        try:
+            frame = self._ws.recv(timeout=timeout)
+        except TimeoutError:
+            return None
+        except Exception as exc:
+            raise RemoteError(self.url, "unavailable", f"connection lost ({type(exc).__name__})") from None
+        try:
+            reply = decode(frame, self._limits)
+        except ProtocolError as exc:
+            raise RemoteError(self.url, "bad_reply", exc.message) from None
+        if isinstance(reply, Error):
+            raise RemoteError(self.url, reply.code, reply.message)
         return reply
 
     def info(self) -> PeerInfo:

@@ -7,6 +7,7 @@ field is type-checked before a message object exists.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 
 import msgpack
@@ -60,6 +61,9 @@ class InfoReply(Message):
     cache_tokens_left: int = 0
     max_session_length: int = 0
     open_sessions: int = 0
+    throughput: float = 0.0  # tokens/s of one-token cached steps through the whole span (§4.7)
+    prefill_throughput: float = 0.0  # tokens/s of a long uncached prefill through the span (§4.7)
+    state: str = "online"  # "online", or "draining" while the node is about to move or leave (§4.8)
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,7 @@ class OpenSession(Message):
     session_id: str = ""
     max_length: int = 0
     dtype: str = "float32"
+    push_key: str = ""  # secret that lets other nodes push steps into this session (§7); "" = no push
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,8 @@ class Step(Message):
     session_id: str = ""
     position: int = 0
     hidden: WireTensor | None = None
+    push_key: str = ""  # the session's push key: marks a pushed step (§7)
+    route: tuple[str, ...] = ()  # the next hops' URLs, in order, for server-to-server push (§7)
 
 
 @dataclass(frozen=True)
@@ -162,7 +169,8 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
     )
 }
 
-_FIELD_TYPES = {"int": int, "str": str, "WireTensor | None": WireTensor}
+_FIELD_TYPES = {"int": int, "str": str, "float": float, "tuple[str, ...]": tuple, "WireTensor | None": WireTensor}
+_MAX_LIST_ITEMS = 64
 
 
 def encode(message: Message) -> bytes:
@@ -219,6 +227,18 @@ def decode(frame: bytes | str, limits: Limits | None = None) -> Message:
         elif expected is str:
             if not isinstance(value, str) or len(value) > 4096:
                 raise ProtocolError("bad_field", f"{f.name} must be a short string")
+        elif expected is float:
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise ProtocolError("bad_field", f"{f.name} must be a finite number")
+            value = float(value)
+        elif expected is tuple:
+            if (
+                not isinstance(value, list)
+                or len(value) > _MAX_LIST_ITEMS
+                or not all(isinstance(v, str) and len(v) <= 4096 for v in value)
+            ):
+                raise ProtocolError("bad_field", f"{f.name} must be a list of at most {_MAX_LIST_ITEMS} short strings")
+            value = tuple(value)
         kwargs[f.name] = value
     return cls(**kwargs)
 

@@ -49,6 +49,7 @@ class TorchBackend:
         self.device = device
         self.dtype = dtype
         self.threads = threads or torch.get_num_threads()
+        self.precision = _WIRE_DTYPES[dtype]
         # On CPU a one-token step is bound by memory and per-op overhead, not arithmetic: extra
         # threads add little and their barriers stall whenever another process holds a core.
         self.small_step_threads = small_step_threads or self.threads
@@ -73,3 +74,16 @@ class TorchBackend:
     def forward(self, hidden: WireTensor) -> WireTensor:
         """Run positions 0..T-1 through the span without a cache."""
         return self._run(hidden, None)
+
+    def step_batch(self, items: list[tuple[WireTensor, object]]) -> list[WireTensor]:
+        """Several sessions' steps, one after the other.
+
+        The ``transformers`` cache cannot mix sessions at different positions in one pass, and
+        running them separately keeps every session bit-identical to local ``transformers``.
+        """
+        return [self.step(hidden, cache) for hidden, cache in items]
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of the span's parameters."""
+        return sum(p.numel() * p.element_size() for p in self.span.parameters())

@@ -35,8 +35,13 @@ class NodeConfig:
     host: str = "127.0.0.1"
     port: int = 0  # 0 picks a free port (printed in the ready line)
     public_host: str | None = None  # host to advertise in URLs when binding 0.0.0.0
-    device: str = "cpu"
-    dtype: str = "float32"
+    device: str = "cpu"  # cpu, cuda[:N] or auto
+    dtype: str = "auto"  # compute precision: auto, float32, bfloat16, float16, int8
+    backend: str = "auto"  # auto, torch or onnxruntime
+    num_blocks: str | None = None  # with no --blocks: "auto" (what fits --max-memory) or a count from block 0
+    max_memory: str | None = None  # memory budget for weights + KV cache, e.g. "2GB"
+    max_batch: int = 16  # most decoding steps of different sessions run in one pass
+    prefill_chunk: int = 512  # long prompts are computed in chunks of this many tokens
     num_threads: int | None = None  # torch intra-op threads; None = all cores
     small_step_threads: int | None = None  # threads for decoding steps (few tokens); None = num_threads
     cache_tokens: int = 32768  # KV-cache budget across sessions, in tokens

@@ -37,12 +37,22 @@ from swarmnode.protocol import (
     decode,
     encode,
 )
-from swarmnode.runtime import CachePool, TorchBackend
+from swarmnode.runtime import CachePool
+from swarmnode.runtime.planning import (
+    TORCH_DTYPES,
+    DoesNotFit,
+    build_backend,
+    default_memory_budget,
+    parse_bytes,
+    plan_memory,
+    resolve_device,
+    resolve_precision,
+)
+from swarmnode.runtime.scheduler import Scheduler
 from swarmnode.server.announce import start_announcer
 from swarmnode.server.config import WS_PATH, NodeConfig, parse_blocks
 
 log = logging.getLogger("swarmnode.node")
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class Node:
@@ -60,20 +70,46 @@ class Node:
         path = resolve_model(config.model)
         self.checkpoint = Checkpoint(path)
         self.model_name = model_name(config.model)
-        num = self.checkpoint.num_blocks
-        self.start, self.end = parse_blocks(config.blocks, num) if config.blocks else (0, num)
+        self.device = resolve_device(config.device)
+        self.precision, precision_reason = resolve_precision(self.device, config.dtype)
+        self.start, self.end = self._choose_blocks()
         self.hidden_size = self.checkpoint.hidden_size
-        span = load_span(self.checkpoint, self.start, self.end, _DTYPES[config.dtype], config.device)
-        self.backend = TorchBackend(
-            span, config.device, _DTYPES[config.dtype], config.num_threads, config.small_step_threads
+        load_dtype = TORCH_DTYPES.get(self.precision, torch.float32)  # int8 spans load fp32, then quantize
+        span = load_span(self.checkpoint, self.start, self.end, load_dtype, self.device)
+        self.backend, backend_reason = build_backend(
+            span, self.device, self.precision, config.backend, config.num_threads, config.small_step_threads
         )
+        log.info("precision %s (%s); backend %s (%s)", self.precision, precision_reason, self.backend.name,
+                 backend_reason)
+        self.backend_reason = backend_reason
         self.pool = CachePool(config.cache_tokens, config.idle_timeout)
         self.max_session_length = min(
             self.limits.max_session_length,
             int(getattr(self.checkpoint.config, "max_position_embeddings", 1 << 30)),
         )
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
+        self.scheduler = Scheduler(
+            self.backend, self._executor, max_batch=config.max_batch, prefill_chunk=config.prefill_chunk
+        )
         self.url = ""
+
+    def _choose_blocks(self) -> tuple[int, int]:
+        """The span to serve: ``--blocks``, or ``--num-blocks`` from block 0, within ``--max-memory``."""
+        config, num = self.config, self.checkpoint.num_blocks
+        plan = None
+        if config.max_memory or config.num_blocks == "auto":
+            budget = parse_bytes(config.max_memory) if config.max_memory else default_memory_budget(self.device)
+            plan = plan_memory(self.checkpoint, self.precision, budget, config.cache_tokens)
+        if config.blocks:
+            start, end = parse_blocks(config.blocks, num)
+        elif config.num_blocks:
+            count = plan.max_blocks if config.num_blocks == "auto" else int(config.num_blocks)
+            start, end = 0, min(num, count)
+        else:
+            start, end = 0, num
+        if plan is not None and end - start > plan.max_blocks:
+            raise DoesNotFit(f"blocks {start}:{end} do not fit: {plan.explain(end - start)}")
+        return start, end
 
     # -- message handling ---------------------------------------------------------------
 
@@ -86,9 +122,9 @@ class Node:
             end_block=self.end,
             num_blocks=self.checkpoint.num_blocks,
             hidden_size=self.hidden_size,
-            dtype=self.config.dtype,
+            dtype=self.precision,
             backend=self.backend.name,
-            device=self.config.device,
+            device=self.device,
             version=__version__,
             cache_tokens_left=self.pool.tokens_left,
             max_session_length=self.max_session_length,
@@ -113,7 +149,6 @@ class Node:
             return Error(id=request_id, code="internal", message=f"{type(exc).__name__}: {exc}", session_id=session_id)
 
     async def _dispatch(self, msg: Message, owner: object) -> Message:
-        loop = asyncio.get_running_loop()
         if isinstance(msg, Step):
             state = self.pool.get(msg.session_id, owner)
             hidden = check_hidden(msg.hidden, self.hidden_size, self.limits)
@@ -129,7 +164,7 @@ class Node:
                     f"{new_len} tokens would exceed the session's max_length {state.max_length}",
                 )
             started = time.perf_counter()
-            out = await loop.run_in_executor(self._executor, self.backend.step, hidden, state.cache)
+            out = await self.scheduler.step(hidden, state.cache)
             state.position = new_len
             compute_us = int((time.perf_counter() - started) * 1e6)
             return StepResult(id=msg.id, session_id=msg.session_id, position=new_len, hidden=out, compute_us=compute_us)
@@ -146,7 +181,7 @@ class Node:
         if isinstance(msg, Forward):
             hidden = check_hidden(msg.hidden, self.hidden_size, self.limits)
             started = time.perf_counter()
-            out = await loop.run_in_executor(self._executor, self.backend.forward, hidden)
+            out = await self.scheduler.forward(hidden)
             return ForwardResult(id=msg.id, hidden=out, compute_us=int((time.perf_counter() - started) * 1e6))
         if isinstance(msg, CloseSession):
             self.pool.get(msg.session_id, owner)
@@ -204,8 +239,8 @@ class Node:
                 "start_block": self.start,
                 "end_block": self.end,
                 "backend": self.backend.name,
-                "device": self.config.device,
-                "dtype": self.config.dtype,
+                "device": self.device,
+                "dtype": self.precision,
                 "pid": os.getpid(),
             }
             print(json.dumps(line), flush=True)

@@ -88,7 +88,10 @@ def tiny_node(tiny_models, tmp_path_factory):
     node = start_node(
         str(tiny_models["llama"]),
         "0:6",
-        extra_args=["--cache-tokens", "1000", "--max-frame-bytes", "200000", "--max-tokens-per-step", "256"],
+        extra_args=[
+            "--backend", "torch", "--cache-tokens", "1000", "--max-frame-bytes", "200000",
+            "--max-tokens-per-step", "256",
+        ],
         log_path=logs / "tiny-node.log",
     )
     node.ready_model_path = tiny_models["llama"]
@@ -100,5 +103,7 @@ def tiny_node(tiny_models, tmp_path_factory):
 @pytest.fixture(scope="session")
 def smollm2_swarm(smollm2_dir, tmp_path_factory):
     """Three real node processes serving SmolLM2 as 0:10, 10:20, 20:30."""
-    with LocalSwarm("smollm2", 30, 3, log_dir=tmp_path_factory.mktemp("swarm-logs")) as swarm:
+    # PyTorch nodes: the exact-parity backend (ONNX Runtime parity is tested on its own).
+    logs = tmp_path_factory.mktemp("swarm-logs")
+    with LocalSwarm("smollm2", 30, 3, extra_args=["--backend", "torch"], log_dir=logs) as swarm:
         yield swarm

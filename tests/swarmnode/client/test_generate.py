@@ -12,7 +12,10 @@ from swarmnode.protocol import Info
 @pytest.fixture(scope="module")
 def two_nodes(tiny_models, tmp_path_factory):
     logs = tmp_path_factory.mktemp("gen-logs")
-    nodes = [start_node(str(tiny_models["llama"]), b, log_path=logs / f"{b}.log") for b in ("0:3", "3:6")]
+    nodes = [
+        start_node(str(tiny_models["llama"]), b, extra_args=["--backend", "torch"], log_path=logs / f"{b}.log")
+        for b in ("0:3", "3:6")
+    ]
     yield nodes
     for n in nodes:
         n.process.kill()

@@ -1,0 +1,203 @@
+"""Fitting a node to its hardware: device, precision, backend, and how many blocks fit.
+
+Choices are made once at start-up and logged with their reason; the node announces the
+result (``backend`` and ``dtype`` in its Info reply).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+from swarmnode.models.checkpoint import Checkpoint
+from swarmnode.models.span import SpanModel, family_of
+from swarmnode.protocol import WireTensor
+from swarmnode.runtime.backend import TorchBackend, tensor_to_wire
+
+log = logging.getLogger("swarmnode.planning")
+
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+BYTES_PER_PARAM = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1}
+
+
+class DoesNotFit(ValueError):
+    """The requested blocks (or even one block) do not fit the memory budget."""
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` becomes ``cuda`` when a GPU is visible, else ``cpu``.
+
+    Raises:
+        ValueError: CUDA was asked for but torch sees no GPU.
+    """
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda was given but PyTorch sees no CUDA GPU")
+    return device
+
+
+def resolve_precision(device: str, precision: str) -> tuple[str, str]:
+    """Pick the compute precision for the hardware; returns ``(precision, reason)``.
+
+    ``auto``: bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU.
+    """
+    if precision != "auto":
+        if precision == "int8" and device != "cpu":
+            raise ValueError("int8 is offered on CPU (ONNX Runtime); no maintained int8 kernel library on this stack")
+        return precision, "requested"
+    if device.startswith("cuda"):
+        if torch.cuda.is_bf16_supported():
+            return "bfloat16", f"{torch.cuda.get_device_name(device)} supports bf16"
+        return "float16", f"{torch.cuda.get_device_name(device)} has no bf16"
+    return "float32", "CPU: fp32 keeps exact parity and is fastest at batch 1"
+
+
+def parse_bytes(text: str) -> int:
+    """``"2GB"``, ``"512MiB"``, ``"1.5G"`` or plain bytes to an integer.
+
+    Raises:
+        ValueError: not a size.
+    """
+    m = re.fullmatch(r"\s*([0-9.]+)\s*([kmgt]?)(i?b?)\s*", text.lower())
+    if not m:
+        raise ValueError(f"not a memory size: {text!r} (try 2GB or 512MiB)")
+    base = 1024 if m.group(3).startswith("i") else 1000
+    power = " kmgt".index(m.group(2) or " ")
+    return int(float(m.group(1)) * base**power)
+
+
+def block_bytes(checkpoint: Checkpoint, precision: str) -> int:
+    """Weight bytes of one block at ``precision`` (the largest block, to be safe)."""
+    prefix = family_of(checkpoint.config).layers_prefix
+    sizes: dict[int, int] = {}
+    from safetensors import safe_open
+
+    for key in checkpoint.keys():
+        if not key.startswith(prefix):
+            continue
+        index = int(key[len(prefix) :].split(".", 1)[0])
+        with safe_open(checkpoint._files[key], framework="pt") as f:
+            shape = f.get_slice(key).get_shape()
+        n = 1
+        for d in shape:
+            n *= d
+        sizes[index] = sizes.get(index, 0) + n
+    return max(sizes.values()) * BYTES_PER_PARAM[precision]
+
+
+def kv_bytes_per_token(checkpoint: Checkpoint, precision: str) -> int:
+    """KV-cache bytes per token per block (keys + values; int8 nodes keep an fp32 cache)."""
+    cfg = checkpoint.config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    item = 4 if precision == "int8" else BYTES_PER_PARAM[precision]
+    return 2 * cfg.num_key_value_heads * head_dim * item
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """How many blocks fit a memory budget."""
+
+    max_blocks: int
+    block_bytes: int
+    cache_bytes_per_block: int
+    budget: int
+
+    def explain(self, blocks: int) -> str:
+        """One line for logs and errors."""
+        need = blocks * (self.block_bytes + self.cache_bytes_per_block)
+        return (
+            f"{blocks} blocks need {need / 1e6:.0f} MB ({self.block_bytes / 1e6:.1f} MB weights + "
+            f"{self.cache_bytes_per_block / 1e6:.1f} MB KV cache each); budget {self.budget / 1e6:.0f} MB"
+        )
+
+
+def plan_memory(checkpoint: Checkpoint, precision: str, max_memory: int, cache_tokens: int) -> MemoryPlan:
+    """How many blocks fit ``max_memory`` bytes, keeping room for ``cache_tokens`` of KV cache.
+
+    Raises:
+        DoesNotFit: not even one block fits.
+    """
+    weights = block_bytes(checkpoint, precision)
+    cache = kv_bytes_per_token(checkpoint, precision) * cache_tokens
+    plan = MemoryPlan(min(checkpoint.num_blocks, max_memory // (weights + cache)), weights, cache, max_memory)
+    if plan.max_blocks < 1:
+        raise DoesNotFit(f"not even one block fits: {plan.explain(1)}. Raise --max-memory or lower --cache-tokens.")
+    return plan
+
+
+def default_memory_budget(device: str) -> int:
+    """Free GPU memory less 10%, or 80% of available RAM on CPU."""
+    if device.startswith("cuda"):
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * 0.9)
+    try:
+        import os
+
+        pages, size = os.sysconf("SC_AVPHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        return int(pages * size * 0.8)
+    except (ValueError, OSError, AttributeError):
+        return 8 * 1024**3
+
+
+def _decode_ms(backend, hidden_size: int, past: int = 32, steps: int = 8) -> float:
+    cache = backend.new_cache()
+    backend.step(tensor_to_wire(torch.randn(1, past, hidden_size)), cache)
+    x: WireTensor = tensor_to_wire(torch.randn(1, 1, hidden_size))
+    backend.step(x, cache)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        backend.step(x, cache)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def build_backend(
+    span: SpanModel,
+    device: str,
+    precision: str,
+    backend: str = "auto",
+    threads: int | None = None,
+    small_step_threads: int | None = None,
+):
+    """Make the backend for a span; returns ``(backend, reason)``.
+
+    ``auto`` is PyTorch on CUDA; on CPU it times a decoding step on PyTorch and on ONNX Runtime
+    and keeps the faster one. int8 runs on ONNX Runtime.
+    """
+    torch_backend = lambda: TorchBackend(span, device, TORCH_DTYPES[precision], threads, small_step_threads)  # noqa: E731
+    if backend == "torch":
+        if precision == "int8":
+            raise ValueError("int8 runs on the onnxruntime backend; use --backend onnxruntime or auto")
+        return torch_backend(), "requested"
+    if backend in ("onnxruntime", "onnx") or precision == "int8":
+        if device != "cpu":
+            raise ValueError("the onnxruntime backend runs on CPU here; use --backend torch on CUDA")
+        from swarmnode.runtime.onnx_backend import OnnxBackend
+
+        return OnnxBackend(span, precision, threads), "requested" if backend != "auto" else "int8 runs on ONNX Runtime"
+    if backend != "auto":
+        raise ValueError(f"unknown backend {backend!r}; use auto, torch or onnxruntime")
+    if device != "cpu":
+        return torch_backend(), "PyTorch on CUDA"
+    if precision != "float32":
+        return torch_backend(), f"{precision} on CPU runs on PyTorch"
+    candidates = [torch_backend()]
+    try:
+        from swarmnode.runtime.onnx_backend import OnnxBackend
+
+        candidates.append(OnnxBackend(span, precision, threads))
+    except Exception as exc:  # an architecture the graph cannot express, or no onnxruntime
+        log.warning("ONNX Runtime unavailable for this span (%s); using PyTorch", exc)
+        return candidates[0], f"ONNX Runtime unavailable ({type(exc).__name__})"
+    hidden = span.config.hidden_size
+    timings = {b.name: _decode_ms(b, hidden) for b in candidates}
+    best = min(candidates, key=lambda b: timings[b.name])
+    reason = "measured decoding step: " + ", ".join(f"{k} {v:.1f} ms" for k, v in timings.items())
+    return best, reason

@@ -1,0 +1,195 @@
+"""Dynamic batching and priorities for a node's compute.
+
+Requests wait in one priority queue; a single worker takes the most urgent job and, when it is
+a decoding step, every other queued decoding step that can share its pass (same new-token
+count, one sequence each, same wire dtype), up to ``max_batch``. Nothing waits on purpose:
+batches form from whatever queued while the previous pass ran, so a lone session pays no
+batching delay. Classes: decoding steps, then prompt (prefill) chunks, then cache-less
+forwards; shorter jobs first within a class; a job that waited longer than ``aging_s`` is
+promoted to the front class so nothing starves. Long prompts are cut into chunks of
+``prefill_chunk`` tokens so they cannot block everyone's decoding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any
+
+from swarmnode.protocol import WireTensor
+
+DECODE, PREFILL, FORWARD = 0, 1, 2
+
+
+@dataclass
+class Job:
+    """One unit of compute waiting for the worker."""
+
+    kind: int  # DECODE, PREFILL or FORWARD
+    hidden: WireTensor
+    cache: Any  # None for FORWARD
+    future: asyncio.Future
+    seq: int
+    enqueued: float = field(default_factory=time.monotonic)
+
+    @property
+    def tokens(self) -> int:
+        """Positions this job computes."""
+        return self.hidden.shape[0] * self.hidden.shape[1]
+
+    def key(self, now: float, aging_s: float) -> tuple:
+        """Sort key: class (promoted after ``aging_s``), then size, then arrival."""
+        cls = DECODE if now - self.enqueued > aging_s else self.kind
+        return (cls, self.tokens, self.seq)
+
+    def batchable_with(self, other: Job) -> bool:
+        """Whether both can run in one batched pass."""
+        return (
+            self.kind == other.kind == DECODE
+            and self.hidden.shape[0] == other.hidden.shape[0] == 1
+            and self.hidden.shape[1] == other.hidden.shape[1]
+            and self.hidden.dtype == other.hidden.dtype
+        )
+
+
+def concat_tokens(parts: list[WireTensor]) -> WireTensor:
+    """Join step outputs along the token axis (chunks of one prompt)."""
+    if len(parts) == 1:
+        return parts[0]
+    b, _, h = parts[0].shape
+    arrays = [p.to_numpy().reshape(b, -1, h) for p in parts]
+    import numpy as np
+
+    joined = np.ascontiguousarray(np.concatenate(arrays, axis=1))
+    return WireTensor(parts[0].dtype, tuple(joined.shape), joined.tobytes())
+
+
+def split_tokens(hidden: WireTensor, chunk: int) -> list[WireTensor]:
+    """Cut a ``(B, T, H)`` tensor into ``(B, <=chunk, H)`` pieces along T."""
+    b, t, h = hidden.shape
+    if t <= chunk:
+        return [hidden]
+    arr = hidden.to_numpy().reshape(b, t, h)
+    pieces = []
+    for start in range(0, t, chunk):
+        part = arr[:, start : start + chunk]
+        data = part.copy().tobytes()
+        pieces.append(WireTensor(hidden.dtype, tuple(part.shape), data))
+    return pieces
+
+
+class Scheduler:
+    """Queue compute jobs and run them on one executor thread, batching decoding steps.
+
+    Args:
+        backend: has ``step(hidden, cache)``, ``forward(hidden)`` and optionally
+            ``step_batch([(hidden, cache), ...])``.
+        executor: where compute runs (one thread: the backend is not re-entrant).
+        max_batch: most decoding steps in one pass.
+        small_step_tokens: a step of at most this many positions counts as decoding.
+        prefill_chunk: longest piece a prompt is cut into.
+        aging_s: after this long in the queue a job is served as if it were decoding.
+    """
+
+    def __init__(
+        self,
+        backend,
+        executor: Executor,
+        max_batch: int = 16,
+        small_step_tokens: int = 4,
+        prefill_chunk: int = 512,
+        aging_s: float = 0.5,
+    ) -> None:
+        self.backend = backend
+        self.executor = executor
+        self.max_batch = max_batch if hasattr(backend, "step_batch") else 1
+        self.small_step_tokens = small_step_tokens
+        self.prefill_chunk = prefill_chunk
+        self.aging_s = aging_s
+        self._queue: list[Job] = []
+        self._wake = asyncio.Event()
+        self._seq = itertools.count()
+        self._worker: asyncio.Task | None = None
+        self.batches_run = 0
+        self.largest_batch = 0
+
+    def start(self) -> None:
+        """Start the worker task on the running loop."""
+        if self._worker is None:
+            self._worker = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        """Stop the worker; queued jobs fail with CancelledError."""
+        if self._worker:
+            self._worker.cancel()
+            self._worker = None
+        for job in self._queue:
+            job.future.cancel()
+        self._queue.clear()
+
+    async def _submit(self, kind: int, hidden: WireTensor, cache) -> WireTensor:
+        self.start()
+        job = Job(kind, hidden, cache, asyncio.get_running_loop().create_future(), next(self._seq))
+        self._queue.append(job)
+        self._wake.set()
+        return await job.future
+
+    async def step(self, hidden: WireTensor, cache) -> WireTensor:
+        """Run a session's step; long prompts go through in chunks, in order."""
+        if hidden.shape[0] * hidden.shape[1] <= self.small_step_tokens:
+            return await self._submit(DECODE, hidden, cache)
+        parts = [await self._submit(PREFILL, piece, cache) for piece in split_tokens(hidden, self.prefill_chunk)]
+        return concat_tokens(parts)
+
+    async def forward(self, hidden: WireTensor) -> WireTensor:
+        """Run a cache-less forward."""
+        return await self._submit(FORWARD, hidden, None)
+
+    def _take(self) -> list[Job]:
+        now = time.monotonic()
+        self._queue.sort(key=lambda j: j.key(now, self.aging_s))
+        first = self._queue.pop(0)
+        batch = [first]
+        if first.kind == DECODE and self.max_batch > 1:
+            rest = []
+            for job in self._queue:
+                if len(batch) < self.max_batch and first.batchable_with(job) and job.cache is not first.cache:
+                    batch.append(job)
+                else:
+                    rest.append(job)
+            self._queue = rest
+        return batch
+
+    def _compute(self, batch: list[Job]) -> list[WireTensor]:
+        if len(batch) > 1:
+            return self.backend.step_batch([(j.hidden, j.cache) for j in batch])
+        job = batch[0]
+        if job.kind == FORWARD:
+            return [self.backend.forward(job.hidden)]
+        return [self.backend.step(job.hidden, job.cache)]
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch = [j for j in self._take() if not j.future.cancelled()]
+            if not batch:
+                continue
+            self.batches_run += 1
+            self.largest_batch = max(self.largest_batch, len(batch))
+            try:
+                results = await loop.run_in_executor(self.executor, self._compute, batch)
+            except Exception as exc:  # each waiter gets the failure; the worker keeps going
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
+                continue
+            for job, result in zip(batch, results, strict=True):
+                if not job.future.done():
+                    job.future.set_result(result)
