@@ -66,11 +66,17 @@ def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = N
     raise RuntimeError(f"{url} did not answer within {timeout:.0f}s")
 
 
-def _spawn(cmd: list[str], env: dict[str, str], log_path: Path | None) -> subprocess.Popen:
+def _spawn(cmd: list[str], env: dict[str, str], log_path: Path | None, pass_fds: tuple = ()) -> subprocess.Popen:
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - handed to the child
     try:
         return subprocess.Popen(
-            cmd, env={**os.environ, **env}, cwd=BASE_DIR, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            cmd,
+            env={**os.environ, **env},
+            cwd=BASE_DIR,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            pass_fds=pass_fds,
         )
     finally:
         if log_path:
@@ -110,6 +116,8 @@ class PortalProcesses:
     celery: bool = True
     log_dir: Path | None = None
     migrate: bool = True
+    workers: int = 1  # daphne processes sharing one listening socket (the kernel spreads connections)
+    access_log: bool = True
     procs: list[subprocess.Popen] = field(default_factory=list)
 
     @property
@@ -126,19 +134,31 @@ class PortalProcesses:
             if result.returncode:
                 raise RuntimeError(f"migrate failed:\n{result.stdout}\n{result.stderr}")
         self.port = free_port(self.port or None)
-        daphne = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "portal.asgi:application"]
-        log = self.log_dir / "daphne.log" if self.log_dir else None
-        self.procs.append(_spawn(daphne, self.env, log))
+        quiet = [] if self.access_log else ["-v", "0"]
+        if self.workers == 1:
+            daphne = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), *quiet]
+            self.procs.append(_spawn([*daphne, "portal.asgi:application"], self.env, self._log("daphne")))
+        else:
+            listener = socket.create_server(("127.0.0.1", self.port), backlog=1024)
+            listener.set_inheritable(True)
+            fd = str(listener.fileno())
+            for i in range(self.workers):
+                daphne = [sys.executable, "-m", "daphne", "--fd", fd, *quiet, "portal.asgi:application"]
+                self.procs.append(_spawn(daphne, self.env, self._log(f"daphne-{i}"), pass_fds=(listener.fileno(),)))
+            listener.close()  # the workers hold it now
         if self.celery:
             worker = [sys.executable, "-m", "celery", "-A", "portal", "worker", "--beat", "--pool", "solo"]
             worker += ["--loglevel", "INFO", "--without-mingle", "--without-gossip"]
-            self.procs.append(_spawn(worker, self.env, self.log_dir / "celery.log" if self.log_dir else None))
+            self.procs.append(_spawn(worker, self.env, self._log("celery")))
         try:
             wait_http(self.url + "/api/v1/models/", timeout, self.procs[0])
         except Exception:
             self.stop()
             raise
         return self
+
+    def _log(self, name: str) -> Path | None:
+        return self.log_dir / f"{name}.log" if self.log_dir else None
 
     def alive(self) -> bool:
         """Every process still running."""

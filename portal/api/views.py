@@ -71,10 +71,10 @@ class NodeHeartbeat(_NodeTokenView):
         ser = HeartbeatSerializer(data=request.data)
         ser.is_valid(raise_exception=True)
         try:
-            node = tracker.record_heartbeat(request.auth, pk, ser.to_beat())
+            state = tracker.record_heartbeat(request.auth, pk, ser.to_beat())
         except tracker.TrackerError as exc:
             return _error(exc)
-        return _state(node)
+        return Response({"id": pk, "state": state, "heartbeat_interval": settings.SWARM_HEARTBEAT_INTERVAL})
 
 
 class NodeLeave(_NodeTokenView):

@@ -153,32 +153,36 @@ def _token_node(token: NodeToken, node_id: int, lock: bool = False) -> Node:
     return node
 
 
-def record_heartbeat(token: NodeToken, node_id: int, beat: Beat, now: datetime | None = None) -> Node:
-    """Record a heartbeat: the node is online and its stats are fresh.
+def record_heartbeat(token: NodeToken, node_id: int, beat: Beat, now: datetime | None = None) -> Node.State:
+    """Record a heartbeat: the node is online and its stats are fresh. Returns the node's new state.
+
+    The hot path of the tracker (every node, every few seconds): one UPDATE and one INSERT.
 
     Raises:
         TrackerError: not this token's node (404), banned (403), already marked offline (410: register again).
     """
     now = now or timezone.now()
+    fields = {
+        "state": Node.State.ONLINE,
+        "last_seen_at": now,
+        "cache_tokens_left": beat.cache_tokens_left,
+        "open_sessions": beat.open_sessions,
+    }
+    if beat.throughput is not None:
+        fields["throughput"] = beat.throughput
     with transaction.atomic():
-        node = _token_node(token, node_id, lock=True)
-        if node.state == Node.State.OFFLINE:
+        live = Node.objects.filter(pk=node_id, token=token, banned=False).exclude(state=Node.State.OFFLINE)
+        if not live.update(**fields):
+            _token_node(token, node_id)  # 404 or 403 when that is why
             raise TrackerError(410, "offline", "the node was marked offline; register again")
-        node.state = Node.State.ONLINE
-        node.last_seen_at = now
-        node.cache_tokens_left = beat.cache_tokens_left
-        node.open_sessions = beat.open_sessions
-        if beat.throughput is not None:
-            node.throughput = beat.throughput
-        node.save(update_fields=["state", "last_seen_at", "cache_tokens_left", "open_sessions", "throughput"])
         Heartbeat.objects.create(
-            node=node,
+            node_id=node_id,
             at=now,
             cache_tokens_left=beat.cache_tokens_left,
-            throughput=node.throughput,
+            throughput=beat.throughput or 0.0,
             open_sessions=beat.open_sessions,
         )
-    return node
+    return Node.State.ONLINE
 
 
 def leave(token: NodeToken, node_id: int) -> Node:

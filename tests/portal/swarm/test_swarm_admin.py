@@ -26,7 +26,10 @@ def test_it_filters_nodes(admin_client, node_id, owner):
     for query in ("state__exact=online", "model__id__exact=1", f"owner__id__exact={owner.pk}", "banned__exact=0"):
         page = admin_client.get(f"/admin/swarm/node/?{query}")
         assert page.status_code == 200 and f"/admin/swarm/node/{node_id}/change/" in page.content.decode()
-    assert f"/admin/swarm/node/{node_id}/change/" not in admin_client.get("/admin/swarm/node/?state__exact=offline").content.decode()
+    assert (
+        f"/admin/swarm/node/{node_id}/change/"
+        not in admin_client.get("/admin/swarm/node/?state__exact=offline").content.decode()
+    )
 
 
 def test_it_shows_heartbeat_history(admin_client, node_id):
@@ -43,7 +46,9 @@ def test_it_bans_and_unbans_a_node(admin_client, node_id, heartbeat, owner_token
     assert not Node.objects.get(pk=node_id).banned
 
 
-def test_it_bans_a_user_and_their_nodes_leave_the_swarm(admin_client, node_id, owner, anon_client, owner_token, register):
+def test_it_bans_a_user_and_their_nodes_leave_the_swarm(
+    admin_client, node_id, owner, anon_client, owner_token, register
+):
     admin_client.post("/admin/auth/user/", {"action": "ban", "_selected_action": [owner.pk]})
     owner.refresh_from_db()
     assert not owner.is_active

@@ -11,7 +11,7 @@ def test_it_creates_a_node_token_and_shows_the_commands(owner, owner_client):
     plain = page.split('id="node-token">')[1].split("<")[0]
     assert NodeToken.authenticate(plain) == token and token.name == "garage GPU"
     assert "pip install" in page
-    assert f"swarmnode serve --model smollm2 --blocks 0:30" in page
+    assert "swarmnode serve --model smollm2 --blocks 0:30" in page
     assert f"--portal http://testserver --token {plain}" in page
     assert plain not in owner_client.get("/contribute/").content.decode()  # shown once
 
