@@ -69,7 +69,8 @@ def measure_throughput(node, repeats: int = 5) -> float:
 
         from swarmnode.runtime.backend import tensor_to_wire
 
-        x = tensor_to_wire(torch.zeros(1, 1, node.hidden_size), node.config.dtype)  # (B=1, T=1, H)
+        # Activations travel as float32 whatever the node computes in (int8 and fp16 backends convert).
+        x = tensor_to_wire(torch.zeros(1, 1, node.hidden_size), "float32")  # (B=1, T=1, H)
         node.backend.forward(x)  # warm-up: the first call pays for lazy initialisation
         times = []
         for _ in range(repeats):
