@@ -2,8 +2,8 @@
 
 from django.conf import settings
 from django.contrib import admin
+from django.contrib.staticfiles.views import serve
 from django.urls import include, path, re_path
-from django.views.static import serve
 
 from portal import views
 
@@ -18,4 +18,5 @@ urlpatterns = [
     path("admin/", admin.site.urls),
 ]
 if settings.SERVE_STATIC:  # embedded mode: daphne serves frontend/ itself (nginx does in production)
-    urlpatterns.append(re_path(r"^static/(?P<path>.*)$", serve, {"document_root": settings.STATICFILES_DIRS[0]}))
+    # Through the staticfiles finders, so the admin's CSS is served too.
+    urlpatterns.append(re_path(r"^static/(?P<path>.*)$", serve, {"insecure": True}))
