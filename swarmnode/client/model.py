@@ -83,6 +83,7 @@ class DistributedModelForCausalLM:
         except OSError:
             self.generation_config = GenerationConfig.from_model_config(self.config)
         self.last_stats = GenerationStats()
+        self.active_session: InferenceSession | None = None
 
     # -- routing ----------------------------------------------------------------------------
 
@@ -203,6 +204,7 @@ class DistributedModelForCausalLM:
             prompt_text = self.tokenizer.batch_decode(input_ids)
         with self.open_session(max_length, chain) as session:
             self.last_stats.failovers = session.failovers
+            self.active_session = session  # for callers that watch the route (benchmarks, fault tests)
             step_input = input_ids
             for i in range(params.max_new_tokens):
                 hidden = session.step(self.head.embed_tokens(step_input))  # (B, T, H)
