@@ -42,6 +42,11 @@ def _serve(args: argparse.Namespace) -> None:
         limits=limits,
         portal=args.portal,
         token=args.token or os.environ.get("LAYERSWARM_NODE_TOKEN"),
+        peers=tuple(p for p in (args.peers or "").split(",") if p),
+        rebalance_interval=args.rebalance_interval,
+        rebalance_margin=args.rebalance_margin,
+        drain_timeout=args.drain_timeout,
+        measure_throughput=not args.no_measure,
     )
     run_node(config)
 
@@ -63,7 +68,12 @@ def _generate(args: argparse.Namespace) -> None:
     peers = [p for p in (args.peers or "").split(",") if p]
     if not peers and not args.portal:
         raise ValueError("give --peers URL,... or --portal URL")
-    model = AutoDistributedModelForCausalLM.from_pretrained(args.model, peers=peers, portal=args.portal)
+    from swarmnode.client.routing import RoutingPolicy
+
+    routing = RoutingPolicy(mode=args.routing, rtt_weight=0.5 if args.push else 1.0)
+    model = AutoDistributedModelForCausalLM.from_pretrained(
+        args.model, peers=peers, portal=args.portal, routing=routing, push=args.push
+    )
     tok = model.tokenizer
     ids = _prompt_ids(tok, args.prompt, args.chat, args.system)
     generator = torch.Generator().manual_seed(args.seed) if args.seed is not None else None
@@ -158,7 +168,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="serve a span of a model's blocks")
     serve.add_argument("--model", default="smollm2", help="known name, checkpoint dir or .gguf path")
-    serve.add_argument("--blocks", help="START:END (END exclusive); default: the whole model")
+    serve.add_argument(
+        "--blocks",
+        help="START:END (END exclusive) or 'auto': the window that most raises the swarm's bottleneck "
+        "(default: auto with --portal/--peers, else the whole model)",
+    )
+    serve.add_argument("--peers", help="comma-separated node URLs to learn the swarm from (for --blocks auto)")
+    serve.add_argument(
+        "--rebalance-interval", type=float, default=0.0, help="seconds between rebalancing checks (0: never move)"
+    )
+    serve.add_argument("--rebalance-margin", type=float, default=0.2, help="move if the bottleneck rises this much")
+    serve.add_argument("--drain-timeout", type=float, default=120.0, help="seconds to let sessions end before moving")
+    serve.add_argument("--no-measure", action="store_true", help="skip measuring throughput at start")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=0, help="0 picks a free port")
     serve.add_argument("--public-host", help="host name to advertise when binding 0.0.0.0")
@@ -208,6 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--stop", action="append", help="stop sequence (repeatable)")
     gen.add_argument("--seed", type=int)
     gen.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
+    gen.add_argument("--push", action="store_true", help="server-to-server push: nodes forward activations")
+    gen.add_argument(
+        "--routing", default="latency", choices=["latency", "throughput"], help="what chains are optimised for"
+    )
     gen.set_defaults(func=_generate)
 
     bench = sub.add_parser("bench", help="swarm vs local transformers, same run")

@@ -57,6 +57,7 @@ def fetch_spans(portal: str, model: str, timeout: float = 10.0) -> list[PeerInfo
                 dtype=str(s["dtype"]),
                 cache_tokens_left=int(s["cache_tokens_left"]),
                 max_session_length=int(s["max_session_length"]),
+                throughput=float(s.get("throughput") or 0.0),
             )
             for s in body["spans"]
             if s.get("url") and not s.get("relay")

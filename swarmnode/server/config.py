@@ -31,7 +31,7 @@ class NodeConfig:
     """Everything a node needs to know to serve a span."""
 
     model: str = "smollm2"  # registry name, checkpoint dir or .gguf path
-    blocks: str | None = None  # "START:END"; None serves the whole model
+    blocks: str | None = None  # "START:END" or "auto"; None: auto with --portal/--peers, else the whole model
     host: str = "127.0.0.1"
     port: int = 0  # 0 picks a free port (printed in the ready line)
     public_host: str | None = None  # host to advertise in URLs when binding 0.0.0.0
@@ -49,3 +49,8 @@ class NodeConfig:
     limits: Limits = field(default_factory=Limits)
     portal: str | None = None  # tracker to announce to, e.g. http://127.0.0.1:8000 (None: don't announce)
     token: str | None = None  # node token from the portal's "Contribute a GPU" page
+    peers: tuple[str, ...] = ()  # other nodes' URLs to learn the swarm from when there is no portal (--blocks auto)
+    rebalance_interval: float = 0.0  # seconds between rebalancing checks (±20 % jitter); 0 = never move
+    rebalance_margin: float = 0.2  # move only if the swarm's bottleneck rises by more than this fraction
+    drain_timeout: float = 120.0  # seconds to let open sessions finish before moving
+    measure_throughput: bool = True  # measure (or read from the cache) tokens/s at start, for routing

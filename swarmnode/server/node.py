@@ -51,6 +51,8 @@ from swarmnode.runtime.planning import (
 from swarmnode.runtime.scheduler import Scheduler
 from swarmnode.server.announce import start_announcer
 from swarmnode.server.config import WS_PATH, NodeConfig, parse_blocks
+from swarmnode.server.push import PushRelay
+from swarmnode.server.throughput import Throughput, node_throughput
 
 log = logging.getLogger("swarmnode.node")
 
@@ -92,6 +94,11 @@ class Node:
             self.backend, self._executor, max_batch=config.max_batch, prefill_chunk=config.prefill_chunk
         )
         self.url = ""
+        self.state = "online"  # "draining" while about to move (spec §4.8)
+        self.throughput = Throughput()  # measured after start (spec §4.7)
+        self.push = PushRelay(self)
+        self.moving_to: tuple[int, int] | None = None
+        self._stopped: asyncio.Future | None = None
 
     def _choose_blocks(self) -> tuple[int, int]:
         """The span to serve: ``--blocks``, or ``--num-blocks`` from block 0, within ``--max-memory``."""
@@ -100,7 +107,12 @@ class Node:
         if config.max_memory or config.num_blocks == "auto":
             budget = parse_bytes(config.max_memory) if config.max_memory else default_memory_budget(self.device)
             plan = plan_memory(self.checkpoint, self.precision, budget, config.cache_tokens)
-        if config.blocks:
+        self.capacity = min(num, plan.max_blocks if plan else int(config.num_blocks or num))
+        if config.blocks == "auto" or (not config.blocks and (config.portal or config.peers)):
+            from swarmnode.server.placement import auto_blocks
+
+            start, end = auto_blocks(self.model_name, num, self.capacity, config.portal, list(config.peers))
+        elif config.blocks:
             start, end = parse_blocks(config.blocks, num)
         elif config.num_blocks:
             count = plan.max_blocks if config.num_blocks == "auto" else int(config.num_blocks)
@@ -129,17 +141,27 @@ class Node:
             cache_tokens_left=self.pool.tokens_left,
             max_session_length=self.max_session_length,
             open_sessions=len(self.pool.sessions),
+            throughput=self.throughput.decode,
+            prefill_throughput=self.throughput.prefill,
+            state=self.state,
         )
 
-    async def handle_frame(self, frame: bytes | str, owner: object) -> Message:
-        """Turn one incoming frame into exactly one reply; never raises for peer input."""
+    async def handle_frame(self, frame: bytes | str, owner: object) -> Message | None:
+        """Turn one incoming frame into exactly one reply (none for a pushed step); never raises for peer input."""
         request_id = 0
         session_id = ""
         try:
             msg = decode(frame, self.limits)
             request_id = msg.id
             session_id = getattr(msg, "session_id", "")
-            return await self._dispatch(msg, owner)
+            if isinstance(msg, Step) and msg.push_key:  # server-to-server push (spec §7)
+                return await self.push.step(msg, owner)
+            if isinstance(msg, OpenSession) and self.state == "draining":
+                raise ProtocolError("out_of_cache", "this node is draining (about to move): open the session elsewhere")
+            reply = await self._dispatch(msg, owner)
+            if isinstance(msg, OpenSession) and msg.push_key:
+                self.push.register(msg.session_id, msg.push_key, owner)
+            return reply
         except ProtocolError as exc:
             return Error(id=request_id, code=exc.code, message=exc.message, session_id=session_id)
         except Exception as exc:  # a bug or a backend failure: this session's cache is suspect
@@ -197,7 +219,8 @@ class Node:
         try:
             async for frame in ws:
                 reply = await self.handle_frame(frame, ws)
-                await ws.send(encode(reply))
+                if reply is not None:
+                    await ws.send(encode(reply))
         except Exception as exc:  # a dropped connection must never take the node down
             log.info("connection ended: %s", exc)
         finally:
@@ -246,13 +269,31 @@ class Node:
             print(json.dumps(line), flush=True)
             if ready is not None:
                 ready.set_result(self.url)
+            loop = asyncio.get_running_loop()
+            if self.config.measure_throughput:
+                self.throughput = await loop.run_in_executor(self._executor, node_throughput, self)
             announcer = start_announcer(self)  # None unless --portal and --token were given
+            rebalancer = None
+            if self.config.rebalance_interval > 0:
+                from swarmnode.server.rebalance import rebalance_loop
+
+                rebalancer = asyncio.create_task(rebalance_loop(self))
+            self._stopped = loop.create_future()
             try:
-                await asyncio.Future()
+                await self._stopped
             finally:
                 reaper.cancel()
+                if rebalancer is not None:
+                    rebalancer.cancel()
+                await self.push.close()
                 if announcer is not None:
                     await announcer.close()
+
+    def request_move(self, start: int, end: int) -> None:
+        """Stop serving so that :func:`run_node` restarts the node on blocks ``[start, end)``."""
+        self.moving_to = (start, end)
+        if self._stopped is not None and not self._stopped.done():
+            self._stopped.set_result(None)
 
 
 def run_node(config: NodeConfig) -> None:
@@ -269,3 +310,10 @@ def run_node(config: NodeConfig) -> None:
         runner(node.serve())
     except KeyboardInterrupt:
         pass
+    if node.moving_to is not None:  # rebalancing: start over on the new span, same port
+        from swarmnode.server.rebalance import restart_args
+
+        port = int(node.url.rsplit(":", 1)[1].split("/", 1)[0]) if node.url else config.port
+        args = restart_args(sys.argv[1:], node.moving_to, port)
+        log.info("moving to blocks %d:%d: restarting", *node.moving_to)
+        os.execv(sys.executable, [sys.executable, "-m", "swarmnode", *args])
