@@ -96,15 +96,21 @@ class Command(BaseCommand):
             self.stdout.write("\nstopping...")
         finally:
             if swarm is not None:
-                for node in swarm.nodes:  # SIGINT first: the nodes tell the portal they leave
-                    if node.process.poll() is None:
-                        node.process.send_signal(signal.SIGINT)
-                deadline = time.monotonic() + 5
-                for node in swarm.nodes:
-                    while node.process.poll() is None and time.monotonic() < deadline:
-                        time.sleep(0.1)
-                swarm.stop()
+                self._stop_nodes(swarm)
             portal.stop()
+
+    def _stop_nodes(self, swarm) -> None:
+        # Ctrl-C in a terminal already reached the nodes (same process group) and they are saying goodbye
+        # to the portal; a second SIGINT would cut that short. So wait first, then interrupt stragglers
+        # (e.g. when only this process was signalled), then terminate.
+        for sig, grace in ((None, 3.0), (signal.SIGINT, 5.0)):
+            for node in swarm.nodes:
+                if sig is not None and node.process.poll() is None:
+                    node.process.send_signal(sig)
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline and any(n.process.poll() is None for n in swarm.nodes):
+                time.sleep(0.1)
+        swarm.stop()
 
     def _banner(self, url: str, model: str, entry: dict) -> None:
         w = self.stdout.write
