@@ -11,8 +11,10 @@ from swarmnode.server.selection import Placement, block_throughput, choose_span,
 log = logging.getLogger("swarmnode.placement")
 
 
-def swarm_view(model: str, portal: str | None, peers: list[str], exclude_url: str = "") -> list:
+def swarm_view(model: str, portal: str | None, peers: list[str], exclude_url: str = "", probe_limit: int = 32) -> list:
     """The nodes serving ``model`` that the tracker lists and that the given peers say they are.
+
+    When the tracker lists at most ``probe_limit`` nodes, each is asked directly and the silent ones dropped.
 
     Returns:
         :class:`~swarmnode.client.remote.PeerInfo` objects (a tracker or peer that fails is skipped).
@@ -27,6 +29,11 @@ def swarm_view(model: str, portal: str | None, peers: list[str], exclude_url: st
                 found[p.url] = p
         except TrackerError as exc:
             log.warning("cannot read the swarm from the tracker: %s", exc)
+    if 0 < len(found) <= probe_limit:
+        # The tracker lists a node until its heartbeats have been missing for a while; in a small
+        # swarm asking each node is cheap and tells a dead one apart at once.
+        alive, _ = probe_peers(list(found), timeout=3.0)
+        found = {p.url: p for p in alive if p.model == model}
     urls = [u for u in peers if u and u not in found]
     if urls:
         infos, errors = probe_peers(urls, timeout=5.0)
