@@ -97,7 +97,7 @@ def run_bench(
     else:
         from swarmnode.runtime.onnx_backend import OnnxBackend
 
-        whole = OnnxBackend(load_span(checkpoint, 0, checkpoint.num_blocks))
+        whole = OnnxBackend(load_span(checkpoint, 0, checkpoint.num_blocks), spin=True)
         head = load_client_head(checkpoint)
 
         def run_local(streamer):

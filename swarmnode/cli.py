@@ -127,6 +127,13 @@ def _bench(args: argparse.Namespace) -> None:
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
 
 
+def _bench_backends(args: argparse.Namespace) -> None:
+    from swarmnode.bench_backends import run_bench_backends
+
+    result = run_bench_backends(args.model, args.new_tokens, args.runs)
+    print(json.dumps(result) if args.json else json.dumps(result, indent=2))
+
+
 def _models(args: argparse.Namespace) -> None:
     from swarmnode.models import KNOWN_MODELS, fetch_model, layerswarm_home
 
@@ -248,6 +255,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(func=_bench)
+
+    bb = sub.add_parser("bench-backends", help="every backend and precision on the whole model, one run")
+    bb.add_argument("--model", default="smollm2")
+    bb.add_argument("--new-tokens", type=int, default=64)
+    bb.add_argument("--runs", type=int, default=3)
+    bb.add_argument("--json", action="store_true")
+    bb.set_defaults(func=_bench_backends)
 
     models = sub.add_parser("models", help="fetch and list models")
     msub = models.add_subparsers(dest="models_command", required=True)

@@ -95,6 +95,19 @@ class Hop:
         return self.peer.url
 
 
+_ROW = np.dtype(
+    [
+        ("start", np.int64),
+        ("end", np.int64),
+        ("rtt", np.float64),
+        ("rate", np.float64),
+        ("prefill", np.float64),
+        ("relay", np.bool_),
+        ("cache", np.int64),
+    ]
+)
+
+
 def hop_costs(
     peers: list[PeerInfo],
     policy: RoutingPolicy,
@@ -103,25 +116,52 @@ def hop_costs(
     cache_tokens_needed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-peer fixed cost (seconds) and cost per block used (seconds), as two ``(N,)`` arrays."""
-    fixed = np.empty(len(peers))
-    per_block = np.empty(len(peers))
-    default_rtt, w = policy.default_rtt_s, policy.rtt_weight
-    for i, p in enumerate(peers):
-        cost = w * rtts.get(p.url, default_rtt)
-        if p.relay:
-            cost += policy.relay_penalty_s
-        if cache_tokens_needed and p.cache_tokens_left < cache_tokens_needed:
-            cost += policy.low_cache_penalty_s
-        n_fail = failures.get(p.url, 0)
-        if n_fail:
-            cost += policy.failure_penalty_s * n_fail
-        fixed[i] = cost
-        if policy.mode == "latency":
-            rate = p.throughput
-            per_block[i] = 1.0 / (rate * p.length) if rate > 0 else policy.default_block_s
-        else:
-            rate = p.prefill_throughput or p.throughput
-            per_block[i] = policy.tokens / (rate * p.length) if rate > 0 else policy.tokens * policy.default_block_s
+    return _costs(_rows(peers, rtts, policy.default_rtt_s), peers, policy, failures, cache_tokens_needed)
+
+
+def _rows(peers: list[PeerInfo], rtts: Mapping[str, float], default_rtt: float) -> np.ndarray:
+    get = rtts.get
+    rows = (
+        (
+            p.start_block,
+            p.end_block,
+            get(p.url, default_rtt),
+            p.throughput,
+            p.prefill_throughput,
+            p.relay,
+            p.cache_tokens_left,
+        )
+        for p in peers
+    )
+    return np.fromiter(rows, dtype=_ROW, count=len(peers))
+
+
+def _costs(
+    rows: np.ndarray,
+    peers: list[PeerInfo],
+    policy: RoutingPolicy,
+    failures: Mapping[str, int],
+    cache_tokens_needed: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    fixed = policy.rtt_weight * rows["rtt"] + policy.relay_penalty_s * rows["relay"]
+    if cache_tokens_needed:
+        fixed += policy.low_cache_penalty_s * (rows["cache"] < cache_tokens_needed)
+    if failures:
+        for i, p in enumerate(peers):
+            n_fail = failures.get(p.url, 0)
+            if n_fail:
+                fixed[i] += policy.failure_penalty_s * n_fail
+    length = (rows["end"] - rows["start"]).astype(np.float64)
+    if policy.mode == "latency":
+        rate = rows["rate"]
+        unknown = policy.default_block_s
+        tokens = 1.0
+    else:
+        rate = np.where(rows["prefill"] > 0, rows["prefill"], rows["rate"])
+        unknown = policy.tokens * policy.default_block_s
+        tokens = float(policy.tokens)
+    with np.errstate(divide="ignore"):
+        per_block = np.where(rate > 0, tokens / (rate * length), unknown)
     return fixed, per_block
 
 
@@ -162,19 +202,19 @@ def route(
     end = num_blocks if end is None else end
     if not 0 <= start < end <= num_blocks:
         raise ValueError(f"cannot route blocks [{start}, {end}) of a {num_blocks}-block model")
+    partial = policy.allow_partial
     usable = [
         p
         for p in peers
-        if p.url not in exclude
+        if start < p.end_block <= end
+        and (p.start_block >= start or partial)
         and (not model or p.model == model)
         and p.state != "draining"
-        and p.end_block <= end
-        and p.end_block > start
-        and (p.start_block >= start or (policy.allow_partial and p.start_block < end))
+        and (not exclude or p.url not in exclude)
     ]
-    fixed, per_block = hop_costs(usable, policy, rtts or {}, failures or {}, cache_tokens_needed)
-    starts = np.fromiter((p.start_block for p in usable), dtype=np.int64, count=len(usable))
-    ends = np.fromiter((p.end_block for p in usable), dtype=np.int64, count=len(usable))
+    rows = _rows(usable, rtts or {}, policy.default_rtt_s)
+    fixed, per_block = _costs(rows, usable, policy, failures or {}, cache_tokens_needed)
+    starts, ends = rows["start"], rows["end"]
     dist = np.full(end + 1, np.inf)
     dist[start] = 0.0
     back: dict[int, tuple[int, int]] = {}  # boundary -> (peer index, hop start)

@@ -6,7 +6,7 @@ count, one sequence each, same wire dtype), up to ``max_batch``. Nothing waits o
 batches form from whatever queued while the previous pass ran, so a lone session pays no
 batching delay. Classes: decoding steps, then prompt (prefill) chunks, then cache-less
 forwards; shorter jobs first within a class; a job that waited longer than ``aging_s`` is
-promoted to the front class so nothing starves. Long prompts are cut into chunks of
+promoted ahead of every class (oldest first) so nothing starves. Long prompts are cut into chunks of
 ``prefill_chunk`` tokens so they cannot block everyone's decoding.
 """
 
@@ -41,9 +41,10 @@ class Job:
         return self.hidden.shape[0] * self.hidden.shape[1]
 
     def key(self, now: float, aging_s: float) -> tuple:
-        """Sort key: class (promoted after ``aging_s``), then size, then arrival."""
-        cls = DECODE if now - self.enqueued > aging_s else self.kind
-        return (cls, self.tokens, self.seq)
+        """Sort key: class, then size, then arrival; after ``aging_s`` a job goes ahead of every class."""
+        if now - self.enqueued > aging_s:
+            return (-1, 0, self.seq)
+        return (self.kind, self.tokens, self.seq)
 
     def batchable_with(self, other: Job) -> bool:
         """Whether both can run in one batched pass."""

@@ -1,0 +1,151 @@
+"""The scheduler on hand-made outputs: batching, priorities, aging, chunked prompts."""
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from swarmnode.protocol import tensor_from_numpy
+from swarmnode.runtime.scheduler import Scheduler, split_tokens
+
+
+def hid(tokens, value=0.0, batch=1):
+    return tensor_from_numpy(np.full((batch, tokens, 2), value, np.float32))
+
+
+class Recorder:
+    """A backend that records what it ran and echoes its input plus one."""
+
+    def __init__(self, gate: threading.Event | None = None):
+        self.calls = []
+        self.gate = gate
+
+    def _out(self, h):
+        return tensor_from_numpy(h.to_numpy() + 1)
+
+    def step(self, h, cache):
+        if self.gate:
+            self.gate.wait(5)
+        self.calls.append(("step", h.shape[1], cache))
+        return self._out(h)
+
+    def forward(self, h):
+        self.calls.append(("forward", h.shape[1], None))
+        return self._out(h)
+
+    def step_batch(self, items):
+        self.calls.append(("batch", len(items), [c for _, c in items]))
+        return [self._out(h) for h, _ in items]
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_it_batches_decoding_steps_that_queue_up_together():
+    gate = threading.Event()
+    backend = Recorder(gate)
+
+    async def main():
+        sched = Scheduler(backend, ThreadPoolExecutor(1), max_batch=3)
+        first = asyncio.create_task(sched.step(hid(1), "s0"))  # occupies the worker
+        await asyncio.sleep(0.05)
+        rest = [asyncio.create_task(sched.step(hid(1, i), f"s{i}")) for i in range(1, 6)]
+        await asyncio.sleep(0.05)
+        gate.set()
+        outs = await asyncio.gather(first, *rest)
+        await sched.stop()
+        return outs
+
+    outs = run(main())
+    assert [float(o.to_numpy()[0, 0, 0]) for o in outs] == [1, 2, 3, 4, 5, 6]
+    batches = [c for c in backend.calls if c[0] == "batch"]
+    assert [b[1] for b in batches] == [3, 2]  # five waiting steps, at most three per pass
+    assert batches[0][2] == ["s1", "s2", "s3"]
+
+
+def test_it_serves_decoding_before_prompts_and_forwards():
+    gate = threading.Event()
+    backend = Recorder(gate)
+
+    async def main():
+        sched = Scheduler(backend, ThreadPoolExecutor(1), max_batch=1)
+        blocker = asyncio.create_task(sched.step(hid(1), "b"))
+        await asyncio.sleep(0.05)
+        jobs = [
+            asyncio.create_task(sched.forward(hid(5))),
+            asyncio.create_task(sched.step(hid(40), "p")),
+            asyncio.create_task(sched.step(hid(9), "q")),
+            asyncio.create_task(sched.step(hid(1), "d")),
+        ]
+        await asyncio.sleep(0.05)
+        gate.set()
+        await asyncio.gather(blocker, *jobs)
+        await sched.stop()
+
+    run(main())
+    order = [(kind, n) for kind, n, _ in backend.calls[1:]]
+    assert order == [("step", 1), ("step", 9), ("step", 40), ("forward", 5)]
+
+
+def test_it_promotes_jobs_that_waited_too_long():
+    gate = threading.Event()
+    backend = Recorder(gate)
+
+    async def main():
+        sched = Scheduler(backend, ThreadPoolExecutor(1), max_batch=1, aging_s=0.01)
+        blocker = asyncio.create_task(sched.step(hid(1), "b"))
+        await asyncio.sleep(0.05)
+        old = asyncio.create_task(sched.forward(hid(5)))
+        await asyncio.sleep(0.05)  # the forward is now older than aging_s
+        new = asyncio.create_task(sched.step(hid(1), "d"))
+        await asyncio.sleep(0.01)
+        gate.set()
+        await asyncio.gather(blocker, old, new)
+        await sched.stop()
+
+    run(main())
+    assert [kind for kind, _, _ in backend.calls[1:]] == ["forward", "step"]
+
+
+def test_it_cuts_long_prompts_into_ordered_chunks():
+    backend = Recorder()
+
+    async def main():
+        sched = Scheduler(backend, ThreadPoolExecutor(1), prefill_chunk=4)
+        arr = np.arange(2 * 10 * 2, dtype=np.float32).reshape(2, 10, 2)
+        out = await sched.step(tensor_from_numpy(arr), "s")
+        await sched.stop()
+        return arr, out
+
+    arr, out = run(main())
+    assert [n for _, n, _ in backend.calls] == [4, 4, 2]
+    np.testing.assert_array_equal(out.to_numpy(), arr + 1)
+
+
+def test_it_gives_every_waiter_the_failure_and_keeps_going():
+    class Failing(Recorder):
+        def step_batch(self, items):
+            raise RuntimeError("boom")
+
+        def step(self, h, cache):
+            if cache == "bad":
+                raise RuntimeError("boom")
+            return super().step(h, cache)
+
+    async def main():
+        sched = Scheduler(Failing(), ThreadPoolExecutor(1))
+        with pytest.raises(RuntimeError):
+            await sched.step(hid(1), "bad")
+        ok = await sched.step(hid(1), "good")
+        await sched.stop()
+        return ok
+
+    assert float(run(main()).to_numpy()[0, 0, 0]) == 1
+
+
+def test_split_keeps_every_token():
+    parts = split_tokens(hid(7, batch=2), 3)
+    assert [p.shape for p in parts] == [(2, 3, 2), (2, 3, 2), (2, 1, 2)]
