@@ -52,6 +52,31 @@ function render(root, health) {
   root.replaceChildren(...(sections.length ? sections : [el("p", {}, "No models yet.")]));
 }
 
+// Live: the portal pushes the new health over a websocket when coverage changes. Polling stays on as a
+// fallback (every 2 s without the socket, every 10 s with it: changes made by other processes, such as
+// the Celery task that expires silent nodes, reach the socket only when the channel layer is Redis).
+function connect(root, state) {
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  const model = new URLSearchParams(root.dataset.src.split("?")[1] || "").get("model");
+  const ws = new WebSocket(`${scheme}://${location.host}/ws/swarm/health/${model ? `?model=${model}` : ""}`);
+  ws.onopen = () => {
+    state.live = true;
+    root.dataset.live = "true";
+  };
+  ws.onmessage = (event) => render(root, JSON.parse(event.data));
+  ws.onclose = () => {
+    state.live = false;
+    root.dataset.live = "false";
+    setTimeout(() => connect(root, state), 5000);
+  };
+}
+
 const root = document.getElementById("health-map");
+const state = { live: false, lastPoll: 0 };
 render(root, JSON.parse(document.getElementById("health-data").textContent));
-poll(async () => render(root, await getJSON(root.dataset.src)), 2000);
+connect(root, state);
+poll(async () => {
+  if (state.live && Date.now() - state.lastPoll < 10000) return;
+  state.lastPoll = Date.now();
+  render(root, await getJSON(root.dataset.src));
+}, 2000);

@@ -1,4 +1,5 @@
-"""ASGI entry point (daphne): HTTP through Django; websockets through Channels (routes arrive with chat/relay)."""
+"""ASGI entry point (daphne): HTTP through Django; websockets through Channels (the live health map;
+chat and relay add theirs)."""
 
 import os
 
@@ -11,7 +12,9 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs Django set u
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
-websocket_urlpatterns: list = []
+from portal.swarm.routing import websocket_urlpatterns as swarm_ws  # noqa: E402
+
+websocket_urlpatterns = [*swarm_ws]
 
 application = ProtocolTypeRouter(
     {

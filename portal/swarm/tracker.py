@@ -14,6 +14,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from portal.accounts.models import NodeToken
+from portal.swarm.live import health_changed
 from portal.swarm.models import Heartbeat, Node, SwarmModel
 
 
@@ -138,8 +139,10 @@ def register_node(token: NodeToken, reg: Registration, now: datetime | None = No
                 raise TrackerError(403, "banned", "this node is banned from the swarm")
             Node.objects.filter(pk=same.pk).update(**fields)
             same.refresh_from_db()
+            health_changed(model.name)
             return same, False
         node = Node.objects.create(owner=token.user, token=token, model=model, registered_at=now, **fields)
+        health_changed(model.name)
         return node, True
 
 
@@ -171,10 +174,12 @@ def record_heartbeat(token: NodeToken, node_id: int, beat: Beat, now: datetime |
     if beat.throughput is not None:
         fields["throughput"] = beat.throughput
     with transaction.atomic():
-        live = Node.objects.filter(pk=node_id, token=token, banned=False).exclude(state=Node.State.OFFLINE)
-        if not live.update(**fields):
-            _token_node(token, node_id)  # 404 or 403 when that is why
-            raise TrackerError(410, "offline", "the node was marked offline; register again")
+        mine = Node.objects.filter(pk=node_id, token=token, banned=False)
+        if not mine.filter(state=Node.State.ONLINE).update(**fields):  # the usual case: still online
+            if not mine.filter(state=Node.State.JOINING).update(**fields):
+                _token_node(token, node_id)  # 404 or 403 when that is why
+                raise TrackerError(410, "offline", "the node was marked offline; register again")
+            health_changed(Node.objects.filter(pk=node_id).values_list("model__name", flat=True).get())
         Heartbeat.objects.create(
             node_id=node_id,
             at=now,
@@ -191,6 +196,7 @@ def leave(token: NodeToken, node_id: int) -> Node:
         node = _token_node(token, node_id, lock=True)
         node.state = Node.State.OFFLINE
         node.save(update_fields=["state"])
+        health_changed(node.model.name)
     return node
 
 
@@ -198,7 +204,13 @@ def expire_stale_nodes(now: datetime | None = None) -> int:
     """Mark offline every joining/online node silent for ``SWARM_HEARTBEAT_TIMEOUT``; return how many."""
     now = now or timezone.now()
     cutoff = now - timedelta(seconds=settings.SWARM_HEARTBEAT_TIMEOUT)
-    return Node.objects.active().filter(last_seen_at__lt=cutoff).update(state=Node.State.OFFLINE)
+    with transaction.atomic():
+        stale = Node.objects.active().filter(last_seen_at__lt=cutoff)
+        models = set(stale.values_list("model__name", flat=True))
+        count = stale.update(state=Node.State.OFFLINE)
+        for name in models:
+            health_changed(name)
+    return count
 
 
 def prune_heartbeats(now: datetime | None = None) -> int:
@@ -211,9 +223,12 @@ def prune_heartbeats(now: datetime | None = None) -> int:
 
 def set_banned(nodes, banned: bool) -> int:
     """Ban (hidden from clients, heartbeats refused) or unban nodes; return how many changed."""
-    if banned:
-        return nodes.update(banned=True, state=Node.State.OFFLINE)
-    return nodes.update(banned=False)
+    with transaction.atomic():
+        for name in set(nodes.values_list("model__name", flat=True)):
+            health_changed(name)
+        if banned:
+            return nodes.update(banned=True, state=Node.State.OFFLINE)
+        return nodes.update(banned=False)
 
 
 def online_spans(model_name: str):

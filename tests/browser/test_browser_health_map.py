@@ -1,5 +1,5 @@
 """In a real browser (Debian's chromium, headless): sign up, create a node token, start a node with
-it, and watch the health map turn that node's block range green."""
+it, and watch the health map turn that node's block range green (pushed over the websocket)."""
 
 import os
 import shutil
@@ -55,6 +55,7 @@ def test_it_turns_the_block_range_green_when_a_node_starts(portal, browser):
     assert f"--portal {portal.url} --token {token}" in page.inner_text("#install-commands")
 
     page.goto(f"{portal.url}/swarm/smollm2/")
+    page.wait_for_selector('#health-map[data-live="true"]')  # the websocket for live updates is open
     assert page.get_attribute('.block[data-block="0"]', "data-state") == "uncovered"
     assert "broken: blocks 0-29 uncovered" in page.inner_text(".banner")
 

@@ -63,8 +63,11 @@ def owner_api_key(owner) -> str:
 
 @pytest.fixture
 def smollm2(db) -> SwarmModel:
-    """The model the migrations seed."""
-    return SwarmModel.objects.get(name="smollm2")
+    """The model the migrations seed (seeded again after transactional tests flush the tables)."""
+    return SwarmModel.objects.get_or_create(
+        name="smollm2",
+        defaults={"num_blocks": 30, "hidden_size": 576, "description": "SmolLM2-135M-Instruct (Llama, 30 blocks)"},
+    )[0]
 
 
 def _node_client(token: str) -> APIClient:

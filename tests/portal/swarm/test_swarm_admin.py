@@ -22,8 +22,13 @@ def node_id(owner_token, register, heartbeat) -> int:
     return node_id
 
 
-def test_it_filters_nodes(admin_client, node_id, owner):
-    for query in ("state__exact=online", "model__id__exact=1", f"owner__id__exact={owner.pk}", "banned__exact=0"):
+def test_it_filters_nodes(admin_client, node_id, owner, smollm2):
+    for query in (
+        "state__exact=online",
+        f"model__id__exact={smollm2.pk}",
+        f"owner__id__exact={owner.pk}",
+        "banned__exact=0",
+    ):
         page = admin_client.get(f"/admin/swarm/node/?{query}")
         assert page.status_code == 200 and f"/admin/swarm/node/{node_id}/change/" in page.content.decode()
     assert (

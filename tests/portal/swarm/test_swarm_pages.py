@@ -5,7 +5,7 @@ from django.test import Client
 from portal.accounts.models import NodeToken
 
 
-def test_it_creates_a_node_token_and_shows_the_commands(owner, owner_client):
+def test_it_creates_a_node_token_and_shows_the_commands(owner, owner_client, smollm2):
     page = owner_client.post("/contribute/", {"name": "garage GPU"}).content.decode()
     token = NodeToken.objects.get(user=owner)
     plain = page.split('id="node-token">')[1].split("<")[0]
