@@ -125,7 +125,11 @@ def load_span(
 
 
 class ClientHead(nn.Module):
-    """What the client keeps: token embeddings, the final norm and the LM head."""
+    """What the client keeps: token embeddings, the final norm and the LM head.
+
+    Inputs and outputs live on the CPU (they go on or come off the wire); the parts themselves
+    may sit on a GPU.
+    """
 
     def __init__(self, lm: nn.Module) -> None:
         super().__init__()
@@ -133,15 +137,20 @@ class ClientHead(nn.Module):
         self.norm = lm.model.norm
         self.lm_head = lm.get_output_embeddings()
 
+    @property
+    def device(self) -> torch.device:
+        """Where the parts live."""
+        return self.embed.weight.device
+
     @torch.inference_mode()
     def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, T, H)
         """Embed token ids."""
-        return self.embed(input_ids)
+        return self.embed(input_ids.to(self.device)).cpu()
 
     @torch.inference_mode()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:  # (B, T, H) -> (B, T, V)
         """Final norm and LM head."""
-        return self.lm_head(self.norm(hidden))
+        return self.lm_head(self.norm(hidden.to(self.device, self.embed.weight.dtype))).cpu()
 
 
 def load_client_head(checkpoint: Checkpoint, dtype: torch.dtype = torch.float32, device: str = "cpu") -> ClientHead:
