@@ -95,78 +95,81 @@ class Hop:
         return self.peer.url
 
 
-_ROW = np.dtype(
-    [
-        ("start", np.int64),
-        ("end", np.int64),
-        ("rtt", np.float64),
-        ("rate", np.float64),
-        ("prefill", np.float64),
-        ("relay", np.bool_),
-        ("cache", np.int64),
-    ]
-)
+class PeerIndex:
+    """Known peers as arrays, built once per discovery so that each :func:`route` is vectorized.
+
+    Args:
+        peers: every known node.
+    """
+
+    def __init__(self, peers: list[PeerInfo]) -> None:
+        self.peers = list(peers)
+        n = len(self.peers)
+        self.urls = [p.url for p in self.peers]
+        self.position = {u: i for i, u in enumerate(self.urls)}
+        self.start = np.fromiter((p.start_block for p in self.peers), np.int64, n)
+        self.end = np.fromiter((p.end_block for p in self.peers), np.int64, n)
+        self.rate = np.fromiter((p.throughput for p in self.peers), np.float64, n)
+        self.prefill = np.fromiter((p.prefill_throughput for p in self.peers), np.float64, n)
+        self.relay = np.fromiter((p.relay for p in self.peers), np.bool_, n)
+        self.cache = np.fromiter((p.cache_tokens_left for p in self.peers), np.int64, n)
+        self.open = np.fromiter((p.state != "draining" for p in self.peers), np.bool_, n)
+        self.models = {
+            m: np.fromiter((p.model == m for p in self.peers), np.bool_, n) for m in {p.model for p in self.peers}
+        }
+
+    def __len__(self) -> int:
+        return len(self.peers)
+
+    def mask(self, model: str, exclude: frozenset[str] | set[str]) -> np.ndarray:
+        """Peers of ``model`` that take new sessions and are not in ``exclude``."""
+        keep = self.open.copy()
+        if model:
+            keep &= self.models.get(model, np.zeros(len(self.peers), np.bool_))
+        for url in exclude:
+            i = self.position.get(url)
+            if i is not None:
+                keep[i] = False
+        return keep
 
 
 def hop_costs(
-    peers: list[PeerInfo],
+    peers: PeerIndex,
+    idx: np.ndarray,
     policy: RoutingPolicy,
     rtts: Mapping[str, float],
     failures: Mapping[str, int],
     cache_tokens_needed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-peer fixed cost (seconds) and cost per block used (seconds), as two ``(N,)`` arrays."""
-    return _costs(_rows(peers, rtts, policy.default_rtt_s), peers, policy, failures, cache_tokens_needed)
-
-
-def _rows(peers: list[PeerInfo], rtts: Mapping[str, float], default_rtt: float) -> np.ndarray:
-    get = rtts.get
-    rows = (
-        (
-            p.start_block,
-            p.end_block,
-            get(p.url, default_rtt),
-            p.throughput,
-            p.prefill_throughput,
-            p.relay,
-            p.cache_tokens_left,
-        )
-        for p in peers
+    """Fixed cost (seconds) and cost per block used (seconds) of the peers ``idx``, as two ``(N,)`` arrays."""
+    urls = peers.urls
+    get, default = rtts.get, policy.default_rtt_s
+    rtt = (
+        np.fromiter((get(urls[i], default) for i in idx), np.float64, len(idx)) if rtts else np.full(len(idx), default)
     )
-    return np.fromiter(rows, dtype=_ROW, count=len(peers))
-
-
-def _costs(
-    rows: np.ndarray,
-    peers: list[PeerInfo],
-    policy: RoutingPolicy,
-    failures: Mapping[str, int],
-    cache_tokens_needed: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    fixed = policy.rtt_weight * rows["rtt"] + policy.relay_penalty_s * rows["relay"]
+    fixed = policy.rtt_weight * rtt + policy.relay_penalty_s * peers.relay[idx]
     if cache_tokens_needed:
-        fixed += policy.low_cache_penalty_s * (rows["cache"] < cache_tokens_needed)
+        fixed += policy.low_cache_penalty_s * (peers.cache[idx] < cache_tokens_needed)
     if failures:
-        for i, p in enumerate(peers):
-            n_fail = failures.get(p.url, 0)
-            if n_fail:
-                fixed[i] += policy.failure_penalty_s * n_fail
-    length = (rows["end"] - rows["start"]).astype(np.float64)
+        where = {int(i): k for k, i in enumerate(idx)}
+        for url, n_fail in failures.items():
+            k = where.get(peers.position.get(url, -1))
+            if k is not None:
+                fixed[k] += policy.failure_penalty_s * n_fail
+    length = (peers.end[idx] - peers.start[idx]).astype(np.float64)
     if policy.mode == "latency":
-        rate = rows["rate"]
-        unknown = policy.default_block_s
-        tokens = 1.0
+        rate, unknown, tokens = peers.rate[idx], policy.default_block_s, 1.0
     else:
-        rate = np.where(rows["prefill"] > 0, rows["prefill"], rows["rate"])
-        unknown = policy.tokens * policy.default_block_s
-        tokens = float(policy.tokens)
-    with np.errstate(divide="ignore"):
+        prefill = peers.prefill[idx]
+        rate = np.where(prefill > 0, prefill, peers.rate[idx])
+        unknown, tokens = policy.tokens * policy.default_block_s, float(policy.tokens)
+    with np.errstate(divide="ignore", invalid="ignore"):
         per_block = np.where(rate > 0, tokens / (rate * length), unknown)
     return fixed, per_block
 
 
 def route(
-    peers: list[PeerInfo],
+    peers: list[PeerInfo] | PeerIndex,
     num_blocks: int,
     *,
     start: int = 0,
@@ -181,7 +184,8 @@ def route(
     """The cheapest chain of hops running blocks ``[start, end)`` in order.
 
     Args:
-        peers: every known node (any model; other models and draining nodes are skipped).
+        peers: every known node (any model; other models and draining nodes are skipped), or a
+            :class:`PeerIndex` of them built once for many routes.
         num_blocks: blocks of the model.
         start, end: the block range to cover (default: the whole model).
         model: the model's name ("" accepts any).
@@ -202,19 +206,13 @@ def route(
     end = num_blocks if end is None else end
     if not 0 <= start < end <= num_blocks:
         raise ValueError(f"cannot route blocks [{start}, {end}) of a {num_blocks}-block model")
-    partial = policy.allow_partial
-    usable = [
-        p
-        for p in peers
-        if start < p.end_block <= end
-        and (p.start_block >= start or partial)
-        and (not model or p.model == model)
-        and p.state != "draining"
-        and (not exclude or p.url not in exclude)
-    ]
-    rows = _rows(usable, rtts or {}, policy.default_rtt_s)
-    fixed, per_block = _costs(rows, usable, policy, failures or {}, cache_tokens_needed)
-    starts, ends = rows["start"], rows["end"]
+    index = peers if isinstance(peers, PeerIndex) else PeerIndex(peers)
+    keep = index.mask(model, exclude) & (index.end > start) & (index.end <= end)
+    if not policy.allow_partial:
+        keep &= index.start >= start
+    sel = np.flatnonzero(keep)
+    fixed, per_block = hop_costs(index, sel, policy, rtts or {}, failures or {}, cache_tokens_needed)
+    starts, ends = index.start[sel], index.end[sel]
     dist = np.full(end + 1, np.inf)
     dist[start] = 0.0
     back: dict[int, tuple[int, int]] = {}  # boundary -> (peer index, hop start)
@@ -243,11 +241,12 @@ def route(
         what = f"no chain of nodes covers blocks {start}-{end - 1} of {model or 'the model'!r}"
         if (start, end) == (0, num_blocks):
             what = ""
+        usable = [index.peers[i] for i in sel]
         raise SwarmNotCovering(model, num_blocks, uncovered_blocks(usable, num_blocks, start, end), what)
     hops, e = [], end
     while e != start:
         i, s = back[e]
-        hops.append(Hop(usable[i], s, e, float(fixed[i] + (e - s) * per_block[i])))
+        hops.append(Hop(index.peers[sel[i]], s, e, float(fixed[i] + (e - s) * per_block[i])))
         e = s
     return hops[::-1]
 

@@ -87,10 +87,10 @@ def choose_span(
 ) -> tuple[int, int]:
     """The window of ``capacity`` blocks that most raises the bottleneck when a node of ``rate`` joins.
 
-    In a large swarm one node rarely moves the global minimum, so windows whose bottleneck is
-    within ``tolerance`` of the best are ranked by :func:`window_gain` (weak blocks first); among
-    windows within ``tolerance`` of the best gain one is picked at random, so simultaneous
-    joiners spread out.
+    In a large swarm one node rarely moves the global minimum, so among windows whose bottleneck
+    is within ``tolerance`` of the best, those over the weakest block win (water filling), then
+    those with the best :func:`window_gain`; among windows within ``tolerance`` of that, one is
+    picked at random, so simultaneous joiners spread out.
 
     Args:
         tput: ``(L,)`` block throughput of the swarm without this node (see :func:`block_throughput`).
@@ -108,6 +108,11 @@ def choose_span(
     after = _bottleneck_after_adding(tput, length, add)
     best = after.max()
     near = np.flatnonzero(after >= best - tolerance * abs(best) - 1e-12)
+    # Water filling: among those, the windows over the weakest block (the next bottleneck) ...
+    weakest = np.lib.stride_tricks.sliding_window_view(tput, length).min(axis=1)[near]
+    low = weakest.min()
+    near = near[weakest <= low + tolerance * max(abs(low), add) + 1e-12]
+    # ... then the best balance gain.
     gains = window_gain(tput, length, add)[near]
     top = gains.max()
     near = near[gains >= top - tolerance * abs(top) - 1e-12]
