@@ -121,9 +121,20 @@ def _cut_at_stop(text: str, stops: list[str]) -> str:
 
 
 def _bench(args: argparse.Namespace) -> None:
+    if args.sessions:
+        from swarmnode.bench_sessions import run_bench_sessions
+
+        levels = tuple(int(x) for x in args.sessions.split(","))
+        backend = args.backend or "auto"
+        rows = run_bench_sessions(args.model, args.nodes, levels, args.new_tokens, backend=backend)
+        base = rows[0]["aggregate_tok_s"]
+        for row in rows:
+            row["speedup_vs_first"] = round(row["aggregate_tok_s"] / base, 2)
+        print(json.dumps(rows) if args.json else json.dumps(rows, indent=2))
+        return
     from swarmnode.bench import run_bench
 
-    result = run_bench(args.model, args.nodes, args.new_tokens, args.runs, backend=args.backend)
+    result = run_bench(args.model, args.nodes, args.new_tokens, args.runs, backend=args.backend or "torch")
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
 
 
@@ -249,10 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--runs", type=int, default=3)
     bench.add_argument(
         "--backend",
-        default="torch",
-        choices=["torch", "onnxruntime"],
-        help="torch: vs local transformers generate; onnxruntime: vs the whole model in local ORT",
+        choices=["auto", "torch", "onnxruntime"],
+        help="torch (default): vs local transformers generate; onnxruntime: vs the whole model in local ORT; "
+        "with --sessions: the nodes' backend (default auto)",
     )
+    bench.add_argument("--sessions", help="comma-separated concurrency levels, e.g. 1,4,8,16")
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(func=_bench)
 

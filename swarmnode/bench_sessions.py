@@ -1,0 +1,118 @@
+"""``swarmnode bench --sessions 1,4,8,16``: concurrent sessions through one local swarm.
+
+Each level runs that many sessions at once (one thread each, distinct prompts) and reports the
+aggregate decoding speed, the 95th percentile of the time between two tokens of a session,
+and whether every session produced exactly the tokens it produces when running alone.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+TOPICS = [
+    "the moon",
+    "bread",
+    "a lighthouse",
+    "rivers",
+    "bicycles",
+    "owls",
+    "volcanoes",
+    "chess",
+    "tea",
+    "glaciers",
+    "bees",
+    "trains",
+    "violins",
+    "deserts",
+    "comets",
+    "libraries",
+    "coral reefs",
+    "windmills",
+    "penguins",
+    "maps",
+]
+
+
+def _percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+def run_bench_sessions(
+    model: str = "smollm2",
+    nodes: int = 3,
+    levels: tuple[int, ...] = (1, 4, 8, 16),
+    new_tokens: int = 32,
+    backend: str = "auto",
+) -> list[dict]:
+    """Measure ``levels`` concurrent sessions through ``nodes`` local node processes.
+
+    Returns:
+        one ``{"sessions", "aggregate_tok_s", "p95_step_s", "tokens_equal"}`` per level.
+    """
+    from swarmnode.client import AutoDistributedModelForCausalLM
+    from swarmnode.launcher import LocalSwarm
+    from swarmnode.models import Checkpoint, resolve_model
+
+    checkpoint = Checkpoint(resolve_model(model))
+    tokenizer = checkpoint.tokenizer()
+    prompts = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": f"Write three sentences about {TOPICS[i % len(TOPICS)]}."}],
+            add_generation_prompt=True,
+            return_tensors="pt",
+            return_dict=True,
+        )["input_ids"]
+        for i in range(max(levels))
+    ]
+    opts = dict(max_new_tokens=new_tokens, do_sample=False, eos_token_id=None)
+    with (
+        tempfile.TemporaryDirectory() as logs,
+        LocalSwarm(model, checkpoint.num_blocks, nodes, extra_args=["--backend", backend], log_dir=Path(logs)) as swarm,
+    ):
+        remote = AutoDistributedModelForCausalLM.from_pretrained(model, peers=swarm.urls)
+        remote.generate(prompts[0], **opts)  # warm-up
+        alone = [remote.generate(ids, **opts)[0, ids.shape[1] :].tolist() for ids in prompts]
+        results = []
+        for level in levels:
+            tokens: list[list[int]] = [[] for _ in range(level)]
+            stamps: list[list[float]] = [[] for _ in range(level)]
+            errors: list[BaseException] = []
+            start_gate = threading.Barrier(level + 1)
+
+            def worker(i: int, tokens=tokens, stamps=stamps, errors=errors, start_gate=start_gate) -> None:
+                client = copy.copy(remote)  # shares the loaded head and tokenizer; own per-call state
+                start_gate.wait()
+                try:
+                    for token in client.stream(prompts[i], **opts):
+                        stamps[i].append(time.perf_counter())
+                        tokens[i].append(int(token[0]))
+                except BaseException as exc:  # reported below, never silently lost
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=worker, args=(i,)) for i in range(level)]
+            for t in threads:
+                t.start()
+            start_gate.wait()
+            began = time.perf_counter()
+            for t in threads:
+                t.join()
+            wall = time.perf_counter() - began
+            if errors:
+                raise RuntimeError(f"{len(errors)} of {level} sessions failed: {errors[0]!r}")
+            gaps = [b - a for s in stamps for a, b in zip(s, s[1:], strict=False)]
+            results.append(
+                {
+                    "sessions": level,
+                    "aggregate_tok_s": round(level * new_tokens / wall, 2),
+                    "p95_step_s": round(_percentile(gaps, 0.95), 4),
+                    "median_step_s": round(statistics.median(gaps), 4),
+                    "tokens_equal": all(tokens[i] == alone[i] for i in range(level)),
+                }
+            )
+    return results
