@@ -116,7 +116,10 @@ CELERY_BEAT_SCHEDULE = {
     "prune-heartbeats": {"task": "portal.swarm.tasks.prune_heartbeats", "schedule": 600.0},
 }
 # Where `pip install` in the "Contribute a GPU" commands fetches the node agent from.
-SWARMNODE_PIP_SOURCE = env_str("SWARMNODE_PIP_SOURCE", "git+https://github.com/layerswarm/layerswarm.git")
+# Embedded (a demo on this machine): this checkout, so the commands work as pasted.
+SWARMNODE_PIP_SOURCE = env_str(
+    "SWARMNODE_PIP_SOURCE", str(BASE_DIR) if DEBUG else "git+https://github.com/layerswarm/layerswarm.git"
+)
 
 # -- API ---------------------------------------------------------------------------------------------
 REST_FRAMEWORK = {

@@ -17,6 +17,11 @@ def _portal_url(request) -> str:
     return request.build_absolute_uri("/").rstrip("/")
 
 
+def _pip_spec(source: str) -> str:
+    """What to put after ``pip install``: a local checkout as is, a URL as a direct reference."""
+    return source if source.startswith(("/", ".")) else f"swarmnode @ {source}"
+
+
 @login_required
 def contribute(request):
     """Create a node token (shown once with the commands to run) and list the user's machines and nodes."""
@@ -31,7 +36,7 @@ def contribute(request):
         "tokens": request.user.node_tokens.filter(revoked_at__isnull=True),
         "nodes": request.user.nodes.select_related("model").order_by("-last_seen_at")[:100],
         "portal_url": _portal_url(request),
-        "pip_source": settings.SWARMNODE_PIP_SOURCE,
+        "pip_spec": _pip_spec(settings.SWARMNODE_PIP_SOURCE),
         "model": model,
         "blocks": f"0:{model.num_blocks}" if model else "0:10",
     }
