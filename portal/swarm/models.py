@@ -49,7 +49,7 @@ class Node(models.Model):
     model = models.ForeignKey(SwarmModel, on_delete=models.PROTECT, related_name="nodes")
     start_block = models.PositiveIntegerField()
     end_block = models.PositiveIntegerField()
-    url = models.CharField(max_length=300, blank=True)  # ws:// or wss://; blank when relayed
+    url = models.CharField(max_length=300, blank=True, db_index=True)  # ws:// or wss://; blank when relayed
     relay = models.BooleanField(default=False)  # reachable only through the portal's relay
     backend = models.CharField(max_length=32)
     device = models.CharField(max_length=64)
