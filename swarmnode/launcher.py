@@ -47,7 +47,9 @@ def start_node(
     Raises:
         RuntimeError: the process exited or stayed silent past ``timeout``.
     """
-    cmd = [sys.executable, "-m", "swarmnode", "serve", "--model", model, "--blocks", blocks, "--port", "0"]
+    cmd = [sys.executable, "-m", "swarmnode", "serve", "--model", model, "--port", "0"]
+    if blocks:  # None: let the node choose (--num-blocks, --blocks auto in extra_args)
+        cmd += ["--blocks", blocks]
     cmd += extra_args or []
     stderr = open(log_path, "ab") if log_path else None  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(
