@@ -8,6 +8,7 @@ ones local ``transformers`` uses: that is what makes greedy parity exact.
 from __future__ import annotations
 
 import copy
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -124,11 +125,63 @@ def load_span(
     return SpanModel(inner, cfg, start, end)
 
 
+class RowBatcher:
+    """Run one-row requests from many threads as one batched call (leader/follower).
+
+    The first caller to find the batcher idle becomes the leader: it runs everything queued so
+    far in one call, until its own row is done, then promotes a waiting caller to lead the
+    rest. A lone caller runs alone, at once, with no added wait.
+    """
+
+    def __init__(self, fn) -> None:
+        self.fn = fn
+        self._lock = threading.Lock()
+        self._pending: list[dict] = []
+        self._busy = False
+        self.largest_batch = 0
+
+    def __call__(self, row: torch.Tensor) -> torch.Tensor:
+        slot = {"row": row, "out": None, "error": None, "wake": threading.Event()}
+        with self._lock:
+            self._pending.append(slot)
+            leader = not self._busy
+            self._busy = True
+        if not leader:
+            slot["wake"].wait()
+            if slot["out"] is None and slot["error"] is None:  # promoted to lead
+                leader = True
+        while leader and slot["out"] is None and slot["error"] is None:
+            with self._lock:
+                batch, self._pending = self._pending, []
+            self.largest_batch = max(self.largest_batch, len(batch))
+            try:
+                out = self.fn(torch.cat([s["row"] for s in batch]))
+                for i, s in enumerate(batch):
+                    s["out"] = out[i : i + 1]
+            except BaseException as exc:  # every caller of this batch sees the failure
+                for s in batch:
+                    s["error"] = exc
+            for s in batch:
+                if s is not slot:
+                    s["wake"].set()
+        if leader:
+            with self._lock:
+                if self._pending:
+                    self._pending[0]["wake"].set()  # it leads the next batch
+                else:
+                    self._busy = False
+        if slot["error"] is not None:
+            raise slot["error"]
+        return slot["out"]
+
+
 class ClientHead(nn.Module):
     """What the client keeps: token embeddings, the final norm and the LM head.
 
     Inputs and outputs live on the CPU (they go on or come off the wire); the parts themselves
-    may sit on a GPU.
+    may sit on a GPU. One-row logits requests from concurrent sessions in one process (a
+    gateway, a benchmark) share one pass over the LM head, which dominates the client's cost;
+    a single session always runs alone, so its numbers are unchanged.
     """
 
     def __init__(self, lm: nn.Module) -> None:
@@ -136,6 +189,7 @@ class ClientHead(nn.Module):
         self.embed = lm.get_input_embeddings()
         self.norm = lm.model.norm
         self.lm_head = lm.get_output_embeddings()
+        self._rows = RowBatcher(self._logits)
 
     @property
     def device(self) -> torch.device:
@@ -148,9 +202,14 @@ class ClientHead(nn.Module):
         return self.embed(input_ids.to(self.device)).cpu()
 
     @torch.inference_mode()
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(self.norm(hidden.to(self.device, self.embed.weight.dtype))).cpu()
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:  # (B, T, H) -> (B, T, V)
         """Final norm and LM head."""
-        return self.lm_head(self.norm(hidden.to(self.device, self.embed.weight.dtype))).cpu()
+        if hidden.shape[0] == 1 and hidden.shape[1] == 1:
+            return self._rows(hidden)
+        return self._logits(hidden)
 
 
 def load_client_head(checkpoint: Checkpoint, dtype: torch.dtype = torch.float32, device: str = "cpu") -> ClientHead:

@@ -85,3 +85,34 @@ def test_the_default_model_is_smollm2(smollm2_dir):
     ck = Checkpoint(smollm2_dir)
     assert (ck.num_blocks, ck.hidden_size, ck.config.model_type) == (30, 576, "llama")
     assert ck.config.rope_parameters["rope_theta"] == 100000.0
+
+
+def test_the_head_batches_rows_from_concurrent_callers(tiny_models):
+    import threading
+
+    head = load_client_head(Checkpoint(tiny_models["llama"]))
+    rows = [torch.randn(1, 1, 64, generator=torch.Generator().manual_seed(i)) for i in range(12)]
+    expected = [head._logits(r) for r in rows]
+    got = [None] * len(rows)
+    gate = threading.Barrier(len(rows))
+
+    def call(i):
+        gate.wait()
+        for _ in range(5):
+            got[i] = head.logits(rows[i])
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(rows))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)  # each caller got its own row back
+    assert head._rows.largest_batch > 1
+
+
+def test_a_lone_caller_is_computed_alone_and_exactly(tiny_models):
+    head = load_client_head(Checkpoint(tiny_models["llama"]))
+    row = torch.randn(1, 1, 64)
+    assert torch.equal(head.logits(row), head._logits(row))
+    assert head._rows.largest_batch == 1
