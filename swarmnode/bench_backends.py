@@ -103,6 +103,7 @@ def run_bench_backends(model: str = "smollm2", new_tokens: int = 64, runs: int =
             speeds[name].append((new_tokens - 1) / (time.perf_counter() - clock.first))
     tok_s = {k: statistics.median(v) for k, v in speeds.items()}
     default, reason = build_backend(load_span(checkpoint, 0, 10), "cpu", "float32")
+    bf16_span = load_span(checkpoint, 0, checkpoint.num_blocks, torch.bfloat16)
     first32 = {
         k: sum(a == b for a, b in zip(v[:32], tokens["torch_fp32"][:32], strict=True)) for k, v in tokens.items()
     }
@@ -113,7 +114,10 @@ def run_bench_backends(model: str = "smollm2", new_tokens: int = 64, runs: int =
         "ratios_vs_torch_fp32": {k: round(v / tok_s["torch_fp32"], 3) for k, v in tok_s.items()},
         "default_backend": default.name,
         "default_reason": reason,
-        "ppl": {k: round(perplexity(b, head, ppl_ids), 3) for k, b in backends.items()},
+        "ppl": {
+            **{k: round(perplexity(b, head, ppl_ids), 3) for k, b in backends.items()},
+            "torch_bf16": round(perplexity(TorchBackend(bf16_span, dtype=torch.bfloat16), head, ppl_ids), 3),
+        },
         "weight_bytes": {k: int(b.weight_bytes) for k, b in backends.items()},
         "first32_tokens_equal_to_torch_fp32": first32,
     }
