@@ -72,8 +72,11 @@ class Command(BaseCommand):
         from swarmnode.launcher import LocalSwarm
         from swarmnode.models import Checkpoint, resolve_model
 
-        # `kill` (SIGTERM) stops the demo as cleanly as Ctrl-C does.
+        # `kill` (SIGTERM) stops the demo as cleanly as Ctrl-C does. SIGINT is set explicitly because a
+        # shell without job control starts background jobs with it ignored, and children inherit that:
+        # the nodes could then never say goodbye to the portal.
         signal.signal(signal.SIGTERM, signal.default_int_handler)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         call_command("migrate", verbosity=0, interactive=False)
         token = prepare_demo_account()
         num_blocks = Checkpoint(resolve_model(model)).num_blocks
