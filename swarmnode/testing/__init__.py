@@ -1,0 +1,1 @@
+"""Test harness pieces that real-process tests and benchmarks share (loopback only)."""
