@@ -23,6 +23,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -74,11 +75,12 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
 
 
-def summary(latencies: list[float], errors: int, seconds: float) -> dict:
+def summary(latencies: list[float], errors: Counter, seconds: float) -> dict:
     ms = [v * 1000 for v in latencies]
     return {
         "requests": len(ms),
-        "errors": errors,
+        "errors": sum(errors.values()),
+        "error_statuses": dict(errors),
         "seconds": round(seconds, 2),
         "requests_per_s": round(len(ms) / seconds, 1),
         "p50_ms": round(statistics.median(ms), 2),
@@ -124,11 +126,10 @@ def beat_body() -> dict:
 
 async def saturation(port: int, nodes: list[tuple[str, int]], concurrency: int, duration: float) -> dict:
     latencies: list[float] = []
-    errors = 0
+    errors: Counter = Counter()
     deadline = time.perf_counter() + duration
 
     async def worker(offset: int):
-        nonlocal errors
         conn = Connection("127.0.0.1", port)
         i = offset
         while time.perf_counter() < deadline:
@@ -137,7 +138,8 @@ async def saturation(port: int, nodes: list[tuple[str, int]], concurrency: int, 
             started = time.perf_counter()
             status, _ = await conn.post(f"/api/v1/nodes/{node_id}/heartbeat/", token, beat_body())
             latencies.append(time.perf_counter() - started)
-            errors += status != 200
+            if status != 200:
+                errors[status] += 1
         conn.close()
 
     started = time.perf_counter()
@@ -149,12 +151,11 @@ async def realistic(port: int, nodes: list[tuple[str, int]], interval: float, du
     """Every node heartbeats every ``interval`` s, phases spread evenly (open loop: a slow portal
     does not slow the offered rate down)."""
     latencies: list[float] = []
-    errors = 0
+    errors: Counter = Counter()
     pool: list[Connection] = []
     begin = time.perf_counter()
 
     async def node_loop(k: int, token: str, node_id: int):
-        nonlocal errors
         next_at = begin + interval * k / len(nodes)
         while next_at < begin + duration:
             await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
@@ -163,7 +164,8 @@ async def realistic(port: int, nodes: list[tuple[str, int]], interval: float, du
             status, _ = await conn.post(f"/api/v1/nodes/{node_id}/heartbeat/", token, beat_body())
             latencies.append(time.perf_counter() - started)
             pool.append(conn)
-            errors += status != 200
+            if status != 200:
+                errors[status] += 1
             next_at += interval
 
     await asyncio.gather(*(node_loop(k, t, n) for k, (t, n) in enumerate(nodes)))
@@ -189,20 +191,10 @@ def create_tokens(env: dict[str, str], count: int) -> list[str]:
     return json.loads(manage(["shell", "-c", code], env).stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--nodes", type=int, default=1000)
-    parser.add_argument("--concurrency", type=int, default=32, help="connections in the saturation phase")
-    parser.add_argument("--duration", type=float, default=20.0, help="seconds per phase")
-    parser.add_argument("--interval", type=float, default=10.0, help="heartbeat interval in the realistic phase")
-    parser.add_argument("--workers", type=int, default=1, help="daphne processes sharing the listening socket")
-    args = parser.parse_args()
-
-    base = os.environ.get("DATABASE_URL", "")
-    if not base.startswith("postgres"):
-        print("warning: DATABASE_URL is not PostgreSQL; measuring SQLite instead", file=sys.stderr)
-    folder = Path(tempfile.mkdtemp(prefix="bench-portal-"))
-    with scratch_database(base or "sqlite://", "layerswarm_bench", folder) as db_url:
+def run_one(args: argparse.Namespace, workers: int, folder: Path) -> dict:
+    """Fresh database, ``workers`` daphne processes, N registrations, then both heartbeat phases."""
+    base = os.environ.get("DATABASE_URL", "") or "sqlite://"
+    with scratch_database(base, "layerswarm_bench", folder) as db_url:
         env = {
             "DATABASE_URL": db_url,
             "LAYERSWARM_VAR_DIR": str(folder / "var"),
@@ -214,7 +206,7 @@ def main() -> None:
             "SWARM_HEARTBEAT_TIMEOUT": str(max(3600.0, 2 * args.interval)),  # nothing expires mid-run
             "SWARM_MAX_NODES_PER_TOKEN": "8",
         }
-        portal = PortalProcesses(env=env, celery=False, log_dir=folder / "logs", workers=args.workers, access_log=False)
+        portal = PortalProcesses(env=env, celery=False, log_dir=folder / "logs", workers=workers, access_log=False)
         with portal:
             tokens = create_tokens(env, args.nodes)
             t0 = time.perf_counter()
@@ -222,16 +214,32 @@ def main() -> None:
             register_s = time.perf_counter() - t0
             sat = asyncio.run(saturation(portal.port, nodes, args.concurrency, args.duration))
             real = asyncio.run(realistic(portal.port, nodes, args.interval, args.duration))
-    result = {
+    return {
         "database": db_url.split("://")[0],
-        "daphne_processes": args.workers,
-        "cpu_cores": os.cpu_count(),
+        "daphne_processes": workers,
         "nodes": len(nodes),
         "register_per_s": round(len(nodes) / register_s, 1),
         "saturation": sat,
         "realistic": real,
         "headroom": round(sat["requests_per_s"] / (len(nodes) / args.interval), 2),
     }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--nodes", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=32, help="connections in the saturation phase")
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds per phase")
+    parser.add_argument("--interval", type=float, default=10.0, help="heartbeat interval in the realistic phase")
+    parser.add_argument("--workers", default="1,2", help="daphne process counts to compare, e.g. 1,2")
+    args = parser.parse_args()
+
+    if not os.environ.get("DATABASE_URL", "").startswith("postgres"):
+        print("warning: DATABASE_URL is not PostgreSQL; measuring SQLite instead", file=sys.stderr)
+    folder = Path(tempfile.mkdtemp(prefix="bench-portal-"))
+    runs = [run_one(args, int(w), folder) for w in args.workers.split(",")]
+    load = os.getloadavg()
+    result = {"cpu_cores": os.cpu_count(), "load_average_after": [round(x, 2) for x in load], "runs": runs}
     print(json.dumps(result, indent=2))
 
 

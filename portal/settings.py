@@ -76,7 +76,7 @@ if DATABASES["default"]["ENGINE"].endswith("postgresql") and env_bool("DATABASE_
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         "min_size": env_int("DATABASE_POOL_MIN", 2),
         "max_size": env_int("DATABASE_POOL_MAX", 10),
-        "timeout": env_float("DATABASE_POOL_TIMEOUT", 10.0),
+        "timeout": env_float("DATABASE_POOL_TIMEOUT", 3.0),  # then 503 + Retry-After (portal/api/errors.py)
     }
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # Concurrent daphne + Celery writers: wait for the lock instead of failing at once.
@@ -131,6 +131,7 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PARSER_CLASSES": ["portal.api.parsers.LimitedJSONParser"],
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    "EXCEPTION_HANDLER": "portal.api.errors.api_exception_handler",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Layerswarm portal API",
