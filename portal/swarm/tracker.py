@@ -177,12 +177,21 @@ def record_heartbeat(token: NodeToken, node_id: int, beat: Beat, now: datetime |
     if connection.vendor == "postgresql" and _online_heartbeat_postgres(token.pk, node_id, beat, now):
         return Node.State.ONLINE
     with transaction.atomic():
-        mine = Node.objects.filter(pk=node_id, token=token, banned=False)
-        if not mine.filter(state=Node.State.ONLINE).update(**fields):  # the usual case: still online
-            if not mine.filter(state=Node.State.JOINING).update(**fields):
-                _token_node(token, node_id)  # 404 or 403 when that is why
-                raise TrackerError(410, "offline", "the node was marked offline; register again")
-            health_changed(Node.objects.filter(pk=node_id).values_list("model__name", flat=True).get())
+        # Locked, so that two overlapping heartbeats of a joining node cannot both miss it.
+        row = (
+            Node.objects.select_for_update(of=("self",))
+            .filter(pk=node_id, token=token)
+            .values_list("state", "banned", "model__name")
+            .first()
+        )
+        if row is None or row[1]:
+            _token_node(token, node_id)  # raises the 404 or 403
+        state, _, model_name = row
+        if state == Node.State.OFFLINE:
+            raise TrackerError(410, "offline", "the node was marked offline; register again")
+        Node.objects.filter(pk=node_id).update(**fields)
+        if state == Node.State.JOINING:
+            health_changed(model_name)
         Heartbeat.objects.create(
             node_id=node_id,
             at=now,
