@@ -6,6 +6,7 @@ leaves the database as it was.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -64,32 +65,23 @@ class Beat:
 def register_node(token: NodeToken, reg: Registration, now: datetime | None = None) -> tuple[Node, bool]:
     """Register a node of ``token``'s machine, or refresh the same node after a restart.
 
-    The same token, model, span and URL updates the existing record (a restarted node, even one
-    already marked offline); any other
-    overlap with one of the token's active nodes is refused, so one machine cannot pose as several
-    nodes serving the same blocks.
+    The same token, model, span and URL updates the existing record (a restarted node, even one already
+    marked offline); any other overlap with one of the token's active nodes is refused, so one machine
+    cannot pose as several nodes serving the same blocks.
 
     Returns:
         The node and whether it was created.
 
     Raises:
         TrackerError: unknown model (400), span outside the model (400), overlap with another active
-            node of this token (409), URL held by another account's node (409), too many nodes (409).
+            node of this token (409), URL held by another account's node (409), too many nodes (409),
+            banned node (403).
     """
     now = now or timezone.now()
     with transaction.atomic():
         # Lock the token row: concurrent registrations of one machine run one after the other.
         NodeToken.objects.select_for_update().filter(pk=token.pk).first()
-        try:
-            model = SwarmModel.objects.get(name=reg.model)
-        except SwarmModel.DoesNotExist:
-            raise TrackerError(400, "unknown_model", f"the swarm does not serve a model named {reg.model!r}") from None
-        if reg.end_block > model.num_blocks:
-            raise TrackerError(
-                400,
-                "span_outside_model",
-                f"blocks {reg.start_block}:{reg.end_block} fall outside {model.name} (blocks 0:{model.num_blocks})",
-            )
+        model = _model_for(reg)
         # The same machine, span and address as an earlier registration (live or not): a restart.
         same = (
             Node.objects.filter(token=token, model=model, start_block=reg.start_block, end_block=reg.end_block)
@@ -97,53 +89,55 @@ def register_node(token: NodeToken, reg: Registration, now: datetime | None = No
             .order_by("-last_seen_at")
             .first()
         )
-        mine = Node.objects.active().filter(token=token, model=model)
-        overlapping = mine.filter(start_block__lt=reg.end_block, end_block__gt=reg.start_block)
-        if same is not None:
-            overlapping = overlapping.exclude(pk=same.pk)
-        clash = overlapping.first()
-        if clash is not None:
-            raise TrackerError(
-                409,
-                "overlapping_span",
-                f"this token already serves blocks {clash.start_block}:{clash.end_block} of {model.name} "
-                f"(node {clash.pk}); one machine serves each block once",
-            )
-        if reg.url:
-            taken = Node.objects.active().filter(url=reg.url).exclude(owner=token.user).exists()
-            if taken:
-                raise TrackerError(409, "url_taken", f"{reg.url} is registered by another account's node")
-        reviving = same is None or same.state == Node.State.OFFLINE
-        if reviving and Node.objects.active().filter(token=token).count() >= settings.SWARM_MAX_NODES_PER_TOKEN:
-            raise TrackerError(
-                409, "too_many_nodes", f"a token may run at most {settings.SWARM_MAX_NODES_PER_TOKEN} active nodes"
-            )
-        fields = {
-            "start_block": reg.start_block,
-            "end_block": reg.end_block,
-            "url": reg.url,
-            "relay": reg.relay,
-            "backend": reg.backend,
-            "device": reg.device,
-            "dtype": reg.dtype,
-            "throughput": reg.throughput,
-            "cache_tokens_left": reg.cache_tokens_left,
-            "max_session_length": reg.max_session_length,
-            "version": reg.version,
-            "public_key": reg.public_key,
-            "state": Node.State.JOINING,
-            "last_seen_at": now,
-        }
+        _refuse_conflicts(token, model, reg, same)
+        fields = {f.name: getattr(reg, f.name) for f in dataclasses.fields(Registration) if f.name != "model"}
+        fields.update(state=Node.State.JOINING, last_seen_at=now)
         if same is not None:
             if same.banned:
                 raise TrackerError(403, "banned", "this node is banned from the swarm")
             Node.objects.filter(pk=same.pk).update(**fields)
             same.refresh_from_db()
-            health_changed(model.name)
-            return same, False
-        node = Node.objects.create(owner=token.user, token=token, model=model, registered_at=now, **fields)
+            node, created = same, False
+        else:
+            node = Node.objects.create(owner=token.user, token=token, model=model, registered_at=now, **fields)
+            created = True
         health_changed(model.name)
-        return node, True
+        return node, created
+
+
+def _model_for(reg: Registration) -> SwarmModel:
+    try:
+        model = SwarmModel.objects.get(name=reg.model)
+    except SwarmModel.DoesNotExist:
+        raise TrackerError(400, "unknown_model", f"the swarm does not serve a model named {reg.model!r}") from None
+    if reg.end_block > model.num_blocks:
+        raise TrackerError(
+            400,
+            "span_outside_model",
+            f"blocks {reg.start_block}:{reg.end_block} fall outside {model.name} (blocks 0:{model.num_blocks})",
+        )
+    return model
+
+
+def _refuse_conflicts(token: NodeToken, model: SwarmModel, reg: Registration, same: Node | None) -> None:
+    mine = Node.objects.active().filter(token=token, model=model)
+    overlapping = mine.filter(start_block__lt=reg.end_block, end_block__gt=reg.start_block)
+    if same is not None:
+        overlapping = overlapping.exclude(pk=same.pk)
+    clash = overlapping.first()
+    if clash is not None:
+        raise TrackerError(
+            409,
+            "overlapping_span",
+            f"this token already serves blocks {clash.start_block}:{clash.end_block} of {model.name} "
+            f"(node {clash.pk}); one machine serves each block once",
+        )
+    if reg.url and Node.objects.active().filter(url=reg.url).exclude(owner=token.user).exists():
+        raise TrackerError(409, "url_taken", f"{reg.url} is registered by another account's node")
+    reviving = same is None or same.state == Node.State.OFFLINE
+    limit = settings.SWARM_MAX_NODES_PER_TOKEN
+    if reviving and Node.objects.active().filter(token=token).count() >= limit:
+        raise TrackerError(409, "too_many_nodes", f"a token may run at most {limit} active nodes")
 
 
 def _token_node(token: NodeToken, node_id: int, lock: bool = False) -> Node:
