@@ -36,8 +36,8 @@ class LinkShape:
 class _Pipe:
     """One direction of one connection: read, hold for the delay (and the bandwidth), write."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, shape: LinkShape) -> None:
-        self.reader, self.writer, self.shape = reader, writer, shape
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, proxy: DelayProxy) -> None:
+        self.reader, self.writer, self.proxy = reader, writer, proxy
         self.queue: deque[tuple[float, bytes]] = deque()
         self.queued = 0
         self.wire_free_at = 0.0  # when the emulated link finishes sending what is queued
@@ -51,15 +51,16 @@ class _Pipe:
             while True:
                 await self.room.wait()
                 data = await self.reader.read(65536)
+                shape = self.proxy.shape  # read per chunk: tests may degrade a link mid-run
                 if not data:
                     break
                 now = time.monotonic()
                 start = max(now, self.wire_free_at)
-                bw = self.shape.bandwidth_bytes_per_s
+                bw = shape.bandwidth_bytes_per_s
                 self.wire_free_at = start + (len(data) / bw if bw else 0.0)
-                self.queue.append((self.wire_free_at + self.shape.one_way_delay_s, data))
+                self.queue.append((self.wire_free_at + shape.one_way_delay_s, data))
                 self.queued += len(data)
-                if self.queued >= self.shape.max_buffer_bytes:
+                if self.queued >= shape.max_buffer_bytes:
                     self.room.clear()
                 self.more.set()
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -83,7 +84,7 @@ class _Pipe:
                     await asyncio.sleep(wait)
                 self.queue.popleft()
                 self.queued -= len(data)
-                if self.queued < self.shape.max_buffer_bytes:
+                if self.queued < self.proxy.shape.max_buffer_bytes:
                     self.room.set()
                 self.writer.write(data)
                 await self.writer.drain()
@@ -104,7 +105,7 @@ class DelayProxy:
 
     Args:
         target_port: the node's port.
-        shape: delay and bandwidth of the link.
+        shape: delay and bandwidth of the link (assign ``proxy.shape`` to change it for new data).
         target_host: the node's loopback address.
     """
 
@@ -130,7 +131,7 @@ class DelayProxy:
         except OSError:
             writer.close()
             return
-        pipes = [_Pipe(reader, up_writer, self.shape), _Pipe(up_reader, writer, self.shape)]
+        pipes = [_Pipe(reader, up_writer, self), _Pipe(up_reader, writer, self)]
         jobs = [asyncio.ensure_future(f()) for p in pipes for f in (p.pump_in, p.pump_out)]
         try:
             await asyncio.gather(*jobs, return_exceptions=True)
