@@ -15,6 +15,7 @@ import logging
 import random
 import time
 
+from swarmnode.server.links import probe_links
 from swarmnode.server.placement import placements, swarm_view
 from swarmnode.server.selection import MoveDecision, Placement, rebalance
 
@@ -47,6 +48,9 @@ async def rebalance_loop(node, rng: random.Random | None = None) -> None:
         try:
             view = await asyncio.to_thread(swarm_view, node.model_name, cfg.portal, list(cfg.peers), node.url)
             decision = decide(node, view, rng)
+            node.links = await probe_links(view, node.start, node.end, cfg.portal)
+            for url, q in node.links.items():
+                log.info("link to %s: RTT %.1f ms, %.1f MB/s", url, q.rtt_s * 1000, q.bandwidth_bytes_per_s / 1e6)
         except Exception as exc:  # a tracker hiccup must not stop the node
             log.warning("rebalancing check failed: %s", exc)
             continue
