@@ -29,10 +29,11 @@ class PortalRejected(Exception):
         detail: the portal's explanation.
     """
 
-    def __init__(self, status: int, detail: str) -> None:
+    def __init__(self, status: int, detail: str, retry_after: float = 0.0) -> None:
         super().__init__(f"HTTP {status}: {detail}")
         self.status = status
         self.detail = detail
+        self.retry_after = retry_after  # seconds the portal asked us to wait (503 when overloaded)
 
 
 def post_json(url: str, token: str, body: dict[str, Any] | None, timeout: float) -> dict[str, Any]:
@@ -59,7 +60,11 @@ def post_json(url: str, token: str, body: dict[str, Any] | None, timeout: float)
             detail = json.loads(raw).get("detail", raw)
         except (ValueError, AttributeError):
             detail = raw
-        raise PortalRejected(exc.code, str(detail)) from None
+        try:
+            retry_after = float(exc.headers.get("Retry-After", 0) or 0)
+        except ValueError:
+            retry_after = 0.0
+        raise PortalRejected(exc.code, str(detail), retry_after) from None
 
 
 def measure_throughput(node, repeats: int = 5) -> float:
@@ -172,6 +177,7 @@ class Announcer:
                 log.log(level, "portal %s refused the announcement: %s", self.portal, exc)
                 if exc.status in (404, 410):
                     continue  # re-register at once
+                backoff = max(backoff, min(exc.retry_after, self.max_backoff))
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 log.warning("portal %s unreachable (%s); retrying in %.0fs", self.portal, exc, backoff)
             await asyncio.sleep(backoff)
