@@ -25,7 +25,13 @@ class FailoverPolicy:
     first_step_timeout_s: float = 60.0  # before a node's step time is known (includes prefill)
     min_step_timeout_s: float = 2.0  # floor of the adaptive timeout
     step_timeout_factor: float = 8.0  # timeout = factor x smoothed step time (per token count class)
-    replay: str = "exact"  # "exact": replay the original steps one by one (bit-identical caches); "prefill"
+    replay: str = "exact"  # "exact": the original steps one by one (bit-identical caches); "prefill": one step
+
+    def __post_init__(self) -> None:
+        if self.replay not in ("exact", "prefill"):
+            raise ValueError(f"replay must be 'exact' or 'prefill', got {self.replay!r}")
+        if self.max_failovers < 0:
+            raise ValueError("max_failovers must not be negative")
 
 
 @dataclass

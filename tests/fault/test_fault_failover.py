@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from swarmnode.client import AutoDistributedModelForCausalLM
+from swarmnode.client.failover import FailoverPolicy
 from swarmnode.launcher import start_node
 
 pytestmark = [pytest.mark.slow, pytest.mark.model]
@@ -60,7 +61,9 @@ def replicas(tmp_path_factory):
 def test_it_survives_kill_9_mid_generation_with_identical_tokens(replicas):
     rng = random.Random(5)
     urls = [n.url for n in replicas["nodes"]]
-    model = AutoDistributedModelForCausalLM.from_pretrained("smollm2", peers=urls)
+    # "exact" (default) replays the original steps one by one: bit-identical caches by construction.
+    policy = FailoverPolicy(replay=os.environ.get("LAYERSWARM_FAULT_REPLAY", "exact"))
+    model = AutoDistributedModelForCausalLM.from_pretrained("smollm2", peers=urls, failover=policy)
     tok = model.tokenizer
     prompts = [tok(p, return_tensors="pt")["input_ids"] for p in PROMPTS]
     opts = dict(max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=None)
@@ -109,6 +112,7 @@ def test_it_survives_kill_9_mid_generation_with_identical_tokens(replicas):
     overhead = [s - r for s, r in zip(stalls, replays, strict=True)]
     summary = {
         "generations": GENERATIONS,
+        "replay": policy.replay,
         "stall_median_s": round(statistics.median(stalls), 3),
         "stall_max_s": round(max(stalls), 3),
         "stall_without_replay_median_s": round(statistics.median(overhead), 3),
