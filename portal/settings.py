@@ -109,6 +109,7 @@ SWARM_HEARTBEAT_INTERVAL = env_float("SWARM_HEARTBEAT_INTERVAL", 10.0)  # second
 SWARM_HEARTBEAT_TIMEOUT = env_float("SWARM_HEARTBEAT_TIMEOUT", 35.0)  # silent this long -> offline
 SWARM_EXPIRE_EVERY = env_float("SWARM_EXPIRE_EVERY", 5.0)  # how often the beat task marks stale nodes
 SWARM_HEARTBEAT_HISTORY = env_int("SWARM_HEARTBEAT_HISTORY", 24 * 3600)  # seconds of heartbeats to keep
+SWARM_HEARTBEAT_HISTORY_EVERY = env_float("SWARM_HEARTBEAT_HISTORY_EVERY", 60.0)  # history: a row per node per N s
 API_MAX_JSON_BYTES = env_int("API_MAX_JSON_BYTES", 16 * 1024)  # JSON request body limit (413 above)
 SWARM_MAX_NODES_PER_TOKEN = env_int("SWARM_MAX_NODES_PER_TOKEN", 8)  # active nodes one machine may run
 CELERY_BEAT_SCHEDULE = {

@@ -153,8 +153,8 @@ def _token_node(token: NodeToken, node_id: int, lock: bool = False) -> Node:
 def record_heartbeat(token: NodeToken, node_id: int, beat: Beat, now: datetime | None = None) -> Node.State:
     """Record a heartbeat: the node is online and its stats are fresh. Returns the node's new state.
 
-    The hot path of the tracker (every node, every few seconds): one UPDATE and one INSERT (a single
-    statement on PostgreSQL).
+    The hot path of the tracker (every node, every few seconds): one UPDATE, plus one INSERT into the
+    history at most every ``SWARM_HEARTBEAT_HISTORY_EVERY`` seconds (a single statement on PostgreSQL).
 
     Raises:
         TrackerError: not this token's node (404), banned (403), already marked offline (410: register again).
@@ -186,13 +186,15 @@ def record_heartbeat(token: NodeToken, node_id: int, beat: Beat, now: datetime |
         Node.objects.filter(pk=node_id).update(**fields)
         if state == Node.State.JOINING:
             health_changed(model_name)
-        Heartbeat.objects.create(
-            node_id=node_id,
-            at=now,
-            cache_tokens_left=beat.cache_tokens_left,
-            throughput=beat.throughput or 0.0,
-            open_sessions=beat.open_sessions,
-        )
+        recent = now - timedelta(seconds=settings.SWARM_HEARTBEAT_HISTORY_EVERY)
+        if not Heartbeat.objects.filter(node_id=node_id, at__gt=recent).exists():
+            Heartbeat.objects.create(
+                node_id=node_id,
+                at=now,
+                cache_tokens_left=beat.cache_tokens_left,
+                throughput=beat.throughput or 0.0,
+                open_sessions=beat.open_sessions,
+            )
     return Node.State.ONLINE
 
 
@@ -212,13 +214,17 @@ def _online_heartbeat_postgres(token_id: int, node_id: int, beat: Beat, now: dat
              WHERE id = %s AND token_id = %s AND NOT banned AND state = %s
          RETURNING id
         )
-        INSERT INTO {beat_table} (node_id, at, cache_tokens_left, throughput, open_sessions)
-        SELECT id, %s, %s, %s, %s FROM touched
-        RETURNING node_id
+        , logged AS (
+            INSERT INTO {beat_table} (node_id, at, cache_tokens_left, throughput, open_sessions)
+            SELECT id, %s, %s, %s, %s FROM touched
+             WHERE NOT EXISTS (SELECT 1 FROM {beat_table} h WHERE h.node_id = touched.id AND h.at > %s)
+        )
+        SELECT id FROM touched
     """
     online = Node.State.ONLINE.value
+    recent = now - timedelta(seconds=settings.SWARM_HEARTBEAT_HISTORY_EVERY)
     params = [online, now, beat.cache_tokens_left, beat.open_sessions, beat.throughput, node_id, token_id, online]
-    params += [now, beat.cache_tokens_left, beat.throughput or 0.0, beat.open_sessions]
+    params += [now, beat.cache_tokens_left, beat.throughput or 0.0, beat.open_sessions, recent]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.fetchone() is not None

@@ -15,7 +15,8 @@ def admin_client(db) -> Client:
 
 
 @pytest.fixture
-def node_id(owner_token, register, heartbeat) -> int:
+def node_id(owner_token, register, heartbeat, settings) -> int:
+    settings.SWARM_HEARTBEAT_HISTORY_EVERY = 0  # keep every heartbeat in the history
     node_id = register(owner_token).json()["id"]
     heartbeat(owner_token, node_id)
     heartbeat(owner_token, node_id, cache_tokens_left=777)

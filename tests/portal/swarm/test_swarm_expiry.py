@@ -50,3 +50,14 @@ def test_it_prunes_old_heartbeats(owner_token, register, heartbeat, settings):
     heartbeat(owner_token, node_id)
     assert tasks.prune_heartbeats.apply().get() == 1
     assert Heartbeat.objects.count() == 1
+
+
+def test_it_keeps_one_history_row_per_node_per_minute(owner_token, register, heartbeat, settings):
+    node_id = register(owner_token).json()["id"]
+    for tokens_left in (10, 20, 30):
+        assert heartbeat(owner_token, node_id, cache_tokens_left=tokens_left).status_code == 200
+    assert list(Heartbeat.objects.values_list("cache_tokens_left", flat=True)) == [10]
+    assert Node.objects.get(pk=node_id).cache_tokens_left == 30  # the node itself is always current
+    Heartbeat.objects.update(at=timezone.now() - timedelta(seconds=settings.SWARM_HEARTBEAT_HISTORY_EVERY + 1))
+    heartbeat(owner_token, node_id, cache_tokens_left=40)
+    assert sorted(Heartbeat.objects.values_list("cache_tokens_left", flat=True)) == [10, 40]
