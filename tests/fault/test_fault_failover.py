@@ -58,6 +58,7 @@ def replicas(tmp_path_factory):
         n.process.wait()
 
 
+@pytest.mark.timeout(2400)  # ~15 s per generation on an idle 2-core machine, much more when it is shared
 def test_it_survives_kill_9_mid_generation_with_identical_tokens(replicas):
     rng = random.Random(5)
     urls = [n.url for n in replicas["nodes"]]
@@ -104,6 +105,7 @@ def test_it_survives_kill_9_mid_generation_with_identical_tokens(replicas):
                 code=events[0].code,
             )
         )
+        print(f"\nFAULT EVENT {json.dumps(records[-1])}", flush=True)
         restarter.join()
         victim.process.wait()
         replicas["nodes"] = [n for n in replicas["nodes"] if n is not victim] + [replacement["node"]]
