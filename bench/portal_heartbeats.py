@@ -70,6 +70,26 @@ class Connection:
             self.writer = self.reader = None
 
 
+def cpu_seconds(pids: list[int] | None = None, comm: str | None = None) -> float:
+    """CPU time (user + system, all threads) of ``pids``, or of every process named ``comm``."""
+    tick = os.sysconf("SC_CLK_TCK")
+    if pids is None:
+        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    total = 0.0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        if comm is not None and name != comm:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
@@ -212,7 +232,14 @@ def run_one(args: argparse.Namespace, workers: int, folder: Path) -> dict:
             t0 = time.perf_counter()
             nodes = asyncio.run(register_all(portal.port, tokens, args.concurrency))
             register_s = time.perf_counter() - t0
+            daphne_pids = [p.pid for p in portal.procs]
+            cpu_before = (cpu_seconds(daphne_pids), cpu_seconds(comm="postgres"))
             sat = asyncio.run(saturation(portal.port, nodes, args.concurrency, args.duration))
+            cpu_after = (cpu_seconds(daphne_pids), cpu_seconds(comm="postgres"))
+            # CPU per heartbeat is what the machine's load does not change much: capacity ~ cores / cost.
+            n = max(1, sat["requests"])
+            sat["daphne_cpu_ms_per_request"] = round((cpu_after[0] - cpu_before[0]) * 1000 / n, 2)
+            sat["postgres_cpu_ms_per_request"] = round((cpu_after[1] - cpu_before[1]) * 1000 / n, 2)
             real = asyncio.run(realistic(portal.port, nodes, args.interval, args.duration))
     return {
         "database": db_url.split("://")[0],

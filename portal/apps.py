@@ -4,9 +4,12 @@ from django.apps import AppConfig
 
 
 class PortalConfig(AppConfig):
-    """Registers :mod:`portal.checks`."""
+    """Registers :mod:`portal.checks` and pins the middleware to sync mode (:mod:`portal.middleware`)."""
 
     name = "portal"
 
     def ready(self) -> None:
         from portal import checks  # noqa: F401  (registers the checks)
+        from portal.middleware import pin_sync_mode
+
+        pin_sync_mode()

@@ -40,6 +40,7 @@ INSTALLED_APPS = [
     "portal.swarm",
     "portal.api",
 ]
+# Run in sync mode (one thread hand-off per request under ASGI): see portal/middleware.py.
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
