@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -81,8 +82,9 @@ class Node:
         self.backend, backend_reason = build_backend(
             span, self.device, self.precision, config.backend, config.num_threads, config.small_step_threads
         )
-        log.info("precision %s (%s); backend %s (%s)", self.precision, precision_reason, self.backend.name,
-                 backend_reason)
+        log.info(
+            "precision %s (%s); backend %s (%s)", self.precision, precision_reason, self.backend.name, backend_reason
+        )
         self.backend_reason = backend_reason
         self.pool = CachePool(config.cache_tokens, config.idle_timeout)
         self.max_session_length = min(
@@ -299,6 +301,13 @@ class Node:
 def run_node(config: NodeConfig) -> None:
     """Load the span and serve it in the foreground until interrupted."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+
+    def _terminate(signum, frame):  # SIGTERM (systemd, LocalSwarm.stop) leaves as gracefully as Ctrl-C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # started in the background of a script
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     node = Node(config)
     try:
         import uvloop  # optional speed-up (the 'speed' extra); not available on Windows

@@ -16,8 +16,15 @@ import torch
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU: the CUDA path is not tested here")
 
 SMOLLM2_SHAPES = dict(
-    hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
-    vocab_size=49152, max_position_embeddings=2048, tie_word_embeddings=True, rope_theta=100000.0,
+    hidden_size=576,
+    intermediate_size=1536,
+    num_hidden_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    vocab_size=49152,
+    max_position_embeddings=2048,
+    tie_word_embeddings=True,
+    rope_theta=100000.0,
 )
 
 
@@ -84,7 +91,9 @@ def test_fp32_on_cuda_gives_the_local_tokens(gpu_model, tmp_path):
     with torch.inference_mode():
         expected = local.generate(ids.cuda(), max_new_tokens=32, do_sample=False, eos_token_id=None, pad_token_id=0)
     with _swarm(gpu_model, "float32", tmp_path) as swarm:
-        got = _remote(gpu_model, swarm, torch.float32).generate(ids, max_new_tokens=32, do_sample=False, eos_token_id=None)
+        got = _remote(gpu_model, swarm, torch.float32).generate(
+            ids, max_new_tokens=32, do_sample=False, eos_token_id=None
+        )
     assert got.tolist() == expected.cpu().tolist()
 
 

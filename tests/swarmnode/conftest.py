@@ -89,8 +89,14 @@ def tiny_node(tiny_models, tmp_path_factory):
         str(tiny_models["llama"]),
         "0:6",
         extra_args=[
-            "--backend", "torch", "--cache-tokens", "1000", "--max-frame-bytes", "200000",
-            "--max-tokens-per-step", "256",
+            "--backend",
+            "torch",
+            "--cache-tokens",
+            "1000",
+            "--max-frame-bytes",
+            "200000",
+            "--max-tokens-per-step",
+            "256",
         ],
         log_path=logs / "tiny-node.log",
     )
