@@ -94,12 +94,7 @@ class RemoteSpan:
             raise RemoteError(self.url, "timeout", "no reply in time") from None
         except Exception as exc:
             raise RemoteError(self.url, "unavailable", f"connection lost ({type(exc).__name__})") from None
-        try:
-            reply = decode(frame, self._limits)
-        except ProtocolError as exc:
-            raise RemoteError(self.url, "bad_reply", exc.message) from None
-        if isinstance(reply, Error):
-            raise RemoteError(self.url, reply.code, reply.message)
+        reply = self._parse(frame)
         if reply.id != message.id:
             raise RemoteError(self.url, "bad_reply", f"reply id {reply.id} for request {message.id}")
         return reply
@@ -131,6 +126,10 @@ class RemoteSpan:
             return None
         except Exception as exc:
             raise RemoteError(self.url, "unavailable", f"connection lost ({type(exc).__name__})") from None
+        return self._parse(frame)
+
+    def _parse(self, frame: bytes | str) -> Message:
+        """Decode a node's frame; an Error frame or a garbled one becomes a RemoteError."""
         try:
             reply = decode(frame, self._limits)
         except ProtocolError as exc:

@@ -11,42 +11,19 @@ import torch
 from swarmnode.launcher import LocalSwarm, start_node
 from swarmnode.models import resolve_model
 
+_TINY = dict(  # 6 blocks of hidden size 64: loads instantly, still a real architecture
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=6,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=49152,
+    max_position_embeddings=512,
+)
 TINY_CONFIGS = {
-    "llama": dict(
-        model_type="llama",
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=6,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=49152,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-        rope_theta=10000.0,
-    ),
-    "qwen2": dict(
-        model_type="qwen2",
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=6,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=49152,
-        max_position_embeddings=512,
-        tie_word_embeddings=False,
-    ),
-    "mistral": dict(
-        model_type="mistral",
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=6,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=49152,
-        max_position_embeddings=512,
-        tie_word_embeddings=False,
-        sliding_window=None,
-    ),
+    "llama": dict(_TINY, model_type="llama", tie_word_embeddings=True, rope_theta=10000.0),
+    "qwen2": dict(_TINY, model_type="qwen2", tie_word_embeddings=False),
+    "mistral": dict(_TINY, model_type="mistral", tie_word_embeddings=False, sliding_window=None),
 }
 
 
