@@ -132,6 +132,10 @@ def simulate(
     for _ in range(nodes):
         swarm.join(*random_node(rng, num_blocks))
     join_s = time.perf_counter() - started
+    peers, rtts = peers_of(swarm, rng)  # routes are timed on the full swarm, before churn thins it
+    started = time.perf_counter()
+    index = PeerIndex(peers)
+    index_ms = (time.perf_counter() - started) * 1000
     fractions = [swarm.bottleneck() / swarm.ideal()]
     before_checks: list[float] = []
     moves = 0
@@ -155,13 +159,10 @@ def simulate(
         for nid in rng.sample(ids, int(len(ids) * check_fraction)):
             moves += swarm.rebalance_check(nid, margin)
         fractions.append(swarm.bottleneck() / swarm.ideal())
-    peers, rtts = peers_of(swarm, rng)
-    started = time.perf_counter()
-    index = PeerIndex(peers)
-    index_ms = (time.perf_counter() - started) * 1000
     return {
         "blocks": num_blocks,
         "nodes": len(peers),
+        "nodes_at_end": len(swarm.nodes),
         "route_ms": round(time_routes(peers, rtts, num_blocks, 7, partial=False), 2),
         "route_indexed_ms": round(time_routes(index, rtts, num_blocks, 7, partial=False), 2),
         "route_partial_indexed_ms": round(time_routes(index, rtts, num_blocks, 7, partial=True), 2),
