@@ -50,6 +50,13 @@ format: install
 ## Swarm vs local transformers, same run.
 bench: model
 	$(PY) -m swarmnode bench --model smollm2 --nodes 3 --new-tokens 64 --json
+	$(PY) -m swarmnode bench --model smollm2 --nodes 3 --new-tokens 64 --json --backend torch
+
+## Execution engine: backends/precisions on the whole model, ONNX swarm vs local ONNX, batching.
+bench-engine: model
+	$(PY) -m swarmnode bench-backends --model smollm2 --json
+	$(PY) -m swarmnode bench --model smollm2 --nodes 3 --new-tokens 64 --json --backend onnxruntime
+	$(PY) -m swarmnode bench --model smollm2 --nodes 3 --sessions 1,4,8,16 --new-tokens 32 --json
 
 ## Heartbeats of 1,000 simulated nodes against daphne + PostgreSQL: requests/s and p99 latency.
 bench-portal: install

@@ -61,11 +61,13 @@ def run_bench(
     new_tokens: int = 64,
     runs: int = 3,
     prompt: str = DEFAULT_PROMPT,
-    backend: str = "torch",
+    backend: str = "auto",
 ) -> dict:
     """Measure local decoding and the same greedy generation through ``nodes`` local processes.
 
-    ``backend="torch"``: local ``transformers`` ``generate`` vs PyTorch nodes (exact parity).
+    ``backend="auto"``: local ``transformers`` ``generate`` vs nodes on their default backend
+    (on CPU the faster of ONNX Runtime and PyTorch, measured at start-up).
+    ``backend="torch"``: local ``transformers`` ``generate`` vs PyTorch nodes (bit-exact parity).
     ``backend="onnxruntime"``: the whole model in one local ONNX Runtime session vs ONNX nodes.
 
     Returns:
@@ -86,7 +88,7 @@ def run_bench(
     ids = ids["input_ids"]
     opts = dict(max_new_tokens=new_tokens, do_sample=False, eos_token_id=None)
 
-    if backend == "torch":
+    if backend in ("auto", "torch"):
         local = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         local.eval()
 
@@ -104,11 +106,13 @@ def run_bench(
             return local_backend_generate(whole, head, ids, new_tokens, streamer)
 
     node_args = ["--backend", backend]
+    node_backends: set[str] = set()
     with (
         tempfile.TemporaryDirectory() as logs,
         LocalSwarm(model, checkpoint.num_blocks, nodes, extra_args=node_args, log_dir=Path(logs)) as swarm,
     ):
         remote = AutoDistributedModelForCausalLM.from_pretrained(model, peers=swarm.urls)
+        node_backends = {n.ready["backend"] for n in swarm.nodes}
 
         def run_swarm(streamer):
             out = remote.generate(ids, streamer=streamer, **opts)
@@ -128,6 +132,8 @@ def run_bench(
     return {
         "model": model,
         "backend": backend,
+        "node_backends": sorted(node_backends),
+        "local": "transformers generate" if backend in ("auto", "torch") else "onnxruntime, whole model",
         "nodes": nodes,
         "new_tokens": new_tokens,
         "prompt_tokens": int(ids.shape[1]),

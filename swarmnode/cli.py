@@ -134,7 +134,7 @@ def _bench(args: argparse.Namespace) -> None:
         return
     from swarmnode.bench import run_bench
 
-    result = run_bench(args.model, args.nodes, args.new_tokens, args.runs, backend=args.backend or "torch")
+    result = run_bench(args.model, args.nodes, args.new_tokens, args.runs, backend=args.backend or "auto")
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
 
 
@@ -261,8 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--backend",
         choices=["auto", "torch", "onnxruntime"],
-        help="torch (default): vs local transformers generate; onnxruntime: vs the whole model in local ORT; "
-        "with --sessions: the nodes' backend (default auto)",
+        help="nodes' backend (default auto: the faster on this CPU) vs local transformers generate; torch: "
+        "PyTorch nodes (bit-exact); onnxruntime: ONNX nodes vs the whole model in local ONNX Runtime",
     )
     bench.add_argument("--sessions", help="comma-separated concurrency levels, e.g. 1,4,8,16")
     bench.add_argument("--json", action="store_true")
