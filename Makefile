@@ -69,3 +69,4 @@ clean:
 ## 10,000 simulated nodes (no model): route time for 30/80-block models, bottleneck vs ideal over churn.
 bench-swarm: install
 	$(PY) bench/swarm_sim.py --nodes 10000 --blocks 30 80 --rounds 20
+.PHONY: bench-engine
