@@ -19,20 +19,11 @@ from portal.processes import create_user_with_node_token, live_portal
 from swarmnode.client import AutoDistributedModelForCausalLM
 from swarmnode.client.tracker import fetch_spans
 from swarmnode.launcher import start_node
+from swarmnode.testing.polling import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.model]
 
 NODE_ARGS = ["--backend", "torch", "--dtype", "float32"]
-
-
-def _wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +45,7 @@ def test_it_fills_the_dead_span_with_a_blocks_auto_node_and_the_client_resumes(p
     ]
     newcomer = {}
     try:
-        _wait(lambda: len(fetch_spans(portal.url, "smollm2")) == 3, 60, "the tracker to list 3 online nodes")
+        wait_until(lambda: len(fetch_spans(portal.url, "smollm2")) == 3, 60, "the tracker to list 3 online nodes")
         model = AutoDistributedModelForCausalLM.from_pretrained("smollm2", portal=portal.url)
         ids = model.tokenizer("The history of lighthouses begins with", return_tensors="pt")["input_ids"]
         opts = dict(max_new_tokens=40, do_sample=False, eos_token_id=None)

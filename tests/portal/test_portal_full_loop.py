@@ -3,7 +3,6 @@ client that finds them through the tracker and generates through the spans it fo
 
 import os
 import signal
-import time
 
 import pytest
 import torch
@@ -11,6 +10,7 @@ import torch
 from portal.processes import create_user_with_node_token, live_portal
 from swarmnode.client import AutoDistributedModelForCausalLM, SwarmNotCovering
 from swarmnode.launcher import LocalSwarm
+from swarmnode.testing.polling import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.model]
 
@@ -21,16 +21,6 @@ def _health(portal_url: str) -> dict:
 
     with urllib.request.urlopen(f"{portal_url}/api/v1/swarm/health/?model=smollm2", timeout=10) as r:
         return json.loads(r.read())["models"][0]
-
-
-def _wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +35,7 @@ def test_it_generates_through_spans_found_via_the_tracker(portal):
     token = create_user_with_node_token(portal.env, "volunteer", "volunteer-password-1")
     swarm = LocalSwarm("smollm2", 30, 3, extra_args=["--portal", portal.url, "--token", token], log_dir=portal.folder)
     with swarm:
-        entry = _wait(lambda: (h := _health(portal.url))["covered"] and h, 90, "the tracker to see all 3 nodes")
+        entry = wait_until(lambda: (h := _health(portal.url))["covered"] and h, 90, "the tracker to see all 3 nodes")
         assert entry["online_nodes"] == 3
         assert sorted((n["start_block"], n["end_block"]) for n in entry["nodes"]) == [(0, 10), (10, 20), (20, 30)]
         assert all(n["owner"] == "volunteer" and n["throughput"] > 0 for n in entry["nodes"])
@@ -60,7 +50,7 @@ def test_it_generates_through_spans_found_via_the_tracker(portal):
 
         # A node that dies without saying goodbye is expired by the Celery beat task...
         swarm.nodes[1].process.send_signal(signal.SIGKILL)
-        entry = _wait(lambda: not (h := _health(portal.url))["covered"] and h, 30, "the dead node to expire")
+        entry = wait_until(lambda: not (h := _health(portal.url))["covered"] and h, 30, "the dead node to expire")
         assert entry["banner"] == "broken: blocks 10-19 uncovered"
         # ... and clients are told plainly that the swarm no longer covers the model.
         with pytest.raises(SwarmNotCovering, match="10-19"):
@@ -69,4 +59,4 @@ def test_it_generates_through_spans_found_via_the_tracker(portal):
         # A node stopped with Ctrl-C leaves at once.
         swarm.nodes[0].process.send_signal(signal.SIGINT)
         swarm.nodes[0].process.wait(timeout=30)
-        _wait(lambda: _health(portal.url)["nodes"][0]["state"] == "offline", 10, "node 0:10 to leave")
+        wait_until(lambda: _health(portal.url)["nodes"][0]["state"] == "offline", 10, "node 0:10 to leave")
