@@ -12,9 +12,11 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs Django set u
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
+from portal.chat.routing import websocket_urlpatterns as chat_ws  # noqa: E402
+from portal.relay.routing import websocket_urlpatterns as relay_ws  # noqa: E402
 from portal.swarm.routing import websocket_urlpatterns as swarm_ws  # noqa: E402
 
-websocket_urlpatterns = [*swarm_ws]
+websocket_urlpatterns = [*swarm_ws, *chat_ws, *relay_ws]
 
 application = ProtocolTypeRouter(
     {

@@ -38,6 +38,10 @@ INSTALLED_APPS = [
     "portal",
     "portal.accounts",
     "portal.swarm",
+    "portal.reputation",
+    "portal.ledger",
+    "portal.chat",
+    "portal.relay",
     "portal.api",
 ]
 # Run in sync mode (one thread hand-off per request under ASGI): see portal/middleware.py.

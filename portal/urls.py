@@ -14,6 +14,10 @@ urlpatterns = [
     path("", views.home, name="home"),
     path("accounts/", include("portal.accounts.urls")),
     path("", include("portal.swarm.urls")),
+    path("", include("portal.chat.urls")),
+    path("", include("portal.reputation.urls")),
+    path("", include("portal.ledger.urls")),
+    path("", include("portal.relay.urls")),
     path("api/", include("portal.api.urls")),
     path("admin/", admin.site.urls),
 ]

@@ -47,6 +47,7 @@ def _serve(args: argparse.Namespace) -> None:
         rebalance_margin=args.rebalance_margin,
         drain_timeout=args.drain_timeout,
         measure_throughput=not args.no_measure,
+        identity=args.identity,
     )
     run_node(config)
 
@@ -229,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-session-length", type=int, default=8192)
     serve.add_argument("--portal", help="portal URL to register with and heartbeat to, e.g. http://127.0.0.1:8000")
     serve.add_argument("--token", help="node token from the portal (default: $LAYERSWARM_NODE_TOKEN)")
+    serve.add_argument(
+        "--identity", help="key file of this node (created if missing; default: a fresh key pair each start)"
+    )
     serve.set_defaults(func=_serve)
 
     gen = sub.add_parser("generate", help="generate text through a swarm")

@@ -64,6 +64,7 @@ class InfoReply(Message):
     throughput: float = 0.0  # tokens/s of one-token cached steps through the whole span (§4.7)
     prefill_throughput: float = 0.0  # tokens/s of a long uncached prefill through the span (§4.7)
     state: str = "online"  # "online", or "draining" while the node is about to move or leave (§4.8)
+    public_key: str = ""  # "ed25519:<b64url>,x25519:<b64url>": signs results, agrees session keys (§1.4)
 
 
 @dataclass(frozen=True)

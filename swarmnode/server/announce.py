@@ -126,7 +126,7 @@ class Announcer:
             "cache_tokens_left": info.cache_tokens_left,
             "max_session_length": info.max_session_length,
             "version": info.version,
-            "public_key": "",
+            "public_key": info.public_key,
         }
 
     def heartbeat(self) -> dict[str, Any]:

@@ -49,6 +49,7 @@ class NodeConfig:
     limits: Limits = field(default_factory=Limits)
     portal: str | None = None  # tracker to announce to, e.g. http://127.0.0.1:8000 (None: don't announce)
     token: str | None = None  # node token from the portal's "Contribute a GPU" page
+    identity: str | None = None  # key file (created if missing); None: a fresh key pair for this process
     peers: tuple[str, ...] = ()  # other nodes' URLs to learn the swarm from when there is no portal (--blocks auto)
     rebalance_interval: float = 0.0  # seconds between rebalancing checks (±20 % jitter); 0 = never move
     rebalance_margin: float = 0.2  # move only if the swarm's bottleneck rises by more than this fraction

@@ -16,6 +16,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request, Response
 
 from swarmnode import __version__
+from swarmnode.identity import NodeIdentity
 from swarmnode.models import Checkpoint, load_span, resolve_model
 from swarmnode.models.registry import model_name
 from swarmnode.protocol import (
@@ -95,6 +96,8 @@ class Node:
         self.scheduler = Scheduler(
             self.backend, self._executor, max_batch=config.max_batch, prefill_chunk=config.prefill_chunk
         )
+        # Signs what the node serves and agrees session keys (announced as Info.public_key).
+        self.identity = NodeIdentity.load_or_create(config.identity) if config.identity else NodeIdentity.generate()
         self.url = ""
         self.state = "online"  # "draining" while about to move (spec §4.8)
         self.throughput = Throughput()  # measured after start (spec §4.7)
@@ -146,6 +149,7 @@ class Node:
             throughput=self.throughput.decode,
             prefill_throughput=self.throughput.prefill,
             state=self.state,
+            public_key=self.identity.public_key,
         )
 
     async def handle_frame(self, frame: bytes | str, owner: object) -> Message | None:

@@ -34,6 +34,7 @@ class _FakeNode:
             max_session_length=8192,
             version="0.1.0",
             open_sessions=0,
+            public_key="ed25519:x,x25519:y",
         )
 
 

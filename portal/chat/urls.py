@@ -1,0 +1,4 @@
+"""Routes of the chat pages."""
+
+app_name = "chat"
+urlpatterns: list = []

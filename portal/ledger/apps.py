@@ -1,0 +1,10 @@
+"""Ledger: double-entry credits, signed usage receipts, settlement, payouts."""
+
+from django.apps import AppConfig
+
+
+class LedgerConfig(AppConfig):
+    """The ``ledger`` app."""
+
+    name = "portal.ledger"
+    label = "ledger"

@@ -1,0 +1,4 @@
+"""Routes of the ledger pages."""
+
+app_name = "ledger"
+urlpatterns: list = []

@@ -1,0 +1,3 @@
+"""Websocket routes of the relay app."""
+
+websocket_urlpatterns: list = []

@@ -1,0 +1,4 @@
+"""Routes of the relay pages."""
+
+app_name = "relay"
+urlpatterns: list = []

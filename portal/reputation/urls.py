@@ -1,0 +1,4 @@
+"""Routes of the reputation pages."""
+
+app_name = "reputation"
+urlpatterns: list = []
