@@ -117,6 +117,11 @@ SWARM_HEARTBEAT_HISTORY = env_int("SWARM_HEARTBEAT_HISTORY", 24 * 3600)  # secon
 SWARM_HEARTBEAT_HISTORY_EVERY = env_float("SWARM_HEARTBEAT_HISTORY_EVERY", 60.0)  # history: a row per node per N s
 API_MAX_JSON_BYTES = env_int("API_MAX_JSON_BYTES", 16 * 1024)  # JSON request body limit (413 above)
 SWARM_MAX_NODES_PER_TOKEN = env_int("SWARM_MAX_NODES_PER_TOKEN", 8)  # active nodes one machine may run
+# -- the ledger (credits; one credit = one block-token of work) ----------------------------------------
+LEDGER_STARTING_GRANT = env_int("LEDGER_STARTING_GRANT", 300_000)  # credits a new user starts with
+LEDGER_CREDITS_PER_TOKEN = env_int("LEDGER_CREDITS_PER_TOKEN", 30)  # a chat/API token (a 30-block model's pass)
+LEDGER_ANONYMOUS_QUOTA_TOKENS = env_int("LEDGER_ANONYMOUS_QUOTA_TOKENS", 2_000)  # free tokens per visitor ...
+LEDGER_ANONYMOUS_QUOTA_WINDOW = env_float("LEDGER_ANONYMOUS_QUOTA_WINDOW", 24 * 3600.0)  # ... per this many s
 CELERY_BEAT_SCHEDULE = {
     "expire-stale-nodes": {"task": "portal.swarm.tasks.expire_stale_nodes", "schedule": SWARM_EXPIRE_EVERY},
     "prune-heartbeats": {"task": "portal.swarm.tasks.prune_heartbeats", "schedule": 600.0},

@@ -8,3 +8,7 @@ class LedgerConfig(AppConfig):
 
     name = "portal.ledger"
     label = "ledger"
+    verbose_name = "Ledger"
+
+    def ready(self):
+        from portal.ledger import signals  # noqa: F401  (registers the receivers)

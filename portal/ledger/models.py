@@ -1,0 +1,140 @@
+"""The ledger's tables: accounts, append-only transactions and their entries, anonymous quota use.
+
+Amounts are integer **credits**; one credit is one block-token of work (one token's hidden state
+through one transformer block). A balance is never stored: it is the sum of the account's entries.
+Entries and transactions are append-only: the ORM refuses updates and deletes, and on PostgreSQL a
+trigger refuses them too (migration ``0002``).
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+class AppendOnlyError(Exception):
+    """Raised when code tries to change or delete a posted ledger row."""
+
+
+class AppendOnlyQuerySet(models.QuerySet):
+    """A query set that cannot update or delete rows in bulk."""
+
+    def update(self, **kwargs):
+        raise AppendOnlyError(f"{self.model.__name__} rows are append-only")
+
+    def delete(self):
+        raise AppendOnlyError(f"{self.model.__name__} rows are append-only")
+
+
+class AppendOnlyModel(models.Model):
+    """A row written once: ``save()`` inserts, never updates; ``delete()`` refuses."""
+
+    objects = AppendOnlyQuerySet.as_manager()
+
+    class Meta:
+        abstract = True
+
+    def save(self, *args, **kwargs):
+        if not self._state.adding:
+            raise AppendOnlyError(f"{type(self).__name__} rows are append-only")
+        kwargs["force_insert"] = True
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise AppendOnlyError(f"{type(self).__name__} rows are append-only")
+
+
+class Account(models.Model):
+    """Where credits are: a user's spendable balance, a node's escrow, or a system account.
+
+    User and escrow accounts may never go below zero; system accounts may (``system:rewards`` is where
+    node rewards are issued from, so it runs negative by what the swarm has paid out).
+    """
+
+    class Kind(models.TextChoices):
+        USER = "user"  # a user's spendable balance
+        ESCROW = "escrow"  # a new node's earnings, held until the node's reputation is built
+        SYSTEM = "system"  # grants, revenue, rewards, payouts in review, paid out
+
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    code = models.CharField(max_length=80, unique=True)  # "user:17", "escrow:node:5", "system:revenue"
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="ledger_accounts"
+    )
+    node = models.ForeignKey(
+        "swarm.Node", null=True, blank=True, on_delete=models.SET_NULL, related_name="escrow_accounts"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user"], condition=models.Q(kind="user"), name="ledger_one_account_per_user"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.code
+
+    @property
+    def may_go_negative(self) -> bool:
+        """Only system accounts may hold a negative balance."""
+        return self.kind == self.Kind.SYSTEM
+
+
+class Transaction(AppendOnlyModel):
+    """One balanced movement of credits: its entries sum to zero. ``reference`` makes posting idempotent."""
+
+    class Kind(models.TextChoices):
+        GRANT = "grant"  # a new user's starting credits
+        USAGE = "usage"  # chat / API tokens a user consumed
+        RECEIPT = "receipt"  # a doubly-signed usage receipt settled: payer -> node owner (or escrow)
+        ESCROW_RELEASE = "escrow_release"  # a node built reputation: escrow -> owner
+        PAYOUT_REQUEST = "payout_request"  # owner -> payouts in review
+        PAYOUT_RETURN = "payout_return"  # rejected: payouts in review -> owner
+        PAYOUT_PAID = "payout_paid"  # approved: payouts in review -> paid out
+
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    reference = models.CharField(max_length=200, unique=True)  # e.g. "usage:chat:42:7", "receipt:<uuid>"
+    memo = models.CharField(max_length=300, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.reference}"
+
+
+class Entry(AppendOnlyModel):
+    """One leg of a transaction: ``amount`` credits into (positive) or out of (negative) ``account``."""
+
+    transaction = models.ForeignKey(Transaction, on_delete=models.PROTECT, related_name="entries")
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="entries")
+    amount = models.BigIntegerField()
+    created_at = models.DateTimeField(default=timezone.now)  # the transaction's time (for time series)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["account", "created_at"])]
+        constraints = [models.CheckConstraint(condition=~models.Q(amount=0), name="ledger_entry_nonzero")]
+
+    def __str__(self) -> str:
+        return f"{self.amount:+d} {self.account_id}"
+
+
+class AnonymousUsage(AppendOnlyModel):
+    """Tokens an anonymous visitor (keyed by a digest of its session or address) used: the quota's record."""
+
+    key_digest = models.CharField(max_length=64)
+    tokens = models.PositiveIntegerField()
+    reference = models.CharField(max_length=200, unique=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [models.Index(fields=["key_digest", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.tokens} tokens by {self.key_digest[:8]}…"
