@@ -117,6 +117,15 @@ SWARM_HEARTBEAT_HISTORY = env_int("SWARM_HEARTBEAT_HISTORY", 24 * 3600)  # secon
 SWARM_HEARTBEAT_HISTORY_EVERY = env_float("SWARM_HEARTBEAT_HISTORY_EVERY", 60.0)  # history: a row per node per N s
 API_MAX_JSON_BYTES = env_int("API_MAX_JSON_BYTES", 16 * 1024)  # JSON request body limit (413 above)
 SWARM_MAX_NODES_PER_TOKEN = env_int("SWARM_MAX_NODES_PER_TOKEN", 8)  # active nodes one machine may run
+# -- reputation (portal/reputation/scoring.py; formula in portal/README.md) ----------------------------
+REPUTATION_PRIOR = env_float("REPUTATION_PRIOR", 0.5)  # score of a node without evidence
+REPUTATION_PRIOR_WEIGHT = env_float("REPUTATION_PRIOR_WEIGHT", 4.0)  # how much evidence the prior is worth
+REPUTATION_HALF_LIFE = env_float("REPUTATION_HALF_LIFE", 3 * 24 * 3600.0)  # seconds until evidence weighs half
+REPUTATION_THRESHOLD = env_float("REPUTATION_THRESHOLD", 0.3)  # under this, a node leaves the peer list
+REPUTATION_SUSPEND_FAILURES = env_int("REPUTATION_SUSPEND_FAILURES", 3)  # failed audits that suspend a node ...
+REPUTATION_SUSPEND_WINDOW = env_float("REPUTATION_SUSPEND_WINDOW", 24 * 3600.0)  # ... within this many seconds
+REPUTATION_DECAY_EVERY = env_float("REPUTATION_DECAY_EVERY", 300.0)  # seconds between decay runs (history points)
+REPUTATION_HISTORY = env_int("REPUTATION_HISTORY", 90 * 24 * 3600)  # seconds of score history to keep
 # -- the ledger (credits; one credit = one block-token of work) ----------------------------------------
 LEDGER_STARTING_GRANT = env_int("LEDGER_STARTING_GRANT", 300_000)  # credits a new user starts with
 LEDGER_CREDITS_PER_TOKEN = env_int("LEDGER_CREDITS_PER_TOKEN", 30)  # a chat/API token (a 30-block model's pass)
@@ -125,6 +134,8 @@ LEDGER_ANONYMOUS_QUOTA_WINDOW = env_float("LEDGER_ANONYMOUS_QUOTA_WINDOW", 24 * 
 CELERY_BEAT_SCHEDULE = {
     "expire-stale-nodes": {"task": "portal.swarm.tasks.expire_stale_nodes", "schedule": SWARM_EXPIRE_EVERY},
     "prune-heartbeats": {"task": "portal.swarm.tasks.prune_heartbeats", "schedule": 600.0},
+    "decay-reputation": {"task": "portal.reputation.tasks.decay_reputation", "schedule": REPUTATION_DECAY_EVERY},
+    "prune-score-history": {"task": "portal.reputation.tasks.prune_score_history", "schedule": 3600.0},
 }
 # Where `pip install` in the "Contribute a GPU" commands fetches the node agent from.
 # Embedded (a demo on this machine): this checkout, so the commands work as pasted.

@@ -8,3 +8,7 @@ class ReputationConfig(AppConfig):
 
     name = "portal.reputation"
     label = "reputation"
+    verbose_name = "Reputation"
+
+    def ready(self) -> None:
+        from portal.reputation import checks  # noqa: F401  (registers the system checks)
