@@ -7,7 +7,8 @@ session per span and sends only the new token's hidden state per step.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 
 import torch
@@ -19,9 +20,11 @@ from swarmnode.client.remote import PeerInfo, RemoteSpan
 from swarmnode.client.routing import RoutingPolicy, SwarmNotCovering, find_chain
 from swarmnode.client.session import FailoverEvent, InferenceSession
 from swarmnode.client.tracker import fetch_spans
+from swarmnode.identity import NodeIdentity
 from swarmnode.models import Checkpoint, load_client_head, resolve_model
 from swarmnode.models.registry import model_name
 from swarmnode.protocol import Forward, ForwardResult
+from swarmnode.receipts import SignedReceipt
 from swarmnode.runtime.backend import tensor_to_wire, wire_to_tensor
 
 
@@ -59,6 +62,8 @@ class DistributedModelForCausalLM:
         routing: RoutingPolicy | None = None,
         failover: FailoverPolicy | None = None,
         push: bool = False,
+        identity: NodeIdentity | None = None,
+        on_receipt: Callable[[SignedReceipt], None] | None = None,
     ):
         self.name = name
         self.checkpoint = checkpoint
@@ -72,6 +77,9 @@ class DistributedModelForCausalLM:
         self.routing = routing or RoutingPolicy(rtt_weight=0.5 if push else 1.0)
         self.failover = failover or FailoverPolicy(first_step_timeout_s=timeout)
         self.push = push
+        self.identity = identity  # signs usage receipts (spec §8); None: sessions close without one
+        self.receipts: deque[SignedReceipt] = deque(maxlen=10_000)  # countersigned receipts, newest last
+        self._on_receipt = on_receipt
         self.bans = BanList(self.failover)  # shared by every session of this client
         self.timer = StepTimer(self.failover)
         self.head = load_client_head(checkpoint, dtype)
@@ -136,7 +144,14 @@ class DistributedModelForCausalLM:
             routing=self.routing,
             failover=self.failover,
             push=self.push,
+            identity=self.identity,
+            on_receipt=self._receipt,
         )
+
+    def _receipt(self, signed: SignedReceipt) -> None:
+        self.receipts.append(signed)
+        if self._on_receipt is not None:
+            self._on_receipt(signed)
 
     # -- generation -----------------------------------------------------------------------
 
@@ -299,6 +314,8 @@ class AutoDistributedModelForCausalLM:
         routing: RoutingPolicy | None = None,
         failover: FailoverPolicy | None = None,
         push: bool = False,
+        identity: NodeIdentity | None = None,
+        on_receipt: Callable[[SignedReceipt], None] | None = None,
     ) -> DistributedModelForCausalLM:
         """Load the client parts of ``model`` and learn what each peer serves.
 
@@ -311,6 +328,9 @@ class AutoDistributedModelForCausalLM:
             routing: how chains are priced (latency or throughput mode, penalties).
             failover: retry budget, bans, adaptive timeouts and replay mode.
             push: server-to-server push (each step goes to the first node; nodes forward it).
+            identity: the client's key pair (``swarmnode.identity.NodeIdentity``): sessions then close
+                with signed usage receipts, countersigned by the nodes, kept in ``.receipts`` (spec §8).
+            on_receipt: called with each countersigned receipt (e.g. to submit it to the portal).
 
         Raises:
             ValueError: neither peers nor portal given; ``TrackerError`` (a ``ValueError``) if the portal fails.
@@ -337,6 +357,8 @@ class AutoDistributedModelForCausalLM:
             routing=routing,
             failover=failover,
             push=push,
+            identity=identity,
+            on_receipt=on_receipt,
         )
         try:
             distributed.chain()

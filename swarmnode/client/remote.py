@@ -42,6 +42,7 @@ class PeerInfo:
     prefill_throughput: float = 0.0  # tokens/s of a long prefill through the span; 0 = unknown
     state: str = "online"  # "draining": serves its sessions but takes no new ones
     relay: bool = False  # reachable only through a relay (an extra hop)
+    public_key: str = ""  # "ed25519:...,x25519:..." (spec §1.4): names the node in usage receipts (§8)
 
     @property
     def length(self) -> int:

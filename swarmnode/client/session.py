@@ -22,7 +22,18 @@ import torch
 from swarmnode.client.failover import BanList, FailoverPolicy, StepTimer
 from swarmnode.client.remote import PeerInfo, RemoteError, RemoteSpan
 from swarmnode.client.routing import Hop, RoutingPolicy, SwarmNotCovering, route
-from swarmnode.protocol import CloseSession, OpenSession, Step, StepResult, WireTensor, all_finite, tensor_from_numpy
+from swarmnode.identity import NodeIdentity
+from swarmnode.protocol import (
+    CloseSession,
+    OpenSession,
+    SessionClosed,
+    Step,
+    StepResult,
+    WireTensor,
+    all_finite,
+    tensor_from_numpy,
+)
+from swarmnode.receipts import ReceiptError, SignedReceipt, UsageReceipt, key_of, signing_key
 from swarmnode.runtime.backend import tensor_to_wire, wire_to_tensor
 
 # Errors caused by what the client asked, not by the node: another node would answer the same.
@@ -63,6 +74,7 @@ class _HopState:
     hop: Hop
     span: RemoteSpan | None = None
     history: list[WireTensor] = field(default_factory=list)  # inputs sent, in order (None-free)
+    tokens: int = 0  # positions this node ran for us (B x T summed): the usage receipt's count (spec §8.2)
 
     @property
     def url(self) -> str:
@@ -91,6 +103,9 @@ class InferenceSession:
         routing: how replacement hops are priced.
         failover: retry budget, ban backoff, timeouts and replay mode.
         push: server-to-server push (spec §7): each step goes to the first node only.
+        identity: the client's key pair; with it, closing the session on a node sends a signed usage
+            receipt and keeps the node's countersigned copy in :attr:`receipts` (spec §8).
+        on_receipt: called with each countersigned receipt (e.g. to submit it to the portal).
 
     Raises:
         RemoteError: no chain could be opened (``SessionFailed`` once failover gives up).
@@ -113,7 +128,13 @@ class InferenceSession:
         routing: RoutingPolicy | None = None,
         failover: FailoverPolicy | None = None,
         push: bool = False,
+        identity: NodeIdentity | None = None,
+        on_receipt: Callable[[SignedReceipt], None] | None = None,
     ) -> None:
+        self.identity = identity
+        self.on_receipt = on_receipt
+        self.receipts: list[SignedReceipt] = []  # countersigned by the nodes, one per closed hop (§8)
+        self.receipt_errors: list[str] = []  # why a node did not countersign
         hops = [h if isinstance(h, Hop) else Hop(h, h.start_block, h.end_block) for h in chain]
         self.max_length = max_length
         self.wire_dtype = wire_dtype
@@ -185,6 +206,7 @@ class InferenceSession:
         self.timer.record(hs.url, tokens, time.perf_counter() - started)
         self.bans.succeeded(hs.url)
         hs.history.append(wire)
+        hs.tokens += wire.shape[0] * wire.shape[1]
         return out
 
     # -- steps ------------------------------------------------------------------------------
@@ -253,6 +275,7 @@ class InferenceSession:
                 for h in self._hops:
                     self.timer.record(h.url, tokens, (time.perf_counter() - started) / len(self._hops))
                     self.bans.succeeded(h.url)
+                    h.tokens += wire.shape[0] * tokens
                 first.history.append(wire)  # later hops' inputs never reach the client
                 return out
             for h in self._hops[:-1]:  # an error anywhere on the route is reported to us (§7.3)
@@ -397,15 +420,58 @@ class InferenceSession:
 
     # -- closing ----------------------------------------------------------------------------
 
+    def _receipt(self, hs: _HopState) -> tuple[UsageReceipt | None, str]:
+        """The signed usage receipt for what ``hs``'s node ran for us (spec §8.3), or ``(None, "")``."""
+        peer = hs.hop.peer
+        if self.identity is None or hs.tokens <= 0 or not peer.public_key:
+            return None, ""
+        try:
+            receipt = UsageReceipt.new(
+                session_id=self.session_id,
+                model=self.model or peer.model,
+                start_block=peer.start_block,
+                end_block=peer.end_block,
+                tokens=hs.tokens,
+                client_key=key_of(self.identity),
+                node_key=signing_key(peer.public_key),
+            )
+        except ReceiptError:
+            return None, ""  # the node announced no usable key: it cannot be paid by receipt
+        return receipt, receipt.sign_as_client(self.identity)
+
     def _close_hop(self, hs: _HopState) -> None:
         if hs.span is None:
             return
+        receipt, signature = self._receipt(hs)
         try:
-            hs.span.request(CloseSession(session_id=self.session_id), timeout=2.0)
+            reply = hs.span.request(
+                CloseSession(
+                    session_id=self.session_id,
+                    receipt=receipt.to_text() if receipt else "",
+                    client_signature=signature,
+                ),
+                timeout=2.0,
+            )
+            if receipt is not None and isinstance(reply, SessionClosed):
+                self._keep_receipt(receipt, signature, reply)
         except RemoteError:
             pass
         hs.span.close()
         hs.span = None
+
+    def _keep_receipt(self, receipt: UsageReceipt, signature: str, reply: SessionClosed) -> None:
+        if not reply.node_signature:
+            self.receipt_errors.append(reply.receipt_error or "the node did not countersign")
+            return
+        signed = SignedReceipt(receipt, signature, reply.node_signature)
+        try:
+            signed.verify()
+        except ReceiptError as exc:
+            self.receipt_errors.append(str(exc))
+            return
+        self.receipts.append(signed)
+        if self.on_receipt is not None:
+            self.on_receipt(signed)
 
     def close(self) -> None:
         """Close the session on every node (freeing their caches) and the connections."""

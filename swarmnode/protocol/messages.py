@@ -133,6 +133,8 @@ class CloseSession(Message):
 
     TYPE = "close_session"
     session_id: str = ""
+    receipt: str = ""  # the client's usage receipt, canonical bytes as base64url (§8); "" = none
+    client_signature: str = ""  # the client's Ed25519 signature of the receipt, base64url (§8)
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,9 @@ class SessionClosed(Message):
 
     TYPE = "session_closed"
     session_id: str = ""
+    tokens: int = 0  # positions the node ran through its span in this session (§8.2)
+    node_signature: str = ""  # the node's countersignature of the client's receipt, base64url (§8)
+    receipt_error: str = ""  # why the node did not countersign (§8.3); "" when it did or got no receipt
 
 
 @dataclass(frozen=True)

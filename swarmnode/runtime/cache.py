@@ -29,6 +29,7 @@ class SessionState:
     cache: Any  # backend-specific KV cache
     owner: object  # the connection that opened it; its sessions die with it
     position: int = 0  # tokens already in the cache
+    served_tokens: int = 0  # positions run through the span, B x T summed over steps (usage receipts, spec §8.2)
     last_used: float = field(default_factory=time.monotonic)
 
 

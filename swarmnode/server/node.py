@@ -39,6 +39,7 @@ from swarmnode.protocol import (
     decode,
     encode,
 )
+from swarmnode.receipts import ReceiptError, countersign
 from swarmnode.runtime import CachePool
 from swarmnode.runtime.planning import (
     TORCH_DTYPES,
@@ -54,6 +55,7 @@ from swarmnode.runtime.scheduler import Scheduler
 from swarmnode.server.announce import start_announcer
 from swarmnode.server.config import WS_PATH, NodeConfig, parse_blocks
 from swarmnode.server.push import PushRelay
+from swarmnode.server.receipts import ReceiptOutbox, start_outbox
 from swarmnode.server.throughput import Throughput, node_throughput
 
 log = logging.getLogger("swarmnode.node")
@@ -103,6 +105,7 @@ class Node:
         self.throughput = Throughput()  # measured after start (spec §4.7)
         self.push = PushRelay(self)
         self.moving_to: tuple[int, int] | None = None
+        self.receipts: ReceiptOutbox | None = None  # countersigned receipts to the portal (spec §8.4)
         self._stopped: asyncio.Future | None = None
 
     def _choose_blocks(self) -> tuple[int, int]:
@@ -194,6 +197,7 @@ class Node:
             started = time.perf_counter()
             out = await self.scheduler.step(hidden, state.cache)
             state.position = new_len
+            state.served_tokens += hidden.shape[0] * hidden.shape[1]  # B x T (spec §8.2)
             compute_us = int((time.perf_counter() - started) * 1e6)
             return StepResult(id=msg.id, session_id=msg.session_id, position=new_len, hidden=out, compute_us=compute_us)
         if isinstance(msg, OpenSession):
@@ -212,12 +216,35 @@ class Node:
             out = await self.scheduler.forward(hidden)
             return ForwardResult(id=msg.id, hidden=out, compute_us=int((time.perf_counter() - started) * 1e6))
         if isinstance(msg, CloseSession):
-            self.pool.get(msg.session_id, owner)
+            served = self.pool.get(msg.session_id, owner).served_tokens
             self.pool.close(msg.session_id)
-            return SessionClosed(id=msg.id, session_id=msg.session_id)
+            signature, why = self._countersign(msg, served) if msg.receipt else ("", "")
+            return SessionClosed(
+                id=msg.id, session_id=msg.session_id, tokens=served, node_signature=signature, receipt_error=why
+            )
         if isinstance(msg, Info):
             return self.info(msg.id)
         raise ProtocolError("unexpected_message", f"a node does not accept {msg.TYPE!r} messages")
+
+    def _countersign(self, msg: CloseSession, served: int) -> tuple[str, str]:
+        """Spec §8.3: ``(node_signature, "")`` for a receipt this node stands by, else ``("", why)``."""
+        try:
+            signed = countersign(
+                self.identity,
+                msg.receipt,
+                msg.client_signature,
+                session_id=msg.session_id,
+                model=self.model_name,
+                start_block=self.start,
+                end_block=self.end,
+                served=served,
+            )
+        except ReceiptError as exc:
+            log.info("not countersigning the receipt of session %s: %s", msg.session_id, exc)
+            return "", str(exc)
+        if self.receipts is not None:
+            self.receipts.put(signed)
+        return signed.node_signature, ""
 
     # -- networking -----------------------------------------------------------------------
 
@@ -279,6 +306,7 @@ class Node:
             if self.config.measure_throughput:
                 self.throughput = await loop.run_in_executor(self._executor, node_throughput, self)
             announcer = start_announcer(self)  # None unless --portal and --token were given
+            self.receipts = start_outbox(self)  # likewise
             rebalancer = None
             if self.config.rebalance_interval > 0:
                 from swarmnode.server.rebalance import rebalance_loop
@@ -292,6 +320,8 @@ class Node:
                 if rebalancer is not None:
                     rebalancer.cancel()
                 await self.push.close()
+                if self.receipts is not None:
+                    await self.receipts.close()
                 if announcer is not None:
                     await announcer.close()
 
