@@ -13,7 +13,14 @@ $(STAMP): requirements/node.txt requirements/portal.txt requirements/dev.txt pyp
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-install: $(STAMP)
+# The in-page node's runtime (onnxruntime-web, msgpack) comes from the npm registry, pinned by the lock file;
+# the portal serves these files itself (no CDN).
+NPM_STAMP := frontend/node_modules/.installed-stamp
+$(NPM_STAMP): frontend/package.json frontend/package-lock.json
+	cd frontend && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	touch $(NPM_STAMP)
+
+install: $(STAMP) $(NPM_STAMP)
 
 ## Fetch the default model (SmolLM2-135M-Instruct) into $LAYERSWARM_HOME (~/.cache/layerswarm).
 model: install

@@ -31,7 +31,7 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
-    "django.contrib.staticfiles",
+    "portal.staticfiles.StaticFilesConfig",  # django.contrib.staticfiles, minus frontend/node_modules
     "channels",
     "rest_framework",
     "drf_spectacular",
@@ -137,6 +137,8 @@ CELERY_BEAT_SCHEDULE = {
     "decay-reputation": {"task": "portal.reputation.tasks.decay_reputation", "schedule": REPUTATION_DECAY_EVERY},
     "prune-score-history": {"task": "portal.reputation.tasks.prune_score_history", "schedule": 3600.0},
 }
+# Span ONNX files served to browser nodes (`manage.py export_browser_span`), named <sha256>.onnx.
+SWARM_SPAN_FILES_DIR = Path(env_str("SWARM_SPAN_FILES_DIR", str(VAR_DIR / "spans")))
 # Where `pip install` in the "Contribute a GPU" commands fetches the node agent from.
 # Embedded (a demo on this machine): this checkout, so the commands work as pasted.
 SWARMNODE_PIP_SOURCE = env_str(

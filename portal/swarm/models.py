@@ -98,3 +98,34 @@ class Heartbeat(models.Model):
 
     def __str__(self) -> str:
         return f"node #{self.node_id} at {self.at:%Y-%m-%d %H:%M:%S}"
+
+
+class SpanFile(models.Model):
+    """A span of a model exported to ONNX for browser nodes, content-addressed by the file's SHA-256.
+
+    ``weights_digest`` is the exporter's hash of the span's weights, config and exporter versions
+    (``swarmnode.runtime.onnx_backend.span_digest``): the same weights always map to the same file.
+    Browsers fetch ``/browser-node/spans/<sha256>.onnx`` and verify the SHA-256 before running it.
+    """
+
+    model = models.ForeignKey(SwarmModel, on_delete=models.CASCADE, related_name="span_files")
+    start_block = models.PositiveIntegerField()
+    end_block = models.PositiveIntegerField()
+    weights_digest = models.CharField(max_length=64)
+    sha256 = models.CharField(max_length=64, unique=True)
+    size = models.PositiveBigIntegerField()
+    num_kv_heads = models.PositiveIntegerField()
+    head_dim = models.PositiveIntegerField()
+    opset = models.PositiveIntegerField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["model", "start_block", "-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["model", "start_block", "end_block", "weights_digest"], name="span_file_once"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model_id and self.model.name} [{self.start_block}:{self.end_block}) {self.sha256[:12]}"
