@@ -118,6 +118,7 @@ class PortalProcesses:
     migrate: bool = True
     workers: int = 1  # daphne processes sharing one listening socket (the kernel spreads connections)
     access_log: bool = True
+    gateway: bool = True  # a `run_gateway` worker when the channel layer is Redis (else it runs inside daphne)
     procs: list[subprocess.Popen] = field(default_factory=list)
 
     @property
@@ -146,6 +147,9 @@ class PortalProcesses:
                 daphne = [sys.executable, "-m", "daphne", "--fd", fd, *quiet, "portal.asgi:application"]
                 self.procs.append(_spawn(daphne, self.env, self._log(f"daphne-{i}"), pass_fds=(listener.fileno(),)))
             listener.close()  # the workers hold it now
+        if self.gateway and self.separate_gateway:
+            gateway = [sys.executable, str(BASE_DIR / "manage.py"), "run_gateway"]
+            self.procs.append(_spawn(gateway, self.env, self._log("gateway")))
         if self.celery:
             worker = [sys.executable, "-m", "celery", "-A", "portal", "worker", "--beat", "--pool", "solo"]
             worker += ["--loglevel", "INFO", "--without-mingle", "--without-gossip"]
@@ -156,6 +160,12 @@ class PortalProcesses:
             self.stop()
             raise
         return self
+
+    @property
+    def separate_gateway(self) -> bool:
+        """The chat gateway runs as its own process: the channel layer is Redis and daphne does not embed one."""
+        env = {**os.environ, **self.env}
+        return bool(env.get("REDIS_URL")) and env.get("CHAT_GATEWAY_EMBEDDED", "0").lower() in ("0", "false", "no", "")
 
     def _log(self, name: str) -> Path | None:
         return self.log_dir / f"{name}.log" if self.log_dir else None

@@ -145,6 +145,24 @@ SWARMNODE_PIP_SOURCE = env_str(
     "SWARMNODE_PIP_SOURCE", str(BASE_DIR) if DEBUG else "git+https://github.com/layerswarm/layerswarm.git"
 )
 
+# -- chat and the OpenAI-compatible API (portal/chat: consumer, gateway) --------------------------------
+# Embedded (no Redis): the gateway runs inside each daphne process. With Redis run `manage.py run_gateway`.
+CHAT_GATEWAY_EMBEDDED = env_bool("CHAT_GATEWAY_EMBEDDED", not REDIS_URL)
+CHAT_GATEWAY_CHANNEL = env_str("CHAT_GATEWAY_CHANNEL", "chat-gateway")  # requests queue here for any gateway
+CHAT_GATEWAY_CONCURRENCY = env_int("CHAT_GATEWAY_CONCURRENCY", 32)  # generations one gateway runs at once
+CHAT_GATEWAY_TIMEOUT = env_float("CHAT_GATEWAY_TIMEOUT", 60.0)  # no gateway took a request this long -> error
+CHAT_SWARM_PEERS = env_list("CHAT_SWARM_PEERS", [])  # node URLs the gateway uses besides the tracker's
+CHAT_DEFAULT_MODEL = env_str("CHAT_DEFAULT_MODEL", "smollm2")
+CHAT_DEFAULT_MAX_NEW_TOKENS = env_int("CHAT_DEFAULT_MAX_NEW_TOKENS", 256)
+CHAT_MAX_NEW_TOKENS = env_int("CHAT_MAX_NEW_TOKENS", 1024)  # per answer
+CHAT_CONTEXT_TOKENS = env_int("CHAT_CONTEXT_TOKENS", 0)  # >0: a context smaller than the model's
+CHAT_MAX_INPUT_CHARS = env_int("CHAT_MAX_INPUT_CHARS", 16000)  # prompt / all messages of a request
+CHAT_MAX_MESSAGES = env_int("CHAT_MAX_MESSAGES", 200)  # messages of a request
+CHAT_MAX_WS_MESSAGE_BYTES = env_int("CHAT_MAX_WS_MESSAGE_BYTES", 32 * 1024)
+CHAT_ANON_DAILY_ANSWERS = env_int("CHAT_ANON_DAILY_ANSWERS", 10)  # per browser session and per IP
+if REDIS_URL:  # the anonymous quota must be shared by every daphne
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+
 # -- API ---------------------------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

@@ -1,0 +1,125 @@
+"""Domain functions on conversations: who owns what, adding turns, the history the model sees."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.db import transaction
+
+from portal.chat.models import Conversation, Message
+
+TITLE_CHARS = 60
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Whoever is chatting: a user, or an anonymous browser session."""
+
+    user_id: int | None
+    session_key: str = ""
+
+    @classmethod
+    def of(cls, user, session_key: str | None) -> Owner:
+        """The owner for a request's or a websocket scope's user and session."""
+        if user is not None and user.is_authenticated:
+            return cls(user.pk)
+        return cls(None, session_key or "")
+
+    @property
+    def known(self) -> bool:
+        """A user or a session we can keep conversations for."""
+        return self.user_id is not None or bool(self.session_key)
+
+    def conversations(self):
+        """This owner's conversations, newest first."""
+        if self.user_id is not None:
+            return Conversation.objects.filter(user_id=self.user_id)
+        if self.session_key:
+            return Conversation.objects.filter(user__isnull=True, session_key=self.session_key)
+        return Conversation.objects.none()
+
+
+class NotFound(LookupError):
+    """No such conversation for this owner (other people's conversations look exactly the same)."""
+
+
+def get_conversation(owner: Owner, conversation_id) -> Conversation:
+    """``owner``'s conversation ``conversation_id``.
+
+    Raises:
+        NotFound: it does not exist or belongs to someone else.
+    """
+    if not isinstance(conversation_id, int) or isinstance(conversation_id, bool):
+        raise NotFound("no such conversation")
+    try:
+        return owner.conversations().get(pk=conversation_id)
+    except Conversation.DoesNotExist:
+        raise NotFound("no such conversation") from None
+
+
+@transaction.atomic
+def add_question(owner: Owner, conversation_id: int | None, model: str, content: str) -> tuple[Conversation, Message]:
+    """Append a user message (to a new conversation when ``conversation_id`` is None).
+
+    Raises:
+        NotFound: ``conversation_id`` is not the owner's.
+    """
+    if conversation_id is None:
+        conversation = Conversation.objects.create(
+            user_id=owner.user_id, session_key="" if owner.user_id else owner.session_key, model=model,
+            title=_title(content),
+        )  # fmt: skip
+    else:
+        conversation = get_conversation(owner, conversation_id)
+        conversation.model = model
+        conversation.save(update_fields=["model", "updated_at"])
+    return conversation, conversation.messages.create(role=Message.Role.USER, content=content)
+
+
+@transaction.atomic
+def prepare_regenerate(owner: Owner, conversation_id: int) -> Conversation:
+    """Remove the last answer of the conversation so that the last question is answered again.
+
+    Raises:
+        NotFound: not the owner's conversation, or it has no question yet.
+    """
+    conversation = get_conversation(owner, conversation_id)
+    last = conversation.messages.order_by("-pk").first()
+    if last is not None and last.role == Message.Role.ASSISTANT:
+        last.delete()
+        last = conversation.messages.order_by("-pk").first()
+    if last is None or last.role != Message.Role.USER:
+        raise NotFound("nothing to regenerate")
+    return conversation
+
+
+def history(conversation: Conversation, max_messages: int, max_chars: int) -> tuple[list[dict], int]:
+    """The newest turns of the conversation as chat-template messages, oldest first, within the limits.
+
+    Returns:
+        the messages, and how many older ones did not fit (the prompt may drop more to fit the context).
+    """
+    turns = list(conversation.messages.order_by("-pk").values_list("role", "content")[: max_messages + 1])
+    kept: list[dict] = []
+    chars = 0
+    for role, content in turns[:max_messages]:
+        if kept and chars + len(content) > max_chars:
+            break
+        kept.append({"role": role, "content": content})
+        chars += len(content)
+    kept.reverse()
+    while len(kept) > 1 and kept[0]["role"] != "user":
+        kept.pop(0)
+    return kept, conversation.messages.count() - len(kept)
+
+
+def add_answer(conversation: Conversation, text: str, **stats) -> Message:
+    """Store the model's answer (also a partial one, when the user pressed Stop)."""
+    message = conversation.messages.create(role=Message.Role.ASSISTANT, content=text, **stats)
+    conversation.save(update_fields=["updated_at"])
+    return message
+
+
+def _title(content: str) -> str:
+    words = " ".join(content.split())
+    return words if len(words) <= TITLE_CHARS else words[: TITLE_CHARS - 1].rstrip() + "…"
