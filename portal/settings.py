@@ -159,9 +159,6 @@ CHAT_CONTEXT_TOKENS = env_int("CHAT_CONTEXT_TOKENS", 0)  # >0: a context smaller
 CHAT_MAX_INPUT_CHARS = env_int("CHAT_MAX_INPUT_CHARS", 16000)  # prompt / all messages of a request
 CHAT_MAX_MESSAGES = env_int("CHAT_MAX_MESSAGES", 200)  # messages of a request
 CHAT_MAX_WS_MESSAGE_BYTES = env_int("CHAT_MAX_WS_MESSAGE_BYTES", 32 * 1024)
-CHAT_ANON_DAILY_ANSWERS = env_int("CHAT_ANON_DAILY_ANSWERS", 10)  # per browser session and per IP
-if REDIS_URL:  # the anonymous quota must be shared by every daphne
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
 
 # -- API ---------------------------------------------------------------------------------------------
 REST_FRAMEWORK = {

@@ -20,11 +20,11 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
-from portal.chat import conversations, quota
+from portal.chat import conversations, spending
 from portal.chat.conversations import NotFound, Owner
 from portal.chat.gateway import ensure_embedded_gateway
 from portal.chat.protocol import CONTROL_GROUP, BadRequest, GenerationRequest, cancel_message
-from portal.chat.spending import OutOfCredits, charge_answer
+from portal.chat.spending import OutOfCredits
 
 
 @dataclass
@@ -49,6 +49,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         session = self.scope.get("session")
         self.owner = Owner.of(self.scope.get("user"), getattr(session, "session_key", None))
         self.active: _Active | None = None
+        self.stopped: dict[str, int] = {}  # request id -> answer id, until the gateway reports its usage
         await self.accept()
         ensure_embedded_gateway()
 
@@ -95,12 +96,13 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 truncate=True,
                 reply_to=self.channel_name,
             )
-            conversation, question, history, dropped = await _store_question(
+            conversation, question, history, dropped, allowed = await _store_question(
                 self.owner, content.get("conversation"), request.model, text, regenerate, self._client_ip()
             )
-        except (BadRequest, NotFound, quota.QuotaExhausted, OutOfCredits) as exc:
+        except (BadRequest, NotFound, OutOfCredits) as exc:
             return await self._error(_code(exc), str(exc))
         request.messages = history
+        request.token_budget = allowed
         self.active = _Active(request, conversation.pk, dropped=dropped)
         await self.send_json(
             {
@@ -128,7 +130,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if active is None:
             return
         await self._cancel()
-        await self._finish(active, {"text": active.text, "finish_reason": "cancelled", "usage": None})
+        message = await self._finish(active, {"text": active.text, "finish_reason": "cancelled", "usage": None})
+        self.stopped = {**dict(list(self.stopped.items())[-8:]), active.request.id: message.pk}
 
     async def _cancel(self) -> None:
         active, self.active = self.active, None
@@ -170,6 +173,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def gateway_done(self, event: dict) -> None:
         """The answer is complete (EOS, stop string, length, or cancelled)."""
+        if (message_id := self.stopped.pop(event.get("id"), None)) is not None:
+            return await _charge_stopped(self.owner, self._client_ip(), message_id, event)
         if (active := self._mine(event)) is None:
             return
         self.active = None
@@ -186,7 +191,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             active.watchdog.cancel()
         await self._error(event.get("code", "error"), event.get("message", "the request failed"))
 
-    async def _finish(self, active: _Active, event: dict) -> None:
+    async def _finish(self, active: _Active, event: dict):
         usage = event.get("usage") or {}
         stats = {
             "finish_reason": event.get("finish_reason", "stop"),
@@ -196,7 +201,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             "dropped_messages": active.dropped + int(event.get("dropped_messages", 0) or 0),
         }
         text = event.get("text", active.text) if stats["finish_reason"] != "cancelled" else active.text
-        message, charge_error = await _store_answer(self.owner, active, text, stats)
+        message = await _store_answer(self.owner, self._client_ip(), active, text, stats)
         await self.send_json(
             {
                 "type": "done",
@@ -207,8 +212,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 "token_messages": active.messages,
             }
         )
-        if charge_error:
-            await self._error("insufficient_credits", charge_error)
+        return message
 
     async def _error(self, code: str, message: str) -> None:
         await self.send_json({"type": "error", "code": code, "message": message})
@@ -220,12 +224,7 @@ def _store_question(owner: Owner, conversation_id, model: str, text, regenerate:
 
     if not SwarmModel.objects.filter(name=model).exists():
         raise BadRequest(f"unknown model {model!r}", "model", "model_not_found", 404)
-    if owner.user_id is None:
-        quota.take_anonymous_answer(owner.session_key, ip)
-    else:
-        from portal.chat.spending import check_credits
-
-        check_credits(owner.user_id)
+    allowed = spending.tokens_allowed(owner, ip)
     if regenerate:
         conversation = conversations.prepare_regenerate(owner, conversation_id)
         question = None
@@ -234,23 +233,29 @@ def _store_question(owner: Owner, conversation_id, model: str, text, regenerate:
             raise NotFound("no such conversation")
         conversation, question = conversations.add_question(owner, conversation_id, model, text)
     history, dropped = conversations.history(conversation, settings.CHAT_MAX_MESSAGES, settings.CHAT_MAX_INPUT_CHARS)
-    return conversation, question, history, dropped
+    return conversation, question, history, dropped, allowed
 
 
 @database_sync_to_async
-def _store_answer(owner: Owner, active: _Active, text: str, stats: dict):
+def _store_answer(owner: Owner, ip: str, active: _Active, text: str, stats: dict):
     from portal.chat.models import Conversation
 
     conversation = Conversation.objects.get(pk=active.conversation_id)
     message = conversations.add_answer(conversation, text, **stats)
-    error = ""
-    if owner.user_id is not None:
-        tokens = stats["prompt_tokens"] + stats["completion_tokens"]
-        try:
-            charge_answer(owner.user_id, tokens, f"chat:{active.request.id}")
-        except OutOfCredits as exc:
-            error = str(exc)
-    return message, error
+    tokens = stats["prompt_tokens"] + stats["completion_tokens"]
+    spending.charge(owner, ip, tokens, f"chat:{active.request.id}")
+    return message
+
+
+@database_sync_to_async
+def _charge_stopped(owner: Owner, ip: str, message_id: int, event: dict) -> None:
+    """The gateway's usage report of an answer the user stopped: record the counts and charge them."""
+    from portal.chat.models import Message
+
+    usage = event.get("usage") or {}
+    prompt, completion = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
+    Message.objects.filter(pk=message_id).update(prompt_tokens=prompt, completion_tokens=completion)
+    spending.charge(owner, ip, prompt + completion, f"chat:{event.get('id')}")
 
 
 def _code(exc: Exception) -> str:
@@ -258,6 +263,4 @@ def _code(exc: Exception) -> str:
         return exc.code
     if isinstance(exc, NotFound):
         return "not_found"
-    if isinstance(exc, quota.QuotaExhausted):
-        return "quota_exhausted"
     return "insufficient_credits"

@@ -119,18 +119,30 @@ class ModelPool:
 
 
 def build_prompt(pool: ModelPool, model, request: GenerationRequest) -> Prompt:
-    """The request's prompt as token ids, fitted to the context.
+    """The request's prompt as token ids, fitted to the context; caps ``max_new_tokens`` to the token budget.
 
     Raises:
-        BadRequest: ``context_length_exceeded``.
+        BadRequest: ``context_length_exceeded``, or ``insufficient_credits`` (the prompt exceeds the budget).
     """
     limit = pool.context_limit(model)
     try:
         if request.messages is not None:
-            return chat_prompt(model.tokenizer, request.messages, request.max_new_tokens, limit, request.truncate)
-        return text_prompt(model.tokenizer, request.prompt or "", request.max_new_tokens, limit)
+            prompt = chat_prompt(model.tokenizer, request.messages, request.max_new_tokens, limit, request.truncate)
+        else:
+            prompt = text_prompt(model.tokenizer, request.prompt or "", request.max_new_tokens, limit)
     except ContextTooLong as exc:
         raise BadRequest(str(exc), "messages", "context_length_exceeded") from None
+    if request.token_budget:
+        room = request.token_budget - len(prompt.ids)
+        if room < 1:
+            raise BadRequest(
+                f"your credits pay for {request.token_budget} tokens, and the prompt alone has {len(prompt.ids)}",
+                None,
+                "insufficient_credits",
+                402,
+            )
+        request.max_new_tokens = min(request.max_new_tokens, room)
+    return prompt
 
 
 def run_generation(

@@ -73,32 +73,36 @@ def test_it_does_not_show_or_extend_another_users_conversation(owner, other, smo
     assert theirs.messages.count() == 1
 
 
-def test_it_gives_anonymous_visitors_a_small_daily_quota(smollm2, chat_socket, settings):
-    from django.core.cache import cache
-
-    cache.clear()
-    settings.CHAT_ANON_DAILY_ANSWERS = 1
-    settings.CHAT_GATEWAY_TIMEOUT = 0.3  # no gateway runs here: the first request times out
+def test_it_tells_anonymous_visitors_when_their_quota_is_used_up(smollm2, chat_socket, settings):
+    settings.LEDGER_ANONYMOUS_QUOTA_TOKENS = 0
     session = SessionStore()
     session.create()
-    ws = chat_socket(session_key=session.session_key)
+    (reply,) = _replies(chat_socket(session_key=session.session_key), {"type": "send", "content": "hello"})
+    assert reply["code"] == "insufficient_credits" and "log in or sign up" in reply["message"]
+    assert not Conversation.objects.exists()
+
+
+def test_it_says_so_when_no_gateway_takes_the_request(owner, smollm2, chat_socket, settings):
+    settings.CHAT_GATEWAY_TIMEOUT = 0.3  # no gateway runs here
+    ws = chat_socket(owner)
 
     async def scenario():
         await ws.connect()
         await ws.send_json_to({"type": "send", "content": "hello"})
         accepted = await ws.receive_json_from(timeout=15)
         timeout = await ws.receive_json_from(timeout=15)
-        await ws.send_json_to({"type": "send", "content": "hello again"})
-        refused = await ws.receive_json_from(timeout=15)
         await ws.disconnect()
-        return accepted, timeout, refused
+        return accepted, timeout
 
-    accepted, timeout, refused = async_to_sync(scenario)()
+    accepted, timeout = async_to_sync(scenario)()
     assert accepted["type"] == "accepted"
     assert timeout["code"] == "gateway_unavailable" and "no gateway answered" in timeout["message"]
-    assert refused["code"] == "quota_exhausted" and "log in or sign up" in refused["message"]
-    conversation = Conversation.objects.get()
-    assert conversation.user is None and conversation.session_key == session.session_key
+
+
+def test_it_refuses_users_without_credits(owner, smollm2, chat_socket, settings):
+    settings.LEDGER_CREDITS_PER_TOKEN = 10**9  # the starting grant pays for nothing
+    (reply,) = _replies(chat_socket(owner), {"type": "send", "content": "hello"})
+    assert reply["code"] == "insufficient_credits" and "out of credits" in reply["message"]
 
 
 def test_it_asks_visitors_without_a_session_to_enable_cookies(smollm2, chat_socket):

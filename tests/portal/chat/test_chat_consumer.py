@@ -11,6 +11,7 @@ from channels.db import database_sync_to_async
 
 from portal.chat.models import Conversation, Message
 from portal.chat.prompts import chat_prompt
+from portal.ledger.books import balance_of
 from swarmnode.client import AutoDistributedModelForCausalLM
 from swarmnode.testing.polling import wait_until
 from tests.portal.chat.conftest import open_sessions
@@ -30,7 +31,7 @@ async def _until(ws, kind: str, timeout: float = 60) -> tuple[dict, list[dict]]:
         seen.append(message)
 
 
-def test_it_streams_the_answer_through_real_nodes_and_keeps_it(owner, smollm2, embedded_gateway, chat_socket):
+def test_it_streams_the_answer_through_real_nodes_and_keeps_it(owner, smollm2, embedded_gateway, chat_socket, settings):
     question = "What is the capital of France?"
 
     ws = chat_socket(owner)
@@ -66,6 +67,8 @@ def test_it_streams_the_answer_through_real_nodes_and_keeps_it(owner, smollm2, e
         ("assistant", answer["content"]),
     ]
     assert done["usage"]["completion_tokens"] == conversation.messages.last().completion_tokens > 1
+    spent = settings.LEDGER_STARTING_GRANT - balance_of(owner)
+    assert spent == done["usage"]["total_tokens"] * settings.LEDGER_CREDITS_PER_TOKEN  # charged once, in full
 
 
 def test_it_stops_at_once_and_the_nodes_close_their_sessions(owner, smollm2, embedded_gateway, chat_socket):
@@ -95,6 +98,8 @@ def test_it_stops_at_once_and_the_nodes_close_their_sessions(owner, smollm2, emb
     wait_until(lambda: open_sessions(embedded_gateway.urls) == [0, 0, 0], 2.0, "the nodes to close the session")
     answer = Message.objects.get(pk=done["message"]["id"])
     assert answer.finish_reason == "cancelled" and answer.content == done["message"]["content"]
+    assert answer.completion_tokens > 0  # the gateway's usage report of the stopped answer was recorded and charged
+    assert balance_of(owner) < 300_000
 
 
 def test_it_cancels_the_generation_when_the_socket_drops(owner, smollm2, embedded_gateway, chat_socket):
@@ -138,3 +143,29 @@ def test_it_drops_the_oldest_turns_with_a_note_when_the_context_is_full(
     assert started["prompt_tokens"] + GREEDY["max_new_tokens"] <= 120
     assert done["message"]["dropped_messages"] == started["dropped_messages"]
     assert conversation.messages.count() == 8  # nothing is deleted: only left out of the prompt
+
+
+def test_it_counts_anonymous_answers_against_the_free_quota(smollm2, embedded_gateway, chat_socket, settings):
+    from django.contrib.sessions.backends.db import SessionStore
+
+    from portal.ledger.spending import anonymous_tokens_left
+
+    settings.LEDGER_ANONYMOUS_QUOTA_TOKENS = 60
+    session = SessionStore()
+    session.create()
+    ws = chat_socket(session_key=session.session_key)
+
+    async def scenario():
+        await ws.connect()
+        await ws.send_json_to({"type": "send", "content": "Hi!", "settings": {"max_new_tokens": 500}})
+        done, _ = await _until(ws, "done")
+        await ws.send_json_to({"type": "send", "conversation": done["conversation"], "content": "More?"})
+        refused = await ws.receive_json_from(timeout=15)
+        await ws.disconnect()
+        return done, refused
+
+    done, refused = async_to_sync(scenario)()
+    assert done["usage"]["total_tokens"] <= 60  # the answer was capped to what the quota pays for
+    assert anonymous_tokens_left(session.session_key) == 60 - done["usage"]["total_tokens"]
+    if anonymous_tokens_left(session.session_key) == 0:
+        assert refused["code"] == "insufficient_credits"
