@@ -19,6 +19,7 @@ urlpatterns = [
     path("", include("portal.ledger.urls")),
     path("", include("portal.relay.urls")),
     path("api/", include("portal.api.urls")),
+    path("v1/", include("portal.api.openai_urls")),  # OpenAI-compatible (base_url=<portal>/v1)
     path("admin/", admin.site.urls),
 ]
 if settings.SERVE_STATIC:  # embedded mode: daphne serves frontend/ itself (nginx does in production)

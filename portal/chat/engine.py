@@ -75,6 +75,9 @@ class ModelPool:
         from swarmnode.client.routing import SwarmNotCovering
         from swarmnode.models import Checkpoint, resolve_model
 
+        urls = self.peers_for(name)
+        if not urls:
+            raise SwarmUnavailable(f"no node serves {name} right now")
         with self._lock:
             model = self._models.get(name)
             if model is None:
@@ -87,24 +90,24 @@ class ModelPool:
                 model = DistributedModelForCausalLM(name, checkpoint, [], torch.float32, self.timeout)
                 self._models[name] = model
             stale = time.monotonic() - self._refreshed.get(name, 0.0) > REFRESH_EVERY_S
+            stale = stale or set(urls) != set(model.urls)  # the tracker saw nodes join or leave
         try:
             if stale:
-                self._refresh(name, model)
+                self._refresh(model, urls)
             try:
                 model.chain()
             except SwarmNotCovering:
-                self._refresh(name, model)
+                self._refresh(model, self.peers_for(name))
                 model.chain()
         except SwarmNotCovering as exc:
             raise SwarmUnavailable(f"the swarm does not cover {name} right now: {exc}") from None
         return model
 
-    def _refresh(self, name: str, model) -> None:
-        model.urls = self.peers_for(name)
+    def _refresh(self, model, urls: list[str]) -> None:
+        model.urls = urls
         model.discover()
-        if not model.urls:
-            model.peers = []
-        self._refreshed[name] = time.monotonic()
+        model.peers = [p for p in model.peers if p.url in urls]  # nodes that left are not used any more
+        self._refreshed[model.name] = time.monotonic()
 
     def context_limit(self, model) -> int:
         """Tokens a session may hold: the model's positions, the nodes' session limit, the cap."""

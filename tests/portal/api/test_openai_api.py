@@ -1,0 +1,170 @@
+"""The OpenAI-compatible API with the official ``openai`` package as the client, against a real daphne and
+three real nodes that registered with the portal's tracker (the gateway finds them there)."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import openai
+import pytest
+import torch
+
+from portal.chat.prompts import chat_prompt
+from portal.processes import create_user_with_node_token, live_portal, manage
+from swarmnode.client import AutoDistributedModelForCausalLM
+from swarmnode.launcher import LocalSwarm
+from swarmnode.testing.polling import wait_until
+
+pytestmark = [pytest.mark.slow, pytest.mark.model]
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def _covered(url: str) -> bool:
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url}/api/v1/swarm/health/?model=smollm2", timeout=10) as r:
+        return json.loads(r.read())["models"][0]["covered"]
+
+
+@pytest.fixture(scope="module")
+def portal(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("openai")
+    env = {"CHAT_CONTEXT_TOKENS": "1024"}  # small enough for a 'context too long' test within the input limits
+    with live_portal(folder, f"layerswarm_openai_{os.getpid()}", celery=False, env=env) as portal:
+        token = create_user_with_node_token(portal.env, "volunteer", "volunteer-password-1")
+        swarm = LocalSwarm(
+            "smollm2", 30, 3, extra_args=["--backend", "torch", "--portal", portal.url, "--token", token],
+            log_dir=folder,
+        )  # fmt: skip
+        with swarm:
+            wait_until(lambda: _covered(portal.url), 90, "the tracker to see all 3 nodes")
+            portal.swarm = swarm
+            portal.key = manage(["create_api_key", "volunteer"], portal.env).stdout.strip().splitlines()[-1]
+            yield portal
+
+
+@pytest.fixture(scope="module")
+def client(portal) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{portal.url}/v1", api_key=portal.key, max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def reference(portal):
+    """The swarm client itself, through the same tracker: what greedy generation must return."""
+    model = AutoDistributedModelForCausalLM.from_pretrained("smollm2", portal=portal.url)
+
+    def greedy(ids: list[int], n: int) -> str:
+        out = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False, top_k=None)
+        return model.tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True)
+
+    greedy.tokenizer = model.tokenizer
+    return greedy
+
+
+def test_it_lists_the_swarms_models(client):
+    models = {m.id: m for m in client.models.list()}
+    assert models["smollm2"].owned_by == "layerswarm" and models["smollm2"].model_extra["covered"] is True
+
+
+def test_it_answers_a_chat_exactly_like_the_swarm_client(client, reference):
+    whole = client.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=20, temperature=0)
+    ids = chat_prompt(reference.tokenizer, QUESTION, 20, 8192).ids
+    expected = reference(ids, 20)
+    assert whole.choices[0].message.content == expected and "Paris" in expected
+    assert whole.choices[0].finish_reason in ("stop", "length") and whole.object == "chat.completion"
+    assert whole.usage.prompt_tokens == len(ids) and 0 < whole.usage.completion_tokens <= 20
+    assert whole.usage.total_tokens == whole.usage.prompt_tokens + whole.usage.completion_tokens
+
+    chunks = list(
+        client.chat.completions.create(
+            model="smollm2", messages=QUESTION, max_tokens=20, temperature=0, stream=True,
+            stream_options={"include_usage": True},
+        )
+    )  # fmt: skip
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(pieces) > 1 and "".join(pieces) == expected
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[0].finish_reason
+    assert chunks[-1].usage.total_tokens == whole.usage.total_tokens
+
+
+def test_it_continues_a_raw_prompt_and_honours_stop_strings(client, reference):
+    prompt = "The capital of France is"
+    ids = reference.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    whole = client.completions.create(model="smollm2", prompt=prompt, max_tokens=12, temperature=0)
+    assert whole.choices[0].text == reference(ids, 12)
+    streamed = client.completions.create(model="smollm2", prompt=prompt, max_tokens=12, temperature=0, stream=True)
+    assert "".join(c.choices[0].text for c in streamed) == whole.choices[0].text
+
+    stop = whole.choices[0].text.strip().split()[1]  # a word from the middle of the greedy answer
+    cut = client.completions.create(model="smollm2", prompt=prompt, max_tokens=12, temperature=0, stop=[stop])
+    assert cut.choices[0].finish_reason == "stop"
+    assert cut.choices[0].text == whole.choices[0].text[: whole.choices[0].text.index(stop)]
+
+
+def test_it_samples_reproducibly_with_a_seed(client):
+    ask = dict(model="smollm2", messages=QUESTION, max_tokens=12, temperature=0.9, top_p=0.95, seed=7)
+    first = client.chat.completions.create(**ask).choices[0].message.content
+    assert client.chat.completions.create(**ask).choices[0].message.content == first
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "status", "code", "text"),
+    [
+        ({"model": "gpt-17"}, openai.NotFoundError, 404, "model_not_found", "does not exist"),
+        ({"max_tokens": -1}, openai.BadRequestError, 400, "invalid_value", "max_tokens must be an integer"),
+        ({"temperature": 1e9}, openai.BadRequestError, 400, "invalid_value", "temperature must be"),
+        ({"n": 2}, openai.BadRequestError, 400, "invalid_value", "only n=1"),
+        ({"messages": [{"role": "wizard", "content": "hi"}]}, openai.BadRequestError, 400, "invalid_value", "role"),
+        (
+            {"messages": [{"role": "user", "content": "word " * 1500}]},
+            openai.BadRequestError, 400, "context_length_exceeded", "context is 1024 tokens",
+        ),
+    ],
+)  # fmt: skip
+def test_it_refuses_bad_requests_with_openai_shaped_errors(client, kwargs, error, status, code, text):
+    ask = {"model": "smollm2", "messages": QUESTION, "max_tokens": 8, **kwargs}
+    with pytest.raises(error) as caught:
+        client.chat.completions.create(**ask)
+    assert caught.value.status_code == status
+    body = caught.value.body
+    assert body["code"] == code and text in body["message"] and set(body) == {"message", "type", "param", "code"}
+
+
+def test_it_refuses_calls_without_a_valid_api_key(portal):
+    for key in ("lsk_forged_key", "sk-someone-elses", portal.key + "x"):
+        bad = openai.OpenAI(base_url=f"{portal.url}/v1", api_key=key, max_retries=0)
+        with pytest.raises(openai.AuthenticationError) as caught:
+            bad.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=4)
+        assert caught.value.body["type"] == "authentication_error"
+
+    import json
+    import urllib.error
+    import urllib.request
+
+    anonymous = urllib.request.Request(f"{portal.url}/v1/chat/completions", data=b"{}", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(anonymous, timeout=10)
+    assert caught.value.code == 401 and "missing API key" in json.loads(caught.value.read())["error"]["message"]
+
+
+def test_it_answers_503_when_the_swarm_does_not_cover_the_model(client, portal):
+    manage(
+        ["shell", "-c", "from portal.swarm.models import SwarmModel; "
+         "SwarmModel.objects.create(name='tinyllama', num_blocks=22, hidden_size=2048)"],
+        portal.env,
+    )  # fmt: skip
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(model="tinyllama", messages=QUESTION, max_tokens=4)
+    assert caught.value.status_code == 503 and "no node serves tinyllama" in caught.value.body["message"]
+
+    last = portal.swarm.nodes[2].process
+    last.send_signal(signal.SIGINT)  # blocks 20-29 leave the swarm (the node says goodbye to the tracker)
+    last.wait(timeout=30)
+    wait_until(lambda: not _covered(portal.url), 10, "the tracker to see node 20:30 leave")
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=4)
+    assert caught.value.status_code == 503 and caught.value.body["code"] == "swarm_unavailable"
+    assert "does not cover smollm2" in caught.value.body["message"]
