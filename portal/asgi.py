@@ -16,11 +16,18 @@ from portal.chat.routing import websocket_urlpatterns as chat_ws  # noqa: E402
 from portal.relay.routing import websocket_urlpatterns as relay_ws  # noqa: E402
 from portal.swarm.routing import websocket_urlpatterns as swarm_ws  # noqa: E402
 
-websocket_urlpatterns = [*swarm_ws, *chat_ws, *relay_ws]
+websocket_urlpatterns = [*swarm_ws, *chat_ws]
 
-application = ProtocolTypeRouter(
-    {
-        "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
-    }
-)
+browser_websockets = AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
+# Nodes and programs send no Origin header; the relay uses no cookies (see portal/relay/routing.py).
+relay_websockets = URLRouter(relay_ws)
+
+
+async def websocket_application(scope, receive, send):
+    """Route ``/ws/relay...`` around the origin check, everything else through it."""
+    if scope["path"].startswith("/ws/relay"):
+        return await relay_websockets(scope, receive, send)
+    return await browser_websockets(scope, receive, send)
+
+
+application = ProtocolTypeRouter({"http": django_asgi_app, "websocket": websocket_application})

@@ -131,6 +131,14 @@ LEDGER_STARTING_GRANT = env_int("LEDGER_STARTING_GRANT", 300_000)  # credits a n
 LEDGER_CREDITS_PER_TOKEN = env_int("LEDGER_CREDITS_PER_TOKEN", 30)  # a chat/API token (a 30-block model's pass)
 LEDGER_ANONYMOUS_QUOTA_TOKENS = env_int("LEDGER_ANONYMOUS_QUOTA_TOKENS", 2_000)  # free tokens per visitor ...
 LEDGER_ANONYMOUS_QUOTA_WINDOW = env_float("LEDGER_ANONYMOUS_QUOTA_WINDOW", 24 * 3600.0)  # ... per this many s
+
+# -- Relay for nodes behind NAT (portal/relay; spec §9) ---------------------------------------------------
+RELAY_CAPACITY = env_int("RELAY_CAPACITY", 256)  # nodes attached to /ws/relay at once
+RELAY_PUBLIC_URL = env_str("RELAY_PUBLIC_URL", "")  # ws(s)://host/ws/relay as clients see it; "" = from Host
+RELAY_NODE_BYTES_PER_S = env_float("RELAY_NODE_BYTES_PER_S", 64 * 1024 * 1024)  # per node, both ways; 0 = no limit
+RELAY_NODE_FRAMES_PER_S = env_float("RELAY_NODE_FRAMES_PER_S", 2000.0)
+RELAY_MAX_FRAME_BYTES = env_int("RELAY_MAX_FRAME_BYTES", 16 * 1024 * 1024)  # one client frame
+RELAY_DIAL_BACK_TIMEOUT = env_float("RELAY_DIAL_BACK_TIMEOUT", 3.0)  # seconds for the reachability check
 CELERY_BEAT_SCHEDULE = {
     "expire-stale-nodes": {"task": "portal.swarm.tasks.expire_stale_nodes", "schedule": SWARM_EXPIRE_EVERY},
     "prune-heartbeats": {"task": "portal.swarm.tasks.prune_heartbeats", "schedule": 600.0},

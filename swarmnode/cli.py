@@ -48,8 +48,31 @@ def _serve(args: argparse.Namespace) -> None:
         drain_timeout=args.drain_timeout,
         measure_throughput=not args.no_measure,
         identity=args.identity,
+        relay=args.relay,
+        relays=tuple(r for r in (args.relays or "").split(",") if r),
+        relay_capacity=args.relay_capacity,
     )
     run_node(config)
+
+
+def _relay(args: argparse.Namespace) -> None:
+    import asyncio
+    import logging
+
+    from swarmnode.server.relay_hub import RelayLimits, serve_relay
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    limits = RelayLimits(
+        capacity=args.capacity,
+        node_bytes_per_s=args.node_bytes_per_s,
+        node_frames_per_s=args.node_frames_per_s,
+        relay_bytes_per_s=args.relay_bytes_per_s,
+        relay_frames_per_s=args.relay_frames_per_s,
+    )
+    try:
+        asyncio.run(serve_relay(args.host, args.port, limits, args.public_host))
+    except KeyboardInterrupt:
+        pass
 
 
 def _prompt_ids(tokenizer, prompt: str, chat: bool, system: str | None):
@@ -233,7 +256,26 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--identity", help="key file of this node (created if missing; default: a fresh key pair each start)"
     )
+    serve.add_argument(
+        "--relay",
+        default="auto",
+        choices=["auto", "always", "never"],
+        help="auto: serve through a relay only if the relay cannot dial this node back (behind NAT)",
+    )
+    serve.add_argument("--relays", help="comma-separated relay URLs (ws://HOST:PORT/layerswarm/v1/relay), best first")
+    serve.add_argument("--relay-capacity", type=int, default=0, help="also relay for up to N nodes behind NAT")
     serve.set_defaults(func=_serve)
+
+    relay = sub.add_parser("relay", help="run a relay alone, for nodes behind NAT")
+    relay.add_argument("--host", default="127.0.0.1")
+    relay.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    relay.add_argument("--public-host", help="host name to advertise when binding 0.0.0.0")
+    relay.add_argument("--capacity", type=int, default=16, help="nodes it carries at most")
+    relay.add_argument("--node-bytes-per-s", type=float, default=256 * 1024 * 1024, help="per node; 0: unlimited")
+    relay.add_argument("--node-frames-per-s", type=float, default=5000.0, help="per node; 0: unlimited")
+    relay.add_argument("--relay-bytes-per-s", type=float, default=1024 * 1024 * 1024, help="in all; 0: unlimited")
+    relay.add_argument("--relay-frames-per-s", type=float, default=50000.0, help="in all; 0: unlimited")
+    relay.set_defaults(func=_relay)
 
     gen = sub.add_parser("generate", help="generate text through a swarm")
     gen.add_argument("--peers", help="comma-separated node URLs")

@@ -32,6 +32,11 @@ class NodeProcess:
         """The node's websocket URL."""
         return self.ready["url"]
 
+    @property
+    def address(self) -> str:
+        """Where clients reach the node: its relay address when relayed (spec §9), else its URL."""
+        return self.ready.get("relay_address") or self.ready["url"]
+
 
 def start_node(
     model: str,
@@ -51,6 +56,21 @@ def start_node(
     if blocks:  # None: let the node choose (--num-blocks, --blocks auto in extra_args)
         cmd += ["--blocks", blocks]
     cmd += extra_args or []
+    relayed = "always" in cmd[cmd.index("--relay") + 1 : cmd.index("--relay") + 2] if "--relay" in cmd else False
+    return _start(cmd, f"node {blocks}", env, log_path, timeout, until="relayed" if relayed else "ready")
+
+
+def start_relay(
+    *, extra_args: list[str] | None = None, env: dict | None = None, log_path: Path | None = None
+) -> NodeProcess:
+    """Start ``swarmnode relay`` (spec §9) and wait for its ready line (``url``: the relay's base URL)."""
+    cmd = [sys.executable, "-m", "swarmnode", "relay", "--port", "0", *(extra_args or [])]
+    return _start(cmd, "relay", env, log_path, 60.0)
+
+
+def _start(
+    cmd: list[str], what: str, env: dict | None, log_path: Path | None, timeout: float, until: str = "ready"
+) -> NodeProcess:
     stderr = open(log_path, "ab") if log_path else None  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=stderr, env={**os.environ, **(env or {})}, text=True, bufsize=1
@@ -59,6 +79,7 @@ def start_node(
         stderr.close()
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
+    ready: dict = {}
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
@@ -74,11 +95,15 @@ def start_node(
             except ValueError:
                 continue
             if msg.get("event") == "ready":
-                return NodeProcess(proc, msg)
+                ready = msg
+            if msg.get("event") == "relayed" and ready:  # attached to a relay (--relay always)
+                ready["relay_address"] = msg["address"]
+            if msg.get("event") == until and ready:
+                return NodeProcess(proc, ready)
     finally:
         sel.close()
     proc.kill()
-    raise RuntimeError(f"node {blocks} did not become ready (exit code {proc.poll()}); see {log_path or 'stderr'}")
+    raise RuntimeError(f"{what} did not become {until} (exit code {proc.poll()}); see {log_path or 'stderr'}")
 
 
 class LocalSwarm:
@@ -111,6 +136,11 @@ class LocalSwarm:
     def urls(self) -> list[str]:
         """URLs of the running nodes, in block order."""
         return [n.url for n in self.nodes]
+
+    @property
+    def addresses(self) -> list[str]:
+        """Where clients reach the nodes (relay addresses for relayed ones), in block order."""
+        return [n.address for n in self.nodes]
 
     def start(self) -> LocalSwarm:
         """Start every node (in parallel) and wait until all are ready."""

@@ -9,6 +9,8 @@ from rest_framework import serializers
 
 from portal.swarm.models import Node, SwarmModel
 from portal.swarm.tracker import Beat, Registration
+from swarmnode.protocol.relay import relay_key_id
+from swarmnode.secure_channel import key_id
 
 MAX_BLOCK = 100_000
 MAX_INT32 = 2**31 - 1
@@ -50,15 +52,23 @@ class RegistrationSerializer(serializers.Serializer):
             port = parts.port
         except ValueError:
             raise serializers.ValidationError("not a valid URL") from None
-        if parts.scheme not in ("ws", "wss") or not parts.hostname or port is None:
+        if parts.scheme not in ("ws", "wss") or not parts.hostname or (port is None and not relay_key_id(value)):
             raise serializers.ValidationError("must be ws://HOST:PORT/... or wss://HOST:PORT/...")
         return value
 
     def validate(self, attrs: dict) -> dict:
         if attrs["start_block"] >= attrs["end_block"]:
             raise serializers.ValidationError({"end_block": "must be greater than start_block"})
-        if attrs["relay"] and attrs["url"]:
-            raise serializers.ValidationError({"url": "a relayed node has no direct URL; send url or relay, not both"})
+        if attrs["relay"] and attrs["url"]:  # a relay address R/<key_id> (swarmnode spec §9.1) of its own key
+            kid = relay_key_id(attrs["url"])
+            try:
+                own = key_id(attrs["public_key"])
+            except ValueError:
+                own = None
+            if kid is None or kid != own:
+                raise serializers.ValidationError(
+                    {"url": "a relayed node's url must be a relay address ending in the key id of its public_key"}
+                )
         if not attrs["relay"] and not attrs["url"]:
             raise serializers.ValidationError({"url": "required unless relay is true"})
         return attrs

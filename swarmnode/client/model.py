@@ -64,6 +64,7 @@ class DistributedModelForCausalLM:
         push: bool = False,
         identity: NodeIdentity | None = None,
         on_receipt: Callable[[SignedReceipt], None] | None = None,
+        secure: bool | None = None,
     ):
         self.name = name
         self.checkpoint = checkpoint
@@ -80,6 +81,7 @@ class DistributedModelForCausalLM:
         self.identity = identity  # signs usage receipts (spec §8); None: sessions close without one
         self.receipts: deque[SignedReceipt] = deque(maxlen=10_000)  # countersigned receipts, newest last
         self._on_receipt = on_receipt
+        self.secure = secure  # end-to-end encryption (spec §10); None: to relayed nodes only
         self.bans = BanList(self.failover)  # shared by every session of this client
         self.timer = StepTimer(self.failover)
         self.head = load_client_head(checkpoint, dtype)
@@ -146,6 +148,7 @@ class DistributedModelForCausalLM:
             push=self.push,
             identity=self.identity,
             on_receipt=self._receipt,
+            secure=self.secure,
         )
 
     def _receipt(self, signed: SignedReceipt) -> None:
@@ -316,6 +319,7 @@ class AutoDistributedModelForCausalLM:
         push: bool = False,
         identity: NodeIdentity | None = None,
         on_receipt: Callable[[SignedReceipt], None] | None = None,
+        secure: bool | None = None,
     ) -> DistributedModelForCausalLM:
         """Load the client parts of ``model`` and learn what each peer serves.
 
@@ -331,6 +335,8 @@ class AutoDistributedModelForCausalLM:
             identity: the client's key pair (``swarmnode.identity.NodeIdentity``): sessions then close
                 with signed usage receipts, countersigned by the nodes, kept in ``.receipts`` (spec §8).
             on_receipt: called with each countersigned receipt (e.g. to submit it to the portal).
+            secure: end-to-end encrypt activations to every node (spec §10); ``None`` (default): only
+                to nodes reached through a relay, where it is always on.
 
         Raises:
             ValueError: neither peers nor portal given; ``TrackerError`` (a ``ValueError``) if the portal fails.
@@ -359,6 +365,7 @@ class AutoDistributedModelForCausalLM:
             push=push,
             identity=identity,
             on_receipt=on_receipt,
+            secure=secure,
         )
         try:
             distributed.chain()

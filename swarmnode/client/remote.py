@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from websockets.sync.client import ClientConnection, connect
 
 from swarmnode.protocol import Error, Info, InfoReply, Limits, Message, ProtocolError, decode, encode
+from swarmnode.protocol.relay import relay_key_id
+from swarmnode.secure_channel import ChannelError, SecureChannel, client_handshake, finish_handshake, key_id
 
 
 class RemoteError(Exception):
@@ -42,7 +44,8 @@ class PeerInfo:
     prefill_throughput: float = 0.0  # tokens/s of a long prefill through the span; 0 = unknown
     state: str = "online"  # "draining": serves its sessions but takes no new ones
     relay: bool = False  # reachable only through a relay (an extra hop)
-    public_key: str = ""  # "ed25519:...,x25519:..." (spec §1.4): names the node in usage receipts (§8)
+    public_key: str = ""  # "ed25519:...,x25519:..." (spec §1.4): names the node in usage receipts (§8),
+    # agrees end-to-end session keys (§10)
 
     @property
     def length(self) -> int:
@@ -53,24 +56,32 @@ class PeerInfo:
     def from_reply(cls, url: str, reply: InfoReply) -> PeerInfo:
         """Build from an :class:`InfoReply`."""
         names = {f.name for f in dataclasses.fields(cls)} - {"url", "relay"}
-        return cls(url=url, **{n: getattr(reply, n) for n in names})
+        return cls(url=url, relay=relay_key_id(url) is not None, **{n: getattr(reply, n) for n in names})
 
 
 class RemoteSpan:
     """One websocket to one node. Not thread-safe: one request at a time.
 
     Args:
-        url: the node's ``ws://`` URL from its ready line or the tracker.
+        url: the node's ``ws://`` URL from its ready line or the tracker, or a relay address
+            ``R/<key_id>`` (spec §9).
         timeout: seconds to wait for connecting and for each reply.
+        public_key: the node's announced keys (tracker or an earlier ``info``), for encryption.
+        secure: end-to-end encryption (spec §10). ``None`` (default): on for relay addresses, off for
+            direct URLs. Without ``public_key`` the node's ``info`` is asked first, and for a relay
+            address its keys must hash to the address's key id.
 
     Raises:
-        RemoteError: ``unavailable`` when the node cannot be reached.
+        RemoteError: ``unavailable`` when the node cannot be reached; ``bad_key`` or a handshake
+            error code when the node cannot prove it holds the announced key.
     """
 
-    def __init__(self, url: str, timeout: float = 60.0) -> None:
+    def __init__(self, url: str, timeout: float = 60.0, *, public_key: str = "", secure: bool | None = None) -> None:
         self.url = url
         self.timeout = timeout
         self._next_id = 1
+        self._channel: SecureChannel | None = None
+        self.key_id = relay_key_id(url)
         # Replies from a node we chose are still checked, but can be large (a long prefill).
         self._limits = Limits(max_frame_bytes=1 << 30)
         try:
@@ -79,6 +90,50 @@ class RemoteSpan:
             )
         except Exception as exc:
             raise RemoteError(url, "unavailable", f"cannot connect ({type(exc).__name__}: {exc})") from None
+        if secure if secure is not None else self.key_id is not None:
+            try:
+                self._secure(public_key)
+            except BaseException:
+                self.close()
+                raise
+
+    @property
+    def secure(self) -> bool:
+        """True once frames are end-to-end encrypted."""
+        return self._channel is not None
+
+    def _check_key(self, public_key: str) -> None:
+        if self.key_id is not None:
+            try:
+                ok = key_id(public_key) == self.key_id
+            except ValueError:
+                ok = False
+            if not ok:
+                raise RemoteError(self.url, "bad_key", "the node's keys do not match the key id in its relay address")
+
+    def _secure(self, public_key: str) -> None:
+        if not public_key:
+            public_key = self.info().public_key
+        self._check_key(public_key)
+        try:
+            hello, pending = client_handshake(public_key, request_id=self._next_id)
+        except ValueError as exc:
+            raise RemoteError(self.url, "bad_key", str(exc)) from None
+        self._next_id += 1
+        try:
+            self._ws.send(hello)
+            frame = self._ws.recv(timeout=self.timeout)
+        except TimeoutError:
+            raise RemoteError(self.url, "timeout", "no secure_ready in time") from None
+        except Exception as exc:
+            raise RemoteError(self.url, "unavailable", f"connection lost ({type(exc).__name__})") from None
+        try:
+            self._channel = finish_handshake(pending, frame)
+        except ChannelError as exc:
+            raise RemoteError(self.url, exc.code, exc.message) from None
+
+    def _send_frame(self, data: bytes) -> None:
+        self._ws.send(self._channel.seal(data) if self._channel is not None else data)
 
     def request(self, message: Message, timeout: float | None = None) -> Message:
         """Send a request and wait for its reply.
@@ -89,7 +144,7 @@ class RemoteSpan:
         message = dataclasses.replace(message, id=self._next_id)
         self._next_id += 1
         try:
-            self._ws.send(encode(message))
+            self._send_frame(encode(message))
             frame = self._ws.recv(timeout=self.timeout if timeout is None else timeout)
         except TimeoutError:
             raise RemoteError(self.url, "timeout", "no reply in time") from None
@@ -110,7 +165,7 @@ class RemoteSpan:
             request_id = self._next_id
             self._next_id += 1
         try:
-            self._ws.send(encode(dataclasses.replace(message, id=request_id)))
+            self._send_frame(encode(dataclasses.replace(message, id=request_id)))
         except Exception as exc:
             raise RemoteError(self.url, "unavailable", f"connection lost ({type(exc).__name__})") from None
         return request_id
@@ -130,7 +185,13 @@ class RemoteSpan:
         return self._parse(frame)
 
     def _parse(self, frame: bytes | str) -> Message:
-        """Decode a node's frame; an Error frame or a garbled one becomes a RemoteError."""
+        """Decode a node's frame (opening it first on a secure channel); an Error frame or a garbled one
+        becomes a RemoteError."""
+        if self._channel is not None:
+            try:
+                frame = self._channel.open(frame)
+            except ChannelError as exc:  # altered, replayed or reordered on the way, or the node gave up
+                raise RemoteError(self.url, exc.code, exc.message) from None
         try:
             reply = decode(frame, self._limits)
         except ProtocolError as exc:
@@ -140,10 +201,11 @@ class RemoteSpan:
         return reply
 
     def info(self) -> PeerInfo:
-        """Ask the node what it serves."""
+        """Ask the node what it serves (for a relay address, its keys must match the address)."""
         reply = self.request(Info())
         if not isinstance(reply, InfoReply):
             raise RemoteError(self.url, "bad_reply", f"expected info_reply, got {reply.TYPE}")
+        self._check_key(reply.public_key)
         return PeerInfo.from_reply(self.url, reply)
 
     def close(self) -> None:

@@ -106,6 +106,7 @@ class InferenceSession:
         identity: the client's key pair; with it, closing the session on a node sends a signed usage
             receipt and keeps the node's countersigned copy in :attr:`receipts` (spec §8).
         on_receipt: called with each countersigned receipt (e.g. to submit it to the portal).
+        secure: end-to-end encryption to every node (spec §10); ``None``: only to relayed nodes.
 
     Raises:
         RemoteError: no chain could be opened (``SessionFailed`` once failover gives up).
@@ -130,6 +131,7 @@ class InferenceSession:
         push: bool = False,
         identity: NodeIdentity | None = None,
         on_receipt: Callable[[SignedReceipt], None] | None = None,
+        secure: bool | None = None,
     ) -> None:
         self.identity = identity
         self.on_receipt = on_receipt
@@ -151,6 +153,7 @@ class InferenceSession:
         self.rtts = rtts or {}
         self.routing = routing or RoutingPolicy()
         self.push = push
+        self.secure = secure
         self.push_key = secrets.token_hex(16) if push else ""
         self.failovers: list[FailoverEvent] = []
         self._failures = 0
@@ -180,7 +183,9 @@ class InferenceSession:
     # -- one node -------------------------------------------------------------------------
 
     def _open(self, hs: _HopState) -> None:
-        hs.span = RemoteSpan(hs.url, timeout=min(self.timeout, 10.0))
+        hs.span = RemoteSpan(
+            hs.url, timeout=min(self.timeout, 10.0), public_key=hs.hop.peer.public_key, secure=self.secure
+        )
         hs.span.request(
             OpenSession(
                 session_id=self.session_id, max_length=self.max_length, dtype=self.wire_dtype, push_key=self.push_key

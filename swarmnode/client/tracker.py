@@ -28,7 +28,7 @@ def fetch_spans(portal: str, model: str, timeout: float = 10.0) -> list[PeerInfo
         timeout: seconds to wait for the tracker.
 
     Returns:
-        One :class:`PeerInfo` per node (relayed nodes are skipped: this client cannot use a relay yet).
+        One :class:`PeerInfo` per node; relayed nodes (spec §9) come with their relay address and ``relay=True``.
 
     Raises:
         TrackerError: unreachable tracker, unknown model, or a malformed answer.
@@ -58,9 +58,11 @@ def fetch_spans(portal: str, model: str, timeout: float = 10.0) -> list[PeerInfo
                 cache_tokens_left=int(s["cache_tokens_left"]),
                 max_session_length=int(s["max_session_length"]),
                 throughput=float(s.get("throughput") or 0.0),
+                relay=bool(s.get("relay")),
+                public_key=str(s.get("public_key") or ""),
             )
             for s in body["spans"]
-            if s.get("url") and not s.get("relay")
+            if s.get("url")
         ]
     except (KeyError, TypeError, ValueError) as exc:
         raise TrackerError(f"the tracker at {portal} sent a malformed span list ({exc!r})") from None

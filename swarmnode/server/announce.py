@@ -109,6 +109,7 @@ class Announcer:
         self.interval = 10.0  # replaced by the portal's heartbeat_interval
         self.throughput = 0.0
         self.state = "unregistered"
+        self.registered_url = ""
 
     def registration(self) -> dict[str, Any]:
         """The registration payload, from the node's own :meth:`Node.info`."""
@@ -117,8 +118,8 @@ class Announcer:
             "model": info.model,
             "start_block": info.start_block,
             "end_block": info.end_block,
-            "url": self.node.url,
-            "relay": False,
+            "url": getattr(self.node, "address", self.node.url),  # a relay address while relayed (spec §9)
+            "relay": getattr(self.node, "relay_link", None) is not None,
             "backend": info.backend,
             "device": info.device,
             "dtype": info.dtype,
@@ -148,7 +149,14 @@ class Announcer:
         Raises:
             PortalRejected, OSError, ValueError: as :func:`post_json`.
         """
+        address = getattr(self.node, "address", self.node.url)
+        if self.node_id is not None and address != self.registered_url:  # moved to another relay (spec §9.5)
+            await self.leave()
+            self.node_id = None
+        if not address:
+            return  # between relays: nowhere to be reached, so nothing to announce
         if self.node_id is None:
+            self.registered_url = address
             reply = await self._post(REGISTER_PATH, self.registration())
             self.node_id = int(reply["id"])
             self.interval = max(0.2, float(reply.get("heartbeat_interval", self.interval)))
@@ -170,7 +178,7 @@ class Announcer:
             try:
                 await self.announce_once()
                 backoff = 1.0
-                await asyncio.sleep(self.interval)
+                await self._sleep_unless_moved(self.interval)
                 continue
             except PortalRejected as exc:
                 level = logging.WARNING if exc.status in (404, 410) else logging.ERROR
@@ -182,6 +190,15 @@ class Announcer:
                 log.warning("portal %s unreachable (%s); retrying in %.0fs", self.portal, exc, backoff)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self.max_backoff)
+
+    async def _sleep_unless_moved(self, seconds: float) -> None:
+        """Sleep until the next heartbeat, or less if the node's address changed (it moved to another relay)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while loop.time() < deadline:
+            await asyncio.sleep(min(0.2, max(0.0, deadline - loop.time())))
+            if getattr(self.node, "address", self.node.url) != self.registered_url:
+                return
 
     async def leave(self) -> None:
         """Tell the portal the node is going away (best effort, short timeout)."""

@@ -54,4 +54,7 @@ class NodeConfig:
     rebalance_interval: float = 0.0  # seconds between rebalancing checks (±20 % jitter); 0 = never move
     rebalance_margin: float = 0.2  # move only if the swarm's bottleneck rises by more than this fraction
     drain_timeout: float = 120.0  # seconds to let open sessions finish before moving
+    relay: str = "auto"  # auto: relayed only if a relay cannot dial us back (spec §9.3); always; never
+    relays: tuple[str, ...] = ()  # relay base URLs (besides the portal's own), best first
+    relay_capacity: int = 0  # act as a relay for up to this many nodes (0: not a relay)
     measure_throughput: bool = True  # measure (or read from the cache) tokens/s at start, for routing

@@ -52,10 +52,13 @@ from swarmnode.runtime.planning import (
     resolve_precision,
 )
 from swarmnode.runtime.scheduler import Scheduler
+from swarmnode.secure_channel import ChannelError, is_handshake_frame
 from swarmnode.server.announce import start_announcer
 from swarmnode.server.config import WS_PATH, NodeConfig, parse_blocks
 from swarmnode.server.push import PushRelay
 from swarmnode.server.receipts import ReceiptOutbox, start_outbox
+from swarmnode.server.relay_hub import RELAY_SUFFIX, RelayHub, RelayLimits
+from swarmnode.server.secure_conn import SecureConnection
 from swarmnode.server.throughput import Throughput, node_throughput
 
 log = logging.getLogger("swarmnode.node")
@@ -106,6 +109,13 @@ class Node:
         self.push = PushRelay(self)
         self.moving_to: tuple[int, int] | None = None
         self.receipts: ReceiptOutbox | None = None  # countersigned receipts to the portal (spec §8.4)
+        # Relays (spec §9): a hub when this node relays for others, a link when it is reached through one.
+        self.relay_hub = (
+            RelayHub(lambda: self.url + RELAY_SUFFIX, RelayLimits(capacity=config.relay_capacity))
+            if config.relay_capacity > 0
+            else None
+        )
+        self.relay_link = None
         self._stopped: asyncio.Future | None = None
 
     def _choose_blocks(self) -> tuple[int, int]:
@@ -130,6 +140,11 @@ class Node:
         if plan is not None and end - start > plan.max_blocks:
             raise DoesNotFit(f"blocks {start}:{end} do not fit: {plan.explain(end - start)}")
         return start, end
+
+    @property
+    def address(self) -> str:
+        """Where clients reach this node: its relay address while relayed (spec §9; "" while between relays)."""
+        return self.relay_link.address if self.relay_link is not None else self.url
 
     # -- message handling ---------------------------------------------------------------
 
@@ -249,20 +264,41 @@ class Node:
     # -- networking -----------------------------------------------------------------------
 
     async def _connection(self, ws: ServerConnection) -> None:
+        path = getattr(getattr(ws, "request", None), "path", WS_PATH).split("?")[0]
+        if self.relay_hub is not None and path.startswith(WS_PATH + RELAY_SUFFIX):
+            await self.relay_hub.handle(ws, path[len(WS_PATH + RELAY_SUFFIX) :])
+            return
+        conn = ws  # becomes a SecureConnection after a secure_hello (spec §10)
         try:
             async for frame in ws:
-                reply = await self.handle_frame(frame, ws)
+                if conn is not ws:
+                    frame = conn.open(frame)
+                elif is_handshake_frame(frame):
+                    conn = await SecureConnection.accept(ws, self.identity, frame) or ws
+                    continue
+                reply = await self.handle_frame(frame, conn)
                 if reply is not None:
-                    await ws.send(encode(reply))
+                    await conn.send(encode(reply))
+        except ChannelError as exc:  # tampered, replayed or reordered: this connection is done
+            log.warning("closing a secure connection: %s", exc)
+            try:
+                await ws.send(encode(Error(code=exc.code, message=exc.message)))
+                await ws.close()
+            except Exception:
+                pass
         except Exception as exc:  # a dropped connection must never take the node down
             log.info("connection ended: %s", exc)
         finally:
-            closed = self.pool.close_owned_by(ws)
+            closed = self.pool.close_owned_by(ws) + (self.pool.close_owned_by(conn) if conn is not ws else 0)
             if closed:
                 log.info("freed %d session(s) of a closed connection", closed)
 
     def _check_path(self, connection: ServerConnection, request: Request) -> Response | None:
-        if request.path.split("?")[0] != WS_PATH:
+        path = request.path.split("?")[0]
+        relay_path = WS_PATH + RELAY_SUFFIX
+        if self.relay_hub is not None and (path == relay_path or path.startswith(relay_path + "/")):
+            return None
+        if path != WS_PATH:
             return connection.respond(404, f"this node serves {WS_PATH}\n")
         return None
 
@@ -278,7 +314,8 @@ class Node:
             self._connection,
             self.config.host,
             self.config.port,
-            max_size=2 * self.limits.max_frame_bytes,  # frames between 1x and 2x get a clear Error reply
+            # Frames between 1x and 2x get a clear Error reply; + 1 KiB for a relay envelope (spec §9).
+            max_size=2 * self.limits.max_frame_bytes + 1024,
             compression=None,  # float bytes do not compress; deflate would only cost CPU
             process_request=self._check_path,
             ping_interval=20,
@@ -305,6 +342,9 @@ class Node:
             loop = asyncio.get_running_loop()
             if self.config.measure_throughput:
                 self.throughput = await loop.run_in_executor(self._executor, node_throughput, self)
+            from swarmnode.server.relay_link import start_relaying
+
+            self.relay_link = await start_relaying(self)  # None while directly reachable (spec §9.3)
             announcer = start_announcer(self)  # None unless --portal and --token were given
             self.receipts = start_outbox(self)  # likewise
             rebalancer = None
@@ -322,6 +362,8 @@ class Node:
                 await self.push.close()
                 if self.receipts is not None:
                     await self.receipts.close()
+                if self.relay_link is not None:
+                    await self.relay_link.stop()
                 if announcer is not None:
                     await announcer.close()
 
