@@ -18,6 +18,8 @@ from swarmnode.protocol import relay as envelope
 from swarmnode.secure_channel import key_id
 from swarmnode.server.relay_hub import RelayHub, serve_relay
 
+pytestmark = pytest.mark.slow
+
 
 def hidden(tokens=3, seed=0):
     return tensor_from_numpy(np.random.default_rng(seed).standard_normal((1, tokens, 64)).astype(np.float32))
