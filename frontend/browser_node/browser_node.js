@@ -58,12 +58,22 @@ export class BrowserNode extends EventTarget {
     this.manifest = manifest;
     this._setState("loading");
     this.keys = await NodeKeys.generate();
+    let nonce = "";
+    if (join) {
+      try {
+        this.token = this.token || (await this._newToken());
+        nonce = await this._challenge();
+      } catch (exc) {
+        this._fail(exc);
+        throw exc;
+      }
+    }
     this.worker = new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
     const loaded = new Promise((resolve, reject) => {
       this.worker.onmessage = (event) => this._onWorker(event.data, resolve, reject);
       this.worker.onerror = (event) => reject(new Error(event.message || "the worker failed to start"));
     });
-    this.worker.postMessage({ op: "load", manifest, options: { cacheTokens, publicKey: this.keys.publicKey } });
+    this.worker.postMessage({ op: "load", manifest, options: { cacheTokens, nonce, publicKey: this.keys.publicKey } });
     try {
       this.loaded = await loaded;
     } catch (exc) {
@@ -71,6 +81,7 @@ export class BrowserNode extends EventTarget {
       throw exc;
     }
     this._emit("loaded", this.loaded);
+    this.spanProof = { sha256: manifest.sha256, nonce, proof: this.loaded.proof };
     if (join) await this.join();
     else this._setState("loaded");
     return this.loaded;
@@ -88,6 +99,12 @@ export class BrowserNode extends EventTarget {
         const done = this.pending.get(msg.seq);
         this.pending.delete(msg.seq);
         if (done) done.resolve(new Uint8Array(msg.bytes));
+        break;
+      }
+      case "proof": {
+        const done = this.pending.get(msg.seq);
+        this.pending.delete(msg.seq);
+        if (done) done.resolve(msg.proof);
         break;
       }
       case "stats":
@@ -141,6 +158,22 @@ export class BrowserNode extends EventTarget {
     return data;
   }
 
+  /** A fresh nonce from the tracker, to prove with the span file's bytes that this tab holds the span. */
+  async _challenge() {
+    return (await this._api("/api/v1/nodes/span-challenge/", { sha256: this.manifest.sha256 })).nonce;
+  }
+
+  /** A new proof for registering again, computed by the worker from the (re-verified) file. */
+  async _prove() {
+    const nonce = await this._challenge();
+    const seq = ++this.seq;
+    const proof = await new Promise((resolve, reject) => {
+      this.pending.set(seq, { resolve, reject });
+      this.worker.postMessage({ op: "prove", seq, nonce });
+    });
+    this.spanProof = { sha256: this.manifest.sha256, nonce, proof };
+  }
+
   async _newToken() {
     const response = await fetch(this.config.tokenUrl, {
       method: "POST",
@@ -157,8 +190,11 @@ export class BrowserNode extends EventTarget {
     const info = this.loaded.info;
     try {
       this.token = this.token || (await this._newToken());
-      this.link = new RelayLink(this, this.config.relayUrl, this.token, this.keys);
-      await this.link.connect();
+      if (!this.spanProof.nonce) await this._prove();
+      if (!this.link) {
+        this.link = new RelayLink(this, this.config.relayUrl, this.token, this.keys);
+        await this.link.connect();
+      }
       const registration = {
         model: info.model,
         start_block: info.start_block, // what the worker loaded and verified: nothing else can be claimed
@@ -173,6 +209,7 @@ export class BrowserNode extends EventTarget {
         max_session_length: info.max_session_length,
         version: info.version,
         public_key: this.keys.publicKey,
+        span_proof: this.spanProof, // the tracker checks it against its copy of the file
       };
       const reply = await this._api("/api/v1/nodes/register/", registration);
       this.nodeId = reply.id;
@@ -199,7 +236,8 @@ export class BrowserNode extends EventTarget {
       } catch (exc) {
         this._emit("log", { message: `heartbeat failed: ${exc.message}` });
         if (exc.status === 410) {
-          await this.join().catch(() => {}); // expired (e.g. the tab slept): register again
+          this.spanProof.nonce = ""; // expired (e.g. the tab slept): prove again and register again
+          await this.join().catch(() => {});
           return;
         }
       }

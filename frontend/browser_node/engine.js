@@ -43,6 +43,34 @@ export async function fetchVerified(manifest, onProgress = () => {}) {
   return bytes;
 }
 
+/**
+ * Proof of holding the span file's bytes (portal/swarm/browser_node.py span_proof): SHA-256 of the nonce and of
+ * 16 ranges of 4096 bytes at offsets derived from it. The portal checks it when the node registers.
+ */
+export async function spanProof(nonce, bytes) {
+  const RANGES = 16;
+  const RANGE_BYTES = 4096;
+  const prefix = new TextEncoder().encode(nonce);
+  const room = BigInt(Math.max(1, bytes.length - RANGE_BYTES + 1));
+  const parts = [prefix];
+  for (let i = 0; i < RANGES; i++) {
+    const seed = new Uint8Array(prefix.length + 4);
+    seed.set(prefix);
+    new DataView(seed.buffer).setUint32(prefix.length, i, true);
+    const digest = new DataView(await crypto.subtle.digest("SHA-256", seed));
+    const offset = Number(digest.getBigUint64(0, true) % room);
+    parts.push(bytes.subarray(offset, Math.min(offset + RANGE_BYTES, bytes.length)));
+  }
+  const total = parts.reduce((n, p) => n + p.length, 0);
+  const joined = new Uint8Array(total);
+  let at = 0;
+  for (const p of parts) {
+    joined.set(p, at);
+    at += p.length;
+  }
+  return hex(await crypto.subtle.digest("SHA-256", joined));
+}
+
 /** Can WebGPU run here on a real adapter (never a software fallback)? */
 export async function realWebGpu() {
   if (!globalThis.navigator?.gpu) return false;

@@ -6,7 +6,7 @@
 // Messages out: {event: "progress", phase, loaded, total} | {event: "loaded", device, threads, throughput}
 //               | {event: "reply", conn, seq, bytes} | {event: "stats", ...} | {event: "error", message, fatal}
 import { NodeCore } from "./node_core.js";
-import { SpanEngine, fetchVerified } from "./engine.js";
+import { SpanEngine, fetchVerified, spanProof } from "./engine.js";
 
 let core = null;
 
@@ -16,13 +16,15 @@ function post(message, transfer = []) {
 
 async function load(manifest, options) {
   const bytes = await fetchVerified(manifest, (p) => post({ event: "progress", ...p }));
+  // Prove to the tracker that these very bytes are loaded (the nonce came from it before the download).
+  const proof = options.nonce ? await spanProof(options.nonce, bytes) : "";
   post({ event: "progress", phase: "compile", loaded: manifest.size, total: manifest.size });
   const engine = await SpanEngine.create(bytes, manifest, options);
   post({ event: "progress", phase: "benchmark", loaded: manifest.size, total: manifest.size });
   const throughput = await engine.measure();
   core = new NodeCore(engine, manifest, options);
   core.throughput = { decode: throughput.decode, prefill: throughput.prefill };
-  post({ event: "loaded", device: engine.device, threads: engine.threads, throughput, info: core.info() });
+  post({ event: "loaded", device: engine.device, threads: engine.threads, throughput, proof, info: core.info() });
   setInterval(() => {
     for (const id of core.evictIdle()) post({ event: "log", message: `evicted idle session ${id}` });
     post({ event: "stats", ...stats() });
@@ -51,6 +53,10 @@ self.onmessage = async (event) => {
       post({ event: "reply", conn: msg.conn, seq: msg.seq, bytes }, [bytes]);
     } else if (msg.op === "close") {
       if (core) core.closeOwnedBy(msg.conn);
+    } else if (msg.op === "prove") {
+      // Registering again (e.g. after the tab slept): the bytes come back from the HTTP cache and are re-verified.
+      const bytes = await fetchVerified(core.manifest);
+      post({ event: "proof", seq: msg.seq, proof: await spanProof(msg.nonce, bytes) });
     } else if (msg.op === "drain") {
       if (core) core.state = "draining";
     } else if (msg.op === "key") {

@@ -27,6 +27,14 @@ class FiniteFloatField(serializers.FloatField):
         return value
 
 
+class SpanProofSerializer(serializers.Serializer):
+    """A browser node's proof that it holds its span's file (``portal.swarm.browser_node.check_span_proof``)."""
+
+    sha256 = serializers.RegexField(r"^[0-9a-f]{64}$")
+    nonce = serializers.CharField(max_length=512)
+    proof = serializers.RegexField(r"^[0-9a-f]{64}$")
+
+
 class RegistrationSerializer(serializers.Serializer):
     """What ``swarmnode serve --portal`` announces."""
 
@@ -43,6 +51,7 @@ class RegistrationSerializer(serializers.Serializer):
     max_session_length = serializers.IntegerField(min_value=1, max_value=1 << 24, required=False, default=8192)
     version = serializers.CharField(max_length=32)
     public_key = serializers.CharField(max_length=512, required=False, allow_blank=True, default="")
+    span_proof = SpanProofSerializer(required=False)  # required of browser nodes (backend onnxruntime-web)
 
     def validate_url(self, value: str) -> str:
         if not value:
@@ -75,7 +84,7 @@ class RegistrationSerializer(serializers.Serializer):
 
     def to_registration(self) -> Registration:
         """The validated payload as the tracker's :class:`Registration`."""
-        return Registration(**self.validated_data)
+        return Registration(**{k: v for k, v in self.validated_data.items() if k != "span_proof"})
 
 
 class HeartbeatSerializer(serializers.Serializer):

@@ -21,6 +21,13 @@ from portal.api.serializers import (
     SwarmModelSerializer,
 )
 from portal.swarm import tracker
+from portal.swarm.browser_node import (
+    BROWSER_BACKEND,
+    SpanProofError,
+    check_span_proof,
+    issue_span_challenge,
+    span_file_path,
+)
 from portal.swarm.health import swarm_health
 from portal.swarm.models import Node, SwarmModel
 
@@ -56,11 +63,35 @@ class RegisterNode(_NodeTokenView):
     def post(self, request):
         ser = RegistrationSerializer(data=request.data)
         ser.is_valid(raise_exception=True)
+        reg = ser.to_registration()
+        if reg.backend == BROWSER_BACKEND:  # a browser node proves it holds the span it claims
+            try:
+                check_span_proof(
+                    request.auth.pk, reg.model, reg.start_block, reg.end_block, ser.validated_data.get("span_proof")
+                )
+            except SpanProofError as exc:
+                return Response({"error": "span_not_loaded", "detail": str(exc)}, status=status.HTTP_403_FORBIDDEN)
         try:
-            node, created = tracker.register_node(request.auth, ser.to_registration())
+            node, created = tracker.register_node(request.auth, reg)
         except tracker.TrackerError as exc:
             return _error(exc)
         return _state(node, status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+
+class SpanChallenge(_NodeTokenView):
+    """A nonce a browser node hashes with its span file's bytes to prove, when it registers, that it holds them."""
+
+    @extend_schema(
+        request=inline_serializer("SpanChallengeRequest", {"sha256": serializers.CharField()}),
+        responses={200: inline_serializer("SpanChallenge", {"nonce": serializers.CharField()}), 404: _ERROR},
+    )
+    def post(self, request):
+        sha256 = str(request.data.get("sha256", ""))
+        if span_file_path(sha256) is None:
+            return Response(
+                {"error": "no_such_span_file", "detail": "no prepared span file with that SHA-256"}, status=404
+            )
+        return Response({"nonce": issue_span_challenge(request.auth.pk, sha256)})
 
 
 class NodeHeartbeat(_NodeTokenView):

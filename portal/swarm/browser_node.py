@@ -22,6 +22,7 @@ from django.db import transaction
 from portal.swarm.models import SpanFile, SwarmModel
 
 FRONTEND = settings.BASE_DIR / "frontend"
+BROWSER_BACKEND = "onnxruntime-web"  # what browser nodes announce; the tracker asks them for a span proof
 
 # The files a browser node may load, per folder: nothing else under node_modules is reachable.
 RUNTIME_FOLDERS: dict[str, tuple[Path, re.Pattern]] = {
@@ -165,3 +166,80 @@ def available_spans(model: SwarmModel) -> list[SpanFile]:
         seen.add(key)
         result.append(f)
     return result
+
+
+# -- proof that a browser node holds the span it registers ---------------------------------------------------
+#
+# A browser node registers only the span its worker loaded and verified. The tracker checks that claim: before
+# downloading, the node asks for a challenge (a signed nonce bound to its token and the file's SHA-256); after
+# verifying the file it hashes PROOF_RANGES ranges of it, at offsets derived from the nonce, and registers with
+# that proof. The portal reads the same ranges from its copy. Blocks without a prepared span file, another
+# file's proof, a stale or forged nonce, or wrong bytes are refused with 403 ``span_not_loaded``.
+
+PROOF_RANGES = 16
+PROOF_RANGE_BYTES = 4096
+CHALLENGE_MAX_AGE_S = 600
+_CHALLENGE_SALT = "layerswarm.browser-node.span-proof"
+
+
+class SpanProofError(Exception):
+    """A browser node's registration does not prove it holds the span it claims."""
+
+
+def issue_span_challenge(token_id: int, sha256: str) -> str:
+    """A nonce for proving possession of span file ``sha256``; valid for ``CHALLENGE_MAX_AGE_S`` with this token."""
+    from django.core import signing
+
+    return signing.dumps({"t": token_id, "f": sha256, "r": os.urandom(12).hex()}, salt=_CHALLENGE_SALT)
+
+
+def proof_offsets(nonce: str, size: int) -> list[int]:
+    """Where the ranges start: ``sha256(nonce || i as 4 bytes LE)``'s first 8 bytes (LE) modulo the room left."""
+    room = max(1, size - PROOF_RANGE_BYTES + 1)
+    return [
+        int.from_bytes(hashlib.sha256(nonce.encode() + i.to_bytes(4, "little")).digest()[:8], "little") % room
+        for i in range(PROOF_RANGES)
+    ]
+
+
+def span_proof(nonce: str, read_range: Callable[[int, int], bytes], size: int) -> str:
+    """``sha256(nonce || range_0 || ... || range_15)`` as hex; ``read_range(offset, length)`` gives the bytes."""
+    h = hashlib.sha256(nonce.encode())
+    for offset in proof_offsets(nonce, size):
+        h.update(read_range(offset, min(PROOF_RANGE_BYTES, size - offset)))
+    return h.hexdigest()
+
+
+def check_span_proof(token_id: int, model: str, start: int, end: int, proof: dict | None) -> SpanFile:
+    """The span file a browser node proved it holds for blocks ``[start, end)`` of ``model``.
+
+    Raises:
+        SpanProofError: no proof, no prepared span file for these blocks, a stale/forged/foreign nonce, wrong bytes.
+    """
+    from django.core import signing
+
+    if not proof:
+        raise SpanProofError("a browser node must prove it loaded its span (span_proof: sha256, nonce, proof)")
+    span_file = SpanFile.objects.filter(sha256=proof.get("sha256", "")).select_related("model").first()
+    if span_file is None or (span_file.model.name, span_file.start_block, span_file.end_block) != (model, start, end):
+        raise SpanProofError(
+            f"no prepared span file {proof.get('sha256', '')[:12]} for blocks {start}:{end} of {model}"
+        )
+    nonce = proof.get("nonce", "")
+    try:
+        claims = signing.loads(nonce, salt=_CHALLENGE_SALT, max_age=CHALLENGE_MAX_AGE_S)
+    except signing.BadSignature:  # SignatureExpired included
+        raise SpanProofError("the span challenge is forged or expired: ask for a new one") from None
+    if claims.get("t") != token_id or claims.get("f") != span_file.sha256:
+        raise SpanProofError("the span challenge was issued for another token or file")
+    path = span_files_dir() / f"{span_file.sha256}.onnx"
+    with open(path, "rb") as f:
+
+        def read_range(offset: int, length: int) -> bytes:
+            f.seek(offset)
+            return f.read(length)
+
+        expected = span_proof(nonce, read_range, span_file.size)
+    if proof.get("proof") != expected:
+        raise SpanProofError(f"the proof does not match the bytes of blocks {start}:{end}: the span was not loaded")
+    return span_file

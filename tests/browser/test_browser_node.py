@@ -163,3 +163,19 @@ def test_it_serves_the_runtime_with_wasm_type_and_isolation_headers(browser_port
         with pytest.raises(urllib.error.HTTPError) as err:
             head(missing)
         assert err.value.code == 404
+
+
+def test_it_proves_holding_its_span_as_the_portal_checks(node_page, browser_portal):
+    from portal.swarm.browser_node import span_proof
+
+    data = browser_portal.portal_span_path().read_bytes()
+    nonce = "a-nonce-the-tracker-signed"
+    in_page = node_page.evaluate(
+        """async ([url, nonce]) => {
+          const { spanProof } = await import("/browser-node/node/engine.js");
+          const bytes = new Uint8Array(await (await fetch(url)).arrayBuffer());
+          return spanProof(nonce, bytes);
+        }""",
+        [f"/browser-node/spans/{browser_portal.sha256}.onnx", nonce],
+    )
+    assert in_page == span_proof(nonce, lambda offset, length: data[offset : offset + length], len(data))
