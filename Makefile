@@ -77,3 +77,9 @@ clean:
 bench-swarm: install
 	$(PY) bench/swarm_sim.py --nodes 10000 --blocks 30 80 --rounds 20
 .PHONY: bench-engine
+
+.PHONY: bench-browser
+## The browser node (headless chromium, onnxruntime-web) vs a Python ONNX Runtime node on the same span, same run;
+## then generation tokens/s through the browser node (relayed) vs an all-Python route.
+bench-browser: model
+	$(PY) bench/browser_node.py --blocks 10:20 --threads 1 --route

@@ -54,7 +54,7 @@ export class BrowserNode extends EventTarget {
   }
 
   /** Load ``manifest``'s span (verified), then join the swarm through the relay. */
-  async start(manifest, { cacheTokens = 4096, join = true } = {}) {
+  async start(manifest, { cacheTokens = 4096, join = true, numThreads = 0 } = {}) {
     this.manifest = manifest;
     this._setState("loading");
     this.keys = await NodeKeys.generate();
@@ -73,7 +73,7 @@ export class BrowserNode extends EventTarget {
       this.worker.onmessage = (event) => this._onWorker(event.data, resolve, reject);
       this.worker.onerror = (event) => reject(new Error(event.message || "the worker failed to start"));
     });
-    this.worker.postMessage({ op: "load", manifest, options: { cacheTokens, nonce, publicKey: this.keys.publicKey } });
+    this.worker.postMessage({ op: "load", manifest, options: { cacheTokens, nonce, numThreads, publicKey: this.keys.publicKey } });
     try {
       this.loaded = await loaded;
     } catch (exc) {
