@@ -31,10 +31,12 @@ function renderModel(m) {
       {
         class: `lane ${n.state}`,
         "data-node": n.id,
+        "data-backend": n.backend,
         style: { gridColumn: `${n.start_block + 1} / ${n.end_block + 1}` },
         title: `${n.url || "relayed"} · ${n.backend}/${n.device}/${n.dtype} · v${n.version}`,
       },
-      `#${n.id} ${n.owner} · ${n.state} · ${n.throughput.toFixed(1)} tok/s · ${n.connection}`,
+      `#${n.id} ${n.owner} · ${n.state} · ${n.throughput.toFixed(1)} tok/s · ${n.connection}` +
+        (n.backend === "onnxruntime-web" ? " · browser" : ""),
     ),
   );
   return el(

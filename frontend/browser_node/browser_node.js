@@ -73,7 +73,13 @@ export class BrowserNode extends EventTarget {
       this.worker.onmessage = (event) => this._onWorker(event.data, resolve, reject);
       this.worker.onerror = (event) => reject(new Error(event.message || "the worker failed to start"));
     });
-    this.worker.postMessage({ op: "load", manifest, options: { cacheTokens, nonce, numThreads, publicKey: this.keys.publicKey } });
+    this.worker.postMessage({
+      op: "load",
+      manifest,
+      options: {
+        cacheTokens, nonce, numThreads, publicKey: this.keys.publicKey, signingKey: this.keys.signing.privateKey,
+      },
+    });
     try {
       this.loaded = await loaded;
     } catch (exc) {
@@ -107,6 +113,9 @@ export class BrowserNode extends EventTarget {
         if (done) done.resolve(msg.proof);
         break;
       }
+      case "receipt":
+        this._submitReceipt(msg.signed);
+        break;
       case "stats":
         this.stats = msg;
         this._emit("stats", msg);
@@ -125,6 +134,18 @@ export class BrowserNode extends EventTarget {
         break;
       default:
         break;
+    }
+  }
+
+  /** Hand a countersigned receipt to the portal (spec §8.4), which credits this tab's owner once settled. */
+  async _submitReceipt(signed) {
+    if (!this.token) return; // not joined (tests, benchmarks): nobody to pay
+    const { receipt, client_signature, node_signature } = signed;
+    try {
+      await this._api("/api/v1/receipts/", { receipt, client_signature, node_signature });
+      this._emit("receipt", signed);
+    } catch (exc) {
+      this._emit("log", { message: `receipt not accepted: ${exc.message}` });
     }
   }
 

@@ -67,6 +67,9 @@ let last = null;
 function onStats(s) {
   $("live-sessions").textContent = s.openSessions;
   $("live-tokens").textContent = s.tokens;
+  if (s.receipts) {
+    $("live-earnings").textContent = `${s.blockTokens} credits from ${s.receipts} countersigned usage receipt(s), paid to your account when the portal settles them`;
+  }
   const now = performance.now();
   if (last) {
     const rate = ((s.steps - last.steps) * 1000) / Math.max(1, now - last.t);

@@ -2,6 +2,7 @@
 // sessions owned by the connection that opened them, a KV-cache budget in tokens, and never an
 // exception for anything a peer sends.
 import { DEFAULT_LIMITS, ProtocolError, WireTensor, checkHidden, decodeFrame, encodeFrame } from "./protocol.js";
+import { ReceiptError, countersign } from "./receipts.js";
 
 const VERSION = "0.1.0-web";
 
@@ -9,7 +10,8 @@ export class NodeCore {
   /**
    * @param {SpanEngine} engine the loaded span
    * @param {object} manifest the span file's manifest (model, start_block, end_block, num_blocks, hidden_size)
-   * @param {object} options ``{cacheTokens, idleTimeoutS, limits, publicKey}``
+   * @param {object} options ``{cacheTokens, idleTimeoutS, limits, publicKey, signingKey, onReceipt}``: ``signingKey``
+   *   (the identity's Ed25519 private CryptoKey) countersigns usage receipts (§8), handed to ``onReceipt``
    */
   constructor(engine, manifest, options = {}) {
     this.engine = engine;
@@ -18,10 +20,12 @@ export class NodeCore {
     this.cacheTokens = options.cacheTokens || 4096;
     this.idleTimeoutMs = (options.idleTimeoutS || 300) * 1000;
     this.publicKey = options.publicKey || "";
+    this.signingKey = options.signingKey || null;
+    this.onReceipt = options.onReceipt || (() => {});
     this.throughput = { decode: 0, prefill: 0 };
     this.state = "online";
     this.sessions = new Map(); // session_id -> {maxLength, cache, owner, position, lastUsed}
-    this.stats = { tokens: 0, steps: 0, frames: 0, errors: 0, computeMs: 0 };
+    this.stats = { tokens: 0, steps: 0, frames: 0, errors: 0, computeMs: 0, receipts: 0, blockTokens: 0 };
     this.queue = Promise.resolve(); // frames are handled one at a time (§1.3), in arrival order
   }
 
@@ -84,9 +88,7 @@ export class NodeCore {
       case "forward":
         return this._forward(msg);
       case "close_session":
-        this._session(msg.session_id, owner);
-        this.sessions.delete(msg.session_id);
-        return { type: "session_closed", id: msg.id, session_id: msg.session_id };
+        return this._close(msg, owner);
       default:
         throw new ProtocolError("unexpected_message", `a node does not accept ${JSON.stringify(msg.type)} messages`);
     }
@@ -106,7 +108,7 @@ export class NodeCore {
       throw new ProtocolError("out_of_cache", `session needs ${msg.max_length} cache tokens but only ${this.tokensLeft} are free`);
     }
     this.sessions.set(msg.session_id, {
-      maxLength: msg.max_length, cache: this.engine.newCache(), owner, position: 0, lastUsed: performance.now(),
+      maxLength: msg.max_length, cache: this.engine.newCache(), owner, position: 0, served: 0, lastUsed: performance.now(),
     });
     return { type: "session_opened", id: msg.id, session_id: msg.session_id, cache_tokens_left: this.tokensLeft };
   }
@@ -128,9 +130,32 @@ export class NodeCore {
     const out = await this.engine.step(values, b, t, s.cache);
     const ms = performance.now() - started;
     s.position += t;
+    s.served += b * t; // B x T (§8.2)
     this._count(b * t, ms);
     const hidden = WireTensor.fromFloat32(out, msg.hidden.shape.slice(), msg.hidden.dtype);
     return { type: "step_result", id: msg.id, session_id: msg.session_id, position: s.position, hidden, compute_us: Math.round(ms * 1000) };
+  }
+
+  async _close(msg, owner) {
+    const served = this._session(msg.session_id, owner).served;
+    this.sessions.delete(msg.session_id);
+    const reply = { type: "session_closed", id: msg.id, session_id: msg.session_id, tokens: served, node_signature: "", receipt_error: "" };
+    if (!msg.receipt) return reply;
+    try {
+      if (!this.signingKey) throw new ReceiptError("this node has no signing key");
+      const nodeKey = this.publicKey.split(",")[0];
+      const m = this.manifest;
+      const signed = await countersign(this.signingKey, nodeKey, msg.receipt, msg.client_signature, {
+        sessionId: msg.session_id, model: m.model, startBlock: m.start_block, endBlock: m.end_block, served,
+      });
+      reply.node_signature = signed.node_signature;
+      this.stats.receipts++;
+      this.stats.blockTokens += signed.block_tokens;
+      this.onReceipt(signed);
+    } catch (exc) {
+      reply.receipt_error = exc.message; // §8.3: closed anyway, not countersigned
+    }
+    return reply;
   }
 
   async _forward(msg) {

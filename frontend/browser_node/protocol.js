@@ -48,8 +48,8 @@ export const MESSAGE_FIELDS = {
   step_result: { session_id: "str", position: "int", hidden: "tensor", compute_us: "int" },
   forward: { hidden: "tensor" },
   forward_result: { hidden: "tensor", compute_us: "int" },
-  close_session: { session_id: "str" },
-  session_closed: { session_id: "str" },
+  close_session: { session_id: "str", receipt: "str", client_signature: "str" },
+  session_closed: { session_id: "str", tokens: "int", node_signature: "str", receipt_error: "str" },
   error: { code: "str", message: "str", session_id: "str" },
 };
 

@@ -22,7 +22,7 @@ async function load(manifest, options) {
   const engine = await SpanEngine.create(bytes, manifest, options);
   post({ event: "progress", phase: "benchmark", loaded: manifest.size, total: manifest.size });
   const throughput = await engine.measure();
-  core = new NodeCore(engine, manifest, options);
+  core = new NodeCore(engine, manifest, { ...options, onReceipt: (signed) => post({ event: "receipt", signed }) });
   core.throughput = { decode: throughput.decode, prefill: throughput.prefill };
   post({ event: "loaded", device: engine.device, threads: engine.threads, throughput, proof, info: core.info() });
   setInterval(() => {

@@ -179,3 +179,35 @@ def test_it_proves_holding_its_span_as_the_portal_checks(node_page, browser_port
         [f"/browser-node/spans/{browser_portal.sha256}.onnx", nonce],
     )
     assert in_page == span_proof(nonce, lambda offset, length: data[offset : offset + length], len(data))
+
+
+def test_it_countersigns_usage_receipts_for_what_it_served(node_page):
+    from swarmnode.identity import NodeIdentity
+    from swarmnode.protocol import CloseSession, Info, SessionClosed
+    from swarmnode.receipts import SignedReceipt, UsageReceipt, key_of, signing_key
+
+    node_key = signing_key(send(node_page, encode(Info(id=1))).public_key)
+    client = NodeIdentity.generate()
+    hidden = tensor_from_numpy(np.ones((1, 3, HIDDEN), np.float32))
+
+    def session_with_receipt(sid: str, tokens: int, node: str = node_key) -> SessionClosed:
+        send(node_page, encode(OpenSession(id=1, session_id=sid, max_length=8)))
+        send(node_page, encode(Step(id=2, session_id=sid, position=0, hidden=hidden)))
+        receipt = UsageReceipt.new(
+            session_id=sid, model="smollm2", start_block=10, end_block=20, tokens=tokens,
+            client_key=key_of(client), node_key=node,
+        )  # fmt: skip
+        close = CloseSession(
+            id=3, session_id=sid, receipt=receipt.to_text(), client_signature=receipt.sign_as_client(client)
+        )
+        reply = send(node_page, encode(close))
+        assert isinstance(reply, SessionClosed) and reply.tokens == 3
+        if reply.node_signature:
+            SignedReceipt(receipt, close.client_signature, reply.node_signature).verify()  # both signatures hold
+        return reply
+
+    assert session_with_receipt("paid", 3).receipt_error == ""
+    greedy = session_with_receipt("greedy", 4)
+    assert greedy.node_signature == "" and "claims 4 tokens" in greedy.receipt_error
+    stranger = session_with_receipt("stranger", 3, node=key_of(NodeIdentity.generate()))
+    assert stranger.node_signature == "" and "another node" in stranger.receipt_error
