@@ -35,6 +35,7 @@ def _serve(args: argparse.Namespace) -> None:
         max_memory=args.max_memory,
         max_batch=args.max_batch,
         prefill_chunk=args.prefill_chunk,
+        batch_window=args.batch_window_ms / 1000,
         num_threads=args.num_threads,
         small_step_threads=args.small_step_threads,
         cache_tokens=args.cache_tokens,
@@ -242,6 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-memory", help="memory budget for weights + KV cache, e.g. 2GB (default: 80%% of free)")
     serve.add_argument("--max-batch", type=int, default=16, help="most sessions' decoding steps in one pass")
     serve.add_argument("--prefill-chunk", type=int, default=512, help="long prompts run in chunks of this size")
+    serve.add_argument(
+        "--batch-window-ms",
+        type=float,
+        default=2.0,
+        help="a decoding batch waits up to this long for recently active sessions' next steps (0: never)",
+    )
     serve.add_argument("--num-threads", type=int, default=None, help="torch threads (default: all cores)")
     serve.add_argument(
         "--small-step-threads", type=int, default=None, help="threads for decoding steps (default: --num-threads)"

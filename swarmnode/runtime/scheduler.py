@@ -4,7 +4,11 @@ Requests wait in one priority queue; a single worker takes the most urgent job a
 a decoding step, every other queued decoding step that can share its pass (same new-token
 count, one sequence each, same wire dtype), up to ``max_batch``. Nothing waits on purpose:
 batches form from whatever queued while the previous pass ran, so a lone session pays no
-batching delay. Classes: decoding steps, then prompt (prefill) chunks, then cache-less
+batching delay, with one exception: when other sessions decoded here within the last
+``recent_s`` and have not yet sent their next step, a decoding batch waits up to
+``batch_window`` seconds for them. Sessions moving through a chain of nodes in lockstep would
+otherwise split at every hop into the one that arrived first and everyone else (two passes
+instead of one). Classes: decoding steps, then prompt (prefill) chunks, then cache-less
 forwards; shorter jobs first within a class; a job that waited longer than ``aging_s`` is
 promoted ahead of every class (oldest first) so nothing starves. Long prompts are cut into chunks of
 ``prefill_chunk`` tokens so they cannot block everyone's decoding.
@@ -15,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+import weakref
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,6 +98,8 @@ class Scheduler:
         small_step_tokens: a step of at most this many positions counts as decoding.
         prefill_chunk: longest piece a prompt is cut into.
         aging_s: after this long in the queue a job is served as if it were decoding.
+        batch_window: longest wait for the next steps of recently active sessions (0: never wait).
+        recent_s: a session that sent a decoding step this recently counts as active.
     """
 
     def __init__(
@@ -103,6 +110,8 @@ class Scheduler:
         small_step_tokens: int = 4,
         prefill_chunk: int = 512,
         aging_s: float = 0.5,
+        batch_window: float = 0.0,
+        recent_s: float = 1.0,
     ) -> None:
         self.backend = backend
         self.executor = executor
@@ -110,6 +119,11 @@ class Scheduler:
         self.small_step_tokens = small_step_tokens
         self.prefill_chunk = prefill_chunk
         self.aging_s = aging_s
+        self.batch_window = batch_window
+        self.recent_s = recent_s
+        # id(cache) -> (when its last decoding step arrived, a weak reference: a closed session's
+        # cache is freed, and then it is no longer waited for)
+        self._recent: dict[int, tuple[float, Any]] = {}
         self._queue: list[Job] = []
         self._wake = asyncio.Event()
         self._seq = itertools.count()
@@ -134,6 +148,12 @@ class Scheduler:
     async def _submit(self, kind: int, hidden: WireTensor, cache) -> WireTensor:
         self.start()
         job = Job(kind, hidden, cache, asyncio.get_running_loop().create_future(), next(self._seq))
+        if kind == DECODE:
+            try:
+                ref = weakref.ref(cache)
+            except TypeError:  # not weak-referenceable: remembered until recent_s passes
+                ref = None
+            self._recent[id(cache)] = (job.enqueued, ref)
         self._queue.append(job)
         self._wake.set()
         return await job.future
@@ -155,14 +175,42 @@ class Scheduler:
         first = self._queue.pop(0)
         batch = [first]
         if first.kind == DECODE and self.max_batch > 1:
-            rest = []
-            for job in self._queue:
-                if len(batch) < self.max_batch and first.batchable_with(job) and job.cache is not first.cache:
-                    batch.append(job)
-                else:
-                    rest.append(job)
-            self._queue = rest
+            self._join(batch)
         return batch
+
+    def _join(self, batch: list[Job]) -> None:
+        """Move queued steps that can share ``batch[0]``'s pass into ``batch`` (up to ``max_batch``)."""
+        first, rest = batch[0], []
+        caches = {id(j.cache) for j in batch}
+        for job in self._queue:
+            if len(batch) < self.max_batch and first.batchable_with(job) and id(job.cache) not in caches:
+                batch.append(job)
+                caches.add(id(job.cache))
+            else:
+                rest.append(job)
+        self._queue = rest
+
+    def _expected(self) -> int:
+        """Sessions that decoded here within ``recent_s`` (forgetting older ones)."""
+        cutoff = time.monotonic() - self.recent_s
+        self._recent = {
+            k: (t, ref) for k, (t, ref) in self._recent.items() if t >= cutoff and (ref is None or ref() is not None)
+        }
+        return len(self._recent)
+
+    async def _fill(self, batch: list[Job]) -> None:
+        """Wait up to ``batch_window`` for recently active sessions' next steps to join ``batch``."""
+        deadline = time.monotonic() + self.batch_window
+        while True:
+            self._wake.clear()  # then join what is queued: no arrival can slip in between (one loop)
+            self._join(batch)
+            left = deadline - time.monotonic()
+            if len(batch) >= min(self.max_batch, self._expected()) or left <= 0:
+                return
+            try:
+                await asyncio.wait_for(self._wake.wait(), left)
+            except TimeoutError:
+                return
 
     def _compute(self, batch: list[Job]) -> list[WireTensor]:
         if len(batch) > 1:
@@ -179,7 +227,10 @@ class Scheduler:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            batch = [j for j in self._take() if not j.future.cancelled()]
+            batch = self._take()
+            if batch[0].kind == DECODE and self.batch_window > 0 and self.max_batch > 1:
+                await self._fill(batch)
+            batch = [j for j in batch if not j.future.cancelled()]
             if not batch:
                 continue
             self.batches_run += 1

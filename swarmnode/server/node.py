@@ -99,7 +99,11 @@ class Node:
         )
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
         self.scheduler = Scheduler(
-            self.backend, self._executor, max_batch=config.max_batch, prefill_chunk=config.prefill_chunk
+            self.backend,
+            self._executor,
+            max_batch=config.max_batch,
+            prefill_chunk=config.prefill_chunk,
+            batch_window=config.batch_window,
         )
         # Signs what the node serves and agrees session keys (announced as Info.public_key).
         self.identity = NodeIdentity.load_or_create(config.identity) if config.identity else NodeIdentity.generate()

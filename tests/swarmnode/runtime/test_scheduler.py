@@ -2,6 +2,7 @@
 
 import asyncio
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -149,3 +150,42 @@ def test_it_gives_every_waiter_the_failure_and_keeps_going():
 def test_split_keeps_every_token():
     parts = split_tokens(hid(7, batch=2), 3)
     assert [p.shape for p in parts] == [(2, 3, 2), (2, 3, 2), (2, 1, 2)]
+
+
+def test_it_waits_briefly_for_recently_active_sessions_to_share_a_pass():
+    gate = threading.Event()
+    gate.set()
+    backend = Recorder(gate)
+
+    async def main():
+        sched = Scheduler(backend, ThreadPoolExecutor(1), max_batch=4, batch_window=0.5)
+        names = [f"s{i}" for i in range(3)]  # the same objects each step, as a node's caches are
+        await asyncio.gather(*(sched.step(hid(1, i), names[i]) for i in range(3)))  # all three now active
+        backend.calls.clear()
+        first = asyncio.create_task(sched.step(hid(1), names[0]))  # arrives alone...
+        await asyncio.sleep(0.05)
+        late = [asyncio.create_task(sched.step(hid(1, i), names[i])) for i in (1, 2)]  # ...the others soon after
+        await asyncio.gather(first, *late)
+        await sched.stop()
+
+    run(main())
+    assert [(c[0], c[1]) for c in backend.calls] == [("batch", 3)]  # one pass, not a lone one and a pair
+
+
+def test_it_never_waits_for_a_lone_session_or_with_no_window():
+    gate = threading.Event()
+    gate.set()
+    for window, sessions in ((0.5, 1), (0.0, 3)):
+        backend = Recorder(gate)
+
+        async def main(window=window, sessions=sessions, backend=backend):
+            sched = Scheduler(backend, ThreadPoolExecutor(1), max_batch=4, batch_window=window)
+            names = [f"s{i}" for i in range(sessions)]
+            await asyncio.gather(*(sched.step(hid(1, i), names[i]) for i in range(sessions)))
+            began = time.monotonic()
+            await sched.step(hid(1), names[0])
+            waited = time.monotonic() - began
+            await sched.stop()
+            return waited
+
+        assert run(main()) < 0.25
