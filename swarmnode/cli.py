@@ -246,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--batch-window-ms",
         type=float,
-        default=2.0,
+        default=0.0,
         help="a decoding batch waits up to this long for recently active sessions' next steps (0: never)",
     )
     serve.add_argument("--num-threads", type=int, default=None, help="torch threads (default: all cores)")
