@@ -157,6 +157,12 @@ def _bench(args: argparse.Namespace) -> None:
             row["speedup_vs_first"] = round(row["aggregate_tok_s"] / base, 2)
         print(json.dumps(rows) if args.json else json.dumps(rows, indent=2))
         return
+    if args.relay:
+        from swarmnode.bench_relay import run_bench_relay
+
+        result = run_bench_relay(args.model, args.nodes, args.new_tokens, args.runs, backend=args.backend or "auto")
+        print(json.dumps(result) if args.json else json.dumps(result, indent=2))
+        return
     from swarmnode.bench import run_bench
 
     result = run_bench(args.model, args.nodes, args.new_tokens, args.runs, backend=args.backend or "auto")
@@ -318,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
         "PyTorch nodes (bit-exact); onnxruntime: ONNX nodes vs the whole model in local ONNX Runtime",
     )
     bench.add_argument("--sessions", help="comma-separated concurrency levels, e.g. 1,4,8,16")
+    bench.add_argument(
+        "--relay", action="store_true", help="the same nodes directly vs through a relay (encrypted), one run"
+    )
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(func=_bench)
 

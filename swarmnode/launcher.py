@@ -46,25 +46,36 @@ def start_node(
     env: dict | None = None,
     log_path: Path | None = None,
     timeout: float = 300.0,
+    wrap: list[str] | None = None,
+    until: str | None = None,
 ) -> NodeProcess:
-    """Start ``swarmnode serve`` and wait for its ready line.
+    """Start ``swarmnode serve`` and wait for its ready line (with ``--relay always``: until it is relayed).
+
+    ``wrap`` prefixes the command (e.g. ``["ip", "netns", "exec", NS]`` to run it in a network namespace);
+    ``until`` names the JSON event to wait for (``ready`` or ``relayed``).
 
     Raises:
         RuntimeError: the process exited or stayed silent past ``timeout``.
     """
-    cmd = [sys.executable, "-m", "swarmnode", "serve", "--model", model, "--port", "0"]
+    cmd = [*(wrap or []), sys.executable, "-m", "swarmnode", "serve", "--model", model, "--port", "0"]
     if blocks:  # None: let the node choose (--num-blocks, --blocks auto in extra_args)
         cmd += ["--blocks", blocks]
     cmd += extra_args or []
-    relayed = "always" in cmd[cmd.index("--relay") + 1 : cmd.index("--relay") + 2] if "--relay" in cmd else False
-    return _start(cmd, f"node {blocks}", env, log_path, timeout, until="relayed" if relayed else "ready")
+    if until is None:
+        relayed = "--relay" in cmd and cmd[cmd.index("--relay") + 1 :][:1] == ["always"]
+        until = "relayed" if relayed else "ready"
+    return _start(cmd, f"node {blocks}", env, log_path, timeout, until=until)
 
 
 def start_relay(
-    *, extra_args: list[str] | None = None, env: dict | None = None, log_path: Path | None = None
+    *,
+    extra_args: list[str] | None = None,
+    env: dict | None = None,
+    log_path: Path | None = None,
+    wrap: list[str] | None = None,
 ) -> NodeProcess:
     """Start ``swarmnode relay`` (spec §9) and wait for its ready line (``url``: the relay's base URL)."""
-    cmd = [sys.executable, "-m", "swarmnode", "relay", "--port", "0", *(extra_args or [])]
+    cmd = [*(wrap or []), sys.executable, "-m", "swarmnode", "relay", "--port", "0", *(extra_args or [])]
     return _start(cmd, "relay", env, log_path, 60.0)
 
 

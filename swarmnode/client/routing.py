@@ -7,7 +7,8 @@ partial spans are allowed). An edge costs what using that node adds to a step:
     rtt_weight * RTT + blocks_used / per_block_throughput + penalties
 
 (RTT from the client's pings; throughput as the node measured and announced it; penalties for a
-relay hop, too little free cache, recent failures). Edges only go forward, so the cheapest chain
+relay hop never measured, too little free cache, recent failures; a relayed node pinged through its
+relay pays its measured RTT, i.e. exactly the relay's extra latency). Edges only go forward, so the cheapest chain
 is a dynamic programme over boundaries in increasing order, vectorized over the nodes that end
 at each boundary: ~10 ms for 10,000 nodes. Everything here is a pure function of its arguments.
 """
@@ -70,7 +71,9 @@ class RoutingPolicy:
     rtt_weight: float = 1.0  # 1.0: a round trip via the client per hop; 0.5 with server-to-server push
     default_rtt_s: float = 0.05  # RTT assumed for a node never pinged
     default_block_s: float = 0.005  # seconds per block per token for a node that announced no throughput
-    relay_penalty_s: float = 0.1  # a relayed node costs an extra hop through the portal
+    # A relayed node never pinged: the extra hop through its relay is assumed to cost this much. Once
+    # pinged at its relay address, its measured RTT (which includes the relay) prices it instead.
+    relay_penalty_s: float = 0.1
     low_cache_penalty_s: float = 5.0  # too little free cache: the session would likely be refused
     failure_penalty_s: float = 1.0  # per recent failure of the node (see the client's ban list)
     allow_partial: bool = False  # start a hop inside a node's span (the node must support it)
@@ -147,7 +150,10 @@ def hop_costs(
     rtt = (
         np.fromiter((get(urls[i], default) for i in idx), np.float64, len(idx)) if rtts else np.full(len(idx), default)
     )
-    fixed = policy.rtt_weight * rtt + policy.relay_penalty_s * peers.relay[idx]
+    relayed = peers.relay[idx]
+    if rtts and relayed.any():  # measured through the relay: the RTT already holds the relay's extra latency
+        relayed = relayed & ~np.fromiter((urls[i] in rtts for i in idx), np.bool_, len(idx))
+    fixed = policy.rtt_weight * rtt + policy.relay_penalty_s * relayed
     if cache_tokens_needed:
         fixed += policy.low_cache_penalty_s * (peers.cache[idx] < cache_tokens_needed)
     if failures:

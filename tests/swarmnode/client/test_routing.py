@@ -92,7 +92,7 @@ def test_it_penalizes_recent_failures_relays_and_full_caches():
     assert route(base, 30, rtts=rtts)[0].url == "x"
     assert route(base, 30, rtts=rtts, failures={"x": 1})[0].url == "y"
     relayed = [fast("x", 0, 30, relay=True), fast("y", 0, 30)]
-    assert route(relayed, 30, rtts=rtts)[0].url == "y"
+    assert route(relayed, 30, rtts={"y": 0.07})[0].url == "y"  # x never pinged: default RTT + relay penalty
     full = [PeerInfo("x", "m", 0, 30, 30, 576, "float32", 10, 8192, 100.0), fast("y", 0, 30)]
     assert route(full, 30, rtts=rtts, cache_tokens_needed=500)[0].url == "y"
 

@@ -1,0 +1,85 @@
+"""``swarmnode bench --relay``: the same swarm reached directly and through a relay (spec §9), in one run.
+
+Three nodes on loopback attach to one ``swarmnode relay`` (``--relay always``) and still listen
+directly, so one client generates through their direct URLs and another through their relay
+addresses (end-to-end encrypted, §10), interleaved so that machine load hits both alike.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+from pathlib import Path
+
+from swarmnode.bench import DEFAULT_PROMPT, _timed
+
+
+def run_bench_relay(
+    model: str = "smollm2",
+    nodes: int = 3,
+    new_tokens: int = 64,
+    runs: int = 3,
+    prompt: str = DEFAULT_PROMPT,
+    backend: str = "auto",
+) -> dict:
+    """Decoding tokens/s through ``nodes`` relayed nodes vs the same nodes dialled directly.
+
+    Returns:
+        ``{"direct_tok_s", "relay_tok_s", "ratio", "tokens_equal", "overhead_ms_per_token", ...}``;
+        medians over ``runs`` after a warm-up of each.
+    """
+    from swarmnode.client import AutoDistributedModelForCausalLM
+    from swarmnode.launcher import LocalSwarm, start_relay
+    from swarmnode.models import Checkpoint, resolve_model
+
+    checkpoint = Checkpoint(resolve_model(model))
+    tokenizer = checkpoint.tokenizer()
+    messages = [{"role": "user", "content": prompt}]
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    ids = ids["input_ids"]
+    opts = dict(max_new_tokens=new_tokens, do_sample=False, eos_token_id=None)
+    with tempfile.TemporaryDirectory() as logs:
+        relay = start_relay(log_path=Path(logs) / "relay.log")
+        try:
+            node_args = ["--backend", backend, "--relay", "always", "--relays", relay.url]
+            with LocalSwarm(model, checkpoint.num_blocks, nodes, extra_args=node_args, log_dir=Path(logs)) as swarm:
+                direct = AutoDistributedModelForCausalLM.from_pretrained(model, peers=swarm.urls)
+                relayed = AutoDistributedModelForCausalLM.from_pretrained(model, peers=swarm.addresses)
+                assert all(p.relay for p in relayed.peers) and not any(p.relay for p in direct.peers)
+                node_backends = sorted({n.ready["backend"] for n in swarm.nodes})
+
+                def run(client):
+                    def go(streamer):
+                        out = client.generate(ids, streamer=streamer, **opts)
+                        return out[0, ids.shape[1] :].tolist()
+
+                    return go
+
+                fns = {"direct": run(direct), "relay": run(relayed)}
+                for fn in fns.values():
+                    fn(None)  # warm-up: connections, caches, the nodes' first-call costs
+                results: dict[str, list[float]] = {"direct": [], "relay": []}
+                tokens: dict[str, list[int]] = {}
+                for _ in range(runs):
+                    for name, fn in fns.items():
+                        tok_s, _, out = _timed(fn, new_tokens)
+                        results[name].append(tok_s)
+                        tokens[name] = out
+        finally:
+            relay.process.terminate()
+            relay.process.wait(10)
+    direct_tok_s = statistics.median(results["direct"])
+    relay_tok_s = statistics.median(results["relay"])
+    return {
+        "model": model,
+        "nodes": nodes,
+        "node_backends": node_backends,
+        "new_tokens": new_tokens,
+        "runs": runs,
+        "encryption": "x25519-chacha20poly1305 (relayed only)",
+        "direct_tok_s": round(direct_tok_s, 2),
+        "relay_tok_s": round(relay_tok_s, 2),
+        "ratio": round(relay_tok_s / direct_tok_s, 3),
+        "overhead_ms_per_token": round(1000 * (1 / relay_tok_s - 1 / direct_tok_s), 2),
+        "tokens_equal": tokens["direct"] == tokens["relay"],
+    }
