@@ -83,14 +83,16 @@ def _start(
     cmd: list[str], what: str, env: dict | None, log_path: Path | None, timeout: float, until: str = "ready"
 ) -> NodeProcess:
     stderr = open(log_path, "ab") if log_path else None  # noqa: SIM115 - handed to the child
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=stderr, env={**os.environ, **(env or {})}, text=True, bufsize=1
-    )
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, env={**os.environ, **(env or {})}, bufsize=0)
     if stderr:
         stderr.close()
+    # Raw reads, split here: a buffered readline() could swallow a second line (``relayed`` right after
+    # ``ready``) into its buffer, where select() never sees it.
+    fd = proc.stdout.fileno()
     sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
+    sel.register(fd, selectors.EVENT_READ)
     ready: dict = {}
+    pending = b""
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
@@ -98,19 +100,23 @@ def _start(
                 if proc.poll() is not None:
                     break
                 continue
-            line = proc.stdout.readline()
-            if not line:
+            chunk = os.read(fd, 65536)
+            if not chunk:
                 break
-            try:
-                msg = json.loads(line)
-            except ValueError:
-                continue
-            if msg.get("event") == "ready":
-                ready = msg
-            if msg.get("event") == "relayed" and ready:  # attached to a relay (--relay always)
-                ready["relay_address"] = msg["address"]
-            if msg.get("event") == until and ready:
-                return NodeProcess(proc, ready)
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                try:
+                    msg = json.loads(line)
+                except ValueError:
+                    continue
+                if not isinstance(msg, dict):
+                    continue
+                if msg.get("event") == "ready":
+                    ready = msg
+                if msg.get("event") == "relayed" and ready:  # attached to a relay (--relay always)
+                    ready["relay_address"] = msg["address"]
+                if msg.get("event") == until and ready:
+                    return NodeProcess(proc, ready)
     finally:
         sel.close()
     proc.kill()

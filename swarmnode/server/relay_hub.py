@@ -87,7 +87,7 @@ def check_dial_back(url: str, public_key: str, timeout: float) -> Awaitable[bool
                     reply = decode(await ws.recv())
             return isinstance(reply, InfoReply) and hmac.compare_digest(reply.public_key, public_key)
         except Exception as exc:  # refused, dropped by a NAT, timed out, answered garbage
-            log.info("dial-back to %s failed: %s", url[:200], exc)
+            log.info("dial-back to %s failed: %s %s", url[:200], type(exc).__name__, exc)
             return False
 
     return attempt()
