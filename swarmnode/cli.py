@@ -52,6 +52,8 @@ def _serve(args: argparse.Namespace) -> None:
         relay=args.relay,
         relays=tuple(r for r in (args.relays or "").split(",") if r),
         relay_capacity=args.relay_capacity,
+        corrupt_fraction=args.corrupt_fraction,
+        corrupt_seed=args.corrupt_seed,
     )
     run_node(config)
 
@@ -277,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--relays", help="comma-separated relay URLs (ws://HOST:PORT/layerswarm/v1/relay), best first")
     serve.add_argument("--relay-capacity", type=int, default=0, help="also relay for up to N nodes behind NAT")
+    # Tests and demos of auditing only: a dishonest node. Hidden from --help, announced nowhere.
+    serve.add_argument("--corrupt-fraction", type=float, default=0.0, help=argparse.SUPPRESS)
+    serve.add_argument("--corrupt-seed", type=int, default=None, help=argparse.SUPPRESS)
     serve.set_defaults(func=_serve)
 
     relay = sub.add_parser("relay", help="run a relay alone, for nodes behind NAT")

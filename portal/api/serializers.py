@@ -137,6 +137,7 @@ class SpanSerializer(serializers.ModelSerializer):
     model = serializers.CharField(source="model.name")
     num_blocks = serializers.IntegerField(source="model.num_blocks")
     hidden_size = serializers.IntegerField(source="model.hidden_size")
+    reputation = serializers.FloatField(read_only=True)  # annotated by portal.reputation.scoring.with_scores
 
     class Meta:
         model = Node
@@ -157,6 +158,7 @@ class SpanSerializer(serializers.ModelSerializer):
             "device",
             "version",
             "public_key",
+            "reputation",
         ]
         read_only_fields = fields
 

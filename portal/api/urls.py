@@ -3,7 +3,7 @@
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from portal.api import views
+from portal.api import reputation, views
 
 app_name = "api"
 urlpatterns = [
@@ -18,4 +18,8 @@ urlpatterns = [
     path("v1/models/", views.Models.as_view(), name="models"),
     path("v1/models/<slug:model>/spans/", views.ModelSpans.as_view(), name="model_spans"),
     path("v1/swarm/health/", views.SwarmHealth.as_view(), name="swarm_health"),
+    path("v1/reputation/evidence/", reputation.ReportEvidence.as_view(), name="reputation_evidence"),
+    path("v1/reputation/steps/", reputation.ReportSteps.as_view(), name="reputation_steps"),
+    path("v1/reputation/nodes/<int:pk>/", reputation.NodeReputation.as_view(), name="reputation_node"),
+    path("v1/reputation/nodes/<int:pk>/report/", reputation.ReportNode.as_view(), name="reputation_report"),
 ]

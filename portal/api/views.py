@@ -20,6 +20,7 @@ from portal.api.serializers import (
     SpanSerializer,
     SwarmModelSerializer,
 )
+from portal.reputation import scoring
 from portal.swarm import tracker
 from portal.swarm.browser_node import (
     BROWSER_BACKEND,
@@ -173,7 +174,7 @@ class ModelSpans(APIView):
     )
     def get(self, request, model: str):
         swarm_model = get_object_or_404(SwarmModel, name=model)
-        spans = tracker.online_spans(swarm_model.name)
+        spans = scoring.with_scores(scoring.trusted(tracker.online_spans(swarm_model.name)))
         return Response(
             {
                 "model": swarm_model.name,

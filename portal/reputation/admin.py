@@ -46,7 +46,7 @@ class NodeStandingAdmin(admin.ModelAdmin):
     def recent_evidence(self, standing: NodeStanding):
         rows = AuditEvidence.objects.filter(node_id=standing.node_id)[:20]
         return format_html(
-            "<table><tr><th>when</th><th>kind</th><th>verdict</th><th>max |diff|</th><th>tolerance</th>"
+            "<table><tr><th>when</th><th>kind</th><th>verdict</th><th>relative error</th><th>tolerance</th>"
             "<th>signed</th></tr>{}</table>",
             format_html_join(
                 "",
@@ -57,7 +57,7 @@ class NodeStandingAdmin(admin.ModelAdmin):
                         f"{e.created:%Y-%m-%d %H:%M:%S}",
                         e.kind,
                         "passed" if e.passed else "FAILED",
-                        "-" if e.max_abs_diff is None else f"{e.max_abs_diff:.3g}",
+                        "-" if e.relative_error is None else f"{e.relative_error:.3g}",
                         "-" if e.tolerance is None else f"{e.tolerance:.3g}",
                         "yes" if e.signatures_verified else "no",
                     )
@@ -83,7 +83,16 @@ class NodeStandingAdmin(admin.ModelAdmin):
 class AuditEvidenceAdmin(admin.ModelAdmin):
     """Evidence is a record: read-only."""
 
-    list_display = ["created", "node", "kind", "passed", "auditor", "max_abs_diff", "tolerance", "signatures_verified"]
+    list_display = [
+        "created",
+        "node",
+        "kind",
+        "passed",
+        "auditor",
+        "relative_error",
+        "tolerance",
+        "signatures_verified",
+    ]
     list_filter = ["kind", "passed", "signatures_verified"]
     search_fields = ["session_id", "node__url", "node__owner__username"]
     list_select_related = ["node__model", "auditor__model"]

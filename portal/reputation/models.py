@@ -83,15 +83,21 @@ class AuditEvidence(models.Model):
     )
     session_id = models.CharField(max_length=128, blank=True)
     position = models.PositiveIntegerField(null=True, blank=True)
-    max_abs_diff = models.FloatField(null=True, blank=True)
+    relative_error = models.FloatField(null=True, blank=True)  # ||out - ref|| / ||ref|| (spec §11.3)
     tolerance = models.FloatField(null=True, blank=True)
     signatures_verified = models.BooleanField(default=False)
+    fingerprint = models.CharField(max_length=128, blank=True)  # the audited result's signature: one record each
     detail = models.JSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ["-created", "-id"]
         verbose_name_plural = "audit evidence"
         indexes = [models.Index(fields=["node", "-created"]), models.Index(fields=["node", "passed", "created"])]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["node", "fingerprint"], condition=~models.Q(fingerprint=""), name="evidence_once_per_result"
+            )
+        ]
 
     def __str__(self) -> str:
         verdict = "passed" if self.passed else "FAILED"

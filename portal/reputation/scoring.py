@@ -129,9 +129,10 @@ def record_audit(
     reporter=None,
     session_id: str = "",
     position: int | None = None,
-    max_abs_diff: float | None = None,
+    relative_error: float | None = None,
     tolerance: float | None = None,
     signatures_verified: bool = False,
+    fingerprint: str = "",
     detail: dict | None = None,
     now: datetime | None = None,
 ) -> AuditEvidence:
@@ -151,9 +152,10 @@ def record_audit(
             reporter=reporter,
             session_id=session_id,
             position=position,
-            max_abs_diff=max_abs_diff,
+            relative_error=relative_error,
             tolerance=tolerance,
             signatures_verified=signatures_verified,
+            fingerprint=fingerprint,
             detail=detail or {},
         )
         if kind == AuditEvidence.Kind.CHECK:
@@ -272,6 +274,21 @@ def trusted(nodes):
     if settings.REPUTATION_PRIOR < settings.REPUTATION_THRESHOLD:
         nodes = nodes.filter(standing__isnull=False)
     return nodes
+
+
+def threshold() -> float:
+    """The score under which nodes leave the peer list (``REPUTATION_THRESHOLD``)."""
+    return float(settings.REPUTATION_THRESHOLD)
+
+
+def with_scores(nodes):
+    """``nodes`` annotated with ``reputation``: the cached score, the prior for nodes without a standing."""
+    from django.db.models import FloatField, Value
+    from django.db.models.functions import Coalesce
+
+    return nodes.annotate(
+        reputation=Coalesce("standing__score", Value(float(settings.REPUTATION_PRIOR)), output_field=FloatField())
+    )
 
 
 def lift_suspension(standing: NodeStanding, admin, now: datetime | None = None) -> None:

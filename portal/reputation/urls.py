@@ -1,4 +1,10 @@
 """Routes of the reputation pages."""
 
+from django.urls import path
+
+from portal.reputation import views
+
 app_name = "reputation"
-urlpatterns: list = []
+urlpatterns = [
+    path("nodes/<int:pk>/reputation/", views.node_reputation, name="node"),
+]

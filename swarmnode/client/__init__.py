@@ -1,5 +1,6 @@
 """Client side: connections to nodes, routing, inference sessions and generation."""
 
+from swarmnode.client.audit import AuditPolicy, EvidenceReporter
 from swarmnode.client.model import (
     AutoDistributedModelForCausalLM,
     DistributedModelForCausalLM,
@@ -10,6 +11,8 @@ from swarmnode.client.routing import SwarmNotCovering, find_chain, probe_peers
 from swarmnode.client.session import InferenceSession
 
 __all__ = [
+    "AuditPolicy",
+    "EvidenceReporter",
     "AutoDistributedModelForCausalLM",
     "DistributedModelForCausalLM",
     "GenerationStats",

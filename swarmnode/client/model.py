@@ -6,6 +6,7 @@ session per span and sends only the new token's hidden state per step.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -13,12 +14,13 @@ from dataclasses import dataclass, field, fields
 
 import torch
 
+from swarmnode.client.audit import AuditPolicy, EvidenceReporter
 from swarmnode.client.failover import BanList, FailoverPolicy, StepTimer
 from swarmnode.client.generation import SamplingParams, build_processors, select_next
 from swarmnode.client.latency import RttTable, ping_all
 from swarmnode.client.remote import PeerInfo, RemoteSpan
 from swarmnode.client.routing import RoutingPolicy, SwarmNotCovering, find_chain
-from swarmnode.client.session import FailoverEvent, InferenceSession
+from swarmnode.client.session import AuditRollback, AuditStats, FailoverEvent, InferenceSession
 from swarmnode.client.tracker import fetch_spans
 from swarmnode.identity import NodeIdentity
 from swarmnode.models import Checkpoint, load_client_head, resolve_model
@@ -37,6 +39,7 @@ class GenerationStats:
     ttft_s: float = 0.0  # prompt sent -> first new token chosen
     total_s: float = 0.0
     failovers: list[FailoverEvent] = field(default_factory=list)  # nodes replaced mid-generation
+    audits: AuditStats = field(default_factory=AuditStats)  # what auditing did (when enabled)
 
     @property
     def tokens_per_s(self) -> float:
@@ -65,6 +68,8 @@ class DistributedModelForCausalLM:
         identity: NodeIdentity | None = None,
         on_receipt: Callable[[SignedReceipt], None] | None = None,
         secure: bool | None = None,
+        audit: AuditPolicy | None = None,
+        reporter: EvidenceReporter | None = None,
     ):
         self.name = name
         self.checkpoint = checkpoint
@@ -84,6 +89,10 @@ class DistributedModelForCausalLM:
         self.secure = secure  # end-to-end encryption (spec §10); None: to relayed nodes only
         self.bans = BanList(self.failover)  # shared by every session of this client
         self.timer = StepTimer(self.failover)
+        self.audit = audit or AuditPolicy()
+        self.reporter = reporter  # sends audit evidence to the portal
+        self.distrusted: set[str] = set()  # nodes an audit caught lying: never used again by this client
+        self._discovered_at = time.monotonic()
         self.head = load_client_head(checkpoint, dtype)
         self.tokenizer = checkpoint.tokenizer()
         from transformers import GenerationConfig
@@ -107,7 +116,7 @@ class DistributedModelForCausalLM:
             self.peers,
             self.checkpoint.num_blocks,
             self.name,
-            exclude=self.bans.banned(),
+            exclude=self.bans.banned() | self.distrusted,
             rtts=self.rtts.snapshot(),
             policy=self.routing,
         )
@@ -119,15 +128,34 @@ class DistributedModelForCausalLM:
             The nodes that answered (also stored as ``self.peers``).
         """
         urls = list(self.urls)
+        tracked: list[PeerInfo] = []
         if self.portal:
             try:
-                urls += [p.url for p in fetch_spans(self.portal, self.name) if p.url not in urls]
+                tracked = fetch_spans(self.portal, self.name)
+                urls += [p.url for p in tracked if p.url not in urls]
             except ValueError:
                 pass  # the tracker is down: the nodes we know may still answer
         infos, _ = ping_all(urls, self.rtts, timeout=min(self.timeout, 5.0))
         if infos:
-            self.peers = infos
+            self.peers = self._with_tracker_info(infos, tracked)
+        self._discovered_at = time.monotonic()
         return self.peers
+
+    @staticmethod
+    def _with_tracker_info(infos: list[PeerInfo], tracked: list[PeerInfo]) -> list[PeerInfo]:
+        """Nodes as they answered, with the tracker's node id and reputation where the tracker lists them."""
+        by_url = {p.url: p for p in tracked}
+        out = []
+        for info in infos:
+            t = by_url.get(info.url)
+            out.append(dataclasses.replace(info, node_id=t.node_id, reputation=t.reputation) if t else info)
+        return out
+
+    def refresh(self, max_age_s: float = 30.0) -> None:
+        """Ask the tracker again when the peer list is older than ``max_age_s`` (nodes dropped for low
+        reputation disappear from it)."""
+        if self.portal and time.monotonic() - self._discovered_at > max_age_s:
+            self.discover()
 
     def open_session(self, max_length: int, chain: list[PeerInfo] | None = None) -> InferenceSession:
         """An inference session over the current best chain, with failover onto every known node."""
@@ -149,6 +177,9 @@ class DistributedModelForCausalLM:
             identity=self.identity,
             on_receipt=self._receipt,
             secure=self.secure,
+            audit=self.audit,
+            on_evidence=self.reporter.evidence if self.reporter else None,
+            distrusted=self.distrusted,
         )
 
     def _receipt(self, signed: SignedReceipt) -> None:
@@ -222,27 +253,63 @@ class DistributedModelForCausalLM:
             prompt_text = self.tokenizer.batch_decode(input_ids)
         with self.open_session(max_length, chain) as session:
             self.last_stats.failovers = session.failovers
+            self.last_stats.audits = session.audit_stats
             self.active_session = session  # for callers that watch the route (benchmarks, fault tests)
+            verified = self.audit.mode == "verified" and self.audit.enabled
+            prompt_len = input_ids.shape[1]
+            released = 0  # generated tokens already yielded
             step_input = input_ids
-            for i in range(params.max_new_tokens):
-                hidden = session.step(self.head.embed_tokens(step_input))  # (B, T, H)
+            while True:
+                done = ids.shape[1] - prompt_len >= params.max_new_tokens or bool(finished.all())
+                done = done or (params.stop_strings and self._hit_stop(ids, prompt_text, params.stop_strings))
+                try:
+                    if done:
+                        if verified and session.verified_position < session.position:
+                            session.audit_now()  # release nothing unverified at the end either
+                        break
+                    hidden = session.step(self.head.embed_tokens(step_input))  # (B, T, H)
+                except AuditRollback as rollback:  # verified mode: recompute from the verified position
+                    ids, step_input = self._rolled_back(ids, prompt_len, rollback.position)
+                    finished = self._finished(ids[:, prompt_len:], eos, ids.shape[0])
+                    continue
                 logits = self.head.logits(hidden[:, -1:, :])[:, -1, :]  # (B, V)
                 token = select_next(logits, ids, params, procs, generator)
                 if params.pad_token_id is not None and eos.numel():
                     token = torch.where(finished, torch.tensor(params.pad_token_id), token)
                 ids = torch.cat([ids, token[:, None]], dim=1)
-                if i == 0:
-                    self.last_stats.ttft_s = time.perf_counter() - start
-                self.last_stats.new_tokens = i + 1
-                self.last_stats.total_s = time.perf_counter() - start
-                yield token
                 if eos.numel():
                     finished |= torch.isin(token, eos)
-                    if bool(finished.all()):
-                        break
-                if params.stop_strings and self._hit_stop(ids, prompt_text, params.stop_strings):
-                    break
                 step_input = token[:, None]
+                # The token at index prompt_len + k came from the step that ended at cache length prompt_len + k.
+                ready = ids.shape[1] - prompt_len
+                if verified:
+                    ready = min(ready, session.verified_position - prompt_len + 1)
+                for k in range(released, ready):
+                    if k == 0:
+                        self.last_stats.ttft_s = time.perf_counter() - start
+                    self.last_stats.new_tokens = k + 1
+                    self.last_stats.total_s = time.perf_counter() - start
+                    yield ids[:, prompt_len + k]
+                released = max(released, ready)
+            for k in range(released, ids.shape[1] - prompt_len):  # verified by the final audit
+                if k == 0:
+                    self.last_stats.ttft_s = time.perf_counter() - start
+                self.last_stats.new_tokens = k + 1
+                self.last_stats.total_s = time.perf_counter() - start
+                yield ids[:, prompt_len + k]
+
+    @staticmethod
+    def _rolled_back(ids: torch.Tensor, prompt_len: int, position: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens kept after a rollback to cache ``position``, and the input to feed from there."""
+        keep = max(prompt_len, position + 1)
+        ids = ids[:, :keep]
+        return ids, ids[:, position:]
+
+    @staticmethod
+    def _finished(generated: torch.Tensor, eos: torch.Tensor, batch: int) -> torch.Tensor:
+        if not eos.numel() or generated.shape[1] == 0:
+            return torch.zeros(batch, dtype=torch.bool)
+        return torch.isin(generated, eos).any(dim=1)
 
     def _hit_stop(self, ids: torch.Tensor, prompt_text: list[str], stops: list[str]) -> bool:
         texts = self.tokenizer.batch_decode(ids)
@@ -320,6 +387,8 @@ class AutoDistributedModelForCausalLM:
         identity: NodeIdentity | None = None,
         on_receipt: Callable[[SignedReceipt], None] | None = None,
         secure: bool | None = None,
+        audit: AuditPolicy | None = None,
+        reporter: EvidenceReporter | None = None,
     ) -> DistributedModelForCausalLM:
         """Load the client parts of ``model`` and learn what each peer serves.
 
@@ -331,12 +400,15 @@ class AutoDistributedModelForCausalLM:
             portal: a portal URL (``http://host:8000``) whose tracker lists the nodes serving ``model``.
             routing: how chains are priced (latency or throughput mode, penalties).
             failover: retry budget, bans, adaptive timeouts and replay mode.
-            push: server-to-server push (each step goes to the first node; nodes forward it).
             identity: the client's key pair (``swarmnode.identity.NodeIdentity``): sessions then close
                 with signed usage receipts, countersigned by the nodes, kept in ``.receipts`` (spec §8).
             on_receipt: called with each countersigned receipt (e.g. to submit it to the portal).
             secure: end-to-end encrypt activations to every node (spec §10); ``None`` (default): only
                 to nodes reached through a relay, where it is always on.
+            push: server-to-server push (each step goes to the first node; nodes forward it). Off while auditing.
+            audit: how to check the nodes: signatures and cheap checks on every step, replays elsewhere at
+                ``audit.rate``; ``mode="verified"`` releases only audited tokens (``swarmnode/client/audit.py``).
+            reporter: sends audit evidence to the portal (an :class:`EvidenceReporter`).
 
         Raises:
             ValueError: neither peers nor portal given; ``TrackerError`` (a ``ValueError``) if the portal fails.
@@ -348,9 +420,12 @@ class AutoDistributedModelForCausalLM:
         name = model_name(model)
         urls = list(peers or [])
         if portal:  # the tracker says who serves what; probing below confirms each node is alive
-            urls += [p.url for p in fetch_spans(portal, name) if p.url not in urls]
+            tracked = fetch_spans(portal, name)
+            urls += [p.url for p in tracked if p.url not in urls]
         rtts = RttTable()
         infos, errors = ping_all(urls, rtts, timeout=min(timeout, 10.0))
+        if portal:
+            infos = DistributedModelForCausalLM._with_tracker_info(infos, tracked)
         distributed = DistributedModelForCausalLM(
             name,
             checkpoint,
@@ -366,6 +441,8 @@ class AutoDistributedModelForCausalLM:
             identity=identity,
             on_receipt=on_receipt,
             secure=secure,
+            audit=audit,
+            reporter=reporter,
         )
         try:
             distributed.chain()

@@ -45,7 +45,9 @@ class PeerInfo:
     state: str = "online"  # "draining": serves its sessions but takes no new ones
     relay: bool = False  # reachable only through a relay (an extra hop)
     public_key: str = ""  # "ed25519:...,x25519:..." (spec §1.4): names the node in usage receipts (§8),
-    # agrees end-to-end session keys (§10)
+    # agrees end-to-end session keys (§10), checks its signed results (§11)
+    node_id: int = 0  # the tracker's id of the node (0: not from a tracker); evidence reports name it
+    reputation: float | None = None  # the tracker's score in [0, 1]; None: unknown (no tracker)
 
     @property
     def length(self) -> int:
@@ -55,8 +57,10 @@ class PeerInfo:
     @classmethod
     def from_reply(cls, url: str, reply: InfoReply) -> PeerInfo:
         """Build from an :class:`InfoReply`."""
-        names = {f.name for f in dataclasses.fields(cls)} - {"url", "relay"}
-        return cls(url=url, relay=relay_key_id(url) is not None, **{n: getattr(reply, n) for n in names})
+        names = {f.name for f in dataclasses.fields(cls)} & {f.name for f in dataclasses.fields(reply)}
+        return cls(
+            url=url, relay=relay_key_id(url) is not None, **{n: getattr(reply, n) for n in names - {"id", "relay"}}
+        )
 
 
 class RemoteSpan:

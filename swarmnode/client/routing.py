@@ -7,8 +7,9 @@ partial spans are allowed). An edge costs what using that node adds to a step:
     rtt_weight * RTT + blocks_used / per_block_throughput + penalties
 
 (RTT from the client's pings; throughput as the node measured and announced it; penalties for a
-relay hop never measured, too little free cache, recent failures; a relayed node pinged through its
-relay pays its measured RTT, i.e. exactly the relay's extra latency). Edges only go forward, so the cheapest chain
+relay hop never measured, too little free cache, recent failures, low reputation
+(``reputation_penalty_s * (1 - score)`` with the tracker's score, the prior for nodes without one);
+a relayed node pinged through its relay pays its measured RTT, i.e. exactly the relay's extra latency). Edges only go forward, so the cheapest chain
 is a dynamic programme over boundaries in increasing order, vectorized over the nodes that end
 at each boundary: ~10 ms for 10,000 nodes. Everything here is a pure function of its arguments.
 """
@@ -76,6 +77,9 @@ class RoutingPolicy:
     relay_penalty_s: float = 0.1
     low_cache_penalty_s: float = 5.0  # too little free cache: the session would likely be refused
     failure_penalty_s: float = 1.0  # per recent failure of the node (see the client's ban list)
+    reputation_penalty_s: float = 0.05  # x (1 - the tracker's score): prefer trusted nodes at equal speed
+    unknown_reputation: float = 0.5  # score assumed for nodes the tracker did not score (its prior)
+    min_reputation: float = 0.0  # never route through nodes scored below this (the tracker already drops < 0.3)
     allow_partial: bool = False  # start a hop inside a node's span (the node must support it)
 
     def __post_init__(self) -> None:
@@ -117,6 +121,9 @@ class PeerIndex:
         self.relay = np.fromiter((p.relay for p in self.peers), np.bool_, n)
         self.cache = np.fromiter((p.cache_tokens_left for p in self.peers), np.int64, n)
         self.open = np.fromiter((p.state != "draining" for p in self.peers), np.bool_, n)
+        self.reputation = np.fromiter(
+            (np.nan if p.reputation is None else p.reputation for p in self.peers), np.float64, n
+        )
         self.models = {
             m: np.fromiter((p.model == m for p in self.peers), np.bool_, n) for m in {p.model for p in self.peers}
         }
@@ -124,9 +131,11 @@ class PeerIndex:
     def __len__(self) -> int:
         return len(self.peers)
 
-    def mask(self, model: str, exclude: frozenset[str] | set[str]) -> np.ndarray:
-        """Peers of ``model`` that take new sessions and are not in ``exclude``."""
+    def mask(self, model: str, exclude: frozenset[str] | set[str], min_reputation: float = 0.0) -> np.ndarray:
+        """Peers of ``model`` that take new sessions, are not in ``exclude`` and score at least ``min_reputation``."""
         keep = self.open.copy()
+        if min_reputation > 0:
+            keep &= ~(self.reputation < min_reputation)  # unknown (NaN) scores are kept
         if model:
             keep &= self.models.get(model, np.zeros(len(self.peers), np.bool_))
         for url in exclude:
@@ -154,6 +163,8 @@ def hop_costs(
     if rtts and relayed.any():  # measured through the relay: the RTT already holds the relay's extra latency
         relayed = relayed & ~np.fromiter((urls[i] in rtts for i in idx), np.bool_, len(idx))
     fixed = policy.rtt_weight * rtt + policy.relay_penalty_s * relayed
+    score = peers.reputation[idx]
+    fixed += policy.reputation_penalty_s * (1.0 - np.where(np.isnan(score), policy.unknown_reputation, score))
     if cache_tokens_needed:
         fixed += policy.low_cache_penalty_s * (peers.cache[idx] < cache_tokens_needed)
     if failures:
@@ -213,7 +224,7 @@ def route(
     if not 0 <= start < end <= num_blocks:
         raise ValueError(f"cannot route blocks [{start}, {end}) of a {num_blocks}-block model")
     index = peers if isinstance(peers, PeerIndex) else PeerIndex(peers)
-    keep = index.mask(model, exclude) & (index.end > start) & (index.end <= end)
+    keep = index.mask(model, exclude, policy.min_reputation) & (index.end > start) & (index.end <= end)
     if not policy.allow_partial:
         keep &= index.start >= start
     sel = np.flatnonzero(keep)

@@ -6,6 +6,12 @@ re-routes only the failed block range, replays the kept inputs into the replacem
 rebuild their caches, and carries on from the same position. With ``replay="exact"`` the
 replacement sees exactly the steps the failed node saw, so its cache (and every later token) is
 bit-identical to an undisturbed run.
+
+With an :class:`~swarmnode.client.audit.AuditPolicy`, every hop's result is also checked (signature,
+shape, finite values, norm) and, on a schedule, replayed on an independent route and compared
+(``swarmnode/client/audit.py``). A node caught lying is banned for good by this client, reported to
+the portal, and replaced; in ``verified`` mode the session rolls back to the last verified position
+(:class:`AuditRollback`) so the caller recomputes the tokens after it.
 """
 
 from __future__ import annotations
@@ -19,6 +25,19 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from swarmnode.client.audit import (
+    AuditFailed,
+    AuditPolicy,
+    AuditSchedule,
+    Evidence,
+    ReplayPool,
+    cheap_check,
+    check_signature,
+    relative_errors,
+    signed_result,
+    to_float32,
+    tolerance_for,
+)
 from swarmnode.client.failover import BanList, FailoverPolicy, StepTimer
 from swarmnode.client.remote import PeerInfo, RemoteError, RemoteSpan
 from swarmnode.client.routing import Hop, RoutingPolicy, SwarmNotCovering, route
@@ -55,6 +74,36 @@ class SessionFailed(RemoteError):
         self.start, self.end, self.uncovered = start, end, uncovered
 
 
+class AuditRollback(Exception):
+    """Verified mode: an audit failed; the session went back to cache position ``position``.
+
+    Every token computed from positions at or after it must be computed again (the caller feeds the
+    inputs from ``position`` on once more).
+    """
+
+    def __init__(self, position: int, cause: RemoteError) -> None:
+        super().__init__(f"rolled back to position {position}: {cause}")
+        self.position = position
+        self.cause = cause
+
+
+@dataclass
+class AuditStats:
+    """What the audits of a session did."""
+
+    rounds: int = 0  # audit rounds (every hop replayed once per round)
+    hop_audits: int = 0
+    steps_compared: int = 0  # hop-steps compared against a replay
+    passed: int = 0
+    failed: int = 0  # audits that caught a node
+    check_failures: int = 0  # results that failed the cheap checks or the signature check
+    skipped: int = 0  # hop audits without an independent route
+    rollbacks: int = 0
+    first_detection_step: int | None = None  # session step (1-based) of the first catch
+    caught: list[str] = field(default_factory=list)  # URLs caught lying
+    audit_s: float = 0.0  # time spent auditing
+
+
 @dataclass
 class FailoverEvent:
     """One recovered failure, for stall statistics."""
@@ -75,6 +124,8 @@ class _HopState:
     span: RemoteSpan | None = None
     history: list[WireTensor] = field(default_factory=list)  # inputs sent, in order (None-free)
     tokens: int = 0  # positions this node ran for us (B x T summed): the usage receipt's count (spec §8.2)
+    # Audits: outputs not yet compared against a replay, as (position, input, output, signature).
+    unaudited: list[tuple[int, WireTensor, WireTensor, str]] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -83,6 +134,22 @@ class _HopState:
 
 def _concat(chunks: list[WireTensor]) -> WireTensor:
     return tensor_from_numpy(np.concatenate([c.to_numpy() for c in chunks], axis=1), chunks[0].dtype)
+
+
+def _blocks(hs: _HopState) -> tuple[int, int]:
+    """The blocks a hop's node signs for: its whole announced span."""
+    return hs.hop.peer.start_block, hs.hop.peer.end_block
+
+
+def _chunks_before(hs: _HopState, position: int) -> int:
+    """How many of the hop's input chunks lie entirely before cache position ``position``."""
+    total, n = 0, 0
+    for chunk in hs.history:
+        if total + chunk.shape[1] > position:
+            break
+        total += chunk.shape[1]
+        n += 1
+    return n
 
 
 class InferenceSession:
@@ -102,11 +169,15 @@ class InferenceSession:
         rtts: smoothed RTTs per URL for routing.
         routing: how replacement hops are priced.
         failover: retry budget, ban backoff, timeouts and replay mode.
-        push: server-to-server push (spec §7): each step goes to the first node only.
         identity: the client's key pair; with it, closing the session on a node sends a signed usage
             receipt and keeps the node's countersigned copy in :attr:`receipts` (spec §8).
         on_receipt: called with each countersigned receipt (e.g. to submit it to the portal).
         secure: end-to-end encryption to every node (spec §10); ``None``: only to relayed nodes.
+        push: server-to-server push (spec §7): each step goes to the first node only. Ignored when
+            auditing: audits need every hop's inputs and outputs, which push hides from the client.
+        audit: how to check the nodes (default: no checks).
+        on_evidence: called with every audit's :class:`Evidence` (e.g. an ``EvidenceReporter``).
+        distrusted: URLs caught lying, never used again (shared by a model's sessions; grows here).
 
     Raises:
         RemoteError: no chain could be opened (``SessionFailed`` once failover gives up).
@@ -132,12 +203,25 @@ class InferenceSession:
         identity: NodeIdentity | None = None,
         on_receipt: Callable[[SignedReceipt], None] | None = None,
         secure: bool | None = None,
+        audit: AuditPolicy | None = None,
+        on_evidence: Callable[[Evidence], None] | None = None,
+        distrusted: set[str] | None = None,
     ) -> None:
         self.identity = identity
         self.on_receipt = on_receipt
         self.receipts: list[SignedReceipt] = []  # countersigned by the nodes, one per closed hop (§8)
         self.receipt_errors: list[str] = []  # why a node did not countersign
         hops = [h if isinstance(h, Hop) else Hop(h, h.start_block, h.end_block) for h in chain]
+        self.audit = audit or AuditPolicy()
+        self.on_evidence = on_evidence
+        self.distrusted = distrusted if distrusted is not None else set()
+        self.audit_stats = AuditStats()
+        self._schedule = AuditSchedule(self.audit)
+        self._replays = ReplayPool(self.audit, timeout) if self.audit.enabled else None
+        self.verified_position = 0  # verified mode: every hop's output before this position passed an audit
+        self.steps = 0
+        if self.audit.enabled:
+            push = False
         self.max_length = max_length
         self.wire_dtype = wire_dtype
         self.timeout = timeout
@@ -208,11 +292,26 @@ class InferenceSession:
             Step(session_id=self.session_id, position=position, hidden=wire), timeout=self.timer.timeout(hs.url, tokens)
         )
         out = self._check(hs.url, reply.hidden if isinstance(reply, StepResult) else None, wire)
+        if self.audit.enabled:
+            self._check_result(hs, wire, out, reply.signature, position)
         self.timer.record(hs.url, tokens, time.perf_counter() - started)
         self.bans.succeeded(hs.url)
         hs.history.append(wire)
         hs.tokens += wire.shape[0] * wire.shape[1]
+        if self.audit.enabled:
+            hs.unaudited.append((position, wire, out, reply.signature))
         return out
+
+    def _check_result(self, hs: _HopState, wire: WireTensor, out: WireTensor, signature: str, position: int) -> None:
+        """Cheap checks and the signature of one hop's result (every step, when auditing)."""
+        why = cheap_check(wire, out, self.audit)
+        if why is None:
+            signed = signed_result("step", self.session_id, position, _blocks(hs), wire, out, signature)
+            why = check_signature(hs.hop.peer, signed, self.audit)
+        if why is not None:
+            self.audit_stats.check_failures += 1
+            self._distrust(hs.url)
+            raise AuditFailed(hs.url, why)
 
     # -- steps ------------------------------------------------------------------------------
 
@@ -228,7 +327,172 @@ class InferenceSession:
         wire = tensor_to_wire(hidden, self.wire_dtype)
         out = self._push_step(wire) if self.push and len(self._hops) > 1 else self._chain_step(wire)
         self.position += hidden.shape[1]
+        self.steps += 1
+        if self._schedule.due():
+            self.audit_now()
         return wire_to_tensor(out, hidden.dtype)
+
+    # -- audits ---------------------------------------------------------------------------------
+
+    def audit_now(self) -> None:
+        """Replay every hop's inputs on an independent route and compare (see ``swarmnode/client/audit.py``).
+
+        In ``sample`` mode a caught node is replaced (its hop and the later ones rebuilt) and the session
+        goes on; in ``verified`` mode the session rolls back to the last verified position.
+
+        Raises:
+            AuditRollback: verified mode, an audit failed (the session is rebuilt at ``position``).
+            RemoteError: verified mode, some hop has no independent route to audit it.
+        """
+        if not self.audit.enabled:
+            return
+        started = time.perf_counter()
+        self.audit_stats.rounds += 1
+        try:
+            all_checked = True
+            for i in range(len(self._hops)):
+                if not self._audit_hop(i):
+                    all_checked = False
+            if all_checked:
+                self.verified_position = self.position
+        except AuditFailed as exc:
+            self._after_failed_audit(exc, started)
+        finally:
+            self.audit_stats.audit_s += time.perf_counter() - started
+
+    def _audit_route(self, hs: _HopState, also_exclude: set[str] = frozenset()) -> list[Hop] | None:
+        exclude = self.bans.banned() | self.distrusted | {hs.url} | set(also_exclude)
+        try:
+            return route(
+                self.peers,
+                self.num_blocks,
+                start=hs.hop.start,
+                end=hs.hop.end,
+                model=self.model,
+                exclude=exclude,
+                rtts=self.rtts,
+                policy=self.routing,
+            )
+        except SwarmNotCovering:
+            return None
+
+    def _replay(self, hs: _HopState, inputs: WireTensor, also_exclude: set[str] = frozenset()):
+        """A replay of ``inputs`` on an independent route; None when there is none. Failing auditors are banned."""
+        assert self._replays is not None
+        tried: set[str] = set(also_exclude)
+        for _ in range(3):
+            hops = self._audit_route(hs, tried)
+            if hops is None:
+                return None
+            try:
+                return self._replays.forward(hops, inputs)
+            except RemoteError as exc:
+                self.bans.failed(exc.url)
+                tried.add(exc.url)
+        return None
+
+    def _audit_hop(self, i: int) -> bool:
+        """Compare hop ``i``'s unaudited outputs with a replay elsewhere; False when no replay was possible.
+
+        Raises:
+            AuditFailed: the hop's node is the culprit (evidence reported).
+        """
+        hs = self._hops[i]
+        if not hs.unaudited:
+            return True
+        inputs = _concat(hs.history)  # (B, P, H): every position the hop has seen
+        replay = self._replay(hs, inputs)
+        if replay is None:
+            self.audit_stats.skipped += 1
+            if self.audit.mode == "verified":
+                raise RemoteError(hs.url, "no_auditor", f"no independent route serves blocks {_blocks(hs)}")
+            return False
+        self.audit_stats.hop_audits += 1
+        ref = to_float32(replay.output)
+        tol = tolerance_for(hs.hop.peer.dtype, self.wire_dtype, *(p.dtype for p in replay.peers))
+        worst, bad = 0.0, None
+        for entry in hs.unaudited:
+            position, _, out, _ = entry
+            err = float(relative_errors(to_float32(out), ref[:, position : position + out.shape[1]]).max())
+            self.audit_stats.steps_compared += 1
+            if err > tol and bad is None:
+                bad = (entry, err)
+            worst = max(worst, err)
+        auditor = replay.peers[-1]
+        if bad is None:
+            position, wire, out, sig = hs.unaudited[-1]
+            claim = signed_result("step", self.session_id, position, _blocks(hs), wire, out, sig)
+            self._report(
+                Evidence(hs.hop.peer, auditor, True, self.session_id, position, worst, tol, claim, replay.signed)
+            )
+            self.audit_stats.passed += 1
+            hs.unaudited.clear()
+            return True
+        (position, wire, out, sig), err = bad
+        if self.audit.tie_break and self._auditor_is_wrong(hs, inputs, replay, position, out, tol):
+            return self._audit_hop(i)  # the auditor lied and is banned now: audit again elsewhere
+        claim = signed_result("step", self.session_id, position, _blocks(hs), wire, out, sig)
+        reference = replay.signed
+        end = position + out.shape[1]
+        if end != inputs.shape[1]:  # the reference must end where the claim ends: replay up to there
+            shorter = self._replay(hs, _concat(hs.history[: _chunks_before(hs, end)]))
+            reference = shorter.signed if shorter is not None else None
+        evidence = Evidence(hs.hop.peer, auditor, False, self.session_id, position, err, tol, claim, reference)
+        self._report(evidence)
+        self.audit_stats.failed += 1
+        if self.audit_stats.first_detection_step is None:
+            self.audit_stats.first_detection_step = self.steps
+        self.audit_stats.caught.append(hs.url)
+        self._distrust(hs.url)
+        raise AuditFailed(hs.url, f"output at position {position} differs from a replay by {err:.3g} (> {tol:.3g})")
+
+    def _auditor_is_wrong(self, hs: _HopState, inputs: WireTensor, replay, position: int, out, tol: float) -> bool:
+        """Tie-break on a third route: True (and the auditors distrusted) when it sides with the audited node."""
+        third = self._replay(hs, inputs, also_exclude={p.url for p in replay.peers})
+        if third is None:
+            return False
+        rows = slice(position, position + out.shape[1])
+        third_rows = to_float32(third.output)[:, rows]
+        agrees_with_node = float(relative_errors(to_float32(out), third_rows).max()) <= tol
+        agrees_with_auditor = float(relative_errors(to_float32(replay.output)[:, rows], third_rows).max()) <= tol
+        if agrees_with_node and not agrees_with_auditor:
+            for peer in replay.peers:
+                self._distrust(peer.url)
+                self.audit_stats.caught.append(peer.url)
+            return True
+        return False
+
+    def _distrust(self, url: str) -> None:
+        self.distrusted.add(url)
+        self.bans.failed(url)
+
+    def _report(self, evidence: Evidence) -> None:
+        if self.on_evidence is not None:
+            try:
+                self.on_evidence(evidence)
+            except Exception:  # reporting must never break a session
+                pass
+
+    def _after_failed_audit(self, exc: AuditFailed, started: float) -> None:
+        """Rebuild after a caught node: from its hop on (sample), or everything from the verified position."""
+        i = next((k for k, h in enumerate(self._hops) if h.url == exc.url), 0)
+        if self.audit.mode == "verified":
+            self.audit_stats.rollbacks += 1
+            v = self.verified_position
+            inputs = self._hops[0].history[: _chunks_before(self._hops[0], v)]
+            self._rebuild_from(0, inputs, exc, started)
+            self.position = v
+            raise AuditRollback(v, exc) from exc
+        self._rebuild_from(i, list(self._hops[i].history), exc, started)
+
+    def _rebuild_from(self, i: int, inputs: list[WireTensor], exc: RemoteError, started: float) -> None:
+        """Close hops ``i..`` and rebuild blocks ``[hop i start, L)`` on fresh nodes from ``inputs``."""
+        for h in self._hops[i:]:
+            self._close_hop(h)
+        first = _HopState(self._hops[i].hop)
+        first.history = inputs
+        self._hops = self._hops[:i] + [first]
+        self._recover(i, exc, started, count=True, ban=False, end=self.num_blocks)
 
     def _chain_step(self, wire: WireTensor) -> WireTensor:
         i = 0
@@ -329,7 +593,7 @@ class InferenceSession:
                     start=start,
                     end=target,
                     model=self.model,
-                    exclude=self.bans.banned(),
+                    exclude=self.bans.banned() | self.distrusted,
                     rtts=self.rtts,
                     failures=self.bans.recent_failures(),
                     policy=self.routing,
@@ -340,7 +604,7 @@ class InferenceSession:
                 last_error = exc
         return None, i, last_error
 
-    def _replay(self, states: list[_HopState], inputs: list[WireTensor]) -> int:
+    def _replay_into(self, states: list[_HopState], inputs: list[WireTensor]) -> int:
         """Rebuild the caches of new hops from the inputs the first of them must have seen; return tokens replayed."""
         if self.policy.replay == "prefill" and len(inputs) > 1:
             inputs = [_concat(inputs)]
@@ -386,7 +650,7 @@ class InferenceSession:
                 for hs in states:
                     self._open(hs)
                 replay_started = time.perf_counter()
-                self._replay(states, inputs)
+                self._replay_into(states, inputs)
                 replay_s = time.perf_counter() - replay_started
             except RemoteError as again:
                 for hs in states:
@@ -482,6 +746,8 @@ class InferenceSession:
         """Close the session on every node (freeing their caches) and the connections."""
         for hs in self._hops:
             self._close_hop(hs)
+        if self._replays is not None:
+            self._replays.close()
 
     def __enter__(self) -> InferenceSession:
         return self

@@ -60,6 +60,8 @@ def fetch_spans(portal: str, model: str, timeout: float = 10.0) -> list[PeerInfo
                 throughput=float(s.get("throughput") or 0.0),
                 relay=bool(s.get("relay")),
                 public_key=str(s.get("public_key") or ""),
+                node_id=int(s.get("id") or 0),
+                reputation=float(s["reputation"]) if s.get("reputation") is not None else None,
             )
             for s in body["spans"]
             if s.get("url")

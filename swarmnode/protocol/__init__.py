@@ -23,6 +23,7 @@ from swarmnode.protocol.messages import (
     decode,
     encode,
 )
+from swarmnode.protocol.signing import ResultDigest, result_digest
 from swarmnode.protocol.tensors import (
     DTYPE_SIZES,
     WireTensor,
@@ -46,6 +47,7 @@ __all__ = [
     "Message",
     "OpenSession",
     "ProtocolError",
+    "ResultDigest",
     "SessionClosed",
     "SessionOpened",
     "Step",
@@ -56,6 +58,7 @@ __all__ = [
     "check_open_session",
     "decode",
     "encode",
+    "result_digest",
     "tensor_from_numpy",
     "tensor_from_wire",
 ]

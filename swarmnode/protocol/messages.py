@@ -108,6 +108,7 @@ class StepResult(Message):
     position: int = 0
     hidden: WireTensor | None = None
     compute_us: int = 0  # time the node spent computing, for routing and adaptive timeouts
+    signature: str = ""  # base64url Ed25519 signature of the result digest (§11); "" from unsigned nodes
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,7 @@ class ForwardResult(Message):
     TYPE = "forward_result"
     hidden: WireTensor | None = None
     compute_us: int = 0
+    signature: str = ""  # base64url Ed25519 signature of the result digest (§11)
 
 
 @dataclass(frozen=True)

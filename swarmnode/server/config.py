@@ -58,4 +58,6 @@ class NodeConfig:
     relay: str = "auto"  # auto: relayed only if a relay cannot dial us back (spec §9.3); always; never
     relays: tuple[str, ...] = ()  # relay base URLs (besides the portal's own), best first
     relay_capacity: int = 0  # act as a relay for up to this many nodes (0: not a relay)
+    corrupt_fraction: float = 0.0  # tests/demos only (hidden flag): perturb this share of step outputs
+    corrupt_seed: int | None = None  # RNG seed of the perturbations (None: random)
     measure_throughput: bool = True  # measure (or read from the cache) tokens/s at start, for routing

@@ -38,7 +38,9 @@ from swarmnode.protocol import (
     check_open_session,
     decode,
     encode,
+    result_digest,
 )
+from swarmnode.protocol.signing import encode_signature
 from swarmnode.receipts import ReceiptError, countersign
 from swarmnode.runtime import CachePool
 from swarmnode.runtime.planning import (
@@ -55,6 +57,7 @@ from swarmnode.runtime.scheduler import Scheduler
 from swarmnode.secure_channel import ChannelError, is_handshake_frame
 from swarmnode.server.announce import start_announcer
 from swarmnode.server.config import WS_PATH, NodeConfig, parse_blocks
+from swarmnode.server.corruption import Corruptor
 from swarmnode.server.push import PushRelay
 from swarmnode.server.receipts import ReceiptOutbox, start_outbox
 from swarmnode.server.relay_hub import RELAY_SUFFIX, RelayHub, RelayLimits
@@ -111,6 +114,10 @@ class Node:
         self.state = "online"  # "draining" while about to move (spec §4.8)
         self.throughput = Throughput()  # measured after start (spec §4.7)
         self.push = PushRelay(self)
+        # Test/demo only (hidden flag): perturb a fraction of step outputs, then sign them as usual.
+        self.corruptor = (
+            Corruptor(config.corrupt_fraction, seed=config.corrupt_seed) if config.corrupt_fraction else None
+        )
         self.moving_to: tuple[int, int] | None = None
         self.receipts: ReceiptOutbox | None = None  # countersigned receipts to the portal (spec §8.4)
         # Relays (spec §9): a hub when this node relays for others, a link when it is reached through one.
@@ -215,10 +222,20 @@ class Node:
                 )
             started = time.perf_counter()
             out = await self.scheduler.step(hidden, state.cache)
+            if self.corruptor is not None:
+                out = self.corruptor.maybe_perturb(out)
             state.position = new_len
             state.served_tokens += hidden.shape[0] * hidden.shape[1]  # B x T (spec §8.2)
             compute_us = int((time.perf_counter() - started) * 1e6)
-            return StepResult(id=msg.id, session_id=msg.session_id, position=new_len, hidden=out, compute_us=compute_us)
+            signature = self._sign("step", msg.session_id, msg.position, hidden, out)
+            return StepResult(
+                id=msg.id,
+                session_id=msg.session_id,
+                position=new_len,
+                hidden=out,
+                compute_us=compute_us,
+                signature=signature,
+            )
         if isinstance(msg, OpenSession):
             check_open_session(msg, self.limits)
             if msg.dtype not in DTYPE_SIZES:
@@ -233,7 +250,10 @@ class Node:
             hidden = check_hidden(msg.hidden, self.hidden_size, self.limits)
             started = time.perf_counter()
             out = await self.scheduler.forward(hidden)
-            return ForwardResult(id=msg.id, hidden=out, compute_us=int((time.perf_counter() - started) * 1e6))
+            compute_us = int((time.perf_counter() - started) * 1e6)
+            return ForwardResult(
+                id=msg.id, hidden=out, compute_us=compute_us, signature=self._sign("forward", "", 0, hidden, out)
+            )
         if isinstance(msg, CloseSession):
             served = self.pool.get(msg.session_id, owner).served_tokens
             self.pool.close(msg.session_id)
@@ -264,6 +284,11 @@ class Node:
         if self.receipts is not None:
             self.receipts.put(signed)
         return signed.node_signature, ""
+
+    def _sign(self, kind: str, session_id: str, position: int, inputs, output) -> str:
+        """Sign the digest of a result (spec §11): who computed what from what."""
+        digest = result_digest(kind, session_id, position, self.start, self.end, inputs, output)
+        return encode_signature(self.identity.sign(digest.to_bytes()))
 
     # -- networking -----------------------------------------------------------------------
 

@@ -46,3 +46,16 @@ def node(owner, make_node) -> Node:
 def other_node(other, make_node) -> Node:
     """An online node of the other user serving the same blocks 0:10 (an auditor for ``node``)."""
     return make_node(other, port=41002)
+
+
+@pytest.fixture
+def admin_client_for(admin_user):
+    """``admin_client_for()``: a Django test client logged in as a superuser."""
+    from django.test import Client
+
+    def make():
+        client = Client()
+        client.force_login(admin_user)
+        return client
+
+    return make

@@ -22,7 +22,7 @@ def test_it_raises_the_score_on_passed_audits_and_drops_it_under_the_threshold_o
         scoring.record_audit(node, passed=True)
     good = scoring.node_score(node)
     assert settings.REPUTATION_PRIOR < good < 1.0
-    scoring.record_audit(node, passed=False, max_abs_diff=3.0, tolerance=1e-3)
+    scoring.record_audit(node, passed=False, relative_error=3.0, tolerance=1e-3)
     assert scoring.node_score(node) < settings.REPUTATION_THRESHOLD
     history = scoring.score_history(node)
     assert [round(s, 6) for _, s in history][-1] == round(scoring.node_score(node), 6)
