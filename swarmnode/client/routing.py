@@ -10,8 +10,9 @@ partial spans are allowed). An edge costs what using that node adds to a step:
 relay hop never measured, too little free cache, recent failures, low reputation
 (``reputation_penalty_s * (1 - score)`` with the tracker's score, the prior for nodes without one);
 a relayed node pinged through its relay pays its measured RTT, i.e. exactly the relay's extra
-latency). Edges only go forward, so the cheapest chain is a dynamic programme over boundaries in increasing order, vectorized over the nodes that end
-at each boundary: ~10 ms for 10,000 nodes. Everything here is a pure function of its arguments.
+latency). Edges only go forward, so the cheapest chain is a dynamic programme over boundaries in
+increasing order, vectorized over the nodes that end at each boundary: ~10 ms for 10,000 nodes.
+Everything here is a pure function of its arguments.
 """
 
 from __future__ import annotations
