@@ -25,24 +25,38 @@ function renderModel(m) {
       : "no node serves this block";
     cells.push(el("div", { class: `block ${state}`, "data-block": b, "data-state": state, title }, b));
   }
+  const relayed = m.nodes.filter((n) => n.connection === "relay" && n.state !== "offline").length;
   const lanes = m.nodes.map((n) =>
     el(
       "div",
       {
-        class: `lane ${n.state}`,
+        class: `lane ${n.state} ${n.connection === "relay" ? "relayed" : "direct"}`,
         "data-node": n.id,
+        "data-connection": n.connection,
         "data-backend": n.backend,
         style: { gridColumn: `${n.start_block + 1} / ${n.end_block + 1}` },
-        title: `${n.url || "relayed"} · ${n.backend}/${n.device}/${n.dtype} · v${n.version}`,
+        title:
+          `${n.url || "relayed"} · ${n.backend}/${n.device}/${n.dtype} · v${n.version}` +
+          (n.connection === "relay" ? " · behind NAT: clients reach it through a relay (end-to-end encrypted)" : ""),
       },
-      `#${n.id} ${n.owner} · ${n.state} · ${n.throughput.toFixed(1)} tok/s · ${n.connection}` +
+      `#${n.id} ${n.owner} · ${n.state} · ${n.throughput.toFixed(1)} tok/s · ` +
+        (n.connection === "relay" ? "⇄ relayed" : "direct") +
         (n.backend === "onnxruntime-web" ? " · browser" : ""),
     ),
   );
   return el(
     "section",
     { class: "model-health", "data-model": m.model },
-    el("h2", {}, `${m.model} `, el("small", {}, `${m.num_blocks} blocks · ${m.online_nodes} online nodes`)),
+    el(
+      "h2",
+      {},
+      `${m.model} `,
+      el(
+        "small",
+        { "data-relayed": relayed },
+        `${m.num_blocks} blocks · ${m.online_nodes} online nodes · ${relayed} relayed`,
+      ),
+    ),
     banner,
     el("div", { class: "blocks", style: columns }, cells),
     el("div", { class: "lanes", style: columns }, lanes),

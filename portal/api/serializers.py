@@ -43,6 +43,7 @@ class RegistrationSerializer(serializers.Serializer):
     end_block = serializers.IntegerField(min_value=1, max_value=MAX_BLOCK)
     url = serializers.CharField(max_length=300, required=False, allow_blank=True, default="")
     relay = serializers.BooleanField(required=False, default=False)
+    relay_capacity = serializers.IntegerField(min_value=0, max_value=100_000, required=False, default=0)
     backend = serializers.CharField(max_length=32)
     device = serializers.CharField(max_length=64)
     dtype = serializers.ChoiceField(choices=DTYPES)

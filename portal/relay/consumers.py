@@ -60,7 +60,8 @@ class NodeLinkConsumer(AsyncWebsocketConsumer):
         frame = bytes_data if bytes_data is not None else text_data
         try:
             if self.stage == "hello":
-                await self._hello(envelope.unpack(frame, HANDSHAKE_FRAME_BYTES, {"relay_hello"}))
+                first = envelope.unpack(frame, HANDSHAKE_FRAME_BYTES, {"relay_hello", "relay_status"})
+                await (self._status(first) if first["type"] == "relay_status" else self._hello(first))
             elif self.stage == "proof":
                 await self._proof(envelope.unpack(frame, HANDSHAKE_FRAME_BYTES, {"relay_proof"}))
             elif self.stage == "attached":
@@ -71,6 +72,12 @@ class NodeLinkConsumer(AsyncWebsocketConsumer):
                 await self.send(bytes_data=envelope.pack("error", code=exc.code, message=exc.message, conn=-1))
             else:
                 await self._refuse(exc.code, exc.message)
+
+    async def _status(self, request: dict) -> None:
+        """A node choosing among relays asks for the load (spec §9.5)."""
+        load = await database_sync_to_async(relaying.relay_load)()
+        await self.send(bytes_data=envelope.pack("relay_load", id=request["id"], clients=0, **load))
+        await self.close()
 
     async def _hello(self, hello: dict) -> None:
         self.hello = hello

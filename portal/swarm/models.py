@@ -50,7 +50,8 @@ class Node(models.Model):
     start_block = models.PositiveIntegerField()
     end_block = models.PositiveIntegerField()
     url = models.CharField(max_length=300, blank=True, db_index=True)  # ws:// or wss://; blank when relayed
-    relay = models.BooleanField(default=False)  # reachable only through the portal's relay
+    relay = models.BooleanField(default=False)  # reachable only through a relay (url is then R/<key_id>)
+    relay_capacity = models.PositiveIntegerField(default=0)  # relays for this many nodes behind NAT (at url + /relay)
     backend = models.CharField(max_length=32)
     device = models.CharField(max_length=64)
     dtype = models.CharField(max_length=16)

@@ -47,6 +47,7 @@ class Registration:
     version: str
     url: str = ""
     relay: bool = False
+    relay_capacity: int = 0  # the node also relays for this many nodes behind NAT
     throughput: float = 0.0
     cache_tokens_left: int = 0
     max_session_length: int = 8192

@@ -24,6 +24,8 @@ SCHEMAS: dict[str, dict[str, type]] = {
         "nodes": int,
         "capacity": int,
     },
+    "relay_status": {"id": int},
+    "relay_load": {"id": int, "nodes": int, "capacity": int, "clients": int},
     "relay_open": {"conn": int},
     "relay_data": {"conn": int, "data": bytes},
     "relay_close": {"conn": int, "reason": str},
@@ -35,6 +37,8 @@ _OPTIONAL = {
     "relay_proof": {"id": 0},
     "relay_registered": {"id": 0, "reachable": "unchecked", "nodes": 0, "capacity": 0},
     "relay_close": {"reason": ""},
+    "relay_status": {"id": 0},
+    "relay_load": {"id": 0, "clients": 0},
     "error": {"id": 0, "message": "", "conn": -1},
 }
 MAX_STRING = 4096

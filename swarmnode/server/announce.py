@@ -120,6 +120,8 @@ class Announcer:
             "end_block": info.end_block,
             "url": getattr(self.node, "address", self.node.url),  # a relay address while relayed (spec §9)
             "relay": getattr(self.node, "relay_link", None) is not None,
+            # A directly reachable node started with --relay-capacity also relays for nodes behind NAT (§9).
+            "relay_capacity": self._relay_capacity(),
             "backend": info.backend,
             "device": info.device,
             "dtype": info.dtype,
@@ -129,6 +131,12 @@ class Announcer:
             "version": info.version,
             "public_key": info.public_key,
         }
+
+    def _relay_capacity(self) -> int:
+        hub = getattr(self.node, "relay_hub", None)
+        if hub is None or getattr(self.node, "relay_link", None) is not None:
+            return 0
+        return hub.limits.capacity
 
     def heartbeat(self) -> dict[str, Any]:
         """The heartbeat payload."""

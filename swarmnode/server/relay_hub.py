@@ -152,7 +152,20 @@ class RelayHub:
     async def _handshake(self, ws) -> _Attached | None:
         lim = self.limits
         async with asyncio.timeout(lim.handshake_timeout_s):
-            hello = envelope.unpack(await ws.recv(), 64 * 1024, {"relay_hello"})
+            hello = envelope.unpack(await ws.recv(), 64 * 1024, {"relay_hello", "relay_status"})
+            if hello["type"] == "relay_status":  # a node choosing among relays asks for our load (§9.5)
+                load = self.load()
+                await ws.send(
+                    envelope.pack(
+                        "relay_load",
+                        id=hello["id"],
+                        nodes=load["nodes"],
+                        capacity=load["capacity"],
+                        clients=load["clients"],
+                    )
+                )
+                await ws.close()
+                return None
             try:
                 keys = parse_public_key(hello["public_key"])
             except ValueError as exc:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -90,6 +90,7 @@ class RelayLink:
         candidates: returns relay base URLs to try, best first.
         token: node token sent in ``relay_hello`` (the portal's relay requires it).
         on_address: called with the node's relayed address after each attach, ``""`` after a detach.
+        ranked: returns the relays to try at each (re)attach, best first (default: ``candidates()``).
     """
 
     def __init__(
@@ -99,12 +100,14 @@ class RelayLink:
         token: str = "",
         on_address: Callable[[str], None] | None = None,
         retry_s: float = 1.0,
+        ranked: Callable[[], Awaitable[list[str]]] | None = None,
     ) -> None:
         self.node = node
         self.candidates = candidates
         self.token = token
         self.on_address = on_address
         self.retry_s = retry_s
+        self.ranked = ranked  # candidates ordered by announced load; None: candidates() as given
         self.address = ""
         self.relay = ""
         self._ws: ClientConnection | None = None
@@ -162,7 +165,8 @@ class RelayLink:
         failures = 0
         while True:
             tried = False
-            for relay in self.candidates():
+            relays = await self.ranked() if self.ranked is not None else self.candidates()
+            for relay in relays:
                 tried = True
                 try:
                     ws, registered = await self.attach(relay)
@@ -258,14 +262,53 @@ class RelayLink:
             await self._ws.close()
 
 
+async def relay_load(relay: str, timeout: float = 3.0) -> float:
+    """The load of ``relay`` as attached nodes / capacity (``relay_status``, §9.5); ``inf`` if it does not answer."""
+    try:
+        async with asyncio.timeout(timeout):
+            async with connect(relay, max_size=1 << 16, compression=None, ping_interval=None) as ws:
+                await ws.send(envelope.pack("relay_status", id=1))
+                load = envelope.unpack(await ws.recv(), 1 << 16, {"relay_load"})
+    except Exception as exc:
+        log.info("relay %s did not say its load: %s", relay, exc)
+        return float("inf")
+    return load["nodes"] / load["capacity"] if load["capacity"] > 0 else float("inf")
+
+
+async def order_by_load(relays: list[str]) -> list[str]:
+    """``relays`` from the least to the most loaded (full or silent ones last; ties keep the given order)."""
+    loads = await asyncio.gather(*(relay_load(r) for r in relays))
+    ranked = sorted(range(len(relays)), key=lambda i: (loads[i] >= 1.0, loads[i], i))
+    return [relays[i] for i in ranked]
+
+
+def portal_relay(portal: str) -> str:
+    """The portal's relay base URL: ``ws(s)://PORTAL/ws/relay``."""
+    base = portal.rstrip("/")
+    if base.startswith("https://"):
+        return "wss://" + base[len("https://") :] + "/ws/relay"
+    return "ws://" + base.split("://", 1)[-1] + "/ws/relay"
+
+
+def tracker_relays(portal: str, timeout: float = 5.0) -> list[str]:
+    """Relay base URLs the portal lists (its own and nodes started with ``--relay-capacity``); [] on failure."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{portal.rstrip('/')}/api/v1/relays/", timeout=timeout) as reply:
+            body = json.loads(reply.read())
+        return [str(r["url"]) for r in body["relays"] if str(r.get("url", "")).startswith(("ws://", "wss://"))]
+    except Exception as exc:
+        log.info("cannot list the portal's relays: %s", exc)
+        return []
+
+
 def relay_candidates(config) -> list[str]:
     """Relay base URLs from ``--relays`` and, with ``--portal``, the portal's own relay (``/ws/relay``)."""
     out = [r.rstrip("/") for r in getattr(config, "relays", ()) if r]
     portal = getattr(config, "portal", None)
     if portal:
-        base = portal.rstrip("/")
-        ws = "wss://" + base[len("https://") :] if base.startswith("https://") else "ws://" + base.split("://", 1)[-1]
-        out.append(ws + "/ws/relay")
+        out.append(portal_relay(portal))
     return out
 
 
@@ -305,7 +348,16 @@ async def start_relaying(node) -> RelayTask | None:
         if mode == "always":
             log.error("--relay always needs --relays or --portal: serving directly only")
         return None
-    link = RelayTask(node, lambda: candidates, token=getattr(node.config, "token", None) or "")
+    portal = getattr(node.config, "portal", None)
+
+    async def ranked() -> list[str]:  # every (re)attach: the relays known now, least loaded first
+        known = list(candidates)
+        if portal:
+            known += [r for r in await asyncio.to_thread(tracker_relays, portal) if r not in known and r != node_relay]
+        return await order_by_load(known)
+
+    node_relay = node.url + "/relay"  # never attach to ourselves
+    link = RelayTask(node, lambda: candidates, token=getattr(node.config, "token", None) or "", ranked=ranked)
     if mode == "auto":
         reachable = await link.check_reachable()
         if reachable is None:

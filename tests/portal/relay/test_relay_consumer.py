@@ -172,3 +172,19 @@ def test_it_still_checks_the_origin_of_browser_websockets():
         assert not connected
 
     _run(scenario)
+
+
+def test_it_tells_its_load_to_a_node_choosing_a_relay(token):
+    """§9.5: relay_status gets relay_load without attaching."""
+
+    async def scenario():
+        link, _ = await _attach(NodeIdentity.generate(), token)
+        ws = WebsocketCommunicator(application, "/ws/relay", headers=HOST)
+        assert (await ws.connect())[0]
+        await ws.send_to(bytes_data=envelope.pack("relay_status", id=5))
+        load = await _recv(ws)
+        assert load == {"type": "relay_load", "id": 5, "nodes": 1, "capacity": 256, "clients": 0}
+        await ws.disconnect()
+        await link.disconnect()
+
+    _run(scenario)

@@ -211,3 +211,33 @@ def test_it_refuses_plaintext_on_a_secure_connection(relayed):
         assert err.value.code == "bad_seal"
     finally:
         span.close()
+
+
+def test_it_relays_through_a_node_started_with_relay_capacity(tiny_models, tmp_path):
+    """§9.1: a directly reachable node with --relay-capacity carries nodes behind NAT at its URL + /relay."""
+    model = str(tiny_models["llama"])
+    common = ["--backend", "torch", "--no-measure"]
+    host = start_node(model, "0:3", extra_args=[*common, "--relay-capacity", "2"], log_path=tmp_path / "host.log")
+    guest = None
+    try:
+        relay_url = host.url + "/relay"
+        guest = start_node(
+            model, "3:6", extra_args=[*common, "--relay", "always", "--relays", relay_url],
+            log_path=tmp_path / "guest.log",
+        )  # fmt: skip
+        assert guest.address.startswith(relay_url + "/")
+        span = RemoteSpan(guest.address, timeout=30)
+        try:
+            assert span.secure and span.info().start_block == 3
+        finally:
+            span.close()
+        own = RemoteSpan(host.url, timeout=30)  # the host still serves its own span on the same port
+        try:
+            assert own.info().start_block == 0
+        finally:
+            own.close()
+    finally:
+        for p in (guest, host):
+            if p is not None:
+                p.process.kill()
+                p.process.wait()

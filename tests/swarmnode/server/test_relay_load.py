@@ -1,0 +1,53 @@
+"""Relays announce their load (spec §9.5) and nodes attach to the least loaded one."""
+
+from __future__ import annotations
+
+import asyncio
+
+from websockets.asyncio.client import connect
+
+from swarmnode.identity import NodeIdentity
+from swarmnode.protocol import relay as envelope
+from swarmnode.server.relay_hub import RelayLimits, serve_relay
+from swarmnode.server.relay_link import order_by_load, relay_load
+
+
+async def _relay(capacity: int):
+    ready = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(serve_relay("127.0.0.1", 0, RelayLimits(capacity=capacity), ready=ready))
+    hub = await ready
+    return hub, task
+
+
+async def _attach(url: str):
+    node = NodeIdentity.generate()
+    ws = await connect(url)
+    await ws.send(envelope.pack("relay_hello", id=1, public_key=node.public_key))
+    challenge = envelope.unpack(await ws.recv(), 1 << 16)
+    proof = node.sign(envelope.proof_message(challenge["nonce"], challenge["relay"], node.public_key))
+    await ws.send(envelope.pack("relay_proof", id=1, signature=proof))
+    assert envelope.unpack(await ws.recv(), 1 << 16)["type"] == "relay_registered"
+    return ws
+
+
+def test_it_orders_relays_by_announced_load_and_puts_full_or_dead_ones_last():
+    async def scenario():
+        (busy, t1), (idle, t2), (small, t3) = await _relay(4), await _relay(4), await _relay(1)
+        links = [await _attach(busy.base_url), await _attach(busy.base_url), await _attach(small.base_url)]
+        try:
+            assert await relay_load(busy.base_url) == 0.5
+            assert await relay_load(small.base_url) == 1.0
+            dead = "ws://127.0.0.1:9/layerswarm/v1/relay"
+            ranked = await order_by_load([dead, small.base_url, busy.base_url, idle.base_url])
+            assert ranked == [idle.base_url, busy.base_url, small.base_url, dead]
+            refused = await connect(small.base_url)  # full: a further node is refused with relay_full
+            await refused.send(envelope.pack("relay_hello", id=1, public_key=NodeIdentity.generate().public_key))
+            assert envelope.unpack(await refused.recv(), 1 << 16)["code"] == "relay_full"
+            await refused.close()
+        finally:
+            for ws in links:
+                await ws.close()
+            for task in (t1, t2, t3):
+                task.cancel()
+
+    asyncio.run(scenario())
