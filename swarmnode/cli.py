@@ -73,7 +73,13 @@ def _relay(args: argparse.Namespace) -> None:
         relay_frames_per_s=args.relay_frames_per_s,
     )
     try:
-        asyncio.run(serve_relay(args.host, args.port, limits, args.public_host))
+        import uvloop  # optional speed-up (the 'speed' extra), as for nodes
+
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    try:
+        runner(serve_relay(args.host, args.port, limits, args.public_host))
     except KeyboardInterrupt:
         pass
 

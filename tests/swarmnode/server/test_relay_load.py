@@ -51,3 +51,67 @@ def test_it_orders_relays_by_announced_load_and_puts_full_or_dead_ones_last():
                 task.cancel()
 
     asyncio.run(scenario())
+
+
+def _limits(**kw) -> RelayLimits:
+    return RelayLimits(capacity=4, **kw)
+
+
+async def _relay_with(limits: RelayLimits):
+    ready = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(serve_relay("127.0.0.1", 0, limits, ready=ready))
+    return await ready, task
+
+
+def test_it_slows_a_node_over_its_frame_rate_instead_of_buffering():
+    """§9.6: over the per-node frame rate, forwarding waits (the counter of waited seconds grows)."""
+
+    async def scenario():
+        hub, task = await _relay_with(_limits(node_frames_per_s=50.0))
+        link = await _attach(hub.base_url)
+        try:
+            kid = next(iter(hub.nodes))
+            client = await connect(f"{hub.base_url}/{kid}")
+            opened = envelope.unpack(await link.recv(), 1 << 16)
+            for i in range(80):  # a burst of 50 passes at once, the other 30 wait ~0.6 s
+                await client.send(b"frame %d" % i)
+            for _ in range(80):
+                assert envelope.unpack(await link.recv(), 1 << 16)["conn"] == opened["conn"]
+            assert hub.stats["throttled_s"] > 0.3 and hub.stats["frames"] == 80
+            await client.close()
+        finally:
+            await link.close()
+            task.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_it_disconnects_a_client_that_does_not_read_instead_of_growing_memory():
+    """§9.6: a bounded queue per client; the node hears relay_close 'client buffer full' and goes on."""
+
+    async def scenario():
+        hub, task = await _relay_with(_limits(client_queue_frames=8, node_bytes_per_s=0, relay_bytes_per_s=0))
+        link = await _attach(hub.base_url)
+        try:
+            kid = next(iter(hub.nodes))
+            lazy = await connect(f"{hub.base_url}/{kid}", max_queue=1, max_size=None)  # never reads
+            conn = envelope.unpack(await link.recv(), 1 << 16)["conn"]
+            big = bytes(1 << 20)
+            closed = None
+            for _ in range(200):  # far more than socket buffers hold
+                await link.send(envelope.pack_data(conn, big))
+                try:
+                    msg = envelope.unpack(await asyncio.wait_for(link.recv(), 0.01), 1 << 16)
+                except TimeoutError:
+                    continue
+                if msg["type"] == "relay_close":
+                    closed = msg
+                    break
+            assert closed is not None and closed["reason"] == "client buffer full"
+            assert hub.stats["dropped_clients"] == 1 and not hub.nodes[kid].clients
+            await lazy.close()
+        finally:
+            await link.close()
+            task.cancel()
+
+    asyncio.run(scenario())
