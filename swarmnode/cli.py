@@ -184,6 +184,24 @@ def _bench_backends(args: argparse.Namespace) -> None:
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
 
 
+def _bench_audit(args: argparse.Namespace) -> None:
+    from swarmnode.bench_audit import run_bench_audit
+
+    result = run_bench_audit(
+        args.model,
+        blocks=args.blocks,
+        honest_steps=args.honest_steps,
+        session_length=args.session_length,
+        cost_steps=args.cost_steps,
+        cost_rounds=args.cost_rounds,
+        runs=args.runs,
+        record_steps=args.record_steps,
+        real_runs=args.real_runs,
+        corrupt_fraction=args.corrupt_fraction,
+    )
+    print(json.dumps(result) if args.json else json.dumps(result, indent=2))
+
+
 def _models(args: argparse.Namespace) -> None:
     from swarmnode.models import KNOWN_MODELS, fetch_model, layerswarm_home
 
@@ -347,6 +365,20 @@ def build_parser() -> argparse.ArgumentParser:
     bb.add_argument("--runs", type=int, default=3)
     bb.add_argument("--json", action="store_true")
     bb.set_defaults(func=_bench_backends)
+
+    ba = sub.add_parser("bench-audit", help="audits: detection of a corrupt node, false positives, throughput cost")
+    ba.add_argument("--model", default="smollm2")
+    ba.add_argument("--blocks", type=int, default=3, help="blocks per node (two hops)")
+    ba.add_argument("--honest-steps", type=int, default=10_000, help="audited honest steps (false positives)")
+    ba.add_argument("--session-length", type=int, default=500, help="tokens per honest session")
+    ba.add_argument("--cost-steps", type=int, default=200, help="decoding steps per cost measurement")
+    ba.add_argument("--cost-rounds", type=int, default=3, help="interleaved rounds of (none, 1%%, 5%%)")
+    ba.add_argument("--runs", type=int, default=1000, help="seeded audit schedules over the recorded outcomes")
+    ba.add_argument("--record-steps", type=int, default=200, help="steps of the corrupt node recorded")
+    ba.add_argument("--real-runs", type=int, default=5, help="end-to-end sessions through the corrupt node")
+    ba.add_argument("--corrupt-fraction", type=float, default=1.0, help="share of steps the bad node perturbs")
+    ba.add_argument("--json", action="store_true")
+    ba.set_defaults(func=_bench_audit)
 
     models = sub.add_parser("models", help="fetch and list models")
     msub = models.add_subparsers(dest="models_command", required=True)

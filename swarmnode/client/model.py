@@ -180,7 +180,17 @@ class DistributedModelForCausalLM:
             audit=self.audit,
             on_evidence=self.reporter.evidence if self.reporter else None,
             distrusted=self.distrusted,
+            on_close=self._report_steps if self.reporter else None,
         )
+
+    def _report_steps(self, session: InferenceSession) -> None:
+        """Tell the portal how each tracked node served this session (step success, measured speed)."""
+        assert self.reporter is not None
+        by_url = {p.url: p for p in self.peers}
+        for url, (ok, failed, timed, seconds) in session.node_stats.items():
+            peer = by_url.get(url)
+            if peer is not None and peer.node_id:
+                self.reporter.steps(peer, int(ok), int(failed), timed / seconds if timed and seconds > 0 else None)
 
     def _receipt(self, signed: SignedReceipt) -> None:
         self.receipts.append(signed)

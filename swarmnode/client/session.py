@@ -178,6 +178,7 @@ class InferenceSession:
         audit: how to check the nodes (default: no checks).
         on_evidence: called with every audit's :class:`Evidence` (e.g. an ``EvidenceReporter``).
         distrusted: URLs caught lying, never used again (shared by a model's sessions; grows here).
+        on_close: called once with the session when it closes (e.g. to report :attr:`node_stats`).
 
     Raises:
         RemoteError: no chain could be opened (``SessionFailed`` once failover gives up).
@@ -206,6 +207,7 @@ class InferenceSession:
         audit: AuditPolicy | None = None,
         on_evidence: Callable[[Evidence], None] | None = None,
         distrusted: set[str] | None = None,
+        on_close: Callable[[InferenceSession], None] | None = None,
     ) -> None:
         self.identity = identity
         self.on_receipt = on_receipt
@@ -214,12 +216,15 @@ class InferenceSession:
         hops = [h if isinstance(h, Hop) else Hop(h, h.start_block, h.end_block) for h in chain]
         self.audit = audit or AuditPolicy()
         self.on_evidence = on_evidence
+        self.on_close = on_close
         self.distrusted = distrusted if distrusted is not None else set()
         self.audit_stats = AuditStats()
         self._schedule = AuditSchedule(self.audit)
         self._replays = ReplayPool(self.audit, timeout) if self.audit.enabled else None
         self.verified_position = 0  # verified mode: every hop's output before this position passed an audit
         self.steps = 0
+        # Per node URL: [steps served, steps failed, one-token steps timed, their seconds] (reputation reports).
+        self.node_stats: dict[str, list[float]] = {}
         if self.audit.enabled:
             push = False
         self.max_length = max_length
@@ -294,7 +299,13 @@ class InferenceSession:
         out = self._check(hs.url, reply.hidden if isinstance(reply, StepResult) else None, wire)
         if self.audit.enabled:
             self._check_result(hs, wire, out, reply.signature, position)
-        self.timer.record(hs.url, tokens, time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        self.timer.record(hs.url, tokens, elapsed)
+        counts = self.node_stats.setdefault(hs.url, [0, 0, 0, 0.0])
+        counts[0] += 1
+        if tokens == 1:
+            counts[2] += 1
+            counts[3] += elapsed
         self.bans.succeeded(hs.url)
         hs.history.append(wire)
         hs.tokens += wire.shape[0] * wire.shape[1]
@@ -633,6 +644,7 @@ class InferenceSession:
             self._count_failure(exc, start, old_end)
         if ban:
             self.bans.failed(exc.url or old.url)
+        self.node_stats.setdefault(exc.url or old.url, [0, 0, 0, 0.0])[1] += 1
         self._close_hop(old)
         inputs = list(old.history)
         deadline = time.monotonic() + self.policy.wait_for_cover_s
@@ -748,6 +760,12 @@ class InferenceSession:
             self._close_hop(hs)
         if self._replays is not None:
             self._replays.close()
+        callback, self.on_close = self.on_close, None
+        if callback is not None:
+            try:
+                callback(self)
+            except Exception:  # reporting must never break closing
+                pass
 
     def __enter__(self) -> InferenceSession:
         return self
