@@ -131,6 +131,13 @@ LEDGER_STARTING_GRANT = env_int("LEDGER_STARTING_GRANT", 300_000)  # credits a n
 LEDGER_CREDITS_PER_TOKEN = env_int("LEDGER_CREDITS_PER_TOKEN", 30)  # a chat/API token (a 30-block model's pass)
 LEDGER_ANONYMOUS_QUOTA_TOKENS = env_int("LEDGER_ANONYMOUS_QUOTA_TOKENS", 2_000)  # free tokens per visitor ...
 LEDGER_ANONYMOUS_QUOTA_WINDOW = env_float("LEDGER_ANONYMOUS_QUOTA_WINDOW", 24 * 3600.0)  # ... per this many s
+LEDGER_RECEIPT_MAX_AGE = env_float("LEDGER_RECEIPT_MAX_AGE", 7 * 24 * 3600.0)  # older receipts are refused
+LEDGER_SETTLE_EVERY = env_float("LEDGER_SETTLE_EVERY", 5.0)  # seconds between settlement runs (beat)
+LEDGER_ESCROW_MIN_AGE = env_float("LEDGER_ESCROW_MIN_AGE", 24 * 3600.0)  # a node's earnings are escrowed until
+LEDGER_ESCROW_RELEASE_SCORE = env_float("LEDGER_ESCROW_RELEASE_SCORE", 0.6)  # ... this old and this reputable
+LEDGER_ESCROW_EVERY = env_float("LEDGER_ESCROW_EVERY", 300.0)  # seconds between escrow release runs
+LEDGER_MIN_PAYOUT = env_int("LEDGER_MIN_PAYOUT", 1_000)  # smallest payout request, in credits
+LEDGER_GATEWAY_IDENTITY = env_str("LEDGER_GATEWAY_IDENTITY", str(VAR_DIR / "gateway.identity"))  # its client key
 
 # -- Relay for nodes behind NAT (portal/relay; spec §9) ---------------------------------------------------
 RELAY_CAPACITY = env_int("RELAY_CAPACITY", 256)  # nodes attached to /ws/relay at once
@@ -140,6 +147,8 @@ RELAY_NODE_FRAMES_PER_S = env_float("RELAY_NODE_FRAMES_PER_S", 2000.0)
 RELAY_MAX_FRAME_BYTES = env_int("RELAY_MAX_FRAME_BYTES", 16 * 1024 * 1024)  # one client frame
 RELAY_DIAL_BACK_TIMEOUT = env_float("RELAY_DIAL_BACK_TIMEOUT", 3.0)  # seconds for the reachability check
 CELERY_BEAT_SCHEDULE = {
+    "settle-receipts": {"task": "portal.ledger.tasks.settle_receipts", "schedule": LEDGER_SETTLE_EVERY},
+    "release-escrow": {"task": "portal.ledger.tasks.release_escrow", "schedule": LEDGER_ESCROW_EVERY},
     "expire-stale-nodes": {"task": "portal.swarm.tasks.expire_stale_nodes", "schedule": SWARM_EXPIRE_EVERY},
     "prune-heartbeats": {"task": "portal.swarm.tasks.prune_heartbeats", "schedule": 600.0},
     "decay-reputation": {"task": "portal.reputation.tasks.decay_reputation", "schedule": REPUTATION_DECAY_EVERY},

@@ -138,3 +138,134 @@ class AnonymousUsage(AppendOnlyModel):
 
     def __str__(self) -> str:
         return f"{self.tokens} tokens by {self.key_digest[:8]}…"
+
+
+class ClientKey(models.Model):
+    """An Ed25519 client key whose signed usage receipts are paid from an account (spec §8.4).
+
+    ``user`` set: the user's account pays (a program using the swarm with ``identity=``). ``user`` empty:
+    the portal gateway's own key; its receipts are paid from ``system:rewards``, because the chat and
+    API users it served were already charged by ``charge_usage``.
+    """
+
+    key = models.CharField(max_length=60, unique=True)  # "ed25519:<base64url>"
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="client_keys"
+    )
+    name = models.CharField(max_length=100)
+    created_at = models.DateTimeField(default=timezone.now)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.key[:20]}…)"
+
+    @property
+    def is_gateway(self) -> bool:
+        """The portal gateway's key (paid from the system)."""
+        return self.user_id is None
+
+
+class Receipt(models.Model):
+    """A usage receipt signed by a client and countersigned by a node, as submitted (spec §8).
+
+    The signed fields are kept verbatim (``receipt`` and both signatures) as evidence. ``status`` moves
+    ``pending -> settled`` or ``pending -> refused`` once, under a row lock; the credits themselves are
+    the ledger transaction ``receipt:<receipt_id>`` (unique), so a receipt is paid at most once.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        SETTLED = "settled"
+        REFUSED = "refused"  # e.g. the paying user's balance was short
+
+    receipt_id = models.CharField(max_length=32, unique=True)
+    session_id = models.CharField(max_length=128)
+    model = models.CharField(max_length=128)
+    start_block = models.PositiveIntegerField()
+    end_block = models.PositiveIntegerField()
+    tokens = models.BigIntegerField()
+    block_tokens = models.BigIntegerField()
+    client_key = models.ForeignKey(ClientKey, on_delete=models.PROTECT, related_name="receipts")
+    node = models.ForeignKey("swarm.Node", null=True, on_delete=models.SET_NULL, related_name="receipts")
+    earner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="earned_receipts")
+    issued_at = models.DateTimeField()
+    receipt = models.CharField(max_length=4096)  # canonical bytes, base64url
+    client_signature = models.CharField(max_length=128)
+    node_signature = models.CharField(max_length=128)
+    submitted_at = models.DateTimeField(default=timezone.now)
+    submitted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.PENDING)
+    settled_at = models.DateTimeField(null=True, blank=True)
+    escrowed = models.BooleanField(default=False)  # credited to the node's escrow, not straight to its owner
+    transaction = models.OneToOneField(
+        Transaction, null=True, blank=True, on_delete=models.PROTECT, related_name="receipt"
+    )
+    refusal = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        ordering = ["-submitted_at", "-id"]
+        indexes = [models.Index(fields=["status", "id"]), models.Index(fields=["earner", "settled_at"])]
+
+    def __str__(self) -> str:
+        return f"receipt {self.receipt_id[:8]}… {self.block_tokens} block-tokens ({self.status})"
+
+
+class Payout(models.Model):
+    """A node owner's request to be paid credits out of the swarm, reviewed by an admin.
+
+    Requesting moves the credits from the owner's account to ``system:payouts-in-review``; approving
+    moves them on to ``system:paid-out`` (with the external payment's reference); rejecting returns them
+    to the owner (with a reason); holding keeps them in review. Every step is a :class:`PayoutEvent`.
+    """
+
+    class Status(models.TextChoices):
+        REQUESTED = "requested"
+        HELD = "held"
+        APPROVED = "approved"
+        REJECTED = "rejected"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="payouts")
+    amount = models.BigIntegerField()
+    destination = models.CharField(max_length=200)  # where the owner wants to be paid (account, wallet)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.REQUESTED)
+    requested_at = models.DateTimeField(default=timezone.now)
+    reviewed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    reviewed_at = models.DateTimeField(null=True, blank=True)
+    external_reference = models.CharField(max_length=200, blank=True)  # the payment's id outside the swarm
+    reason = models.CharField(max_length=500, blank=True)  # why rejected or held
+
+    class Meta:
+        ordering = ["-requested_at", "-id"]
+        indexes = [models.Index(fields=["status", "requested_at"])]
+        constraints = [models.CheckConstraint(condition=models.Q(amount__gt=0), name="ledger_payout_positive")]
+
+    def __str__(self) -> str:
+        return f"payout #{self.pk} of {self.amount} credits to {self.user} ({self.status})"
+
+    @property
+    def open(self) -> bool:
+        """Still waiting for a final decision."""
+        return self.status in (self.Status.REQUESTED, self.Status.HELD)
+
+
+class PayoutEvent(AppendOnlyModel):
+    """One audited step of a payout: requested, held, approved, rejected (who, when, why)."""
+
+    payout = models.ForeignKey(Payout, on_delete=models.PROTECT, related_name="events")
+    at = models.DateTimeField(default=timezone.now)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    action = models.CharField(max_length=10)
+    detail = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        ordering = ["at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.action} of payout #{self.payout_id} at {self.at:%Y-%m-%d %H:%M}"
