@@ -57,10 +57,11 @@ def system_account(code: str) -> Account:
 def user_account(user) -> Account:
     """The user's spendable account; opening it grants the starting credits (once, idempotently)."""
     account = Account.objects.filter(kind=Account.Kind.USER, user=user).first()
-    if account is None:
-        account = _get_or_create(f"user:{user.pk}", kind=Account.Kind.USER, user=user)
+    if account is not None:
+        return account
+    account = _get_or_create(f"user:{user.pk}", kind=Account.Kind.USER, user=user)
     grant = int(settings.LEDGER_STARTING_GRANT)
-    if grant > 0 and not Transaction.objects.filter(reference=f"grant:user:{user.pk}").exists():
+    if grant > 0:  # idempotent: two processes opening the account at once post one grant
         post(
             Transaction.Kind.GRANT,
             f"grant:user:{user.pk}",

@@ -104,8 +104,8 @@ def submit_receipt(
 
     Raises:
         ReceiptRefused: ``bad_receipt`` (malformed, a signature does not verify), ``stale_receipt``
-            (too old or from the future), ``unknown_node``, ``unknown_client_key``, ``conflict`` (another
-            receipt with the same id).
+            (too old or from the future), ``unknown_node``, ``unknown_client_key``, ``own_node`` (the
+            client key belongs to the node's owner), ``conflict`` (another receipt with the same id).
     """
     try:
         signed = body if isinstance(body, SignedReceipt) else SignedReceipt.from_json(body)
@@ -126,6 +126,8 @@ def submit_receipt(
     client_key = ClientKey.objects.filter(key=r.client_key, revoked_at__isnull=True).first()
     if client_key is None:
         raise ReceiptRefused("unknown_client_key", "the client key is not registered to any account (or is revoked)")
+    if client_key.user_id is not None and client_key.user_id == node.owner_id:
+        raise ReceiptRefused("own_node", "a client key of the node's own owner: there is nothing to pay")
     try:
         with transaction.atomic():
             stored = Receipt.objects.create(

@@ -31,6 +31,7 @@ from django.utils import timezone
 
 from portal.ledger.books import (
     InsufficientCredits,
+    UnbalancedTransaction,
     balance,
     escrow_account,
     post,
@@ -78,9 +79,9 @@ def _settle_locked(receipt: Receipt, now: dt.datetime) -> Receipt:
             memo=memo,
             at=now,
         )
-    except InsufficientCredits as exc:
+    except (InsufficientCredits, UnbalancedTransaction) as exc:  # short, or (defensively) paying itself
         receipt.status = Receipt.Status.REFUSED
-        receipt.refusal = f"the paying account is short: {exc}"[:300]
+        receipt.refusal = f"not payable: {exc}"[:300]
         receipt.settled_at = now
         receipt.save(update_fields=["status", "refusal", "settled_at"])
         return receipt

@@ -92,7 +92,7 @@ def test_it_refuses_settling_what_the_paying_user_cannot_afford(
     receipt, _ = submit_receipt(receipt_factory(client_identity, node, node_id, tokens=101).to_json())  # 1010 > 1000
     settle_receipt(receipt.pk)
     receipt.refresh_from_db()
-    assert receipt.status == "refused" and "short" in receipt.refusal
+    assert receipt.status == "refused" and "1000 credits, 1010 needed" in receipt.refusal
     assert balance_of(owner) == 1000 and balance_of(other) == 1000
 
 
