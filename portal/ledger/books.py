@@ -55,10 +55,15 @@ def system_account(code: str) -> Account:
 
 
 def user_account(user) -> Account:
-    """The user's spendable account; opening it grants the starting credits (once, idempotently)."""
-    account = Account.objects.filter(kind=Account.Kind.USER, user=user).first()
+    """The user's spendable account (``user``: a user or its id); opening it posts the starting grant once."""
+    user_id = getattr(user, "pk", user)
+    account = Account.objects.filter(kind=Account.Kind.USER, user_id=user_id).first()
     if account is not None:
         return account
+    if not hasattr(user, "pk"):
+        from django.contrib.auth import get_user_model
+
+        user = get_user_model().objects.get(pk=user_id)
     account = _get_or_create(f"user:{user.pk}", kind=Account.Kind.USER, user=user)
     grant = int(settings.LEDGER_STARTING_GRANT)
     if grant > 0:  # idempotent: two processes opening the account at once post one grant
@@ -73,7 +78,7 @@ def user_account(user) -> Account:
 
 def escrow_account(node) -> Account:
     """The escrow account holding ``node``'s earnings until its reputation is built."""
-    return _get_or_create(f"escrow:node:{node.pk}", kind=Account.Kind.ESCROW, user=node.owner, node=node)
+    return _get_or_create(f"escrow:node:{node.pk}", kind=Account.Kind.ESCROW, user_id=node.owner_id, node=node)
 
 
 def _get_or_create(code: str, **fields) -> Account:
@@ -125,17 +130,15 @@ def post(kind: str, reference: str, legs: Iterable[tuple[Account, int]], *, memo
     if not merged:
         raise UnbalancedTransaction(f"{reference}: nothing to move")
     at = at or timezone.now()
+    debited = sorted(pk for pk, amount in merged.items() if amount < 0 and not accounts[pk].may_go_negative)
     with transaction.atomic():
-        existing = Transaction.objects.filter(reference=reference).first()
-        if existing is not None:
-            return existing
-        debited = sorted(pk for pk, amount in merged.items() if amount < 0 and not accounts[pk].may_go_negative)
         if debited:
             # Row locks in id order: concurrent postings debiting the same accounts queue up here.
             list(Account.objects.select_for_update().filter(pk__in=debited).order_by("pk").values_list("pk"))
-            existing = Transaction.objects.filter(reference=reference).first()
-            if existing is not None:  # posted by whoever held the lock before us
-                return existing
+        existing = Transaction.objects.filter(reference=reference).first()
+        if existing is not None:  # posted before (or by whoever held the lock before us)
+            return existing
+        if debited:
             for pk in debited:
                 held = balance(accounts[pk])
                 if held + merged[pk] < 0:

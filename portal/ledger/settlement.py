@@ -55,7 +55,7 @@ def needs_escrow(node, now: dt.datetime | None = None) -> bool:
 
 def _payer(receipt: Receipt) -> Account:
     key = receipt.client_key
-    return system_account("system:rewards") if key.user_id is None else user_account(key.user)
+    return system_account("system:rewards") if key.user_id is None else user_account(key.user_id)
 
 
 def settle_receipt(pk: int, now: dt.datetime | None = None) -> Receipt:
@@ -69,7 +69,7 @@ def settle_receipt(pk: int, now: dt.datetime | None = None) -> Receipt:
 
 def _settle_locked(receipt: Receipt, now: dt.datetime) -> Receipt:
     escrowed = needs_escrow(receipt.node, now)
-    to = escrow_account(receipt.node) if escrowed else user_account(receipt.earner)
+    to = escrow_account(receipt.node) if escrowed else user_account(receipt.earner_id)
     memo = f"{receipt.block_tokens} block-tokens, {receipt.model} [{receipt.start_block}:{receipt.end_block})"
     try:
         txn = post(
