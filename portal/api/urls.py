@@ -3,7 +3,7 @@
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from portal.api import reputation, views
+from portal.api import ledger, reputation, views
 
 app_name = "api"
 urlpatterns = [
@@ -22,4 +22,10 @@ urlpatterns = [
     path("v1/reputation/steps/", reputation.ReportSteps.as_view(), name="reputation_steps"),
     path("v1/reputation/nodes/<int:pk>/", reputation.NodeReputation.as_view(), name="reputation_node"),
     path("v1/reputation/nodes/<int:pk>/report/", reputation.ReportNode.as_view(), name="reputation_report"),
+    path("v1/receipts/", ledger.Receipts.as_view(), name="receipts"),
+    path("v1/ledger/balance/", ledger.Balance.as_view(), name="ledger_balance"),
+    path("v1/ledger/transactions/", ledger.Transactions.as_view(), name="ledger_transactions"),
+    path("v1/ledger/client-keys/", ledger.ClientKeys.as_view(), name="ledger_client_keys"),
+    path("v1/ledger/client-keys/<int:pk>/revoke/", ledger.RevokeClientKey.as_view(), name="ledger_client_key_revoke"),
+    path("v1/ledger/payouts/", ledger.Payouts.as_view(), name="ledger_payouts"),
 ]

@@ -50,9 +50,9 @@ def make_receipt(client: NodeIdentity, node: Node, node_identity: NodeIdentity, 
     return SignedReceipt(r, r.sign_as_client(client), r.sign_as_node(node_identity))
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def ledger_settings(settings):
-    """Small, round numbers; escrow off unless a test turns it on."""
+    """Small, round numbers (before any user exists, so grants use them); escrow off unless a test turns it on."""
     settings.LEDGER_STARTING_GRANT = 1000
     settings.LEDGER_CREDITS_PER_TOKEN = 10
     settings.LEDGER_MIN_PAYOUT = 1

@@ -20,9 +20,7 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture(autouse=True)
-def _prices(settings):
-    settings.LEDGER_STARTING_GRANT = 1000
-    settings.LEDGER_CREDITS_PER_TOKEN = 10
+def _quota(settings):
     settings.LEDGER_ANONYMOUS_QUOTA_TOKENS = 50
 
 
