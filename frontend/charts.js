@@ -2,7 +2,8 @@
 //
 // timeChart(container, {x, series, yMin, yMax, threshold, height}) draws one chart:
 //   x:      Unix seconds, ascending
-//   series: [{label, values, color, bars}]  one line (or bars) per entry, values aligned with x
+//   series: [{label, values, color, bars}]  one line (or bars) per entry, values aligned with x;
+//                                           colors as #rrggbb (bars are filled with the color at 40%)
 //   threshold: {value, label}               a dashed horizontal line (e.g. the reputation threshold)
 // A chart with no points shows a short "no data yet" note instead of an empty frame.
 
@@ -13,7 +14,20 @@ function barsPath() {
   return uPlot.paths.bars ? uPlot.paths.bars({ size: [0.6, 40] }) : undefined;
 }
 
-export function timeChart(container, { x, series, yMin, yMax, threshold, height = 180 }) {
+// The x range to show: bars get half a slot of room on both sides (so the first and last bars are not cut
+// in half); lines end now at the latest and always span at least `minSpan` seconds.
+function xRange(x, bars, minSpan) {
+  const first = x[0];
+  const last = x[x.length - 1];
+  if (bars) {
+    const half = x.length > 1 ? (x[1] - x[0]) / 2 : 43200;
+    return [first - half, last + half];
+  }
+  const end = Math.max(last, Date.now() / 1000);
+  return [Math.min(first, end - minSpan), end];
+}
+
+export function timeChart(container, { x, series, yMin, yMax, threshold, height = 180, minSpan = 3600 }) {
   container.replaceChildren();
   if (!x || x.length === 0) {
     container.append(el("p", { class: "muted chart-empty" }, "no data yet"));
@@ -24,9 +38,9 @@ export function timeChart(container, { x, series, yMin, yMax, threshold, height 
     label: s.label,
     stroke: s.color,
     width: 2,
-    fill: s.bars ? s.color + "55" : undefined,
+    fill: s.bars ? s.color + "66" : undefined,
     paths: s.bars ? barsPath() : undefined,
-    points: { show: x.length < 40 },
+    points: { show: !s.bars && x.length < 40 },
   }));
   const hooks = {};
   if (threshold) {
@@ -50,7 +64,10 @@ export function timeChart(container, { x, series, yMin, yMax, threshold, height 
     width,
     height,
     series: [{}, ...lines],
-    scales: { x: { time: true }, y: yMin !== undefined ? { range: [yMin, yMax] } : { auto: true } },
+    scales: {
+      x: { time: true, range: () => xRange(x, series.some((s) => s.bars), minSpan) },
+      y: yMin !== undefined ? { range: [yMin, yMax] } : { auto: true },
+    },
     axes: [{}, { size: 60 }],
     legend: { show: true },
     hooks,
@@ -73,16 +90,16 @@ export function drawAll(root = document) {
       timeChart(node, {
         x: d.days,
         series: [
-          { label: "earned", values: d.earned, color: "#2a7", bars: true },
-          { label: "spent", values: d.spent, color: "#d62", bars: true },
+          { label: "earned", values: d.earned, color: "#22aa77", bars: true },
+          { label: "spent", values: d.spent, color: "#dd6622", bars: true },
         ],
       });
     } else if (kind === "earnings") {
-      timeChart(node, { x: d.days, series: [{ label: "block-tokens served", values: d.earned, color: "#2a7", bars: true }] });
+      timeChart(node, { x: d.days, series: [{ label: "block-tokens served", values: d.earned, color: "#22aa77", bars: true }] });
     } else if (kind === "reputation") {
       timeChart(node, {
         x: d.at,
-        series: [{ label: "reputation", values: d.score, color: "#36c" }],
+        series: [{ label: "reputation", values: d.score, color: "#3366cc" }],
         yMin: 0,
         yMax: 1,
         threshold: d.threshold !== undefined ? { value: d.threshold } : undefined,

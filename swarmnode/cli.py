@@ -93,6 +93,14 @@ def _prompt_ids(tokenizer, prompt: str, chat: bool, system: str | None):
     return tokenizer(prompt, return_tensors="pt")["input_ids"]
 
 
+def _identity(args: argparse.Namespace) -> None:
+    from swarmnode.identity import NodeIdentity
+    from swarmnode.receipts import key_of
+
+    identity = NodeIdentity.load_or_create(args.file)
+    print(json.dumps({"client_key": key_of(identity), "public_key": identity.public_key}))
+
+
 def _generate(args: argparse.Namespace) -> None:
     import torch
 
@@ -104,8 +112,13 @@ def _generate(args: argparse.Namespace) -> None:
     from swarmnode.client.routing import RoutingPolicy
 
     routing = RoutingPolicy(mode=args.routing, rtt_weight=0.5 if args.push else 1.0)
+    identity = None
+    if args.identity:  # sign usage receipts (spec §8) with a key registered on the portal's credits page
+        from swarmnode.identity import NodeIdentity
+
+        identity = NodeIdentity.load_or_create(args.identity)
     model = AutoDistributedModelForCausalLM.from_pretrained(
-        args.model, peers=peers, portal=args.portal, routing=routing, push=args.push
+        args.model, peers=peers, portal=args.portal, routing=routing, push=args.push, identity=identity
     )
     tok = model.tokenizer
     ids = _prompt_ids(tok, args.prompt, args.chat, args.system)
@@ -138,6 +151,7 @@ def _generate(args: argparse.Namespace) -> None:
                     "token_ids": new_ids,
                     "ttft_s": round(stats.ttft_s, 4),
                     "tokens_per_s": round(stats.tokens_per_s, 2),
+                    "receipts": [r.receipt.receipt_id for r in model.receipts],  # countersigned (spec §8)
                 }
             )
         )
@@ -339,7 +353,15 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--routing", default="latency", choices=["latency", "throughput"], help="what chains are optimised for"
     )
+    gen.add_argument(
+        "--identity",
+        help="client key file (created if missing): sign usage receipts, paid by the account the key is registered to",
+    )
     gen.set_defaults(func=_generate)
+
+    ident = sub.add_parser("identity", help="print the client key of an identity file (created if missing)")
+    ident.add_argument("file")
+    ident.set_defaults(func=_identity)
 
     bench = sub.add_parser("bench", help="swarm vs local transformers, same run")
     bench.add_argument("--model", default="smollm2")

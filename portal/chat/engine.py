@@ -71,6 +71,7 @@ class ModelPool:
             BadRequest: the gateway has no checkpoint of that model (404).
             SwarmUnavailable: the nodes do not cover it.
         """
+        from portal.ledger.receipts import gateway_identity
         from swarmnode.client.model import DistributedModelForCausalLM
         from swarmnode.client.routing import SwarmNotCovering
         from swarmnode.models import Checkpoint, resolve_model
@@ -87,7 +88,12 @@ class ModelPool:
                     raise BadRequest(
                         f"the gateway cannot load model {name!r}: {exc}", "model", "model_not_found", 404
                     ) from None
-                model = DistributedModelForCausalLM(name, checkpoint, [], torch.float32, self.timeout)
+                # Sessions close with usage receipts signed by the gateway's system key (spec §8): the
+                # nodes get paid from system:rewards, the chat/API users were charged by charge_usage.
+                identity = gateway_identity()
+                model = DistributedModelForCausalLM(
+                    name, checkpoint, [], torch.float32, self.timeout, identity=identity
+                )
                 self._models[name] = model
             stale = time.monotonic() - self._refreshed.get(name, 0.0) > REFRESH_EVERY_S
             stale = stale or set(urls) != set(model.urls)  # the tracker saw nodes join or leave

@@ -38,7 +38,10 @@ class ReceiptRefused(ValueError):
 def gateway_identity() -> NodeIdentity:
     """The portal gateway's client identity (file ``LEDGER_GATEWAY_IDENTITY``), registered as the system key."""
     path = Path(settings.LEDGER_GATEWAY_IDENTITY)
-    identity = NodeIdentity.load_or_create(path)
+    try:
+        identity = NodeIdentity.load_or_create(path)
+    except FileExistsError:  # another gateway process created it a moment ago
+        identity = NodeIdentity.load_or_create(path)
     register_gateway_key(key_of(identity))
     return identity
 

@@ -239,3 +239,15 @@ def test_it_collects_countersigned_receipts_in_the_client_session(tiny_node):
     plain.step(torch.zeros(1, 2, 64))
     plain.close()
     assert plain.receipts == []
+
+
+def test_it_prints_a_stable_client_key_for_an_identity_file(tmp_path, capsys):
+    from swarmnode.cli import main
+
+    main(["identity", str(tmp_path / "me.identity")])
+    first = capsys.readouterr().out
+    main(["identity", str(tmp_path / "me.identity")])
+    import json
+
+    assert json.loads(first) == json.loads(capsys.readouterr().out)
+    assert json.loads(first)["client_key"] == key_of(NodeIdentity.load_or_create(tmp_path / "me.identity"))
