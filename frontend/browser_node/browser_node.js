@@ -87,7 +87,7 @@ export class BrowserNode extends EventTarget {
       throw exc;
     }
     this._emit("loaded", this.loaded);
-    this.spanProof = { sha256: manifest.sha256, nonce, proof: this.loaded.proof };
+    this.spanProof = { sha256: manifest.sha256, nonce, proof: this.loaded.proof, at: Date.now() };
     if (join) await this.join();
     else this._setState("loaded");
     return this.loaded;
@@ -192,7 +192,7 @@ export class BrowserNode extends EventTarget {
       this.pending.set(seq, { resolve, reject });
       this.worker.postMessage({ op: "prove", seq, nonce });
     });
-    this.spanProof = { sha256: this.manifest.sha256, nonce, proof };
+    this.spanProof = { sha256: this.manifest.sha256, nonce, proof, at: Date.now() };
   }
 
   async _newToken() {
@@ -206,21 +206,23 @@ export class BrowserNode extends EventTarget {
   }
 
   /** Register the loaded span (and only that span) with the tracker as a relayed node, then heartbeat. */
-  async join() {
-    this._setState("joining");
+  async join({ retrying = false } = {}) {
+    if (!retrying) this._setState("joining");
     const info = this.loaded.info;
     try {
       this.token = this.token || (await this._newToken());
-      if (!this.spanProof.nonce) await this._prove();
+      // The tracker's nonce lives 10 minutes: prove again with a fresh one when registering later.
+      if (!this.spanProof.nonce || Date.now() - this.spanProof.at > 540_000) await this._prove();
       if (!this.link) {
         this.link = new RelayLink(this, this.config.relayUrl, this.token, this.keys);
+        this.link.onDrop = () => this._reattach();
         await this.link.connect();
       }
       const registration = {
         model: info.model,
         start_block: info.start_block, // what the worker loaded and verified: nothing else can be claimed
         end_block: info.end_block,
-        url: "",
+        url: this.link.address, // R/<key_id>: clients reach this tab through the relay (spec §9.1)
         relay: true,
         backend: "onnxruntime-web",
         device: info.device,
@@ -230,14 +232,16 @@ export class BrowserNode extends EventTarget {
         max_session_length: info.max_session_length,
         version: info.version,
         public_key: this.keys.publicKey,
-        span_proof: this.spanProof, // the tracker checks it against its copy of the file
+        span_proof: { sha256: this.spanProof.sha256, nonce: this.spanProof.nonce, proof: this.spanProof.proof },
       };
       const reply = await this._api("/api/v1/nodes/register/", registration);
       this.nodeId = reply.id;
       this.heartbeatInterval = (reply.heartbeat_interval || 10) * 1000;
-      if (this.link.registered) await this.link.registered(this.nodeId);
     } catch (exc) {
-      this._fail(exc);
+      if (retrying) {
+        if (this.link) this.link.close();
+        this.link = null;
+      } else this._fail(exc);
       throw exc;
     }
     this._setState("online", { nodeId: this.nodeId });
@@ -257,13 +261,29 @@ export class BrowserNode extends EventTarget {
       } catch (exc) {
         this._emit("log", { message: `heartbeat failed: ${exc.message}` });
         if (exc.status === 410) {
-          this.spanProof.nonce = ""; // expired (e.g. the tab slept): prove again and register again
-          await this.join().catch(() => {});
+          await this.join({ retrying: true }).catch(() => this._reattach()); // expired (the tab slept): again
           return;
         }
       }
       this._beat();
     }, this.heartbeatInterval);
+  }
+
+  /** The relay link dropped (the portal restarted, the network blinked): attach again, with backoff. */
+  async _reattach(attempt = 0) {
+    if (this.state !== "online" && this.state !== "reconnecting") return;
+    this._setState("reconnecting");
+    this.link = null;
+    await new Promise((r) => setTimeout(r, Math.min(1000 * 2 ** attempt, 30_000)));
+    if (this.state !== "reconnecting") return;
+    try {
+      clearTimeout(this.heartbeatTimer);
+      await this.join({ retrying: true });
+    } catch (exc) {
+      this._emit("log", { message: `relay: ${exc.message}` });
+      if (this.state === "failed") return;
+      await this._reattach(attempt + 1);
+    }
   }
 
   _fail(exc) {

@@ -34,6 +34,10 @@ RUNTIME_FOLDERS: dict[str, tuple[Path, re.Pattern]] = {
         FRONTEND / "node_modules" / "@msgpack" / "msgpack" / "dist.esm",
         re.compile(r"^(utils/)?[A-Za-z0-9_]+\.mjs$"),
     ),
+    "noble": (
+        FRONTEND / "node_modules" / "@noble" / "ciphers",
+        re.compile(r"^(chacha|_arx|_poly1305|utils)\.js$"),  # ChaCha20-Poly1305 (spec §10), which WebCrypto lacks
+    ),
     "node": (FRONTEND / "browser_node", re.compile(r"^[a-z_]+\.js$")),
 }
 CONTENT_TYPES = {".mjs": "text/javascript", ".js": "text/javascript", ".wasm": "application/wasm"}
