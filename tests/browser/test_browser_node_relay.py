@@ -18,6 +18,7 @@ from swarmnode.client import AutoDistributedModelForCausalLM
 from swarmnode.client.remote import RemoteError, RemoteSpan
 from swarmnode.launcher import start_node
 from swarmnode.protocol import Info, OpenSession
+from swarmnode.testing.polling import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.model]
 PROMPT = "What is the capital of France?"
@@ -89,7 +90,12 @@ def smollm2_ids():
 
 
 def browser_entry(url: str) -> dict:
-    (entry,) = [n for n in health(url)["nodes"] if n["backend"] == "onnxruntime-web" and n["state"] == "online"]
+    """The tab's node on the health map, once its first heartbeat made it online."""
+
+    def online():
+        return [n for n in health(url)["nodes"] if n["backend"] == "onnxruntime-web" and n["state"] == "online"]
+
+    (entry,) = wait_until(online, 30, "the browser node to be online")
     return entry
 
 
