@@ -96,12 +96,14 @@ async function start() {
   startButton.disabled = true;
   choice.disabled = true;
   const csrf = document.querySelector("input[name=csrfmiddlewaretoken]");
+  const token = node ? node.token : null; // one node token per tab, reused when it starts again
   node = new BrowserNode({
     tokenUrl: config.token_url,
     csrfToken: csrf ? csrf.value : "",
     relayUrl: new URL(config.relay_url, location.href).href.replace(/^http/, "ws"),
     portalUrl: location.origin,
   });
+  node.token = token;
   window.layerswarmNode = node; // for the browser tests and the curious
   node.addEventListener("progress", ({ detail }) => {
     $("load-progress").value = detail.total ? detail.loaded / detail.total : 0;

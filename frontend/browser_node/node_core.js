@@ -1,8 +1,8 @@
 // The node's request handling, as swarmnode/server/node.py does it (spec §4, §5): one reply per frame,
 // sessions owned by the connection that opened them, a KV-cache budget in tokens, and never an
 // exception for anything a peer sends.
-import { DEFAULT_LIMITS, ProtocolError, WireTensor, checkHidden, decodeFrame, encodeFrame } from "./protocol.js";
-import { ReceiptError, countersign } from "./receipts.js";
+import { DEFAULT_LIMITS, ProtocolError, WireTensor, checkHidden, decodeFrame, encodeFrame, resultDigest } from "./protocol.js";
+import { ReceiptError, b64url, countersign } from "./receipts.js";
 
 const VERSION = "0.1.0-web";
 
@@ -133,7 +133,10 @@ export class NodeCore {
     s.served += b * t; // B x T (§8.2)
     this._count(b * t, ms);
     const hidden = WireTensor.fromFloat32(out, msg.hidden.shape.slice(), msg.hidden.dtype);
-    return { type: "step_result", id: msg.id, session_id: msg.session_id, position: s.position, hidden, compute_us: Math.round(ms * 1000) };
+    const signature = await this._sign("step", msg.session_id, msg.position, msg.hidden, hidden);
+    return {
+      type: "step_result", id: msg.id, session_id: msg.session_id, position: s.position, hidden, compute_us: Math.round(ms * 1000), signature,
+    };
   }
 
   async _close(msg, owner) {
@@ -166,7 +169,16 @@ export class NodeCore {
     const ms = performance.now() - started;
     this._count(b * t, ms);
     const hidden = WireTensor.fromFloat32(out, msg.hidden.shape.slice(), msg.hidden.dtype);
-    return { type: "forward_result", id: msg.id, hidden, compute_us: Math.round(ms * 1000) };
+    const signature = await this._sign("forward", "", 0, msg.hidden, hidden);
+    return { type: "forward_result", id: msg.id, hidden, compute_us: Math.round(ms * 1000), signature };
+  }
+
+  // §11: sign the digest of every result, so an output is attributable to this node (audits, evidence).
+  async _sign(kind, sessionId, position, input, output) {
+    if (!this.signingKey) return "";
+    const m = this.manifest;
+    const digest = await resultDigest(kind, sessionId, position, m.start_block, m.end_block, input, output);
+    return b64url(new Uint8Array(await crypto.subtle.sign({ name: "Ed25519" }, this.signingKey, digest)));
   }
 
   _count(tokens, ms) {

@@ -45,9 +45,9 @@ export const MESSAGE_FIELDS = {
   open_session: { session_id: "str", max_length: "int", dtype: "str", push_key: "str" },
   session_opened: { session_id: "str", cache_tokens_left: "int" },
   step: { session_id: "str", position: "int", hidden: "tensor", push_key: "str", route: "strs" },
-  step_result: { session_id: "str", position: "int", hidden: "tensor", compute_us: "int" },
+  step_result: { session_id: "str", position: "int", hidden: "tensor", compute_us: "int", signature: "str" },
   forward: { hidden: "tensor" },
-  forward_result: { hidden: "tensor", compute_us: "int" },
+  forward_result: { hidden: "tensor", compute_us: "int", signature: "str" },
   close_session: { session_id: "str", receipt: "str", client_signature: "str" },
   session_closed: { session_id: "str", tokens: "int", node_signature: "str", receipt_error: "str" },
   error: { code: "str", message: "str", session_id: "str" },
@@ -259,4 +259,29 @@ export function checkHidden(tensor, hiddenSize, limits = DEFAULT_LIMITS) {
     if (!Number.isFinite(values[i])) throw new ProtocolError("not_finite", "hidden states contain NaN or infinite values");
   }
   return values;
+}
+
+const RESULT_DOMAIN = "layerswarm/result/v1"; // §11.1
+
+async function sha256Hex(bytes) {
+  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
+  return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** The last position of a (B, T, H) tensor's bytes, as (B, 1, H) (§11.1). */
+export function tailBytes(tensor) {
+  const [b, t, h] = tensor.shape;
+  const item = tensor.data.byteLength / Math.max(1, b * t * h);
+  const row = h * item;
+  const out = new Uint8Array(b * row);
+  for (let i = 0; i < b; i++) out.set(tensor.data.subarray((i * t + t - 1) * row, (i * t + t) * row), i * row);
+  return out;
+}
+
+/** The bytes a node signs for a result (§11.1, swarmnode/protocol/signing.py ``ResultDigest.to_bytes``). */
+export async function resultDigest(kind, sessionId, position, startBlock, endBlock, input, output) {
+  return msgpackEncode([
+    RESULT_DOMAIN, kind, sessionId, position, input.shape[1], startBlock, endBlock, output.dtype,
+    await sha256Hex(input.data), await sha256Hex(output.data), await sha256Hex(tailBytes(output)),
+  ]);
 }

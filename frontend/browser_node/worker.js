@@ -2,8 +2,9 @@
 // protocol frames, so the page stays responsive while it computes.
 //
 // Messages in:  {op: "load", manifest, options} | {op: "frame", conn, seq, bytes} | {op: "close", conn}
-//               | {op: "drain"} | {op: "key", publicKey}
-// Messages out: {event: "progress", phase, loaded, total} | {event: "loaded", device, threads, throughput}
+//               | {op: "prove", seq, nonce} | {op: "drain"}
+// Messages out: {event: "progress", phase, loaded, total} | {event: "loaded", device, threads, throughput, proof}
+//               | {event: "proof", seq, proof} | {event: "receipt", signed} | {event: "log", message}
 //               | {event: "reply", conn, seq, bytes} | {event: "stats", ...} | {event: "error", message, fatal}
 import { NodeCore } from "./node_core.js";
 import { SpanEngine, fetchVerified, spanProof } from "./engine.js";
@@ -59,8 +60,6 @@ self.onmessage = async (event) => {
       post({ event: "proof", seq: msg.seq, proof: await spanProof(msg.nonce, bytes) });
     } else if (msg.op === "drain") {
       if (core) core.state = "draining";
-    } else if (msg.op === "key") {
-      if (core) core.publicKey = msg.publicKey;
     }
   } catch (exc) {
     post({ event: "error", message: exc.message || String(exc), fatal: msg.op === "load", seq: msg.seq, conn: msg.conn });

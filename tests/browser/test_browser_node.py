@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from swarmnode.protocol import Error, OpenSession, Step, StepResult, decode, encode, tensor_from_numpy
+from swarmnode.identity import parse_public_key, verify_signature
+from swarmnode.protocol import Error, Info, OpenSession, Step, StepResult, decode, encode, tensor_from_numpy
+from swarmnode.protocol.signing import decode_signature, result_digest
 
 pytestmark = [pytest.mark.slow, pytest.mark.model]
 HIDDEN = 576
@@ -65,6 +67,7 @@ def send(page, frame: bytes):
 def test_it_gives_the_python_onnx_spans_outputs(node_page, python_span):
     rng = np.random.default_rng(7)
     cache = python_span.new_cache()
+    node_key = parse_public_key(send(node_page, encode(Info(id=1))).public_key).ed25519
     opened = send(node_page, encode(OpenSession(id=1, session_id="parity", max_length=64)))
     assert opened.TYPE == "session_opened" and opened.cache_tokens_left == 4096 - 64
     position, worst = 0, 0.0
@@ -76,6 +79,8 @@ def test_it_gives_the_python_onnx_spans_outputs(node_page, python_span):
         assert (reply.id, reply.position, reply.hidden.shape) == (request_id, position, (1, tokens, HIDDEN))
         expected = python_span.step(hidden, cache).to_numpy()
         worst = max(worst, float(np.abs(reply.hidden.to_numpy() - expected).max()))
+        digest = result_digest("step", "parity", position - tokens, 10, 20, hidden, reply.hidden)
+        assert verify_signature(node_key, decode_signature(reply.signature), digest.to_bytes())  # spec §11
     assert worst < TOLERANCE, f"browser span differs from the Python ONNX span by {worst}"
 
 
@@ -183,7 +188,7 @@ def test_it_proves_holding_its_span_as_the_portal_checks(node_page, browser_port
 
 def test_it_countersigns_usage_receipts_for_what_it_served(node_page):
     from swarmnode.identity import NodeIdentity
-    from swarmnode.protocol import CloseSession, Info, SessionClosed
+    from swarmnode.protocol import CloseSession, SessionClosed
     from swarmnode.receipts import SignedReceipt, UsageReceipt, key_of, signing_key
 
     node_key = signing_key(send(node_page, encode(Info(id=1))).public_key)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import msgpack
 import pytest
@@ -43,7 +44,25 @@ def swarm(browser_portal, chromium, tmp_path_factory):
     """Python nodes on 0:10 and 20:30, and a signed-in tab that joined for 10:20."""
     logs = tmp_path_factory.mktemp("browser-relay")
     token = create_user_with_node_token(browser_portal.env, "pat", "pat-Passphrase-9", "pat's server")
-    nodes = [python_node(browser_portal, token, blocks, logs) for blocks in ("0:10", "20:30")]
+    nodes, context = [], None
+    try:
+        with ThreadPoolExecutor(2) as pool:  # the nodes load while the tab does
+            starting = [pool.submit(python_node, browser_portal, token, b, logs) for b in ("0:10", "20:30")]
+            try:
+                page, context = _joined_tab(browser_portal, chromium)
+            finally:
+                nodes += [f.result() for f in starting]
+        yield {"page": page, "nodes": nodes, "token": token, "logs": logs}
+    finally:
+        if context is not None:
+            context.close()
+        for node in nodes:  # all at once: each says goodbye to the portal while the others do
+            node.process.terminate()
+        for node in nodes:
+            node.process.wait(timeout=30)
+
+
+def _joined_tab(browser_portal, chromium):
     context = chromium.new_context()
     page = context.new_page()
     page.set_default_timeout(30_000)
@@ -54,14 +73,7 @@ def swarm(browser_portal, chromium, tmp_path_factory):
     page.click("#start-node")
     page.wait_for_selector('#node-live[data-state="online"], #node-live[data-state="failed"]', timeout=240_000)
     assert page.get_attribute("#node-live", "data-state") == "online", page.inner_text("#node-error")
-    try:
-        yield {"page": page, "nodes": nodes, "token": token, "logs": logs}
-    finally:
-        context.close()
-        for node in nodes:  # all at once: each says goodbye to the portal while the others do
-            node.process.terminate()
-        for node in nodes:
-            node.process.wait(timeout=30)
+    return page, context
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +167,19 @@ def test_it_keeps_serving_after_bad_frames_through_the_relay(browser_portal, swa
     finally:
         fresh.close()
     assert page.get_attribute("#node-live", "data-state") == "online"
+
+
+def test_it_leaves_gracefully_on_stop_and_can_join_again(browser_portal, swarm):
+    page = swarm["page"]
+    node_id = browser_entry(browser_portal.url)["id"]
+    page.click("#stop-node")
+    page.wait_for_selector('#node-live[data-state="stopped"]')
+    (gone,) = [n for n in health(browser_portal.url)["nodes"] if n["id"] == node_id]
+    assert gone["state"] == "offline"  # told the tracker at once, not after a missed heartbeat
+    assert not health(browser_portal.url)["covered"]
+    page.click("#start-node")  # the span comes from the HTTP cache this time
+    page.wait_for_selector('#node-live[data-state="online"]', timeout=120_000)
+    assert browser_entry(browser_portal.url)["id"] != node_id  # a fresh key pair: a new node
 
 
 def test_it_fails_over_to_a_python_node_when_the_tab_closes(browser_portal, swarm, smollm2_ids, expected):
