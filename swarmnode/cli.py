@@ -117,8 +117,21 @@ def _generate(args: argparse.Namespace) -> None:
         from swarmnode.identity import NodeIdentity
 
         identity = NodeIdentity.load_or_create(args.identity)
+    from swarmnode.client.audit import AuditPolicy, EvidenceReporter
+
+    rate = args.audit_rate or (0.05 if args.verified else 0.0)
+    audit = AuditPolicy(rate=rate, mode="verified" if args.verified else "sample") if rate else None
+    api_key = args.api_key or os.environ.get("LAYERSWARM_API_KEY")
+    reporter = EvidenceReporter(args.portal, api_key) if audit and args.portal and api_key else None
     model = AutoDistributedModelForCausalLM.from_pretrained(
-        args.model, peers=peers, portal=args.portal, routing=routing, push=args.push, identity=identity
+        args.model,
+        peers=peers,
+        portal=args.portal,
+        routing=routing,
+        push=args.push,
+        identity=identity,
+        audit=audit,
+        reporter=reporter,
     )
     tok = model.tokenizer
     ids = _prompt_ids(tok, args.prompt, args.chat, args.system)
@@ -142,6 +155,8 @@ def _generate(args: argparse.Namespace) -> None:
             sys.stdout.flush()
         printed = text
     text = _cut_at_stop(printed, args.stop or [])
+    if reporter is not None:
+        reporter.flush()
     stats = model.last_stats
     if args.json:
         print(
@@ -357,6 +372,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--identity",
         help="client key file (created if missing): sign usage receipts, paid by the account the key is registered to",
     )
+    gen.add_argument(
+        "--audit-rate", type=float, default=0.0, help="replay this share of steps on independent nodes (e.g. 0.05)"
+    )
+    gen.add_argument(
+        "--verified", action="store_true", help="release only tokens whose steps passed an audit (default rate 0.05)"
+    )
+    gen.add_argument("--api-key", help="report audit evidence to --portal as this user (default: $LAYERSWARM_API_KEY)")
     gen.set_defaults(func=_generate)
 
     ident = sub.add_parser("identity", help="print the client key of an identity file (created if missing)")
@@ -393,8 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     ba.add_argument("--blocks", type=int, default=3, help="blocks per node (two hops)")
     ba.add_argument("--honest-steps", type=int, default=10_000, help="audited honest steps (false positives)")
     ba.add_argument("--session-length", type=int, default=500, help="tokens per honest session")
-    ba.add_argument("--cost-steps", type=int, default=200, help="decoding steps per cost measurement")
-    ba.add_argument("--cost-rounds", type=int, default=3, help="interleaved rounds of (none, 1%%, 5%%)")
+    ba.add_argument("--cost-steps", type=int, default=100, help="decoding steps per cost measurement")
+    ba.add_argument("--cost-rounds", type=int, default=5, help="interleaved rounds of (none, 1%%, 5%%)")
     ba.add_argument("--runs", type=int, default=1000, help="seeded audit schedules over the recorded outcomes")
     ba.add_argument("--record-steps", type=int, default=200, help="steps of the corrupt node recorded")
     ba.add_argument("--real-runs", type=int, default=5, help="end-to-end sessions through the corrupt node")
