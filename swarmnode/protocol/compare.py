@@ -10,10 +10,10 @@ import numpy as np
 from swarmnode.protocol.tensors import WireTensor
 
 #: Relative error (per position: ``||x - ref|| / ||ref||`` over the hidden dimension) tolerated per
-#: precision. fp32 nodes agree to ~1e-6 (torch vs torch) and ~1e-4 (ONNX Runtime vs torch); half
-#: precisions and int8 weights drift further. A comparison uses the loosest precision involved
-#: (either node's compute dtype, the wire dtype).
-TOLERANCE = {"float32": 2e-3, "float16": 2e-2, "bfloat16": 5e-2, "int8": 1e-1}
+#: precision, about twice the worst seen against fp32 torch on SmolLM2 spans of 3 and 10 blocks (real
+#: text embeddings): ONNX Runtime fp32 5e-6, bfloat16 0.037 (3 blocks) / 0.016 (10), int8 weights 0.149 /
+#: 0.065. A comparison uses the loosest precision involved (either node's compute dtype, the wire dtype).
+TOLERANCE = {"float32": 2e-3, "float16": 3e-2, "bfloat16": 1e-1, "int8": 3e-1}
 
 
 def tolerance_for(*dtypes: str) -> float:
