@@ -3,9 +3,10 @@
 Everything runs through real node processes on this machine, serving a slice of the model (two hops
 of ``blocks`` blocks each, fed with the real embeddings of a real text, teacher-forced):
 
-1. **False positives**: ``honest_steps`` decoding steps through two honest hops, audited at 5 %;
-   every step of every hop is compared with a replay on an independent node (§11.4). Any failed
-   audit or check is a false positive.
+1. **False positives**: ``honest_steps`` decoding steps through two honest PyTorch hops, audited at
+   5 %; every step of every hop is compared with a replay on an independent node running another
+   backend (ONNX Runtime by default), as in a real swarm (§11.4). Any failed audit or check is a false
+   positive.
 2. **Cost**: tokens/s of the same sessions without auditing, at 1 % and at 5 %, interleaved round
    by round in one run; ``cost_x = 1 - tokens_per_s(x) / tokens_per_s(none)``.
 3. **Detection**: a node started with ``--corrupt-fraction F`` serves hop 2 for ``record_steps``
@@ -31,7 +32,7 @@ TEXT = (
     "rag. From the gallery he could see the whole bay: the fishing boats coming home, the gulls circling "
     "the harbour wall, and far out, the dark line where the sea met the sky. "
 )
-NODE_ARGS = ["--backend", "torch", "--dtype", "float32", "--no-measure", "--num-threads", "1"]
+NODE_ARGS = ["--backend", "torch", "--dtype", "float32", "--no-measure", "--num-threads", "1"]  # later args win
 
 
 def _tokens(tokenizer, count: int) -> list[int]:
@@ -52,7 +53,9 @@ def _info(url: str):
 
 
 class _Bench:
-    def __init__(self, model: str, blocks: int, stack: ExitStack, corrupt_fraction: float) -> None:
+    def __init__(
+        self, model: str, blocks: int, stack: ExitStack, corrupt_fraction: float, auditor_backend: str
+    ) -> None:
         from swarmnode.launcher import start_node
         from swarmnode.models import Checkpoint, load_client_head, resolve_model
 
@@ -65,6 +68,8 @@ class _Bench:
         self.nodes = {}
         for name, span in spans.items():
             extra = ["--corrupt-fraction", str(corrupt_fraction), "--corrupt-seed", "1"] if name == "bad" else []
+            if name in ("a2", "b2"):  # the auditors: another backend, so comparisons cross backends as in a swarm
+                extra += ["--backend", auditor_backend]
             node = start_node(model, span, extra_args=NODE_ARGS + extra)
             stack.callback(node.process.kill)
             self.nodes[name] = node
@@ -221,10 +226,11 @@ def run_bench_audit(
     record_steps: int = 200,
     real_runs: int = 5,
     corrupt_fraction: float = 1.0,
+    auditor_backend: str = "onnxruntime",
 ) -> dict:
     """Run the three measurements; return the ``--json`` result (see the module docstring)."""
     with ExitStack() as stack:
-        bench = _Bench(model, blocks, stack, corrupt_fraction)
+        bench = _Bench(model, blocks, stack, corrupt_fraction, auditor_backend)
         flagged, smallest_flagged_error, tol = _record(bench, record_steps)
         detection_rate, median = _simulate(flagged, runs, 0.05, 100)
         real = _real_runs(bench, real_runs, 100)
@@ -247,5 +253,6 @@ def run_bench_audit(
         "real_runs_steps_to_detect": real,
         "honest_hop_steps_compared": honest["honest_hop_steps_compared"],
         "tokens_per_s": costs["tokens_per_s"],
-        "setup": f"{model}, 2 hops x {blocks} blocks, torch fp32, 1 thread per node, this machine",
+        "setup": f"{model}, 2 hops x {blocks} blocks, torch fp32 nodes audited by {auditor_backend} fp32 nodes, "
+        "1 thread per node",
     }

@@ -227,6 +227,7 @@ def _bench_audit(args: argparse.Namespace) -> None:
         record_steps=args.record_steps,
         real_runs=args.real_runs,
         corrupt_fraction=args.corrupt_fraction,
+        auditor_backend=args.auditor_backend,
     )
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
 
@@ -421,6 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
     ba.add_argument("--record-steps", type=int, default=200, help="steps of the corrupt node recorded")
     ba.add_argument("--real-runs", type=int, default=5, help="end-to-end sessions through the corrupt node")
     ba.add_argument("--corrupt-fraction", type=float, default=1.0, help="share of steps the bad node perturbs")
+    ba.add_argument(
+        "--auditor-backend", default="onnxruntime", help="backend of the auditing nodes (torch, onnxruntime)"
+    )
     ba.add_argument("--json", action="store_true")
     ba.set_defaults(func=_bench_audit)
 
