@@ -132,6 +132,7 @@ def _generate(args: argparse.Namespace) -> None:
         identity=identity,
         audit=audit,
         reporter=reporter,
+        secure=args.secure or None,
     )
     tok = model.tokenizer
     ids = _prompt_ids(tok, args.prompt, args.chat, args.system)
@@ -366,6 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int)
     gen.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
     gen.add_argument("--push", action="store_true", help="server-to-server push: nodes forward activations")
+    gen.add_argument(
+        "--secure", action="store_true", help="encrypt to every node end to end (always on through relays)"
+    )
     gen.add_argument(
         "--routing", default="latency", choices=["latency", "throughput"], help="what chains are optimised for"
     )

@@ -25,6 +25,7 @@ from swarmnode.server.relay_hub import check_dial_back
 from swarmnode.server.throttle import TokenBucket, throttle
 
 HANDSHAKE_FRAME_BYTES = 64 * 1024
+HANDSHAKE_TIMEOUT_S = 10.0
 
 
 def _relay_base(scope: dict) -> str:
@@ -51,6 +52,13 @@ class NodeLinkConsumer(AsyncWebsocketConsumer):
         self.bytes_bucket = TokenBucket(settings.RELAY_NODE_BYTES_PER_S)
         self.frames_bucket = TokenBucket(settings.RELAY_NODE_FRAMES_PER_S)
         await self.accept()
+        self.deadline = asyncio.create_task(self._handshake_deadline())
+
+    async def _handshake_deadline(self) -> None:
+        """A link that has not attached within the handshake timeout is closed (spec §9.2)."""
+        await asyncio.sleep(HANDSHAKE_TIMEOUT_S)
+        if self.stage != "attached":
+            await self._refuse("timeout", "no complete handshake in time")
 
     async def _refuse(self, code: str, message: str) -> None:
         await self.send(bytes_data=envelope.pack("error", id=self.hello.get("id", 0), code=code, message=message))
@@ -191,6 +199,7 @@ class NodeLinkConsumer(AsyncWebsocketConsumer):
         await self.close(code=1001)
 
     async def disconnect(self, code: int) -> None:
+        self.deadline.cancel()
         if self.stage == "attached" and self.key_id:
             await database_sync_to_async(relaying.detach)(self.key_id, self.channel_name)
         for channel in list(self.clients):

@@ -4,6 +4,7 @@ clients' frames pass through untouched; unknown targets and impostors get errors
 import pytest
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
+from channels.layers import channel_layers
 from channels.testing import WebsocketCommunicator
 
 from portal.accounts.models import NodeToken
@@ -19,6 +20,14 @@ from swarmnode.secure_channel import key_id
 pytestmark = pytest.mark.django_db(transaction=True)
 
 HOST = [(b"host", b"portal.test")]  # no Origin header: nodes and programs send none
+
+
+@pytest.fixture(autouse=True)
+def _fresh_channel_layer():
+    """Each test runs its own event loop: a Redis channel layer (the services run) must not outlive it."""
+    channel_layers.backends.clear()
+    yield
+    channel_layers.backends.clear()
 
 
 def _run(fn):
@@ -87,6 +96,7 @@ def test_it_closes_a_nodes_clients_when_the_node_goes(token):
         await _recv(link)
         await link.disconnect()
         assert (await client.receive_output(timeout=5))["type"] == "websocket.close"
+        await client.disconnect()
 
     _run(scenario)
 
@@ -186,5 +196,19 @@ def test_it_tells_its_load_to_a_node_choosing_a_relay(token):
         assert load == {"type": "relay_load", "id": 5, "nodes": 1, "capacity": 256, "clients": 0}
         await ws.disconnect()
         await link.disconnect()
+
+    _run(scenario)
+
+
+def test_it_closes_a_link_that_never_completes_the_handshake(token, monkeypatch):
+    monkeypatch.setattr("portal.relay.consumers.HANDSHAKE_TIMEOUT_S", 0.2)
+
+    async def scenario():
+        ws = WebsocketCommunicator(application, "/ws/relay", headers=HOST)
+        assert (await ws.connect())[0]
+        reply = await _recv(ws)
+        assert reply["type"] == "error" and reply["code"] == "timeout"
+        assert (await ws.receive_output(timeout=5))["type"] == "websocket.close"
+        await ws.disconnect()
 
     _run(scenario)
