@@ -67,17 +67,17 @@ def test_it_slows_a_node_over_its_frame_rate_instead_of_buffering():
     """§9.6: over the per-node frame rate, forwarding waits (the counter of waited seconds grows)."""
 
     async def scenario():
-        hub, task = await _relay_with(_limits(node_frames_per_s=50.0))
+        hub, task = await _relay_with(_limits(node_frames_per_s=10.0))
         link = await _attach(hub.base_url)
         try:
             kid = next(iter(hub.nodes))
             client = await connect(f"{hub.base_url}/{kid}")
             opened = envelope.unpack(await link.recv(), 1 << 16)
-            for i in range(80):  # a burst of 50 passes at once, the other 30 wait ~0.6 s
+            for i in range(40):  # a burst of 10 passes at once, the other 30 need 3 s more at 10/s
                 await client.send(b"frame %d" % i)
-            for _ in range(80):
+            for _ in range(40):
                 assert envelope.unpack(await link.recv(), 1 << 16)["conn"] == opened["conn"]
-            assert hub.stats["throttled_s"] > 0.3 and hub.stats["frames"] == 80
+            assert hub.stats["throttled_s"] > 1.0 and hub.stats["frames"] == 40
             await client.close()
         finally:
             await link.close()
