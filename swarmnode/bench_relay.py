@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import statistics
 import tempfile
+import time
 from pathlib import Path
 
 from swarmnode.bench import DEFAULT_PROMPT, _timed
@@ -26,7 +27,8 @@ def run_bench_relay(
 
     Returns:
         ``{"direct_tok_s", "relay_tok_s", "ratio", "tokens_equal", "overhead_ms_per_token", ...}``;
-        medians over ``runs`` after a warm-up of each.
+        medians over ``runs`` after a warm-up of each; ``rtt_*_ms``: median info round trips per node,
+        and ``relay_extra_ms_per_token`` their difference summed over the chain (a token crosses each hop once).
     """
     from swarmnode.client import AutoDistributedModelForCausalLM
     from swarmnode.launcher import LocalSwarm, start_relay
@@ -65,6 +67,7 @@ def run_bench_relay(
                         tok_s, _, out = _timed(fn, new_tokens)
                         results[name].append(tok_s)
                         tokens[name] = out
+                rtts = _ping_pairs(swarm.urls, swarm.addresses)
         finally:
             relay.process.terminate()
             relay.process.wait(10)
@@ -82,4 +85,31 @@ def run_bench_relay(
         "ratio": round(relay_tok_s / direct_tok_s, 3),
         "overhead_ms_per_token": round(1000 * (1 / relay_tok_s - 1 / direct_tok_s), 2),
         "tokens_equal": tokens["direct"] == tokens["relay"],
+        # Transport alone, less sensitive to machine load: median round trip of an info request per node.
+        "rtt_direct_ms": rtts["direct"],
+        "rtt_relay_ms": rtts["relay"],
+        "relay_extra_ms_per_token": round(sum(rtts["relay"]) - sum(rtts["direct"]), 2),
     }
+
+
+def _ping_pairs(urls: list[str], addresses: list[str], count: int = 100) -> dict[str, list[float]]:
+    """Median info round trip (ms) to each node directly and through the relay (encrypted), interleaved."""
+    from swarmnode.client.remote import RemoteSpan
+    from swarmnode.protocol import Info
+
+    out: dict[str, list[float]] = {"direct": [], "relay": []}
+    for url, address in zip(urls, addresses, strict=True):
+        spans = {"direct": RemoteSpan(url, timeout=10), "relay": RemoteSpan(address, timeout=10)}
+        try:
+            samples: dict[str, list[float]] = {"direct": [], "relay": []}
+            for _ in range(count):
+                for name, span in spans.items():
+                    started = time.perf_counter()
+                    span.request(Info())
+                    samples[name].append(time.perf_counter() - started)
+            for name in out:
+                out[name].append(round(1000 * statistics.median(samples[name]), 3))
+        finally:
+            for span in spans.values():
+                span.close()
+    return out
