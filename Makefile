@@ -83,3 +83,10 @@ bench-swarm: install
 ## then generation tokens/s through the browser node (relayed) vs an all-Python route.
 bench-browser: model
 	$(PY) bench/browser_node.py --blocks 10:20 --threads 1 --route
+
+.PHONY: bench-chat
+## 20 simultaneous chat websockets against the demo swarm (embedded, then Redis + a run_gateway process):
+## none lost or mixed up; aggregate tok/s and p95 time to first token, next to the swarm client alone.
+bench-chat: model
+	$(PY) bench/chat_concurrency.py --sessions 20
+	$(ON_SERVICES) $(PY) bench/chat_concurrency.py --sessions 20

@@ -18,8 +18,14 @@ import torch
 
 from portal.chat.prompts import ContextTooLong, Prompt, chat_prompt, text_prompt
 from portal.chat.protocol import BadRequest, GenerationRequest
+from swarmnode.client.failover import FailoverPolicy
 
 log = logging.getLogger("portal.chat.gateway")
+
+# A gateway runs many sessions at once, so a node's queue (and its step times) grows with the gateway's
+# own load: the client's default adaptive step timeout (8x the smoothed step time, at least 2 s) would
+# read a busy node as a dead one and ban it for every session. Wait longer before failing over.
+GATEWAY_FAILOVER = FailoverPolicy(min_step_timeout_s=20.0, step_timeout_factor=50.0)
 
 REFRESH_EVERY_S = 15.0  # ask the tracker again for nodes at most this often (and whenever routing fails)
 
@@ -92,7 +98,7 @@ class ModelPool:
                 # nodes get paid from system:rewards, the chat/API users were charged by charge_usage.
                 identity = gateway_identity()
                 model = DistributedModelForCausalLM(
-                    name, checkpoint, [], torch.float32, self.timeout, identity=identity
+                    name, checkpoint, [], torch.float32, self.timeout, identity=identity, failover=GATEWAY_FAILOVER
                 )
                 self._models[name] = model
             stale = time.monotonic() - self._refreshed.get(name, 0.0) > REFRESH_EVERY_S
