@@ -105,10 +105,9 @@ def direct(portal: str, questions: list[str], new_tokens: int) -> dict:
 
     import torch
 
+    from portal.chat.engine import GATEWAY_FAILOVER
     from portal.chat.prompts import chat_prompt
     from swarmnode.client import AutoDistributedModelForCausalLM
-
-    from portal.chat.engine import GATEWAY_FAILOVER
 
     # The gateway's failover policy: with the client's default one, 20 sessions at once on a busy 2-core
     # machine make nodes look dead (their queues outgrow the adaptive step timeout) and sessions fail.
@@ -210,6 +209,7 @@ def main() -> None:
     parser.add_argument("--user", default="demo")
     parser.add_argument("--password", default="layerswarm-demo")
     parser.add_argument("--backend", default="auto", help="the nodes' backend (auto, as in the demo)")
+    parser.add_argument("--log-dir", type=Path, help="keep the portal's and nodes' logs here")
     parser.add_argument("--no-solo", action="store_true", help="skip the solo reference answers")
     args = parser.parse_args()
 
@@ -221,7 +221,8 @@ def main() -> None:
             from swarmnode.launcher import LocalSwarm
             from swarmnode.testing.polling import wait_until
 
-            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-chat-")))
+            folder = args.log_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-chat-")))
+            folder.mkdir(parents=True, exist_ok=True)
             env = {"SWARM_HEARTBEAT_TIMEOUT": "30"}
             live = stack.enter_context(live_portal(folder, f"layerswarm_bench_chat_{os.getpid()}", False, env))
             portal, user, password = live.url, "bench", "bench-password-1"

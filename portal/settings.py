@@ -89,7 +89,12 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     DATABASES["default"]["OPTIONS"]["transaction_mode"] = "IMMEDIATE"
 REDIS_URL = env_str("REDIS_URL", "")
 if REDIS_URL:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}}
+    # redis-py 8 reads with a 5 s socket timeout by default, exactly channels_redis's blocking-pop time: an idle
+    # consumer's receive then fails with "Timeout reading from" and the websocket closes (1011). Wait longer.
+    _redis_host = {"address": REDIS_URL, "socket_timeout": env_float("REDIS_SOCKET_TIMEOUT", 30.0)}
+    CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [_redis_host]}}
+    }
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 

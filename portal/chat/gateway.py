@@ -38,12 +38,17 @@ def online_peers(model: str) -> list[str]:
     from portal.swarm.models import Node
 
     close_old_connections()
-    urls = list(
-        Node.objects.visible()
-        .filter(model__name=model, state=Node.State.ONLINE, relay=False)
-        .exclude(url="")
-        .values_list("url", flat=True)
-    )
+    try:
+        urls = list(
+            Node.objects.visible()
+            .filter(model__name=model, state=Node.State.ONLINE, relay=False)
+            .exclude(url="")
+            .values_list("url", flat=True)
+        )
+    finally:
+        # Generation threads run for seconds to minutes: hand the connection back to the pool now, or
+        # more concurrent generations than DATABASE_POOL_MAX would starve each other.
+        connections.close_all()
     return urls + [u for u in settings.CHAT_SWARM_PEERS if u not in urls]
 
 
