@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.contrib import admin, messages
+from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
 from portal.reputation import scoring
@@ -53,7 +54,7 @@ class NodeStandingAdmin(admin.ModelAdmin):
                 "<tr><td><a href='{}'>{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 (
                     (
-                        f"../../auditevidence/{e.pk}/change/",
+                        reverse("admin:reputation_auditevidence_change", args=[e.pk]),
                         f"{e.created:%Y-%m-%d %H:%M:%S}",
                         e.kind,
                         "passed" if e.passed else "FAILED",

@@ -78,4 +78,6 @@ def test_it_lets_only_staff_into_the_reputation_admin(evidence, owner_client, ad
     standing = evidence.standing
     page = admin_client.get(f"/admin/reputation/nodestanding/{standing.pk}/change/")
     assert page.status_code == 200 and b"score-history" in page.content and b"FAILED" in page.content
+    evidence_url = f"/admin/reputation/auditevidence/{evidence.audit_evidence.get().pk}/change/"
+    assert evidence_url.encode() in page.content and admin_client.get(evidence_url).status_code == 200
     assert admin_client.get("/admin/reputation/auditevidence/add/").status_code == 403
