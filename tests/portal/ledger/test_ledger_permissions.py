@@ -55,6 +55,10 @@ def test_it_sends_anonymous_visitors_to_log_in(anon_client, earned):
     for url in APIS:
         assert anon_client.get(url).status_code in (401, 403), url
     assert anon_client.post("/api/v1/receipts/", {}, format="json").status_code in (401, 403)
+    for url in ["/credits/keys/", "/credits/keys/1/revoke/", "/credits/payouts/"]:  # the page forms
+        response = anon_client.post(url, {"amount": 5, "destination": "x", "key": "k", "name": "n"})
+        assert response.status_code == 302 and "login" in response["Location"], url
+    assert Payout.objects.count() == 1 and ClientKey.objects.count() == 1
     assert anon_client.post(
         "/api/v1/ledger/payouts/", {"amount": 5, "destination": "x"}, format="json"
     ).status_code in (
