@@ -120,7 +120,8 @@ def release_escrow(now: dt.datetime | None = None) -> int:
     """Move escrowed earnings of nodes that built their reputation to their owners; return how many moved."""
     now = now or timezone.now()
     moved = 0
-    for account in Account.objects.filter(kind=Account.Kind.ESCROW, node__isnull=False).select_related("node"):
+    # A node deleted since (its escrow account's node is NULL) has nothing left to prove: released too.
+    for account in Account.objects.filter(kind=Account.Kind.ESCROW).select_related("node"):
         if needs_escrow(account.node, now):
             continue
         if release_one(account, now) is not None:

@@ -138,3 +138,17 @@ def test_it_holds_a_new_nodes_earnings_in_escrow_until_its_reputation_is_built(
     assert release_escrow() == 1
     assert release_escrow() == 0  # nothing left: idempotent
     assert balance(escrow_account(young)) == 0 and balance_of(owner) == 1300
+
+
+def test_it_releases_the_escrow_of_a_node_deleted_since(
+    ledger_settings, owner, gateway_client, receipt_factory, node_factory, identities
+):
+    ledger_settings.LEDGER_ESCROW_MIN_AGE = 3600
+    young = node_factory(owner, identities[5], blocks=(0, 30), age_s=60)
+    receipt, _ = submit_receipt(receipt_factory(gateway_client, young, identities[5], tokens=2).to_json())
+    settle_receipt(receipt.pk)
+    escrow = escrow_account(young)
+    assert balance(escrow) == 60
+    young.delete()  # e.g. its token was deleted
+    assert release_escrow() == 1
+    assert balance(escrow) == 0 and balance_of(owner) == 1060
