@@ -35,7 +35,7 @@ def payout_context(payout: Payout, history_days: int = 30) -> dict:
     receipts = Receipt.objects.filter(earner=user, status=Receipt.Status.SETTLED)
     return {
         "payout": payout,
-        "user": user,
+        "owner": user,
         "earned": earned(user),
         "payable": payable(user),
         "summary": statements.summary(user),

@@ -112,6 +112,7 @@ def test_it_charts_earnings_and_reputation_and_takes_a_payout_to_approval(portal
     section.locator("a.button").click()
     admin.wait_for_selector("#review-form")
     assert admin.inner_text("#earned") == "1000"
+    assert "boss" in admin.inner_text("#user-tools").lower()  # the reviewer, never the payout's owner
     assert admin.locator("svg.score-history").count() == 1  # the node's reputation history next to the request
     admin.select_option("#id_decision", "approve")
     admin.fill("#id_external_reference", "SEPA-2026-11-0042")
