@@ -42,6 +42,10 @@ def test_it_isolates_the_contribute_from_browser_page(owner_client, span_file):
     assert "Stop" in page and "per cached token" in page  # what it costs, and how to leave
 
 
+def test_it_links_the_browser_page_from_contribute_a_gpu(owner_client, smollm2):
+    assert 'href="/contribute/browser/"' in owner_client.get("/contribute/").content.decode()
+
+
 def test_it_says_when_no_span_is_prepared_for_browsers(owner_client, smollm2, settings, tmp_path):
     settings.SWARM_SPAN_FILES_DIR = tmp_path
     page = owner_client.get("/contribute/browser/").content.decode()
