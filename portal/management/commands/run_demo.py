@@ -121,6 +121,8 @@ class Command(BaseCommand):
         w(self.style.SUCCESS(f"Layerswarm is up: {url}/"))
         w(f"  demo login:   {DEMO_USER} / {DEMO_PASSWORD}  (also admin: {url}/admin/)")
         w(f"  health map:   {url}/swarm/{model}/   ({entry['online_nodes']} nodes online, every block covered)")
+        w(f"  chat:         {url}/chat/")
+        w(f"  OpenAI API:   base_url={url}/v1  (api_key: manage.py create_api_key {DEMO_USER})")
         w(f"  API docs:     {url}/api/docs/")
         w("  chat from another terminal (the client finds the nodes through the tracker):")
         prompt = '--chat --prompt "What is the capital of France?"'

@@ -104,6 +104,18 @@ def test_it_continues_a_raw_prompt_and_honours_stop_strings(client, reference):
     assert cut.choices[0].text == whole.choices[0].text[: whole.choices[0].text.index(stop)]
 
 
+def test_it_cancels_the_generation_when_a_streaming_client_goes_away(client, portal):
+    from tests.portal.chat.conftest import open_sessions
+
+    ask = dict(model="smollm2", messages=[{"role": "user", "content": "Tell me a long story."}], max_tokens=500)
+    with client.chat.completions.create(**ask, temperature=0, stream=True) as stream:
+        for i, _ in enumerate(stream):
+            if i == 5:
+                assert open_sessions(portal.swarm.urls) == [1, 1, 1]
+                break
+    wait_until(lambda: open_sessions(portal.swarm.urls) == [0, 0, 0], 5, "the nodes to close the session")
+
+
 def test_it_samples_reproducibly_with_a_seed(client):
     ask = dict(model="smollm2", messages=QUESTION, max_tokens=12, temperature=0.9, top_p=0.95, seed=7)
     first = client.chat.completions.create(**ask).choices[0].message.content

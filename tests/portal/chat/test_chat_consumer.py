@@ -169,3 +169,23 @@ def test_it_counts_anonymous_answers_against_the_free_quota(smollm2, embedded_ga
     assert anonymous_tokens_left(session.session_key) == 60 - done["usage"]["total_tokens"]
     if anonymous_tokens_left(session.session_key) == 0:
         assert refused["code"] == "insufficient_credits"
+
+
+def test_it_regenerates_the_last_answer_in_place(owner, smollm2, embedded_gateway, chat_socket):
+    ws = chat_socket(owner)
+
+    async def scenario():
+        await ws.connect()
+        await ws.send_json_to({"type": "send", "content": "Name a colour.", "settings": GREEDY})
+        first, _ = await _until(ws, "done")
+        await ws.send_json_to({"type": "regenerate", "conversation": first["conversation"], "settings": GREEDY})
+        accepted = await ws.receive_json_from(timeout=15)
+        again, _ = await _until(ws, "done")
+        await ws.disconnect()
+        return first, accepted, again
+
+    first, accepted, again = async_to_sync(scenario)()
+    assert accepted["question"] is None and again["conversation"] == first["conversation"]
+    assert again["message"]["content"] == first["message"]["content"]  # greedy: the same answer
+    roles = list(Message.objects.filter(conversation_id=first["conversation"]).values_list("role", "id"))
+    assert [r for r, _ in roles] == ["user", "assistant"] and roles[1][1] == again["message"]["id"]
