@@ -74,12 +74,13 @@ def span_file_path(sha256: str) -> Path | None:
 def file_sha256(path: Path, progress: Callable[[str], None] | None = None, chunk: int = 8 << 20) -> str:
     """SHA-256 of a file, read in chunks."""
     h = hashlib.sha256()
-    size, done = path.stat().st_size, 0
+    size, done, shown = path.stat().st_size, 0, -1
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
             done += len(block)
-            if progress and size:
+            if progress and size and done * 10 // size != shown:  # every 10%
+                shown = done * 10 // size
                 progress(f"hashing {done * 100 // size}%")
     return h.hexdigest()
 
