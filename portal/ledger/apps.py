@@ -11,4 +11,4 @@ class LedgerConfig(AppConfig):
     verbose_name = "Ledger"
 
     def ready(self):
-        from portal.ledger import signals  # noqa: F401  (registers the receivers)
+        from portal.ledger import checks, signals  # noqa: F401  (registers the system checks and receivers)

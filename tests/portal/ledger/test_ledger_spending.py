@@ -113,3 +113,13 @@ def test_it_refuses_updates_in_the_database_itself_on_postgresql(owner):
                 [entry.transaction_id, entry.account_id],
             )
             cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+
+
+def test_it_flags_nonsense_ledger_settings(settings):
+    from portal.ledger.checks import check_ledger_settings
+
+    assert check_ledger_settings(None) == []
+    settings.LEDGER_CREDITS_PER_TOKEN = -1
+    settings.LEDGER_SETTLE_EVERY = 0
+    settings.LEDGER_ESCROW_RELEASE_SCORE = 1.5
+    assert sorted(e.id for e in check_ledger_settings(None)) == ["ledger.E001", "ledger.E002", "ledger.E003"]
