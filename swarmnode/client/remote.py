@@ -11,6 +11,9 @@ from swarmnode.protocol import Error, Info, InfoReply, Limits, Message, Protocol
 from swarmnode.protocol.relay import relay_key_id
 from swarmnode.secure_channel import ChannelError, SecureChannel, client_handshake, finish_handshake, key_id
 
+# Suites to offer, best first; every node must accept the last one (what WebCrypto can do, spec §10.2).
+SUITE_PREFERENCE = ("x25519-chacha20poly1305", "x25519-aes256gcm")
+
 
 class RemoteError(Exception):
     """A node answered with an Error message, or broke the protocol, or went away.
@@ -119,8 +122,22 @@ class RemoteSpan:
         if not public_key:
             public_key = self.info().public_key
         self._check_key(public_key)
+        for suite in SUITE_PREFERENCE:
+            try:
+                self._channel = self._handshake(public_key, suite)
+                return
+            except RemoteError as exc:
+                # A node that lacks a suite (a browser has no ChaCha20) says so in the clear; try the next.
+                if (
+                    exc.code != "bad_handshake"
+                    or "unsupported suite" not in exc.message
+                    or suite == SUITE_PREFERENCE[-1]
+                ):
+                    raise
+
+    def _handshake(self, public_key: str, suite: str) -> SecureChannel:
         try:
-            hello, pending = client_handshake(public_key, request_id=self._next_id)
+            hello, pending = client_handshake(public_key, suite, request_id=self._next_id)
         except ValueError as exc:
             raise RemoteError(self.url, "bad_key", str(exc)) from None
         self._next_id += 1
@@ -132,7 +149,7 @@ class RemoteSpan:
         except Exception as exc:
             raise RemoteError(self.url, "unavailable", f"connection lost ({type(exc).__name__})") from None
         try:
-            self._channel = finish_handshake(pending, frame)
+            return finish_handshake(pending, frame)
         except ChannelError as exc:
             raise RemoteError(self.url, exc.code, exc.message) from None
 
