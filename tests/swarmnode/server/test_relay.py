@@ -74,17 +74,23 @@ class InProcessRelay:
 def relayed(tiny_models, tmp_path_factory):
     """A relay process, an in-process recording relay, and one tiny node attached to each."""
     logs = tmp_path_factory.mktemp("relay-logs")
-    relay = start_relay(log_path=logs / "relay.log")
+    started = []  # killed even when a later start fails
     recording = InProcessRelay().start()
-    common = ["--backend", "torch", "--no-measure", "--relay", "always"]
-    model = str(tiny_models["llama"])
-    node = start_node(model, "0:6", extra_args=[*common, "--relays", relay.url], log_path=logs / "node.log")
-    spied = start_node(model, "0:6", extra_args=[*common, "--relays", recording.url], log_path=logs / "spied.log")
-    yield relay, node, recording, spied
-    for p in (node, spied, relay):
-        p.process.kill()
-        p.process.wait()
-    recording.stop()
+    try:
+        relay = start_relay(log_path=logs / "relay.log")
+        started.append(relay)
+        common = ["--backend", "torch", "--no-measure", "--relay", "always"]
+        model = str(tiny_models["llama"])
+        node = start_node(model, "0:6", extra_args=[*common, "--relays", relay.url], log_path=logs / "node.log")
+        started.append(node)
+        spied = start_node(model, "0:6", extra_args=[*common, "--relays", recording.url], log_path=logs / "spied.log")
+        started.append(spied)
+        yield relay, node, recording, spied
+    finally:
+        for p in started:
+            p.process.kill()
+            p.process.wait()
+        recording.stop()
 
 
 def run_steps(span: RemoteSpan, sid: str, count: int = 2) -> list[np.ndarray]:
