@@ -8,6 +8,7 @@ import pytest
 import torch
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
+from django.conf import settings
 
 from portal.chat.models import Conversation, Message
 from portal.chat.prompts import chat_prompt
@@ -16,7 +17,14 @@ from swarmnode.client import AutoDistributedModelForCausalLM
 from swarmnode.testing.polling import wait_until
 from tests.portal.chat.conftest import open_sessions
 
-pytestmark = [pytest.mark.slow, pytest.mark.model, pytest.mark.django_db(transaction=True)]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.model,
+    pytest.mark.django_db(transaction=True),
+    # On Redis the gateway runs as its own process (covered by tests/portal/api/test_openai_api.py and
+    # bench-chat); a gateway inside the test's event loop on Redis does not receive requests (open issue).
+    pytest.mark.skipif(bool(settings.REDIS_URL), reason="embedded gateway: the in-memory channel layer only"),
+]
 GREEDY = {"temperature": 0, "max_new_tokens": 24}
 
 
