@@ -64,3 +64,9 @@ def chromium():
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         yield browser
         browser.close()
+
+
+@pytest.fixture(scope="session")
+def browser(chromium):
+    """The same chromium under the name the page tests use."""
+    return chromium

@@ -2,7 +2,6 @@
 it, and watch the health map turn that node's block range green (pushed over the websocket)."""
 
 import os
-import shutil
 
 import pytest
 
@@ -10,7 +9,6 @@ from portal.processes import live_portal
 from swarmnode.launcher import start_node
 
 pytestmark = [pytest.mark.slow, pytest.mark.model]
-CHROMIUM = "/usr/bin/chromium"
 
 
 @pytest.fixture(scope="module")
@@ -19,22 +17,6 @@ def portal(tmp_path_factory):
     with live_portal(folder, f"layerswarm_browser_{os.getpid()}", celery=False) as portal:
         portal.folder = folder
         yield portal
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not shutil.which(CHROMIUM):
-        pytest.fail("chromium is missing: apt-get install -y chromium (.ci/run installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        yield browser
-        browser.close()
 
 
 def test_it_turns_the_block_range_green_when_a_node_starts(portal, browser):

@@ -1,7 +1,6 @@
 """The health map tells direct nodes from relayed ones (behind NAT), in a real browser."""
 
 import os
-import shutil
 
 import pytest
 
@@ -11,7 +10,6 @@ from swarmnode.secure_channel import key_id
 from swarmnode.server.announce import post_json
 
 pytestmark = pytest.mark.slow
-CHROMIUM = "/usr/bin/chromium"
 
 
 def _announce(portal_url: str, token: str, start: int, end: int, url: str, relay: bool, public_key: str) -> None:
@@ -23,29 +21,20 @@ def _announce(portal_url: str, token: str, start: int, end: int, url: str, relay
     post_json(f"{portal_url}/api/v1/nodes/{node['id']}/heartbeat/", token, {}, 10)
 
 
-def test_it_draws_relayed_nodes_apart_from_direct_ones(tmp_path):
-    if not shutil.which(CHROMIUM):
-        pytest.fail("chromium is missing: apt-get install -y chromium (.ci/run installs it)")
-    from playwright.sync_api import sync_playwright
-
+def test_it_draws_relayed_nodes_apart_from_direct_ones(tmp_path, browser):
     with live_portal(tmp_path, f"layerswarm_relaymap_{os.getpid()}", celery=False) as portal:
         token = create_user_with_node_token(portal.env, "homelab", "homelab-password-1")
         behind_nat = NodeIdentity.generate().public_key
         relay_address = f"{portal.url.replace('http', 'ws')}/ws/relay/{key_id(behind_nat)}"
         _announce(portal.url, token, 0, 15, "ws://127.0.0.1:9/layerswarm/v1", False, NodeIdentity.generate().public_key)
         _announce(portal.url, token, 15, 30, relay_address, True, behind_nat)
-        with sync_playwright() as p:
-            browser = p.chromium.launch(
-                executable_path=CHROMIUM, headless=True,
-                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-            )  # fmt: skip
-            page = browser.new_page()
-            page.goto(f"{portal.url}/swarm/smollm2/")
-            page.wait_for_selector('.lane[data-connection="relay"]', timeout=20_000)
-            assert "⇄ relayed" in page.inner_text('.lane[data-connection="relay"]')
-            assert "direct" in page.inner_text('.lane[data-connection="direct"]')
-            dashed = "getComputedStyle(document.querySelector(sel)).borderTopStyle"
-            assert page.evaluate(f"sel => {dashed}", '.lane[data-connection="relay"]') == "dashed"
-            assert page.evaluate(f"sel => {dashed}", '.lane[data-connection="direct"]') == "solid"
-            assert "1 relayed" in page.inner_text(".model-health h2 small")
-            browser.close()
+        page = browser.new_page()
+        page.goto(f"{portal.url}/swarm/smollm2/")
+        page.wait_for_selector('.lane[data-connection="relay"]', timeout=20_000)
+        assert "⇄ relayed" in page.inner_text('.lane[data-connection="relay"]')
+        assert "direct" in page.inner_text('.lane[data-connection="direct"]')
+        dashed = "getComputedStyle(document.querySelector(sel)).borderTopStyle"
+        assert page.evaluate(f"sel => {dashed}", '.lane[data-connection="relay"]') == "dashed"
+        assert page.evaluate(f"sel => {dashed}", '.lane[data-connection="direct"]') == "solid"
+        assert "1 relayed" in page.inner_text(".model-health h2 small")
+        page.close()

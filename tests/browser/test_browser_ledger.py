@@ -2,14 +2,12 @@
 requests a payout, and an admin approves it from the review page (real daphne, real chromium)."""
 
 import os
-import shutil
 
 import pytest
 
 from portal.processes import live_portal, manage
 
 pytestmark = [pytest.mark.slow]
-CHROMIUM = "/usr/bin/chromium"
 
 SEED = """
 import datetime as dt
@@ -51,22 +49,6 @@ def portal(tmp_path_factory):
     with live_portal(folder, f"layerswarm_ledger_browser_{os.getpid()}", celery=False, env=env) as portal:
         assert manage(["shell", "-c", SEED], portal.env).stdout.strip().endswith("seeded")
         yield portal
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not shutil.which(CHROMIUM):
-        pytest.fail("chromium is missing: apt-get install -y chromium (.ci/run installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        yield browser
-        browser.close()
 
 
 def _login(browser, url, username, password):

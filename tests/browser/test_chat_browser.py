@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 import urllib.request
 
@@ -19,7 +18,6 @@ from swarmnode.protocol import Info
 from swarmnode.testing.polling import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.model]
-CHROMIUM = "/usr/bin/chromium"
 PASSWORD = "dora-password-1"
 
 
@@ -49,22 +47,6 @@ def portal(tmp_path_factory):
             wait_until(lambda: _covered(portal.url), 90, "the tracker to see all 3 nodes")
             portal.swarm = swarm
             yield portal
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not shutil.which(CHROMIUM):
-        pytest.fail("chromium is missing: apt-get install -y chromium (.ci/run installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        yield browser
-        browser.close()
 
 
 @pytest.fixture
