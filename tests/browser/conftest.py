@@ -54,7 +54,9 @@ def browser_portal(tmp_path_factory):
         yield BrowserPortal(portal, env, "dora", sha256)
 
 
-@pytest.fixture(scope="session")
+# One per module: a Playwright sync driver left running across modules would be a second one
+# when the next module starts its own, and would keep its event loop alive through the other tests.
+@pytest.fixture(scope="module")
 def chromium():
     if not shutil.which(CHROMIUM):
         pytest.fail("chromium is missing: apt-get install -y chromium (.ci/run installs it)")
@@ -66,7 +68,7 @@ def chromium():
         browser.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(chromium):
     """The same chromium under the name the page tests use."""
     return chromium
