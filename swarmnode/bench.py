@@ -36,8 +36,13 @@ def _timed(run, new_tokens: int) -> tuple[float, float, list[int]]:
     return (new_tokens - 1) / (end - clock.first), clock.first - start, ids
 
 
-def local_backend_generate(backend, head, ids: torch.Tensor, new_tokens: int, streamer=None) -> list[int]:
-    """Greedy decoding of the whole model in this process through one backend (no network)."""
+def local_backend_generate(
+    backend, head, ids: torch.Tensor, new_tokens: int, streamer=None, fast_head: bool = False
+) -> list[int]:
+    """Greedy decoding of the whole model in this process through one backend (no network).
+
+    ``fast_head``: logits on ONNX Runtime (``ClientHead.enable_onnx`` must have succeeded).
+    """
     from swarmnode.runtime.backend import tensor_to_wire, wire_to_tensor
 
     cache = backend.new_cache()
@@ -47,7 +52,7 @@ def local_backend_generate(backend, head, ids: torch.Tensor, new_tokens: int, st
     with torch.inference_mode():
         for _ in range(new_tokens):
             hidden = wire_to_tensor(backend.step(tensor_to_wire(head.embed_tokens(step_input)), cache))
-            token = head.logits(hidden[:, -1:, :])[:, -1, :].argmax(-1)
+            token = head.logits(hidden[:, -1:, :], fast=fast_head)[:, -1, :].argmax(-1)
             out.append(int(token))
             if streamer is not None:
                 streamer.put(token)
@@ -101,9 +106,10 @@ def run_bench(
 
         whole = OnnxBackend(load_span(checkpoint, 0, checkpoint.num_blocks), spin=True)
         head = load_client_head(checkpoint)
+        head.enable_onnx()  # the swarm's client does the same with ONNX nodes (head_backend="auto")
 
         def run_local(streamer):
-            return local_backend_generate(whole, head, ids, new_tokens, streamer)
+            return local_backend_generate(whole, head, ids, new_tokens, streamer, fast_head=True)
 
     node_args = ["--backend", backend]
     node_backends: set[str] = set()

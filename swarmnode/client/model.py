@@ -70,7 +70,10 @@ class DistributedModelForCausalLM:
         secure: bool | None = None,
         audit: AuditPolicy | None = None,
         reporter: EvidenceReporter | None = None,
+        head_backend: str = "auto",
     ):
+        if head_backend not in ("auto", "torch", "onnxruntime"):
+            raise ValueError(f"head_backend must be auto, torch or onnxruntime, not {head_backend!r}")
         self.name = name
         self.checkpoint = checkpoint
         self.config = checkpoint.config
@@ -94,6 +97,11 @@ class DistributedModelForCausalLM:
         self.distrusted: set[str] = set()  # nodes an audit caught lying: never used again by this client
         self._discovered_at = time.monotonic()
         self.head = load_client_head(checkpoint, dtype)
+        # "auto": logits on ONNX Runtime while every node of the route runs ONNX Runtime (their results
+        # are within ONNX's tolerance anyway), on PyTorch otherwise, bit-identical to transformers.
+        self.head_backend = head_backend
+        if head_backend != "torch" and not self.head.enable_onnx() and head_backend == "onnxruntime":
+            raise ValueError("head_backend='onnxruntime' needs onnxruntime and a CPU float32 client")
         self.tokenizer = checkpoint.tokenizer()
         from transformers import GenerationConfig
 
@@ -103,6 +111,12 @@ class DistributedModelForCausalLM:
             self.generation_config = GenerationConfig.from_model_config(self.config)
         self.last_stats = GenerationStats()
         self.active_session: InferenceSession | None = None
+
+    def _fast_head(self, session: InferenceSession) -> bool:
+        """Whether this step's logits may run on ONNX Runtime (see ``head_backend``)."""
+        if self.head_backend != "auto":
+            return self.head_backend == "onnxruntime"
+        return all(h.peer.backend == "onnxruntime" for h in session.hops)
 
     # -- routing ----------------------------------------------------------------------------
 
@@ -282,7 +296,7 @@ class DistributedModelForCausalLM:
                     ids, step_input = self._rolled_back(ids, prompt_len, rollback.position)
                     finished = self._finished(ids[:, prompt_len:], eos, ids.shape[0])
                     continue
-                logits = self.head.logits(hidden[:, -1:, :])[:, -1, :]  # (B, V)
+                logits = self.head.logits(hidden[:, -1:, :], fast=self._fast_head(session))[:, -1, :]  # (B, V)
                 token = select_next(logits, ids, params, procs, generator)
                 if params.pad_token_id is not None and eos.numel():
                     token = torch.where(finished, torch.tensor(params.pad_token_id), token)
@@ -399,6 +413,7 @@ class AutoDistributedModelForCausalLM:
         secure: bool | None = None,
         audit: AuditPolicy | None = None,
         reporter: EvidenceReporter | None = None,
+        head_backend: str = "auto",
     ) -> DistributedModelForCausalLM:
         """Load the client parts of ``model`` and learn what each peer serves.
 
@@ -419,6 +434,9 @@ class AutoDistributedModelForCausalLM:
             audit: how to check the nodes: signatures and cheap checks on every step, replays elsewhere at
                 ``audit.rate``; ``mode="verified"`` releases only audited tokens (``swarmnode/client/audit.py``).
             reporter: sends audit evidence to the portal (an :class:`EvidenceReporter`).
+            head_backend: where the final norm and LM head run: ``torch`` (bit-identical to
+                ``transformers``), ``onnxruntime`` (about 3x faster on CPU), or ``auto`` (ONNX Runtime
+                while every node of the route runs ONNX Runtime, PyTorch otherwise).
 
         Raises:
             ValueError: neither peers nor portal given; ``TrackerError`` (a ``ValueError``) if the portal fails.
@@ -453,6 +471,7 @@ class AutoDistributedModelForCausalLM:
             secure=secure,
             audit=audit,
             reporter=reporter,
+            head_backend=head_backend,
         )
         try:
             distributed.chain()

@@ -51,6 +51,7 @@ class PeerInfo:
     # agrees end-to-end session keys (§10), checks its signed results (§11)
     node_id: int = 0  # the tracker's id of the node (0: not from a tracker); evidence reports name it
     reputation: float | None = None  # the tracker's score in [0, 1]; None: unknown (no tracker)
+    backend: str = ""  # the node's compute backend ("torch", "onnxruntime"); "" when not told
 
     @property
     def length(self) -> int:

@@ -8,6 +8,7 @@ ones local ``transformers`` uses: that is what makes greedy parity exact.
 from __future__ import annotations
 
 import copy
+import logging
 import threading
 from dataclasses import dataclass
 
@@ -15,6 +16,8 @@ import torch
 from torch import nn
 
 from swarmnode.models.checkpoint import Checkpoint
+
+log = logging.getLogger("swarmnode.models")
 
 
 @dataclass(frozen=True)
@@ -190,6 +193,8 @@ class ClientHead(nn.Module):
         self.norm = lm.model.norm
         self.lm_head = lm.get_output_embeddings()
         self._rows = RowBatcher(self._logits)
+        self.onnx = None  # OnnxHead, once enable_onnx() succeeded
+        self._onnx_rows = RowBatcher(self._onnx_logits)
 
     @property
     def device(self) -> torch.device:
@@ -205,11 +210,34 @@ class ClientHead(nn.Module):
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(self.norm(hidden.to(self.device, self.embed.weight.dtype))).cpu()
 
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:  # (B, T, H) -> (B, T, V)
-        """Final norm and LM head."""
+    def enable_onnx(self) -> bool:
+        """Make ``logits(..., fast=True)`` run on ONNX Runtime (CPU, fp32 only); whether it can."""
+        if self.onnx is not None:
+            return True
+        if self.device.type != "cpu" or self.embed.weight.dtype != torch.float32:
+            return False
+        try:
+            from swarmnode.runtime.onnx_backend import OnnxHead
+
+            self.onnx = OnnxHead(self.norm, self.lm_head)
+        except Exception as exc:  # no onnxruntime, or a head the builder cannot express
+            log.warning("ONNX Runtime head unavailable (%s); logits stay on PyTorch", exc)
+            return False
+        return True
+
+    def _onnx_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.onnx(hidden)
+
+    def logits(self, hidden: torch.Tensor, fast: bool = False) -> torch.Tensor:  # (B, T, H) -> (B, T, V)
+        """Final norm and LM head.
+
+        ``fast``: on ONNX Runtime when :meth:`enable_onnx` succeeded (about 3x faster on CPU, not
+        bit-identical to PyTorch); otherwise PyTorch, bit-identical to ``transformers``.
+        """
+        fast = fast and self.onnx is not None
         if hidden.shape[0] == 1 and hidden.shape[1] == 1:
-            return self._rows(hidden)
-        return self._logits(hidden)
+            return (self._onnx_rows if fast else self._rows)(hidden)
+        return self._onnx_logits(hidden) if fast else self._logits(hidden)
 
 
 def load_client_head(checkpoint: Checkpoint, dtype: torch.dtype = torch.float32, device: str = "cpu") -> ClientHead:

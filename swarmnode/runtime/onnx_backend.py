@@ -105,17 +105,47 @@ def quantize_int8(src: Path, dst: Path) -> Path:
 
 
 def exported_span(span: SpanModel, precision: str = "float32") -> Path:
-    """The span's ONNX file in the cache, exporting (and quantizing) it the first time."""
+    """The span's portable ONNX file (``torch.onnx`` export of :class:`SpanGraph`, standard ops only).
+
+    This is the file browsers run with onnxruntime-web; nodes prefer :func:`fused_span`.
+    """
     cache = layerswarm_home() / "onnx"
     digest = span_digest(span)
     fp32 = cache / f"span-{digest}.onnx"
     if not fp32.exists():
         log.info("exporting blocks %d:%d to ONNX (cached as %s)", span.start, span.end, fp32.name)
         export_span(span, fp32)
+    return _precision_variant(fp32, precision, span)
+
+
+def fused_span(span: SpanModel, precision: str = "float32") -> Path:
+    """The span's ONNX file built from ONNX Runtime's fused kernels (:mod:`swarmnode.runtime.onnx_graph`).
+
+    Raises:
+        UnsupportedForGraph: the architecture has parts the builder does not express.
+    """
+    from swarmnode.runtime.onnx_graph import FUSED_GRAPH_VERSION, build_span_graph, check_supported
+
+    check_supported(span)
+    cache = layerswarm_home() / "onnx"
+    digest = span_digest(span, extra=f"fused{FUSED_GRAPH_VERSION}")
+    fp32 = cache / f"span-{digest}-fused.onnx"
+    if not fp32.exists():
+        import onnx
+
+        log.info("building blocks %d:%d as a fused ONNX graph (cached as %s)", span.start, span.end, fp32.name)
+        tmp = fp32.with_suffix(".partial")
+        fp32.parent.mkdir(parents=True, exist_ok=True)
+        onnx.save(build_span_graph(span), str(tmp))
+        os.replace(tmp, fp32)
+    return _precision_variant(fp32, precision, span)
+
+
+def _precision_variant(fp32: Path, precision: str, span: SpanModel) -> Path:
     if precision == "float32":
         return fp32
     if precision == "int8":
-        int8 = cache / f"span-{digest}-int8w.onnx"
+        int8 = fp32.with_name(fp32.stem + "-int8w.onnx")
         if not int8.exists():
             log.info("quantizing blocks %d:%d to int8", span.start, span.end)
             quantize_int8(fp32, int8)
@@ -125,16 +155,28 @@ def exported_span(span: SpanModel, precision: str = "float32") -> Path:
 
 @dataclass
 class OnnxCache:
-    """A session's keys and values, ``(L, B, KV, P, D)`` each."""
+    """A session's keys and values, ``(L, B, KV, capacity, D)`` each; the first ``length`` positions hold data.
+
+    The fused graph reads and writes these buffers in place (they grow by doubling); the
+    portable graph's cache holds exactly ``length`` positions.
+    """
 
     k: np.ndarray
     v: np.ndarray
+    length: int = 0
     extra: dict = field(default_factory=dict)
 
     @property
-    def length(self) -> int:
-        """Positions held."""
+    def capacity(self) -> int:
+        """Positions the buffers can hold."""
         return self.k.shape[3]
+
+
+def _capacity_for(needed: int, current: int = 0) -> int:
+    cap = max(64, current)
+    while cap < needed:
+        cap *= 2
+    return cap
 
 
 class OnnxBackend:
@@ -144,41 +186,112 @@ class OnnxBackend:
         span: the loaded blocks (exported on first use; the torch weights can be dropped after).
         precision: ``float32`` or ``int8`` (weight-only int8, ONNX Runtime).
         threads: intra-op threads.
-        spin: let idle worker threads spin between ops. Faster for a lone process, but nodes
-            sharing a machine run one after another and spinning would steal the next one's cores.
+        spin: let worker threads spin between the ops of one run (they stop spinning when the
+            run ends, so the next node on a shared machine, or the client's head, gets the cores).
+        fused: build the span from ONNX Runtime's fused kernels (in-place KV cache); ``None``
+            uses them where the architecture allows and the portable export elsewhere.
     """
 
     name = "onnxruntime"
     device = "cpu"
 
     def __init__(
-        self, span: SpanModel, precision: str = "float32", threads: int | None = None, spin: bool = False
+        self,
+        span: SpanModel,
+        precision: str = "float32",
+        threads: int | None = None,
+        spin: bool = True,
+        fused: bool | None = None,
     ) -> None:
         import onnxruntime as ort
 
+        from swarmnode.runtime.graph import UnsupportedForGraph
+
         self.precision = precision
-        self.path = exported_span(span, precision)
+        self.fused = False
+        if fused is not False:
+            try:
+                self.path = fused_span(span, precision)
+                self.fused = True
+            except UnsupportedForGraph as exc:
+                if fused:
+                    raise
+                log.info("fused graph unavailable for this span (%s); using the portable export", exc)
+        if not self.fused:
+            self.path = exported_span(span, precision)
         cfg = span.config
         self.num_layers = span.end - span.start
         self.num_kv = cfg.num_key_value_heads
         self.head_dim = SpanGraph(span).head_dim
+        self.max_positions = int(getattr(cfg, "max_position_embeddings", 1 << 30))
         self.dtype = torch.float32
+        self._weight_bytes: int | None = None
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or torch.get_num_threads()
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        opts.add_session_config_entry("session.force_spinning_stop", "1")
+        self._ort = ort
         self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
 
     @property
     def weight_bytes(self) -> int:
-        """Size of the model file (weights dominate)."""
-        return self.path.stat().st_size
+        """Bytes of the span's weights in the model file (the rotary position tables are not weights)."""
+        if self._weight_bytes is None:
+            import onnx
+
+            model = onnx.load(str(self.path), load_external_data=False)
+            tables = sum(len(t.raw_data) for t in model.graph.initializer if t.name in ("cos_cache", "sin_cache"))
+            self._weight_bytes = self.path.stat().st_size - tables
+        return self._weight_bytes
 
     def new_cache(self, batch: int = 1) -> OnnxCache:
         """An empty cache."""
-        empty = np.zeros((self.num_layers, batch, self.num_kv, 0, self.head_dim), np.float32)
+        cap = _capacity_for(1) if self.fused else 0
+        empty = np.zeros((self.num_layers, batch, self.num_kv, cap, self.head_dim), np.float32)
         return OnnxCache(empty, empty.copy())
+
+    # -- the fused graph: buffers updated in place --------------------------------------------
+
+    def _reserve(self, cache: OnnxCache, needed: int) -> None:
+        """Grow ``cache``'s buffers to hold ``needed`` positions."""
+        if needed <= cache.capacity:
+            return
+        if needed > self.max_positions:
+            raise ValueError(f"position {needed} is past the model's {self.max_positions}")
+        cap = min(_capacity_for(needed, cache.capacity), max(needed, self.max_positions))
+        shape = (*cache.k.shape[:3], cap, self.head_dim)
+        k, v = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+        k[:, :, :, : cache.length] = cache.k[:, :, :, : cache.length]
+        v[:, :, :, : cache.length] = cache.v[:, :, :, : cache.length]
+        cache.k, cache.v = k, v
+
+    def _run_fused(self, x: np.ndarray, k: np.ndarray, v: np.ndarray, lengths: list[int]) -> np.ndarray:
+        """Run ``x (B, T, H)`` with rows' pasts ``lengths``; new keys/values land in ``k``/``v`` in place."""
+        b, t, h = x.shape
+        if b > 1 and t > 1 and max(lengths) > 0:  # the kernel takes several new tokens after a past one row at a time
+            return np.concatenate(
+                [self._run_fused(x[r : r + 1], k[:, r : r + 1], v[:, r : r + 1], lengths[r : r + 1]) for r in range(b)]
+            )
+        io = self.session.io_binding()
+        ort_value = self._ort.OrtValue.ortvalue_from_numpy
+        for i in range(self.num_layers):
+            kv, vv = ort_value(k[i]), ort_value(v[i])
+            io.bind_ortvalue_input(f"past_key_{i}", kv)
+            io.bind_ortvalue_output(f"present_key_{i}", kv)
+            io.bind_ortvalue_input(f"past_value_{i}", vv)
+            io.bind_ortvalue_output(f"present_value_{i}", vv)
+        x = np.ascontiguousarray(x, np.float32)
+        io.bind_cpu_input("hidden", x)
+        io.bind_cpu_input("seqlens_k", np.array([p + t - 1 for p in lengths], np.int32))
+        io.bind_cpu_input("total_len", np.array(max(lengths) + t, np.int32))
+        out = np.empty((b, t, h), np.float32)
+        io.bind_output("out", "cpu", 0, np.float32, list(out.shape), out.ctypes.data)
+        self.session.run_with_iobinding(io)
+        return out
+
+    # -- the portable graph: pasts concatenated -------------------------------------------------
 
     def _run(self, x: np.ndarray, past_k, past_v, positions: np.ndarray, mask: np.ndarray):
         out, new_k, new_v = self.session.run(
@@ -193,45 +306,112 @@ class OnnxBackend:
         if cache.k.shape[1] != b:
             if cache.length:
                 raise ValueError(f"batch size changed from {cache.k.shape[1]} to {b} within a session")
-            cache.k = cache.v = np.zeros((self.num_layers, b, self.num_kv, 0, self.head_dim), np.float32)
+            fresh = self.new_cache(b)
+            cache.k, cache.v = fresh.k, fresh.v
         p = cache.length
-        positions = np.broadcast_to(np.arange(p, p + t, dtype=np.int64), (b, t)).copy()
-        mask = causal_mask([p] * b, p, t).numpy()
-        out, new_k, new_v = self._run(x, cache.k, cache.v, positions, mask)
-        cache.k = np.concatenate([cache.k, new_k], axis=3)
-        cache.v = np.concatenate([cache.v, new_v], axis=3)
+        if self.fused:
+            self._reserve(cache, p + t)
+            out = self._run_fused(x, cache.k, cache.v, [p] * b)
+        else:
+            positions = np.broadcast_to(np.arange(p, p + t, dtype=np.int64), (b, t)).copy()
+            mask = causal_mask([p] * b, p, t).numpy()
+            out, new_k, new_v = self._run(x, cache.k, cache.v, positions, mask)
+            cache.k = np.concatenate([cache.k, new_k], axis=3)
+            cache.v = np.concatenate([cache.v, new_v], axis=3)
+        cache.length = p + t
         return tensor_to_wire(torch.from_numpy(out), hidden.dtype)
 
     def step_batch(self, items: list[tuple[WireTensor, OnnxCache]]) -> list[WireTensor]:
         """One pass for several sessions' one-sequence steps, each at its own position.
 
-        Every item must be a ``(1, T, H)`` step with the same T; rows are padded to the longest
-        past and the padding is masked out.
+        Every item must be a ``(1, T, H)`` step with the same T; rows are right-padded to the
+        longest past and the padding is never attended to.
         """
         if len(items) == 1:
             return [self.step(*items[0])]
         t = items[0][0].shape[1]
         if any(h.shape[0] != 1 or h.shape[1] != t for h, _ in items):
             raise ValueError("a batch needs one sequence per session and the same number of new tokens")
+        if any(c.k.shape[1] != 1 and c.length for _, c in items):
+            raise ValueError("a batch needs one sequence per session and the same number of new tokens")
         lengths = [c.length for _, c in items]
+        if self.fused and t > 1 and max(lengths) > 0:
+            return [self.step(h, c) for h, c in items]
         pmax = max(lengths)
         n = len(items)
-        shape = (self.num_layers, n, self.num_kv, pmax, self.head_dim)
-        past_k, past_v = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
-        for row, (_, c) in enumerate(items):
-            past_k[:, row, :, : c.length] = c.k[:, 0]
-            past_v[:, row, :, : c.length] = c.v[:, 0]
         x = np.concatenate([wire_to_tensor(h, torch.float32).numpy() for h, _ in items], axis=0)
-        positions = np.stack([np.arange(p, p + t, dtype=np.int64) for p in lengths])
-        mask = causal_mask(lengths, pmax, t).numpy()
-        out, new_k, new_v = self._run(x, past_k, past_v, positions, mask)
-        results = []
-        for row, (h, c) in enumerate(items):
-            c.k = np.concatenate([c.k, new_k[:, row : row + 1]], axis=3)
-            c.v = np.concatenate([c.v, new_v[:, row : row + 1]], axis=3)
-            results.append(tensor_to_wire(torch.from_numpy(out[row : row + 1]), h.dtype))
-        return results
+        if self.fused:
+            shape = (self.num_layers, n, self.num_kv, pmax + t, self.head_dim)
+            past_k, past_v = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+            for row, (_, c) in enumerate(items):
+                past_k[:, row, :, : c.length] = c.k[:, 0, :, : c.length]
+                past_v[:, row, :, : c.length] = c.v[:, 0, :, : c.length]
+            out = self._run_fused(x, past_k, past_v, lengths)
+            for row, (_, c) in enumerate(items):
+                if c.k.shape[1] != 1:
+                    fresh = self.new_cache(1)
+                    c.k, c.v = fresh.k, fresh.v
+                p = c.length
+                self._reserve(c, p + t)
+                c.k[:, 0, :, p : p + t] = past_k[:, row, :, p : p + t]
+                c.v[:, 0, :, p : p + t] = past_v[:, row, :, p : p + t]
+                c.length = p + t
+        else:
+            shape = (self.num_layers, n, self.num_kv, pmax, self.head_dim)
+            past_k, past_v = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+            for row, (_, c) in enumerate(items):
+                past_k[:, row, :, : c.length] = c.k[:, 0]
+                past_v[:, row, :, : c.length] = c.v[:, 0]
+            positions = np.stack([np.arange(p, p + t, dtype=np.int64) for p in lengths])
+            mask = causal_mask(lengths, pmax, t).numpy()
+            out, new_k, new_v = self._run(x, past_k, past_v, positions, mask)
+            for row, (_, c) in enumerate(items):
+                c.k = np.concatenate([c.k, new_k[:, row : row + 1]], axis=3)
+                c.v = np.concatenate([c.v, new_v[:, row : row + 1]], axis=3)
+                c.length += t
+        return [tensor_to_wire(torch.from_numpy(out[row : row + 1]), h.dtype) for row, (h, _) in enumerate(items)]
 
     def forward(self, hidden: WireTensor) -> WireTensor:
         """Run positions 0..T-1 without a cache."""
         return self.step(hidden, self.new_cache())
+
+
+class OnnxHead:
+    """The client's final norm and LM head in ONNX Runtime (CPU, fp32).
+
+    The LM head reads ~113 MB of weights per token for the default model; PyTorch's CPU
+    matrix-vector product measured ~3x slower than ONNX Runtime's here, and the head ran as
+    long as a third of the whole model. Not bit-identical to PyTorch (different summation
+    order), so clients use it only where exactness is not promised (see ``head_backend``).
+    """
+
+    def __init__(self, norm: torch.nn.Module, lm_head: torch.nn.Linear, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        from swarmnode.runtime.onnx_graph import build_head_graph
+
+        eps = float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
+        h = hashlib.sha256(f"head1 {eps} {ort.__version__}".encode())
+        for t in (norm.weight, lm_head.weight, lm_head.bias):
+            if t is not None:
+                h.update(t.detach().float().contiguous().cpu().numpy().tobytes())
+        path = layerswarm_home() / "onnx" / f"head-{h.hexdigest()[:24]}.onnx"
+        if not path.exists():
+            import onnx
+
+            tmp = path.with_suffix(".partial")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            onnx.save(build_head_graph(norm.weight, eps, lm_head.weight, lm_head.bias), str(tmp))
+            os.replace(tmp, path)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or torch.get_num_threads()
+        opts.inter_op_num_threads = 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1")
+        opts.add_session_config_entry("session.force_spinning_stop", "1")
+        self.path = path
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:  # (B, T, H) -> (B, T, V)
+        """Logits of ``hidden``."""
+        x = np.ascontiguousarray(hidden.detach().to("cpu", torch.float32).numpy())
+        return torch.from_numpy(self.session.run(None, {"hidden": x})[0])

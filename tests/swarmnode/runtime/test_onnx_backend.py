@@ -9,7 +9,7 @@ import torch
 from swarmnode.models import Checkpoint, load_client_head, load_span
 from swarmnode.runtime import TorchBackend
 from swarmnode.runtime.backend import tensor_to_wire, wire_to_tensor
-from swarmnode.runtime.onnx_backend import OnnxBackend, exported_span
+from swarmnode.runtime.onnx_backend import OnnxBackend, exported_span, fused_span
 from swarmnode.runtime.planning import build_backend
 
 
@@ -48,14 +48,41 @@ def test_a_batch_of_sessions_at_different_positions_matches_each_alone(tiny_mode
     assert [c.length for c in caches] == [c.length for c in alone]
 
 
-def test_it_exports_once_and_reuses_the_file(tiny_models):
+@pytest.mark.parametrize("fused", [True, False])
+def test_it_exports_once_and_reuses_the_file(tiny_models, fused):
     span = load_span(Checkpoint(tiny_models["llama"]), 0, 3)
-    path = exported_span(span)
+    build = fused_span if fused else exported_span
+    path = build(span)
     mtime = path.stat().st_mtime_ns
-    assert OnnxBackend(span).path == path
+    assert OnnxBackend(span, fused=fused).path == path
     assert path.stat().st_mtime_ns == mtime
     other = load_span(Checkpoint(tiny_models["llama"]), 3, 6)
-    assert exported_span(other) != path  # different weights, different file
+    assert build(other) != path  # different weights, different file
+
+
+def test_the_fused_and_the_portable_graph_agree_past_the_first_buffer(tiny_models):
+    """Long enough to grow the in-place buffers (64 positions, then doubled) twice."""
+    span = load_span(Checkpoint(tiny_models["qwen2"]), 0, 6)
+    fused, portable = OnnxBackend(span), OnnxBackend(span, fused=False)
+    assert fused.fused and not portable.fused
+    fc, pc = fused.new_cache(), portable.new_cache()
+    for i, tokens in enumerate([50, *[1] * 20, 4, 70, 1]):
+        x = wire(2, tokens, 64, seed=i)
+        a, b = fused.step(x, fc).to_numpy(), portable.step(x, pc).to_numpy()
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    assert fc.length == pc.length == 145 and fc.capacity == 256
+
+
+def test_a_batch_of_multi_token_steps_at_different_positions_matches_each_alone(tiny_models):
+    onnx = OnnxBackend(load_span(Checkpoint(tiny_models["llama"]), 0, 6))
+    caches = [onnx.new_cache() for _ in range(3)]
+    for i, c in enumerate(caches):
+        onnx.step(wire(1, 3 + 4 * i, 64, seed=i), c)
+    alone = copy.deepcopy(caches)
+    xs = [wire(1, 2, 64, seed=20 + i) for i in range(3)]
+    together = onnx.step_batch(list(zip(xs, caches, strict=True)))
+    for x, c, out in zip(xs, alone, together, strict=True):
+        np.testing.assert_allclose(out.to_numpy(), onnx.step(x, c).to_numpy(), rtol=1e-5, atol=1e-4)
 
 
 def test_int8_weights_stay_close(tiny_models):
