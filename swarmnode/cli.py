@@ -36,6 +36,7 @@ def _serve(args: argparse.Namespace) -> None:
         max_batch=args.max_batch,
         prefill_chunk=args.prefill_chunk,
         batch_window=args.batch_window_ms / 1000,
+        machine_lock=args.machine_lock,
         num_threads=args.num_threads,
         small_step_threads=args.small_step_threads,
         cache_tokens=args.cache_tokens,
@@ -189,7 +190,7 @@ def _bench(args: argparse.Namespace) -> None:
 
         levels = tuple(int(x) for x in args.sessions.split(","))
         backend = args.backend or "auto"
-        rows = run_bench_sessions(args.model, args.nodes, levels, args.new_tokens, backend=backend)
+        rows = run_bench_sessions(args.model, args.nodes, levels, args.new_tokens, backend=backend, rounds=args.runs)
         base = rows[0]["aggregate_tok_s"]
         for row in rows:
             row["speedup_vs_first"] = round(row["aggregate_tok_s"] / base, 2)
@@ -309,12 +310,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--batch-window-ms",
         type=float,
-        default=0.0,
+        default=30.0,
         help="a decoding batch waits up to this long for recently active sessions' next steps (0: never)",
     )
     serve.add_argument("--num-threads", type=int, default=None, help="torch threads (default: all cores)")
     serve.add_argument(
         "--small-step-threads", type=int, default=None, help="threads for decoding steps (default: --num-threads)"
+    )
+    serve.add_argument(
+        "--machine-lock",
+        help="a file that nodes sharing this machine lock around each pass: they take turns on its cores "
+        "(and batch what queues meanwhile) instead of slowing each other down",
     )
     serve.add_argument("--cache-tokens", type=int, default=32768, help="KV-cache budget across sessions (tokens)")
     serve.add_argument("--idle-timeout", type=float, default=300.0, help="seconds before an idle session is closed")

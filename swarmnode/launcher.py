@@ -7,6 +7,7 @@ import os
 import selectors
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,6 +132,8 @@ class LocalSwarm:
         num_blocks: blocks of the model.
         num_nodes: how many nodes.
         extra_args: more ``swarmnode serve`` arguments for every node.
+        share_machine: the nodes take turns on this machine's cores (``--machine-lock`` on one
+            file): what separate machines would give them, instead of every node slowing the others.
     """
 
     def __init__(
@@ -141,10 +144,15 @@ class LocalSwarm:
         extra_args: list[str] | None = None,
         log_dir: Path | None = None,
         env: dict | None = None,
+        share_machine: bool = True,
     ):
         self.model = model
         self.spans = split_blocks(num_blocks, num_nodes)
-        self.extra_args = extra_args or []
+        self.extra_args = list(extra_args or [])
+        self._lock_dir = None
+        if share_machine and "--machine-lock" not in self.extra_args:
+            self._lock_dir = tempfile.TemporaryDirectory(prefix="layerswarm-machine-")
+            self.extra_args += ["--machine-lock", str(Path(self._lock_dir.name) / "compute.lock")]
         self.log_dir = log_dir
         self.env = env
         self.nodes: list[NodeProcess] = []
@@ -200,3 +208,6 @@ class LocalSwarm:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+        if self._lock_dir is not None:
+            self._lock_dir.cleanup()
+            self._lock_dir = None

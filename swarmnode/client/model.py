@@ -6,6 +6,7 @@ session per span and sends only the new token's hidden state per step.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections import deque
@@ -275,7 +276,8 @@ class DistributedModelForCausalLM:
         prompt_text = [""] * ids.shape[0]
         if params.stop_strings:
             prompt_text = self.tokenizer.batch_decode(input_ids)
-        with self.open_session(max_length, chain) as session:
+        member = None  # this generation's place among concurrent ones (their logits are batched)
+        with self.open_session(max_length, chain) as session, contextlib.ExitStack() as decoding:
             self.last_stats.failovers = session.failovers
             self.last_stats.audits = session.audit_stats
             self.active_session = session  # for callers that watch the route (benchmarks, fault tests)
@@ -296,7 +298,10 @@ class DistributedModelForCausalLM:
                     ids, step_input = self._rolled_back(ids, prompt_len, rollback.position)
                     finished = self._finished(ids[:, prompt_len:], eos, ids.shape[0])
                     continue
-                logits = self.head.logits(hidden[:, -1:, :], fast=self._fast_head(session))[:, -1, :]  # (B, V)
+                logits = self.head.logits(hidden[:, -1:, :], fast=self._fast_head(session), member=member)
+                logits = logits[:, -1, :]  # (B, V)
+                if member is None:  # decoding from now on: concurrent generations wait for each other
+                    member = decoding.enter_context(self.head.participant())
                 token = select_next(logits, ids, params, procs, generator)
                 if params.pad_token_id is not None and eos.numel():
                     token = torch.where(finished, torch.tensor(params.pad_token_id), token)

@@ -7,9 +7,11 @@ ones local ``transformers`` uses: that is what makes greedy parity exact.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import threading
+import time
 from dataclasses import dataclass
 
 import torch
@@ -128,33 +130,74 @@ def load_span(
     return SpanModel(inner, cfg, start, end)
 
 
+class Participant:
+    """One generation's membership in :class:`RowBatcher` s: its pace (time between its rows)."""
+
+    def __init__(self) -> None:
+        self.last = 0.0
+        self.pace: float | None = None
+
+    def arrived(self) -> float:
+        """Note a row now; how long a batch led by it may wait for the others (half its pace)."""
+        now = time.monotonic()
+        if self.last:
+            gap = now - self.last
+            self.pace = gap if self.pace is None else 0.7 * self.pace + 0.3 * gap
+        self.last = now
+        return 0.5 * self.pace if self.pace is not None else 0.0
+
+
 class RowBatcher:
     """Run one-row requests from many threads as one batched call (leader/follower).
 
     The first caller to find the batcher idle becomes the leader: it runs everything queued so
     far in one call, until its own row is done, then promotes a waiting caller to lead the
-    rest. A lone caller runs alone, at once, with no added wait.
+    rest. Callers that registered as :meth:`participant` (concurrent generations) are waited
+    for, up to half the leader's own time between two rows (at most ``gather_s``): groups of
+    sessions that drifted apart merge within a round and then move in lockstep (one batch at
+    every node and here), while a much slower session holds the others back by at most half
+    their pace. A lone caller runs at once.
     """
 
-    def __init__(self, fn) -> None:
+    def __init__(self, fn, gather_s: float = 0.15) -> None:
         self.fn = fn
+        self.gather_s = gather_s
         self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
         self._pending: list[dict] = []
         self._busy = False
+        self.active = 0  # registered participants
         self.largest_batch = 0
 
-    def __call__(self, row: torch.Tensor) -> torch.Tensor:
+    @contextlib.contextmanager
+    def participant(self, member: Participant | None = None):
+        """Register a caller that will send a row about every step while the block runs."""
+        with self._lock:
+            self.active += 1
+        try:
+            yield member or Participant()
+        finally:
+            with self._lock:
+                self.active -= 1
+                self._arrived.notify_all()
+
+    def __call__(self, row: torch.Tensor, member: Participant | None = None) -> torch.Tensor:
+        wait = member.arrived() if member is not None else 0.0
         slot = {"row": row, "out": None, "error": None, "wake": threading.Event()}
         with self._lock:
             self._pending.append(slot)
             leader = not self._busy
             self._busy = True
+            self._arrived.notify_all()
         if not leader:
             slot["wake"].wait()
             if slot["out"] is None and slot["error"] is None:  # promoted to lead
                 leader = True
         while leader and slot["out"] is None and slot["error"] is None:
             with self._lock:
+                deadline = time.monotonic() + min(self.gather_s, wait)
+                while len(self._pending) < self.active and (left := deadline - time.monotonic()) > 0:
+                    self._arrived.wait(left)
                 batch, self._pending = self._pending, []
             self.largest_batch = max(self.largest_batch, len(batch))
             try:
@@ -210,6 +253,16 @@ class ClientHead(nn.Module):
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(self.norm(hidden.to(self.device, self.embed.weight.dtype))).cpu()
 
+    @contextlib.contextmanager
+    def participant(self):
+        """Mark a generation running in this process: its one-row logits are batched with the others'.
+
+        Yields the :class:`Participant` to pass to :meth:`logits`.
+        """
+        member = Participant()
+        with self._rows.participant(member), self._onnx_rows.participant(member):
+            yield member
+
     def enable_onnx(self) -> bool:
         """Make ``logits(..., fast=True)`` run on ONNX Runtime (CPU, fp32 only); whether it can."""
         if self.onnx is not None:
@@ -228,15 +281,18 @@ class ClientHead(nn.Module):
     def _onnx_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.onnx(hidden)
 
-    def logits(self, hidden: torch.Tensor, fast: bool = False) -> torch.Tensor:  # (B, T, H) -> (B, T, V)
+    def logits(
+        self, hidden: torch.Tensor, fast: bool = False, member: Participant | None = None
+    ) -> torch.Tensor:  # (B, T, H) -> (B, T, V)
         """Final norm and LM head.
 
         ``fast``: on ONNX Runtime when :meth:`enable_onnx` succeeded (about 3x faster on CPU, not
         bit-identical to PyTorch); otherwise PyTorch, bit-identical to ``transformers``.
+        ``member``: from :meth:`participant`, for a generation running beside others.
         """
         fast = fast and self.onnx is not None
         if hidden.shape[0] == 1 and hidden.shape[1] == 1:
-            return (self._onnx_rows if fast else self._rows)(hidden)
+            return (self._onnx_rows if fast else self._rows)(hidden, member)
         return self._onnx_logits(hidden) if fast else self._logits(hidden)
 
 

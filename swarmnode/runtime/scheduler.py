@@ -2,22 +2,28 @@
 
 Requests wait in one priority queue; a single worker takes the most urgent job and, when it is
 a decoding step, every other queued decoding step that can share its pass (same new-token
-count, one sequence each, same wire dtype), up to ``max_batch``. Nothing waits on purpose:
-batches form from whatever queued while the previous pass ran, so a lone session pays no
-batching delay, with one exception: when other sessions decoded here within the last
-``recent_s`` and have not yet sent their next step, a decoding batch waits up to
-``batch_window`` seconds for them. Sessions moving through a chain of nodes in lockstep would
-otherwise split at every hop into the one that arrived first and everyone else (two passes
-instead of one). Classes: decoding steps, then prompt (prefill) chunks, then cache-less
-forwards; shorter jobs first within a class; a job that waited longer than ``aging_s`` is
-promoted ahead of every class (oldest first) so nothing starves. Long prompts are cut into chunks of
+count, one sequence each, same wire dtype), up to ``max_batch``. Batches form from whatever
+queued while the previous pass ran, so a lone session pays no batching delay, with one
+exception: when other sessions decoded here within the last ``recent_s`` and their next step
+is due (from each session's own pace), a decoding batch waits up to ``batch_window`` seconds
+for them. Sessions moving through a chain of nodes in lockstep would otherwise split at every
+hop into the one that arrived first and everyone else (two passes instead of one); slower
+sessions are not waited for. Nodes sharing one machine can take turns on its cores
+(``machine_lock``); a node waiting for its turn batches what queues meanwhile.
+
+Classes: decoding steps, then prompt (prefill) chunks, then cache-less forwards; shorter jobs
+first within a class; a job that waited longer than ``aging_s`` is promoted ahead of every
+class (oldest first) so nothing starves. Long prompts are cut into chunks of
 ``prefill_chunk`` tokens so they cannot block everyone's decoding.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import itertools
+import logging
+import os
 import time
 import weakref
 from concurrent.futures import Executor
@@ -25,6 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from swarmnode.protocol import WireTensor
+
+log = logging.getLogger("swarmnode.scheduler")
 
 DECODE, PREFILL, FORWARD = 0, 1, 2
 
@@ -100,6 +108,10 @@ class Scheduler:
         aging_s: after this long in the queue a job is served as if it were decoding.
         batch_window: longest wait for the next steps of recently active sessions (0: never wait).
         recent_s: a session that sent a decoding step this recently counts as active.
+        machine_lock: a file that nodes sharing one machine lock around each pass, so they take
+            turns on its cores instead of slowing each other down (every pass uses all cores).
+            A node waiting for its turn keeps queueing, and then takes everything queued as one
+            batch. ``None``: no lock (a node alone on its machine).
     """
 
     def __init__(
@@ -112,8 +124,10 @@ class Scheduler:
         aging_s: float = 0.5,
         batch_window: float = 0.0,
         recent_s: float = 1.0,
+        machine_lock: str | None = None,
     ) -> None:
         self.backend = backend
+        self._lock_fd = os.open(machine_lock, os.O_RDWR | os.O_CREAT, 0o600) if machine_lock else None
         self.executor = executor
         self.max_batch = max_batch if hasattr(backend, "step_batch") else 1
         self.small_step_tokens = small_step_tokens
@@ -121,9 +135,10 @@ class Scheduler:
         self.aging_s = aging_s
         self.batch_window = batch_window
         self.recent_s = recent_s
-        # id(cache) -> (when its last decoding step arrived, a weak reference: a closed session's
-        # cache is freed, and then it is no longer waited for)
-        self._recent: dict[int, tuple[float, Any]] = {}
+        # id(cache) -> [when its last decoding step arrived, smoothed time between its steps (None:
+        # unknown yet), a weak reference: a closed session's cache is freed, and then it is no longer
+        # waited for]
+        self._recent: dict[int, list] = {}
         self._queue: list[Job] = []
         self._wake = asyncio.Event()
         self._seq = itertools.count()
@@ -149,11 +164,17 @@ class Scheduler:
         self.start()
         job = Job(kind, hidden, cache, asyncio.get_running_loop().create_future(), next(self._seq))
         if kind == DECODE:
-            try:
-                ref = weakref.ref(cache)
-            except TypeError:  # not weak-referenceable: remembered until recent_s passes
-                ref = None
-            self._recent[id(cache)] = (job.enqueued, ref)
+            seen = self._recent.get(id(cache))
+            if seen is not None and (seen[2] is None or seen[2]() is cache):
+                gap = job.enqueued - seen[0]
+                seen[1] = gap if seen[1] is None else 0.7 * seen[1] + 0.3 * gap
+                seen[0] = job.enqueued
+            else:
+                try:
+                    ref = weakref.ref(cache)
+                except TypeError:  # not weak-referenceable: remembered until recent_s passes
+                    ref = None
+                self._recent[id(cache)] = [job.enqueued, None, ref]
         self._queue.append(job)
         self._wake.set()
         return await job.future
@@ -190,13 +211,20 @@ class Scheduler:
                 rest.append(job)
         self._queue = rest
 
-    def _expected(self) -> int:
-        """Sessions that decoded here within ``recent_s`` (forgetting older ones)."""
+    def _expected(self, batch: list[Job], deadline: float) -> int:
+        """How many sessions ``batch`` should hold by ``deadline``: its own, plus every session that
+        decoded here within ``recent_s`` and whose next step is due by then (from its own pace;
+        unknown pace: assumed due). A slower session is not waited for: it would only hold the
+        others back. Forgets sessions that went quiet or closed."""
         cutoff = time.monotonic() - self.recent_s
         self._recent = {
-            k: (t, ref) for k, (t, ref) in self._recent.items() if t >= cutoff and (ref is None or ref() is not None)
+            k: v for k, v in self._recent.items() if v[0] >= cutoff and (v[2] is None or v[2]() is not None)
         }
-        return len(self._recent)
+        inside = {id(j.cache) for j in batch}
+        due = sum(
+            1 for k, (t, pace, _) in self._recent.items() if k not in inside and (pace is None or t + pace <= deadline)
+        )
+        return len(inside) + due
 
     async def _fill(self, batch: list[Job]) -> None:
         """Wait up to ``batch_window`` for recently active sessions' next steps to join ``batch``."""
@@ -205,7 +233,7 @@ class Scheduler:
             self._wake.clear()  # then join what is queued: no arrival can slip in between (one loop)
             self._join(batch)
             left = deadline - time.monotonic()
-            if len(batch) >= min(self.max_batch, self._expected()) or left <= 0:
+            if len(batch) >= min(self.max_batch, self._expected(batch, deadline)) or left <= 0:
                 return
             try:
                 await asyncio.wait_for(self._wake.wait(), left)
@@ -220,6 +248,9 @@ class Scheduler:
             return [self.backend.forward(job.hidden)]
         return [self.backend.step(job.hidden, job.cache)]
 
+    def _acquire(self) -> None:
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -228,20 +259,51 @@ class Scheduler:
                 await self._wake.wait()
                 continue
             batch = self._take()
-            if batch[0].kind == DECODE and self.batch_window > 0 and self.max_batch > 1:
-                await self._fill(batch)
-            batch = [j for j in batch if not j.future.cancelled()]
-            if not batch:
-                continue
-            self.batches_run += 1
-            self.largest_batch = max(self.largest_batch, len(batch))
             try:
-                results = await loop.run_in_executor(self.executor, self._compute, batch)
-            except Exception as exc:  # each waiter gets the failure; the worker keeps going
+                await self._serve(loop, batch)
+            except Exception as exc:  # a bug here must fail this batch, never stop the worker (node hangs)
+                log.exception("scheduler error")
                 for job in batch:
                     if not job.future.done():
                         job.future.set_exception(exc)
-                continue
-            for job, result in zip(batch, results, strict=True):
+
+    async def _serve(self, loop, batch: list[Job]) -> None:
+        """Fill ``batch`` (batch window), wait for the machine (lock), run it."""
+        if batch[0].kind == DECODE and self.batch_window > 0 and self.max_batch > 1:
+            await self._fill(batch)
+        if self._lock_fd is None:
+            await self._run_batch(loop, batch, self._compute)
+        elif not self._queue:  # nothing else waiting here: lock, run and unlock in one trip to the thread
+            await self._run_batch(loop, batch, self._locked_compute)
+        else:  # wait for our turn on the machine; steps that queue meanwhile join the batch
+            await loop.run_in_executor(self.executor, self._acquire)
+            try:
+                if batch[0].kind == DECODE and self.max_batch > 1:
+                    self._join(batch)
+                await self._run_batch(loop, batch, self._compute)
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def _locked_compute(self, batch: list[Job]) -> list[WireTensor]:
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            return self._compute(batch)
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    async def _run_batch(self, loop, batch: list[Job], compute) -> None:
+        batch = [j for j in batch if not j.future.cancelled()]
+        if not batch:
+            return
+        self.batches_run += 1
+        self.largest_batch = max(self.largest_batch, len(batch))
+        try:
+            results = await loop.run_in_executor(self.executor, compute, batch)
+        except Exception as exc:  # each waiter gets the failure; the worker keeps going
+            for job in batch:
                 if not job.future.done():
-                    job.future.set_result(result)
+                    job.future.set_exception(exc)
+            return
+        for job, result in zip(batch, results, strict=True):
+            if not job.future.done():
+                job.future.set_result(result)

@@ -42,7 +42,8 @@ class NodeConfig:
     max_memory: str | None = None  # memory budget for weights + KV cache, e.g. "2GB"
     max_batch: int = 16  # most decoding steps of different sessions run in one pass
     prefill_chunk: int = 512  # long prompts are computed in chunks of this many tokens
-    batch_window: float = 0.0  # seconds a decoding batch waits for recently active sessions' next steps
+    batch_window: float = 0.03  # seconds a decoding batch waits for recently active sessions' next steps
+    machine_lock: str | None = None  # file co-located nodes lock around each pass (take turns on the cores)
     num_threads: int | None = None  # torch intra-op threads; None = all cores
     small_step_threads: int | None = None  # threads for decoding steps (few tokens); None = num_threads
     cache_tokens: int = 32768  # KV-cache budget across sessions, in tokens

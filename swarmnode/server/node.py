@@ -107,6 +107,7 @@ class Node:
             max_batch=config.max_batch,
             prefill_chunk=config.prefill_chunk,
             batch_window=config.batch_window,
+            machine_lock=config.machine_lock,
         )
         # Signs what the node serves and agrees session keys (announced as Info.public_key).
         self.identity = NodeIdentity.load_or_create(config.identity) if config.identity else NodeIdentity.generate()

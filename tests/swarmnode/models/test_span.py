@@ -116,3 +116,60 @@ def test_a_lone_caller_is_computed_alone_and_exactly(tiny_models):
     row = torch.randn(1, 1, 64)
     assert torch.equal(head.logits(row), head._logits(row))
     assert head._rows.largest_batch == 1
+
+
+def _lockstep(gather_s, delays, rounds, offsets=None):
+    """Member i starts after ``offsets[i]`` and sends a row ``delays[i]`` after each of its results.
+
+    Returns the batch sizes the head ran.
+    """
+    import threading
+    import time
+
+    from swarmnode.models.span import RowBatcher
+
+    sizes = []
+    batcher = RowBatcher(lambda rows: (sizes.append(rows.shape[0]), rows)[1], gather_s=gather_s)
+    gate = threading.Barrier(len(delays))
+
+    def member(i):
+        with batcher.participant() as me:
+            gate.wait()
+            time.sleep((offsets or [0.0] * len(delays))[i])
+            for _ in range(rounds):
+                time.sleep(delays[i])
+                batcher(torch.zeros(1, 1, 2), me)
+
+    threads = [threading.Thread(target=member, args=(i,)) for i in range(len(delays))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sizes
+
+
+def test_concurrent_generations_that_drifted_apart_merge_into_one_batch_per_round():
+    halves = [0.0] * 4 + [0.04] * 4  # same pace (~100 ms a round), half of them 40 ms behind
+    merged = _lockstep(0.15, [0.1] * 8, 6, halves)
+    assert merged[-3:] == [8, 8, 8]
+    assert max(_lockstep(0.0, [0.1] * 8, 6, halves)) < 8  # without gathering they never all meet
+
+
+def test_a_slow_generation_holds_the_others_back_by_at_most_half_their_pace():
+    import time
+
+    began = time.monotonic()
+    _lockstep(0.15, [0.02, 0.02, 0.3], 10)
+    # the slow one alone needs 3 s; fast ones waiting the full 0.15 s for it at every row would need 4.7 s
+    assert time.monotonic() - began < 3.0 + 0.8
+
+
+def test_the_onnx_head_gives_the_torch_logits(tiny_models, tmp_path, monkeypatch):
+    monkeypatch.setenv("LAYERSWARM_HOME", str(tmp_path))
+    for arch in ("llama", "qwen2"):  # tied and untied LM heads
+        head = load_client_head(Checkpoint(tiny_models[arch]))
+        assert head.enable_onnx()
+        hidden = torch.randn(2, 3, 64)
+        torch.testing.assert_close(head.logits(hidden, fast=True), head.logits(hidden), rtol=1e-4, atol=1e-4)
+        row = hidden[:1, :1]
+        torch.testing.assert_close(head.logits(row, fast=True), head.logits(row), rtol=1e-4, atol=1e-4)

@@ -189,3 +189,69 @@ def test_it_never_waits_for_a_lone_session_or_with_no_window():
             return waited
 
         assert run(main()) < 0.25
+
+
+def test_a_much_slower_session_is_not_waited_for():
+    backend = Recorder()
+
+    async def main():
+        sched = Scheduler(backend, ThreadPoolExecutor(1), max_batch=4, batch_window=0.5)
+        for _ in range(2):  # "slow" is active, and its pace says its next step is ~1 s away
+            await sched.step(hid(1), "slow")
+            await asyncio.sleep(0.3)
+        await sched.step(hid(1), "fast")
+        await sched.step(hid(1), "fast")  # "slow" decoded 0.3 s ago but is not due before the window ends
+        began = time.monotonic()
+        await sched.step(hid(1), "fast")
+        waited = time.monotonic() - began
+        await sched.stop()
+        return waited
+
+    assert run(main()) < 0.25
+
+
+class Timed(Recorder):
+    """A backend that takes 50 ms a pass and notes when each pass ran."""
+
+    def __init__(self, spans):
+        super().__init__()
+        self.spans = spans
+
+    def _timed(self, fn):
+        began = time.monotonic()
+        time.sleep(0.05)
+        out = fn()
+        self.spans.append((began, time.monotonic()))
+        return out
+
+    def step(self, h, cache):
+        return self._timed(lambda: super(Timed, self).step(h, cache))
+
+    def step_batch(self, items):
+        return self._timed(lambda: super(Timed, self).step_batch(items))
+
+
+def test_nodes_sharing_a_machine_lock_take_turns_and_batch_what_queued_meanwhile(tmp_path):
+    lock = str(tmp_path / "machine.lock")
+    spans = []
+    a, b = Timed(spans), Timed(spans)
+
+    async def main():
+        one = Scheduler(a, ThreadPoolExecutor(1), max_batch=8, machine_lock=lock)
+        two = Scheduler(b, ThreadPoolExecutor(1), max_batch=8, machine_lock=lock)
+        jobs = [one.step(hid(1), f"a{i}") for i in range(3)] + [two.step(hid(1), f"b{i}") for i in range(3)]
+        await asyncio.gather(*jobs)
+        late = []
+        for i in range(4):  # arrive one by one while the other node holds the machine
+            late.append(asyncio.create_task(two.step(hid(1), f"c{i}")))
+            late.append(asyncio.create_task(one.step(hid(1), f"d{i}")))
+            await asyncio.sleep(0.01)
+        await asyncio.gather(*late)
+        await one.stop()
+        await two.stop()
+
+    run(main())
+    spans.sort()
+    assert all(end <= nxt for (_, end), (nxt, _) in zip(spans, spans[1:], strict=False))  # never two at once
+    sizes = [c[1] if c[0] == "batch" else 1 for c in a.calls + b.calls]
+    assert sum(sizes) == 14 and len(sizes) <= 6  # 14 steps in a few passes, not 14 passes
