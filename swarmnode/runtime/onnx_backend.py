@@ -226,6 +226,7 @@ class OnnxBackend:
         self.max_positions = int(getattr(cfg, "max_position_embeddings", 1 << 30))
         self.dtype = torch.float32
         self._weight_bytes: int | None = None
+        self._scratch: tuple[np.ndarray, np.ndarray] | None = None
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or torch.get_num_threads()
         opts.inter_op_num_threads = 1
@@ -266,6 +267,20 @@ class OnnxBackend:
         k[:, :, :, : cache.length] = cache.k[:, :, :, : cache.length]
         v[:, :, :, : cache.length] = cache.v[:, :, :, : cache.length]
         cache.k, cache.v = k, v
+
+    def _batch_buffers(self, rows: int, positions: int) -> tuple[np.ndarray, np.ndarray]:
+        """Keys and values ``(L, rows, KV, S >= positions, D)`` for a batched pass, reused from pass to pass.
+
+        Fresh buffers of this size cost more in page faults than the pass's copies; stale
+        positions past a row's length are never attended to (each row has its own length).
+        """
+        have = self._scratch
+        if have is None or have[0].shape[1] < rows or have[0].shape[3] < positions:
+            most = max(rows, have[0].shape[1] if have is not None else 0)
+            cap = _capacity_for(positions, have[0].shape[3] if have is not None else 0)
+            shape = (self.num_layers, most, self.num_kv, cap, self.head_dim)
+            have = self._scratch = (np.zeros(shape, np.float32), np.zeros(shape, np.float32))
+        return have[0][:, :rows], have[1][:, :rows]
 
     def _run_fused(self, x: np.ndarray, k: np.ndarray, v: np.ndarray, lengths: list[int]) -> np.ndarray:
         """Run ``x (B, T, H)`` with rows' pasts ``lengths``; new keys/values land in ``k``/``v`` in place."""
@@ -341,8 +356,7 @@ class OnnxBackend:
         n = len(items)
         x = np.concatenate([wire_to_tensor(h, torch.float32).numpy() for h, _ in items], axis=0)
         if self.fused:
-            shape = (self.num_layers, n, self.num_kv, pmax + t, self.head_dim)
-            past_k, past_v = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+            past_k, past_v = self._batch_buffers(n, pmax + t)
             for row, (_, c) in enumerate(items):
                 past_k[:, row, :, : c.length] = c.k[:, 0, :, : c.length]
                 past_v[:, row, :, : c.length] = c.v[:, 0, :, : c.length]
