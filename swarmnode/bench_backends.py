@@ -92,6 +92,22 @@ def run_bench_backends(model: str = "smollm2", new_tokens: int = 64, runs: int =
             if self.n == 2:
                 self.first = time.perf_counter()
 
+        def end(self):
+            pass
+
+    # The reference the ratios stand for: transformers' own generate (PyTorch fp32 eager), same rounds.
+    from transformers import AutoModelForCausalLM
+
+    local = AutoModelForCausalLM.from_pretrained(checkpoint.path, dtype=torch.float32).eval()
+    opts = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+    reference: list[float] = []
+
+    def run_reference() -> None:
+        clock = _Clock()
+        with torch.inference_mode():
+            local.generate(ids, streamer=clock, **opts)
+        reference.append((new_tokens - 1) / (time.perf_counter() - clock.first))
+
     speeds: dict[str, list[float]] = {k: [] for k in backends}
     tokens: dict[str, list[int]] = {}
     # ONNX Runtime backends compute logits on ONNX Runtime too; the PyTorch ones on PyTorch (as transformers).
@@ -99,7 +115,10 @@ def run_bench_backends(model: str = "smollm2", new_tokens: int = 64, runs: int =
     fast = {name: name.startswith("onnx") for name in backends}
     for name, b in backends.items():
         local_backend_generate(b, head, ids, 4, fast_head=fast[name])  # warm-up
+    with torch.inference_mode():
+        local.generate(ids, **{**opts, "max_new_tokens": 4, "min_new_tokens": 4})
     for _ in range(runs):
+        run_reference()
         for name, b in backends.items():
             clock = _Clock()
             tokens[name] = local_backend_generate(b, head, ids, new_tokens, clock, fast_head=fast[name])
@@ -115,6 +134,8 @@ def run_bench_backends(model: str = "smollm2", new_tokens: int = 64, runs: int =
         "new_tokens": new_tokens,
         **{f"{k}_tok_s": round(v, 2) for k, v in tok_s.items()},
         "ratios_vs_torch_fp32": {k: round(v / tok_s["torch_fp32"], 3) for k, v in tok_s.items()},
+        "transformers_generate_tok_s": round(statistics.median(reference), 2),
+        "onnx_fp32_vs_transformers": round(tok_s["onnx_fp32"] / statistics.median(reference), 3),
         "default_backend": default.name,
         "default_reason": reason,
         "ppl": {
