@@ -63,7 +63,7 @@ bench: model
 bench-engine: model
 	$(PY) -m swarmnode bench-backends --model smollm2 --json
 	$(PY) -m swarmnode bench --model smollm2 --nodes 3 --new-tokens 64 --json --backend onnxruntime
-	$(PY) -m swarmnode bench --model smollm2 --nodes 3 --sessions 1,4,8,16 --new-tokens 32 --json
+	$(PY) -m swarmnode bench --model smollm2 --nodes 3 --sessions 1,4,8,16 --json
 
 ## Heartbeats of 1,000 simulated nodes against daphne + PostgreSQL: requests/s and p99 latency.
 bench-portal: install
