@@ -50,12 +50,12 @@ def node_page(browser_portal, chromium):
 
 @pytest.fixture(scope="module")
 def python_span():
-    """The same blocks in the Python ONNX Runtime backend (the same exported graph)."""
+    """The same blocks in the Python ONNX Runtime backend, running the same (portable) graph as the browser."""
     from swarmnode.models import Checkpoint, load_span, resolve_model
     from swarmnode.runtime.onnx_backend import OnnxBackend
 
     span = load_span(Checkpoint(resolve_model("smollm2")), 10, 20, torch.float32, "cpu")
-    return OnnxBackend(span, threads=1)
+    return OnnxBackend(span, threads=1, fused=False)
 
 
 def send(page, frame: bytes):
