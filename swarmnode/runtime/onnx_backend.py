@@ -118,6 +118,18 @@ def exported_span(span: SpanModel, precision: str = "float32") -> Path:
     return _precision_variant(fp32, precision, span)
 
 
+def _save_once(path: Path, build) -> Path:
+    """Write ``build()`` (an ONNX model) to ``path`` unless it is there; atomically (tmp + rename)."""
+    if not path.exists():
+        import onnx
+
+        tmp = path.with_suffix(".partial")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        onnx.save(build(), str(tmp))
+        os.replace(tmp, path)
+    return path
+
+
 def fused_span(span: SpanModel, precision: str = "float32") -> Path:
     """The span's ONNX file built from ONNX Runtime's fused kernels (:mod:`swarmnode.runtime.onnx_graph`).
 
@@ -131,13 +143,8 @@ def fused_span(span: SpanModel, precision: str = "float32") -> Path:
     digest = span_digest(span, extra=f"fused{FUSED_GRAPH_VERSION}")
     fp32 = cache / f"span-{digest}-fused.onnx"
     if not fp32.exists():
-        import onnx
-
         log.info("building blocks %d:%d as a fused ONNX graph (cached as %s)", span.start, span.end, fp32.name)
-        tmp = fp32.with_suffix(".partial")
-        fp32.parent.mkdir(parents=True, exist_ok=True)
-        onnx.save(build_span_graph(span), str(tmp))
-        os.replace(tmp, fp32)
+    _save_once(fp32, lambda: build_span_graph(span))
     return _precision_variant(fp32, precision, span)
 
 
@@ -345,9 +352,7 @@ class OnnxBackend:
         if len(items) == 1:
             return [self.step(*items[0])]
         t = items[0][0].shape[1]
-        if any(h.shape[0] != 1 or h.shape[1] != t for h, _ in items):
-            raise ValueError("a batch needs one sequence per session and the same number of new tokens")
-        if any(c.k.shape[1] != 1 and c.length for _, c in items):
+        if any(h.shape[0] != 1 or h.shape[1] != t or (c.k.shape[1] != 1 and c.length) for h, c in items):
             raise ValueError("a batch needs one sequence per session and the same number of new tokens")
         lengths = [c.length for _, c in items]
         if self.fused and t > 1 and max(lengths) > 0:
@@ -410,13 +415,7 @@ class OnnxHead:
             if t is not None:
                 h.update(t.detach().float().contiguous().cpu().numpy().tobytes())
         path = layerswarm_home() / "onnx" / f"head-{h.hexdigest()[:24]}.onnx"
-        if not path.exists():
-            import onnx
-
-            tmp = path.with_suffix(".partial")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            onnx.save(build_head_graph(norm.weight, eps, lm_head.weight, lm_head.bias), str(tmp))
-            os.replace(tmp, path)
+        _save_once(path, lambda: build_head_graph(norm.weight, eps, lm_head.weight, lm_head.bias))
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or torch.get_num_threads()
         opts.inter_op_num_threads = 1
