@@ -31,6 +31,7 @@ class SessionState:
     position: int = 0  # tokens already in the cache
     served_tokens: int = 0  # positions run through the span, B x T summed over steps (usage receipts, spec §8.2)
     last_used: float = field(default_factory=time.monotonic)
+    busy: bool = False  # a step is running (pushed steps run concurrently, spec §7)
 
 
 class CachePool:

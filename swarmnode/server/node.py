@@ -191,7 +191,10 @@ class Node:
             request_id = msg.id
             session_id = getattr(msg, "session_id", "")
             if isinstance(msg, Step) and msg.push_key:  # server-to-server push (spec §7)
-                return await self.push.step(msg, owner)
+                refused = self.push.accept(msg)
+                if refused is None:  # runs on its own: the link's next frames must not wait for it
+                    self.push.start(msg)
+                return refused
             if isinstance(msg, OpenSession) and self.state == "draining":
                 raise ProtocolError("out_of_cache", "this node is draining (about to move): open the session elsewhere")
             reply = await self._dispatch(msg, owner)
@@ -210,6 +213,8 @@ class Node:
         if isinstance(msg, Step):
             state = self.pool.get(msg.session_id, owner)
             hidden = check_hidden(msg.hidden, self.hidden_size, self.limits)
+            if state.busy:  # pushed steps run concurrently (spec §7): one step per session at a time
+                raise ProtocolError("bad_position", f"step at position {msg.position} while another step of the session runs")
             if msg.position != state.position:
                 raise ProtocolError(
                     "bad_position",
@@ -222,7 +227,11 @@ class Node:
                     f"{new_len} tokens would exceed the session's max_length {state.max_length}",
                 )
             started = time.perf_counter()
-            out = await self.scheduler.step(hidden, state.cache)
+            state.busy = True
+            try:
+                out = await self.scheduler.step(hidden, state.cache)
+            finally:
+                state.busy = False
             if self.corruptor is not None:
                 out = self.corruptor.maybe_perturb(out)
             state.position = new_len

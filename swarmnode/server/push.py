@@ -42,6 +42,7 @@ class PushRelay:
         self._sessions: dict[str, _Entry] = {}
         self._links: dict[str, ClientConnection] = {}
         self._readers: dict[str, asyncio.Task] = {}
+        self._tasks: set[asyncio.Task] = set()
 
     def register(self, session_id: str, key: str, owner: object) -> None:
         """Accept pushed steps for a session opened with a push key (spec §7.1)."""
@@ -56,13 +57,31 @@ class PushRelay:
         except Exception as exc:  # the client is gone too: nothing more to do
             log.info("cannot report a push error to the session's owner: %s", exc)
 
-    async def step(self, msg: Step, sender: object) -> Message | None:
-        """Handle a step carrying a push key; returns a reply only when the session is unknown to this node."""
+    def accept(self, msg: Step) -> Error | None:
+        """Check a step carrying a push key: ``None`` when it may run, else the error for its sender."""
         entry = self._sessions.get(msg.session_id)
         if entry is None or not hmac.compare_digest(entry.key, msg.push_key):
             return Error(
                 id=msg.id, code="unknown_session", message="no push session with that key", session_id=msg.session_id
             )
+        return None
+
+    def start(self, msg: Step) -> None:
+        """Run an accepted pushed step in the background: a push link carries many sessions' steps, which
+        must not wait for each other (they batch together in the scheduler)."""
+        task = asyncio.create_task(self.run(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def step(self, msg: Step, sender: object) -> Message | None:
+        """Handle a step carrying a push key to the end; returns a reply only when the session is unknown here."""
+        return self.accept(msg) or await self.run(msg)
+
+    async def run(self, msg: Step) -> None:
+        """Run an accepted pushed step, then forward it or deliver its result (errors go to the owner)."""
+        entry = self._sessions.get(msg.session_id)
+        if entry is None:  # closed since it was accepted
+            return None
         try:
             reply = await self.node._dispatch(dataclasses.replace(msg, push_key="", route=()), entry.owner)
         except ProtocolError as exc:
@@ -142,7 +161,9 @@ class PushRelay:
                 self._links.pop(url, None)
 
     async def close(self) -> None:
-        """Close every push link."""
+        """Close every push link (and stop pushed steps still running)."""
+        for task in list(self._tasks):
+            task.cancel()
         for url in list(self._links):
             link = self._links.get(url)
             self._drop(url)

@@ -94,3 +94,47 @@ def test_it_forwards_along_the_route_and_delivers_at_the_end(tiny_node, owner):
     reply = owner.recv()  # the forwarded step runs push-5a again at position 0: bad_position, reported to us
     assert isinstance(reply, Error) and reply.code == "bad_position"
     other.close()
+
+
+def test_steps_of_many_sessions_on_one_link_all_arrive_with_the_direct_results(tiny_node):
+    """A push link carries every session's steps: they run side by side (not one after the other) and
+    each session gets exactly what a direct step returns."""
+    sessions = [f"push-many-{i}" for i in range(6)]
+    owners = [Peer(tiny_node.url) for _ in sessions]
+    direct = Peer(tiny_node.url)
+    inputs = [
+        tensor_from_numpy(np.random.default_rng(i).standard_normal((1, 2, 64)).astype(np.float32))
+        for i in range(len(sessions))
+    ]
+    for peer, sid in zip(owners, sessions, strict=True):
+        _open(peer, sid)
+    expected = []
+    for i, x in enumerate(inputs):
+        direct.send(OpenSession(id=1, session_id=f"direct-{i}", max_length=16))
+        assert isinstance(direct.recv(), SessionOpened)
+        direct.send(Step(id=2, session_id=f"direct-{i}", position=0, hidden=x))
+        expected.append(direct.recv().hidden.to_numpy())
+    link = Peer(tiny_node.url)
+    for i, (sid, x) in enumerate(zip(sessions, inputs, strict=True)):  # back to back, no waiting
+        link.send(Step(id=100 + i, session_id=sid, position=0, hidden=x, push_key=KEY))
+    for i, peer in enumerate(owners):
+        reply = peer.recv()
+        assert isinstance(reply, StepResult) and reply.id == 100 + i and reply.position == 2
+        np.testing.assert_array_equal(reply.hidden.to_numpy(), expected[i])
+    for peer in [*owners, direct, link]:
+        peer.close()
+
+
+def test_a_second_pushed_step_of_a_session_is_refused_not_interleaved(tiny_node, owner):
+    """Pushed steps run concurrently, but never two of one session: the second is refused
+    (``bad_position``) and the session goes on from the first."""
+    _open(owner, "push-6")
+    link = Peer(tiny_node.url)
+    link.send(Step(id=21, session_id="push-6", position=0, hidden=hidden(), push_key=KEY))
+    link.send(Step(id=22, session_id="push-6", position=0, hidden=hidden(), push_key=KEY))
+    replies = {r.id: r for r in (owner.recv(), owner.recv())}
+    assert isinstance(replies[21], StepResult) and replies[21].position == 2
+    assert isinstance(replies[22], Error) and replies[22].code == "bad_position"
+    owner.send(Step(id=23, session_id="push-6", position=2, hidden=hidden()))
+    assert owner.recv().position == 4
+    link.close()
