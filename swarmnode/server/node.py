@@ -214,7 +214,9 @@ class Node:
             state = self.pool.get(msg.session_id, owner)
             hidden = check_hidden(msg.hidden, self.hidden_size, self.limits)
             if state.busy:  # pushed steps run concurrently (spec §7): one step per session at a time
-                raise ProtocolError("bad_position", f"step at position {msg.position} while another step of the session runs")
+                raise ProtocolError(
+                    "bad_position", f"step at position {msg.position} while another step of the session runs"
+                )
             if msg.position != state.position:
                 raise ProtocolError(
                     "bad_position",
