@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -172,6 +173,7 @@ class OnnxCache:
     v: np.ndarray
     length: int = 0
     extra: dict = field(default_factory=dict)
+    version: int = 0  # bumped by every write: a batch buffer's copy of this cache is current only at its version
 
     @property
     def capacity(self) -> int:
@@ -234,6 +236,10 @@ class OnnxBackend:
         self.dtype = torch.float32
         self._weight_bytes: int | None = None
         self._scratch: tuple[np.ndarray, np.ndarray] | None = None
+        # Per row of the batch buffers: which cache it holds a copy of, as (weak reference, version),
+        # so a session batched in the same row again needs no copy of its past.
+        self._rows: list[tuple[weakref.ref, int] | None] = []
+        self.rows_copied = 0  # sessions whose past was copied into the batch buffers (the rest were there)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or torch.get_num_threads()
         opts.inter_op_num_threads = 1
@@ -287,7 +293,24 @@ class OnnxBackend:
             cap = _capacity_for(positions, have[0].shape[3] if have is not None else 0)
             shape = (self.num_layers, most, self.num_kv, cap, self.head_dim)
             have = self._scratch = (np.zeros(shape, np.float32), np.zeros(shape, np.float32))
+            self._rows = [None] * most
         return have[0][:, :rows], have[1][:, :rows]
+
+    def _place(self, caches: list[OnnxCache]) -> list[int]:
+        """Rows ``0..n-1`` of the batch buffers for ``caches``: a cache keeps the row that still holds
+        its current keys and values; the rest take the free rows. Returns each cache's row."""
+        n = len(caches)
+        rows: list[int | None] = [None] * n
+        taken: set[int] = set()
+        for i, c in enumerate(caches):
+            for r in range(n):
+                held = self._rows[r]
+                if r not in taken and held is not None and held[0]() is c and held[1] == c.version:
+                    rows[i] = r
+                    taken.add(r)
+                    break
+        free = iter(r for r in range(n) if r not in taken)
+        return [r if r is not None else next(free) for r in rows]
 
     def _run_fused(self, x: np.ndarray, k: np.ndarray, v: np.ndarray, lengths: list[int]) -> np.ndarray:
         """Run ``x (B, T, H)`` with rows' pasts ``lengths``; new keys/values land in ``k``/``v`` in place."""
@@ -334,6 +357,7 @@ class OnnxBackend:
         if self.fused:
             self._reserve(cache, p + t)
             out = self._run_fused(x, cache.k, cache.v, [p] * b)
+            cache.version += 1
         else:
             positions = np.broadcast_to(np.arange(p, p + t, dtype=np.int64), (b, t)).copy()
             mask = causal_mask([p] * b, p, t).numpy()
@@ -362,11 +386,19 @@ class OnnxBackend:
         x = np.concatenate([wire_to_tensor(h, torch.float32).numpy() for h, _ in items], axis=0)
         if self.fused:
             past_k, past_v = self._batch_buffers(n, pmax + t)
-            for row, (_, c) in enumerate(items):
-                past_k[:, row, :, : c.length] = c.k[:, 0, :, : c.length]
-                past_v[:, row, :, : c.length] = c.v[:, 0, :, : c.length]
-            out = self._run_fused(x, past_k, past_v, lengths)
-            for row, (_, c) in enumerate(items):
+            caches = [c for _, c in items]
+            rows = self._place(caches)
+            for row, c in zip(rows, caches, strict=True):
+                held = self._rows[row]
+                if held is None or held[0]() is not c or held[1] != c.version:  # not there yet: copy its past in
+                    self.rows_copied += 1
+                    past_k[:, row, :, : c.length] = c.k[:, 0, :, : c.length]
+                    past_v[:, row, :, : c.length] = c.v[:, 0, :, : c.length]
+            order = np.argsort(rows)  # item of each row
+            out_rows = self._run_fused(x[order], past_k, past_v, [lengths[i] for i in order])
+            out = np.empty_like(out_rows)
+            out[order] = out_rows
+            for row, c in zip(rows, caches, strict=True):
                 if c.k.shape[1] != 1:
                     fresh = self.new_cache(1)
                     c.k, c.v = fresh.k, fresh.v
@@ -375,6 +407,8 @@ class OnnxBackend:
                 c.k[:, 0, :, p : p + t] = past_k[:, row, :, p : p + t]
                 c.v[:, 0, :, p : p + t] = past_v[:, row, :, p : p + t]
                 c.length = p + t
+                c.version += 1
+                self._rows[row] = (weakref.ref(c), c.version)
         else:
             shape = (self.num_layers, n, self.num_kv, pmax, self.head_dim)
             past_k, past_v = np.zeros(shape, np.float32), np.zeros(shape, np.float32)

@@ -49,6 +49,32 @@ def test_a_batch_of_sessions_at_different_positions_matches_each_alone(tiny_mode
     assert [c.length for c in caches] == [c.length for c in alone]
 
 
+def test_batches_of_changing_members_match_each_session_alone_and_reuse_the_buffers(tiny_models):
+    """A session batched again keeps its row of the batch buffers (no copy of its past); any other
+    write to its cache (a step alone, another batch) makes the row stale, and it is copied again."""
+    onnx = OnnxBackend(load_span(Checkpoint(tiny_models["llama"]), 0, 6))
+    caches = [onnx.new_cache() for _ in range(4)]
+    for i, c in enumerate(caches):
+        onnx.step(wire(1, 3 + 4 * i, 64, seed=i), c)
+    alone = copy.deepcopy(caches)
+    plan = [[0, 1, 2, 3], [0, 1, 2, 3], [3, 1], "step 1", [2, 0, 3], [0, 1, 2, 3], [3, 2, 1, 0]]
+    for n, members in enumerate(plan):
+        if members == "step 1":
+            x = wire(1, 1, 64, seed=99)
+            np.testing.assert_allclose(
+                onnx.step(x, caches[1]).to_numpy(), onnx.step(x, alone[1]).to_numpy(), rtol=1e-5, atol=1e-5
+            )
+            continue
+        xs = [wire(1, 1, 64, seed=100 * n + m) for m in members]
+        together = onnx.step_batch([(x, caches[m]) for x, m in zip(xs, members, strict=True)])
+        for x, m, out in zip(xs, members, together, strict=True):
+            np.testing.assert_allclose(out.to_numpy(), onnx.step(x, alone[m]).to_numpy(), rtol=1e-5, atol=1e-4)
+    assert [c.length for c in caches] == [c.length for c in alone]
+    # Copies of a past: 4 (first batch), 0 (same rows), 1 (session 3 moves to row 0; 1 stays), 1 (session 0:
+    # its row went to 3; 2 and 3 still hold theirs), 1 (session 1, stepped alone), 0 (same members, any order).
+    assert onnx.rows_copied == 7
+
+
 @pytest.mark.parametrize("fused", [True, False])
 def test_it_exports_once_and_reuses_the_file(tiny_models, fused):
     span = load_span(Checkpoint(tiny_models["llama"]), 0, 3)
