@@ -250,6 +250,12 @@ class OnnxBackend:
         self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
 
     @property
+    def batches_prompts(self) -> bool:
+        """Whether :meth:`step_batch` takes first prompts of different lengths in one padded pass
+        (the fused graph: its attention kernel reads each row's own length)."""
+        return self.fused
+
+    @property
     def weight_bytes(self) -> int:
         """Bytes of the span's weights in the model file (the rotary position tables are not weights)."""
         if self._weight_bytes is None:
@@ -312,9 +318,15 @@ class OnnxBackend:
         free = iter(r for r in range(n) if r not in taken)
         return [r if r is not None else next(free) for r in rows]
 
-    def _run_fused(self, x: np.ndarray, k: np.ndarray, v: np.ndarray, lengths: list[int]) -> np.ndarray:
-        """Run ``x (B, T, H)`` with rows' pasts ``lengths``; new keys/values land in ``k``/``v`` in place."""
+    def _run_fused(
+        self, x: np.ndarray, k: np.ndarray, v: np.ndarray, lengths: list[int], news: list[int] | None = None
+    ) -> np.ndarray:
+        """Run ``x (B, T, H)`` with rows' pasts ``lengths``; new keys/values land in ``k``/``v`` in place.
+
+        ``news``: each row's real new tokens when rows are right-padded to T (first prompts only).
+        """
         b, t, h = x.shape
+        news = news or [t] * b
         if b > 1 and t > 1 and max(lengths) > 0:  # the kernel takes several new tokens after a past one row at a time
             return np.concatenate(
                 [self._run_fused(x[r : r + 1], k[:, r : r + 1], v[:, r : r + 1], lengths[r : r + 1]) for r in range(b)]
@@ -329,7 +341,7 @@ class OnnxBackend:
             io.bind_ortvalue_output(f"present_value_{i}", vv)
         x = np.ascontiguousarray(x, np.float32)
         io.bind_cpu_input("hidden", x)
-        io.bind_cpu_input("seqlens_k", np.array([p + t - 1 for p in lengths], np.int32))
+        io.bind_cpu_input("seqlens_k", np.array([p + m - 1 for p, m in zip(lengths, news, strict=True)], np.int32))
         io.bind_cpu_input("total_len", np.array(max(lengths) + t, np.int32))
         out = np.empty((b, t, h), np.float32)
         io.bind_output("out", "cpu", 0, np.float32, list(out.shape), out.ctypes.data)
@@ -371,19 +383,27 @@ class OnnxBackend:
         """One pass for several sessions' one-sequence steps, each at its own position.
 
         Every item must be a ``(1, T, H)`` step with the same T; rows are right-padded to the
-        longest past and the padding is never attended to.
+        longest past and the padding is never attended to. With the fused graph, first prompts
+        (empty caches) may differ in length: they are right-padded to the longest (bit-identical
+        to running each alone; see :attr:`batches_prompts`).
         """
         if len(items) == 1:
             return [self.step(*items[0])]
-        t = items[0][0].shape[1]
-        if any(h.shape[0] != 1 or h.shape[1] != t or (c.k.shape[1] != 1 and c.length) for h, c in items):
-            raise ValueError("a batch needs one sequence per session and the same number of new tokens")
+        news = [h.shape[1] for h, _ in items]
+        t = max(news)
         lengths = [c.length for _, c in items]
+        prompts = self.batches_prompts and max(lengths) == 0
+        if any(h.shape[0] != 1 or (c.k.shape[1] != 1 and c.length) for h, c in items) or (
+            min(news) != t and not prompts
+        ):
+            raise ValueError("a batch needs one sequence per session and the same number of new tokens")
         if self.fused and t > 1 and max(lengths) > 0:
             return [self.step(h, c) for h, c in items]
         pmax = max(lengths)
         n = len(items)
-        x = np.concatenate([wire_to_tensor(h, torch.float32).numpy() for h, _ in items], axis=0)
+        x = np.zeros((n, t, items[0][0].shape[2]), np.float32)
+        for row, (h, _) in enumerate(items):
+            x[row, : news[row]] = wire_to_tensor(h, torch.float32).numpy()[0]
         if self.fused:
             past_k, past_v = self._batch_buffers(n, pmax + t)
             caches = [c for _, c in items]
@@ -395,18 +415,18 @@ class OnnxBackend:
                     past_k[:, row, :, : c.length] = c.k[:, 0, :, : c.length]
                     past_v[:, row, :, : c.length] = c.v[:, 0, :, : c.length]
             order = np.argsort(rows)  # item of each row
-            out_rows = self._run_fused(x[order], past_k, past_v, [lengths[i] for i in order])
+            out_rows = self._run_fused(x[order], past_k, past_v, [lengths[i] for i in order], [news[i] for i in order])
             out = np.empty_like(out_rows)
             out[order] = out_rows
-            for row, c in zip(rows, caches, strict=True):
+            for row, c, m in zip(rows, caches, news, strict=True):
                 if c.k.shape[1] != 1:
                     fresh = self.new_cache(1)
                     c.k, c.v = fresh.k, fresh.v
                 p = c.length
-                self._reserve(c, p + t)
-                c.k[:, 0, :, p : p + t] = past_k[:, row, :, p : p + t]
-                c.v[:, 0, :, p : p + t] = past_v[:, row, :, p : p + t]
-                c.length = p + t
+                self._reserve(c, p + m)
+                c.k[:, 0, :, p : p + m] = past_k[:, row, :, p : p + m]
+                c.v[:, 0, :, p : p + m] = past_v[:, row, :, p : p + m]
+                c.length = p + m
                 c.version += 1
                 self._rows[row] = (weakref.ref(c), c.version)
         else:
@@ -422,7 +442,10 @@ class OnnxBackend:
                 c.k = np.concatenate([c.k, new_k[:, row : row + 1]], axis=3)
                 c.v = np.concatenate([c.v, new_v[:, row : row + 1]], axis=3)
                 c.length += t
-        return [tensor_to_wire(torch.from_numpy(out[row : row + 1]), h.dtype) for row, (h, _) in enumerate(items)]
+        return [
+            tensor_to_wire(torch.from_numpy(out[row : row + 1, : news[row]]), h.dtype)
+            for row, (h, _) in enumerate(items)
+        ]
 
     def forward(self, hidden: WireTensor) -> WireTensor:
         """Run positions 0..T-1 without a cache."""

@@ -11,6 +11,9 @@ hop into the one that arrived first and everyone else (two passes instead of one
 sessions are not waited for. Nodes sharing one machine can take turns on its cores
 (``machine_lock``); a node waiting for its turn batches what queues meanwhile.
 
+First prompts of fresh sessions that queue together share one padded pass where the backend
+can do that (ONNX Runtime's fused graph), within ``prefill_chunk`` positions.
+
 Classes: decoding steps, then prompt (prefill) chunks, then cache-less forwards; shorter jobs
 first within a class; a job that waited longer than ``aging_s`` is promoted ahead of every
 class (oldest first) so nothing starves. Long prompts are cut into chunks of
@@ -47,6 +50,7 @@ class Job:
     future: asyncio.Future
     seq: int
     enqueued: float = field(default_factory=time.monotonic)
+    fresh: bool = False  # the first piece of a session's first prompt (its cache is still empty)
 
     @property
     def tokens(self) -> int:
@@ -59,14 +63,14 @@ class Job:
             return (-1, 0, self.seq)
         return (self.kind, self.tokens, self.seq)
 
-    def batchable_with(self, other: Job) -> bool:
-        """Whether both can run in one batched pass."""
-        return (
-            self.kind == other.kind == DECODE
-            and self.hidden.shape[0] == other.hidden.shape[0] == 1
-            and self.hidden.shape[1] == other.hidden.shape[1]
-            and self.hidden.dtype == other.hidden.dtype
-        )
+    def batchable_with(self, other: Job, prompts: bool = False) -> bool:
+        """Whether both can run in one batched pass: decoding steps of one sequence with the same
+        new-token count, or (``prompts``: the backend pads them) first prompts of fresh sessions."""
+        if self.hidden.shape[0] != 1 or other.hidden.shape[0] != 1 or self.hidden.dtype != other.hidden.dtype:
+            return False
+        if self.kind == other.kind == DECODE:
+            return self.hidden.shape[1] == other.hidden.shape[1]
+        return prompts and self.kind == other.kind == PREFILL and self.fresh and other.fresh
 
 
 def concat_tokens(parts: list[WireTensor]) -> WireTensor:
@@ -130,6 +134,8 @@ class Scheduler:
         self._lock_fd = os.open(machine_lock, os.O_RDWR | os.O_CREAT, 0o600) if machine_lock else None
         self.executor = executor
         self.max_batch = max_batch if hasattr(backend, "step_batch") else 1
+        # Whether step_batch takes first prompts of different lengths (it pads them).
+        self.batches_prompts = bool(getattr(backend, "batches_prompts", False))
         self.small_step_tokens = small_step_tokens
         self.prefill_chunk = prefill_chunk
         self.aging_s = aging_s
@@ -160,9 +166,9 @@ class Scheduler:
             job.future.cancel()
         self._queue.clear()
 
-    async def _submit(self, kind: int, hidden: WireTensor, cache) -> WireTensor:
+    async def _submit(self, kind: int, hidden: WireTensor, cache, fresh: bool = False) -> WireTensor:
         self.start()
-        job = Job(kind, hidden, cache, asyncio.get_running_loop().create_future(), next(self._seq))
+        job = Job(kind, hidden, cache, asyncio.get_running_loop().create_future(), next(self._seq), fresh=fresh)
         if kind == DECODE:
             seen = self._recent.get(id(cache))
             if seen is not None and (seen[2] is None or seen[2]() is cache):
@@ -179,11 +185,17 @@ class Scheduler:
         self._wake.set()
         return await job.future
 
-    async def step(self, hidden: WireTensor, cache) -> WireTensor:
-        """Run a session's step; long prompts go through in chunks, in order."""
+    async def step(self, hidden: WireTensor, cache, fresh: bool = False) -> WireTensor:
+        """Run a session's step; long prompts go through in chunks, in order.
+
+        ``fresh``: the session's cache is empty (its first prompt), so the first chunk may share a
+        padded pass with other sessions' first prompts when the backend can do that.
+        """
         if hidden.shape[0] * hidden.shape[1] <= self.small_step_tokens:
             return await self._submit(DECODE, hidden, cache)
-        parts = [await self._submit(PREFILL, piece, cache) for piece in split_tokens(hidden, self.prefill_chunk)]
+        parts = []
+        for i, piece in enumerate(split_tokens(hidden, self.prefill_chunk)):
+            parts.append(await self._submit(PREFILL, piece, cache, fresh=fresh and i == 0))
         return concat_tokens(parts)
 
     async def forward(self, hidden: WireTensor) -> WireTensor:
@@ -195,18 +207,26 @@ class Scheduler:
         self._queue.sort(key=lambda j: j.key(now, self.aging_s))
         first = self._queue.pop(0)
         batch = [first]
-        if first.kind == DECODE and self.max_batch > 1:
+        if (first.kind == DECODE or first.fresh) and self.max_batch > 1:
             self._join(batch)
         return batch
 
     def _join(self, batch: list[Job]) -> None:
-        """Move queued steps that can share ``batch[0]``'s pass into ``batch`` (up to ``max_batch``)."""
+        """Move queued jobs that can share ``batch[0]``'s pass into ``batch`` (up to ``max_batch``; first
+        prompts while the padded pass stays within ``prefill_chunk`` positions and at most half padding)."""
         first, rest = batch[0], []
         caches = {id(j.cache) for j in batch}
+        longest, total = max(j.hidden.shape[1] for j in batch), sum(j.hidden.shape[1] for j in batch)
         for job in self._queue:
-            if len(batch) < self.max_batch and first.batchable_with(job) and id(job.cache) not in caches:
+            fits = len(batch) < self.max_batch and first.batchable_with(job, self.batches_prompts)
+            if fits and first.kind == PREFILL:
+                t = job.hidden.shape[1]
+                padded = (len(batch) + 1) * max(longest, t)
+                fits = padded <= self.prefill_chunk and 2 * (total + t) >= padded
+            if fits and id(job.cache) not in caches:
                 batch.append(job)
                 caches.add(id(job.cache))
+                longest, total = max(longest, job.hidden.shape[1]), total + job.hidden.shape[1]
             else:
                 rest.append(job)
         self._queue = rest
@@ -278,7 +298,7 @@ class Scheduler:
         else:  # wait for our turn on the machine; steps that queue meanwhile join the batch
             await loop.run_in_executor(self.executor, self._acquire)
             try:
-                if batch[0].kind == DECODE and self.max_batch > 1:
+                if (batch[0].kind == DECODE or batch[0].fresh) and self.max_batch > 1:
                     self._join(batch)
                 await self._run_batch(loop, batch, self._compute)
             finally:

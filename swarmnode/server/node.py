@@ -231,7 +231,7 @@ class Node:
             started = time.perf_counter()
             state.busy = True
             try:
-                out = await self.scheduler.step(hidden, state.cache)
+                out = await self.scheduler.step(hidden, state.cache, fresh=state.position == 0)
             finally:
                 state.busy = False
             if self.corruptor is not None:

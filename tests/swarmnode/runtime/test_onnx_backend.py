@@ -49,6 +49,23 @@ def test_a_batch_of_sessions_at_different_positions_matches_each_alone(tiny_mode
     assert [c.length for c in caches] == [c.length for c in alone]
 
 
+def test_first_prompts_of_different_lengths_share_one_padded_pass_bit_for_bit(tiny_models):
+    onnx = OnnxBackend(load_span(Checkpoint(tiny_models["llama"]), 0, 6))
+    assert onnx.batches_prompts
+    prompts = [wire(1, t, 64, seed=t) for t in (5, 9, 3, 9)]
+    caches, alone = [onnx.new_cache() for _ in prompts], [onnx.new_cache() for _ in prompts]
+    together = onnx.step_batch(list(zip(prompts, caches, strict=True)))
+    for x, c, a, out in zip(prompts, caches, alone, together, strict=True):
+        assert out.shape == x.shape
+        np.testing.assert_array_equal(out.to_numpy(), onnx.step(x, a).to_numpy())
+        assert c.length == a.length == x.shape[1]
+    nxt = [wire(1, 1, 64, seed=50 + i) for i in range(4)]  # and their next steps, batched, still agree
+    for out, x, a in zip(onnx.step_batch(list(zip(nxt, caches, strict=True))), nxt, alone, strict=True):
+        np.testing.assert_allclose(out.to_numpy(), onnx.step(x, a).to_numpy(), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="same number of new tokens"):  # not first prompts any more
+        onnx.step_batch([(wire(1, 2, 64), caches[0]), (wire(1, 3, 64), caches[1])])
+
+
 def test_batches_of_changing_members_match_each_session_alone_and_reuse_the_buffers(tiny_models):
     """A session batched again keeps its row of the batch buffers (no copy of its past); any other
     write to its cache (a step alone, another batch) makes the row stale, and it is copied again."""

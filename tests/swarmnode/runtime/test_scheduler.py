@@ -67,6 +67,48 @@ def test_it_batches_decoding_steps_that_queue_up_together():
     assert batches[0][2] == ["s1", "s2", "s3"]
 
 
+def test_first_prompts_that_queue_together_share_a_pass_when_the_backend_pads_them():
+    gate = threading.Event()
+    backend = Recorder(gate)
+    backend.batches_prompts = True
+
+    async def main():
+        sched = Scheduler(backend, ThreadPoolExecutor(1), max_batch=8, prefill_chunk=64)
+        first = asyncio.create_task(sched.step(hid(1), "busy"))  # occupies the worker
+        await asyncio.sleep(0.05)
+        fresh = [asyncio.create_task(sched.step(hid(t), f"p{t}", fresh=True)) for t in (10, 12, 9)]
+        later = asyncio.create_task(sched.step(hid(11), "later"))  # not a first prompt: runs alone
+        long = asyncio.create_task(sched.step(hid(40), "long", fresh=True))  # 4 x 40 padded > 64: alone
+        await asyncio.sleep(0.05)
+        gate.set()
+        outs = await asyncio.gather(first, *fresh, later, long)
+        await sched.stop()
+        return outs
+
+    outs = run(main())
+    assert [o.shape[1] for o in outs] == [1, 10, 12, 9, 11, 40]
+    assert backend.calls[1] == ("batch", 3, ["p9", "p10", "p12"])  # shortest first, as one pass
+    assert sorted(c[1] for c in backend.calls[2:]) == [11, 40] and all(c[0] == "step" for c in backend.calls[2:])
+
+
+def test_first_prompts_run_one_by_one_when_the_backend_cannot_pad():
+    gate = threading.Event()
+    backend = Recorder(gate)
+
+    async def main():
+        sched = Scheduler(backend, ThreadPoolExecutor(1), max_batch=8, prefill_chunk=64)
+        first = asyncio.create_task(sched.step(hid(1), "busy"))
+        await asyncio.sleep(0.05)
+        fresh = [asyncio.create_task(sched.step(hid(t), f"p{t}", fresh=True)) for t in (10, 10)]
+        await asyncio.sleep(0.05)
+        gate.set()
+        await asyncio.gather(first, *fresh)
+        await sched.stop()
+
+    run(main())
+    assert [c[0] for c in backend.calls] == ["step", "step", "step"]
+
+
 def test_it_serves_decoding_before_prompts_and_forwards():
     gate = threading.Event()
     backend = Recorder(gate)
