@@ -89,7 +89,13 @@ class Node:
         load_dtype = TORCH_DTYPES.get(self.precision, torch.float32)  # int8 spans load fp32, then quantize
         span = load_span(self.checkpoint, self.start, self.end, load_dtype, self.device)
         self.backend, backend_reason = build_backend(
-            span, self.device, self.precision, config.backend, config.num_threads, config.small_step_threads
+            span,
+            self.device,
+            self.precision,
+            config.backend,
+            config.num_threads,
+            config.small_step_threads,
+            machine_lock=config.machine_lock,
         )
         log.info(
             "precision %s (%s); backend %s (%s)", self.precision, precision_reason, self.backend.name, backend_reason
