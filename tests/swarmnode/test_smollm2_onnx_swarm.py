@@ -6,6 +6,9 @@ therefore not guaranteed bit-identical; the documented tolerance is: the first 3
 on every prompt of a fixed set, and at least 95% of all generated tokens equal.
 """
 
+import copy
+import threading
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -46,3 +49,31 @@ def test_onnx_nodes_match_local_transformers_within_the_documented_tolerance(onn
         same += int((got == expected).sum())
         total += len(expected)
     assert same / total >= 0.95
+
+
+def test_concurrent_generations_get_exactly_their_tokens_alone(onnx_swarm):
+    """Sessions started together share padded prompt passes and batched decoding passes on every
+    node (and batched logits here); each still gets exactly the tokens it gets alone."""
+    remote = AutoDistributedModelForCausalLM.from_pretrained("smollm2", peers=onnx_swarm.urls)
+    prompts = [
+        remote.tokenizer.apply_chat_template(
+            [{"role": "user", "content": p}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )["input_ids"]
+        for p in PROMPTS
+    ]
+    opts = dict(max_new_tokens=24, do_sample=False, eos_token_id=None)
+    alone = [remote.generate(ids, **opts)[0, ids.shape[1] :].tolist() for ids in prompts]
+    together: dict[int, list[int]] = {}
+    gate = threading.Barrier(len(prompts))
+
+    def run(i: int) -> None:
+        client = copy.copy(remote)
+        gate.wait()
+        together[i] = [int(t[0]) for t in client.stream(prompts[i], **opts)]
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [together.get(i) for i in range(len(prompts))] == alone
