@@ -239,6 +239,7 @@ class OnnxBackend:
         # Per row of the batch buffers: which cache it holds a copy of, as (weak reference, version),
         # so a session batched in the same row again needs no copy of its past.
         self._rows: list[tuple[weakref.ref, int] | None] = []
+        self._batch_io: dict = {}  # the batch buffers' IO binding (see _kv_binding)
         self.rows_copied = 0  # sessions whose past was copied into the batch buffers (the rest were there)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or torch.get_num_threads()
@@ -318,12 +319,40 @@ class OnnxBackend:
         free = iter(r for r in range(n) if r not in taken)
         return [r if r is not None else next(free) for r in rows]
 
+    def _kv_binding(self, k: np.ndarray, v: np.ndarray, slot: dict | None):
+        """An IO binding with every layer's keys/values bound in place to ``k``/``v``; kept in ``slot``
+        (a cache's or the batch buffers') and reused while the buffers stay the same."""
+        ident = (k.ctypes.data, v.ctypes.data, k.shape)
+        held = slot.get("io") if slot is not None else None
+        if held is not None and held[0] == ident:
+            return held[1]
+        io = self.session.io_binding()
+        ort_value = self._ort.OrtValue.ortvalue_from_numpy
+        values = []  # the OrtValues reference the numpy buffers: kept alive with the binding
+        for i in range(self.num_layers):
+            kv, vv = ort_value(k[i]), ort_value(v[i])
+            values += [kv, vv]
+            io.bind_ortvalue_input(f"past_key_{i}", kv)
+            io.bind_ortvalue_output(f"present_key_{i}", kv)
+            io.bind_ortvalue_input(f"past_value_{i}", vv)
+            io.bind_ortvalue_output(f"present_value_{i}", vv)
+        if slot is not None:
+            slot["io"] = (ident, io, values)
+        return io
+
     def _run_fused(
-        self, x: np.ndarray, k: np.ndarray, v: np.ndarray, lengths: list[int], news: list[int] | None = None
+        self,
+        x: np.ndarray,
+        k: np.ndarray,
+        v: np.ndarray,
+        lengths: list[int],
+        news: list[int] | None = None,
+        slot: dict | None = None,
     ) -> np.ndarray:
         """Run ``x (B, T, H)`` with rows' pasts ``lengths``; new keys/values land in ``k``/``v`` in place.
 
         ``news``: each row's real new tokens when rows are right-padded to T (first prompts only).
+        ``slot``: where the binding of ``k``/``v`` is kept between passes.
         """
         b, t, h = x.shape
         news = news or [t] * b
@@ -331,14 +360,7 @@ class OnnxBackend:
             return np.concatenate(
                 [self._run_fused(x[r : r + 1], k[:, r : r + 1], v[:, r : r + 1], lengths[r : r + 1]) for r in range(b)]
             )
-        io = self.session.io_binding()
-        ort_value = self._ort.OrtValue.ortvalue_from_numpy
-        for i in range(self.num_layers):
-            kv, vv = ort_value(k[i]), ort_value(v[i])
-            io.bind_ortvalue_input(f"past_key_{i}", kv)
-            io.bind_ortvalue_output(f"present_key_{i}", kv)
-            io.bind_ortvalue_input(f"past_value_{i}", vv)
-            io.bind_ortvalue_output(f"present_value_{i}", vv)
+        io = self._kv_binding(k, v, slot)
         x = np.ascontiguousarray(x, np.float32)
         io.bind_cpu_input("hidden", x)
         io.bind_cpu_input("seqlens_k", np.array([p + m - 1 for p, m in zip(lengths, news, strict=True)], np.int32))
@@ -368,7 +390,7 @@ class OnnxBackend:
         p = cache.length
         if self.fused:
             self._reserve(cache, p + t)
-            out = self._run_fused(x, cache.k, cache.v, [p] * b)
+            out = self._run_fused(x, cache.k, cache.v, [p] * b, slot=cache.extra)
             cache.version += 1
         else:
             positions = np.broadcast_to(np.arange(p, p + t, dtype=np.int64), (b, t)).copy()
@@ -415,7 +437,9 @@ class OnnxBackend:
                     past_k[:, row, :, : c.length] = c.k[:, 0, :, : c.length]
                     past_v[:, row, :, : c.length] = c.v[:, 0, :, : c.length]
             order = np.argsort(rows)  # item of each row
-            out_rows = self._run_fused(x[order], past_k, past_v, [lengths[i] for i in order], [news[i] for i in order])
+            out_rows = self._run_fused(
+                x[order], past_k, past_v, [lengths[i] for i in order], [news[i] for i in order], self._batch_io
+            )
             out = np.empty_like(out_rows)
             out[order] = out_rows
             for row, c, m in zip(rows, caches, news, strict=True):
