@@ -7,6 +7,7 @@ Sessions at different positions can share one batch (each row's padding is maske
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -174,6 +175,11 @@ class OnnxCache:
     length: int = 0
     extra: dict = field(default_factory=dict)
     version: int = 0  # bumped by every write: a batch buffer's copy of this cache is current only at its version
+    binding: dict = field(default_factory=dict, repr=False, compare=False)  # ONNX Runtime's binding of k/v
+
+    def __deepcopy__(self, memo: dict) -> OnnxCache:
+        """A copy with its own buffers (and no binding: that one points at this cache's buffers)."""
+        return OnnxCache(self.k.copy(), self.v.copy(), self.length, copy.deepcopy(self.extra, memo), self.version)
 
     @property
     def capacity(self) -> int:
@@ -390,7 +396,7 @@ class OnnxBackend:
         p = cache.length
         if self.fused:
             self._reserve(cache, p + t)
-            out = self._run_fused(x, cache.k, cache.v, [p] * b, slot=cache.extra)
+            out = self._run_fused(x, cache.k, cache.v, [p] * b, slot=cache.binding)
             cache.version += 1
         else:
             positions = np.broadcast_to(np.arange(p, p + t, dtype=np.int64), (b, t)).copy()
