@@ -298,10 +298,10 @@ class DistributedModelForCausalLM:
                     ids, step_input = self._rolled_back(ids, prompt_len, rollback.position)
                     finished = self._finished(ids[:, prompt_len:], eos, ids.shape[0])
                     continue
+                if member is None:  # from its first token on, concurrent generations wait for each other
+                    member = decoding.enter_context(self.head.participant())
                 logits = self.head.logits(hidden[:, -1:, :], fast=self._fast_head(session), member=member)
                 logits = logits[:, -1, :]  # (B, V)
-                if member is None:  # decoding from now on: concurrent generations wait for each other
-                    member = decoding.enter_context(self.head.participant())
                 token = select_next(logits, ids, params, procs, generator)
                 if params.pad_token_id is not None and eos.numel():
                     token = torch.where(finished, torch.tensor(params.pad_token_id), token)

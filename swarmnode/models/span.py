@@ -137,6 +137,8 @@ class Participant:
         self.last = 0.0
         self.pace: float | None = None
 
+    first_wait = 0.02  # a first row (pace unknown): generations started together send theirs moments apart
+
     def arrived(self) -> float:
         """Note a row now; how long a batch led by it may wait for the others (half its pace)."""
         now = time.monotonic()
@@ -144,7 +146,7 @@ class Participant:
             gap = now - self.last
             self.pace = gap if self.pace is None else 0.7 * self.pace + 0.3 * gap
         self.last = now
-        return 0.5 * self.pace if self.pace is not None else 0.0
+        return 0.5 * self.pace if self.pace is not None else self.first_wait
 
 
 class RowBatcher:

@@ -6,9 +6,10 @@ count, one sequence each, same wire dtype), up to ``max_batch``. Batches form fr
 queued while the previous pass ran, so a lone session pays no batching delay, with one
 exception: when other sessions decoded here within the last ``recent_s`` and their next step
 is due (from each session's own pace), a decoding batch waits up to ``batch_window`` seconds
-for them. Sessions moving through a chain of nodes in lockstep would otherwise split at every
-hop into the one that arrived first and everyone else (two passes instead of one); slower
-sessions are not waited for. Nodes sharing one machine can take turns on its cores
+for them (and a first prompt, for the first prompts of sessions opened here moments ago).
+Sessions moving through a chain of nodes in lockstep would otherwise split at every hop into
+the one that arrived first and everyone else (two passes instead of one); slower sessions are
+not waited for. Nodes sharing one machine can take turns on its cores
 (``machine_lock``); a node waiting for its turn batches what queues meanwhile.
 
 First prompts of fresh sessions that queue together share one padded pass where the backend
@@ -145,6 +146,9 @@ class Scheduler:
         # unknown yet), a weak reference: a closed session's cache is freed, and then it is no longer
         # waited for]
         self._recent: dict[int, list] = {}
+        # id(cache) -> [when its session opened here, a weak reference]: sessions whose first prompt
+        # has not arrived yet (sessions that start together send their prompts moments apart).
+        self._opened: dict[int, list] = {}
         self._queue: list[Job] = []
         self._wake = asyncio.Event()
         self._seq = itertools.count()
@@ -166,21 +170,36 @@ class Scheduler:
             job.future.cancel()
         self._queue.clear()
 
+    def opened(self, cache) -> None:
+        """Note a session opened here: while its first prompt is due, other first prompts may wait for
+        it (up to ``batch_window``) to share a padded pass."""
+        try:
+            ref = weakref.ref(cache)
+        except TypeError:  # not weak-referenceable: remembered until recent_s passes
+            ref = None
+        self._opened[id(cache)] = [time.monotonic(), ref]
+
     async def _submit(self, kind: int, hidden: WireTensor, cache, fresh: bool = False) -> WireTensor:
         self.start()
+        self._opened.pop(id(cache), None)
         job = Job(kind, hidden, cache, asyncio.get_running_loop().create_future(), next(self._seq), fresh=fresh)
-        if kind == DECODE:
+        if kind == DECODE or fresh:
             seen = self._recent.get(id(cache))
-            if seen is not None and (seen[2] is None or seen[2]() is cache):
-                gap = job.enqueued - seen[0]
-                seen[1] = gap if seen[1] is None else 0.7 * seen[1] + 0.3 * gap
+            if kind == DECODE and seen is not None and (seen[2] is None or seen[2]() is cache):
+                if seen[3]:  # its first decoding step: the prompt's pass says nothing about its pace
+                    seen[3] = False
+                else:
+                    gap = job.enqueued - seen[0]
+                    seen[1] = gap if seen[1] is None else 0.7 * seen[1] + 0.3 * gap
                 seen[0] = job.enqueued
             else:
                 try:
                     ref = weakref.ref(cache)
                 except TypeError:  # not weak-referenceable: remembered until recent_s passes
                     ref = None
-                self._recent[id(cache)] = [job.enqueued, None, ref]
+                # A session that just sent its first prompt decodes next (pace unknown: assumed due),
+                # so sessions that started together make one batch from their first decoding step.
+                self._recent[id(cache)] = [job.enqueued, None, ref, kind != DECODE]
         self._queue.append(job)
         self._wake.set()
         return await job.future
@@ -242,18 +261,30 @@ class Scheduler:
         }
         inside = {id(j.cache) for j in batch}
         due = sum(
-            1 for k, (t, pace, _) in self._recent.items() if k not in inside and (pace is None or t + pace <= deadline)
+            1 for k, (t, pace, *_) in self._recent.items() if k not in inside and (pace is None or t + pace <= deadline)
         )
         return len(inside) + due
 
+    def _expected_prompts(self, batch: list[Job]) -> int:
+        """How many first prompts ``batch`` should hold: its own, plus every session opened here within
+        ``recent_s`` whose first prompt has not arrived yet. Forgets the others."""
+        cutoff = time.monotonic() - self.recent_s
+        self._opened = {
+            k: v for k, v in self._opened.items() if v[0] >= cutoff and (v[1] is None or v[1]() is not None)
+        }
+        inside = {id(j.cache) for j in batch}
+        return len(batch) + sum(1 for k in self._opened if k not in inside)
+
     async def _fill(self, batch: list[Job]) -> None:
-        """Wait up to ``batch_window`` for recently active sessions' next steps to join ``batch``."""
+        """Wait up to ``batch_window`` for recently active sessions' next steps (or, for first prompts,
+        the prompts of sessions just opened) to join ``batch``."""
         deadline = time.monotonic() + self.batch_window
         while True:
             self._wake.clear()  # then join what is queued: no arrival can slip in between (one loop)
             self._join(batch)
             left = deadline - time.monotonic()
-            if len(batch) >= min(self.max_batch, self._expected(batch, deadline)) or left <= 0:
+            expected = self._expected(batch, deadline) if batch[0].kind == DECODE else self._expected_prompts(batch)
+            if len(batch) >= min(self.max_batch, expected) or left <= 0:
                 return
             try:
                 await asyncio.wait_for(self._wake.wait(), left)
@@ -289,7 +320,8 @@ class Scheduler:
 
     async def _serve(self, loop, batch: list[Job]) -> None:
         """Fill ``batch`` (batch window), wait for the machine (lock), run it."""
-        if batch[0].kind == DECODE and self.batch_window > 0 and self.max_batch > 1:
+        prompts = batch[0].fresh and self.batches_prompts
+        if (batch[0].kind == DECODE or prompts) and self.batch_window > 0 and self.max_batch > 1:
             await self._fill(batch)
         if self._lock_fd is None:
             await self._run_batch(loop, batch, self._compute)

@@ -262,7 +262,8 @@ class Node:
                 raise ProtocolError(
                     "bad_field", f"max_length {msg.max_length} exceeds this node's {self.max_session_length}"
                 )
-            self.pool.open(msg.session_id, msg.max_length, self.backend.new_cache(), owner)
+            state = self.pool.open(msg.session_id, msg.max_length, self.backend.new_cache(), owner)
+            self.scheduler.opened(state.cache)
             return SessionOpened(id=msg.id, session_id=msg.session_id, cache_tokens_left=self.pool.tokens_left)
         if isinstance(msg, Forward):
             hidden = check_hidden(msg.hidden, self.hidden_size, self.limits)

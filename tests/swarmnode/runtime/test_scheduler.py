@@ -297,3 +297,69 @@ def test_nodes_sharing_a_machine_lock_take_turns_and_batch_what_queued_meanwhile
     assert all(end <= nxt for (_, end), (nxt, _) in zip(spans, spans[1:], strict=False))  # never two at once
     sizes = [c[1] if c[0] == "batch" else 1 for c in a.calls + b.calls]
     assert sum(sizes) == 14 and len(sizes) <= 6  # 14 steps in a few passes, not 14 passes
+
+
+def test_a_first_prompt_waits_briefly_for_sessions_just_opened_to_share_its_pass():
+    gate = threading.Event()
+    gate.set()
+    backend = Recorder(gate)
+    backend.batches_prompts = True
+
+    async def main():
+        sched = Scheduler(backend, ThreadPoolExecutor(1), max_batch=8, prefill_chunk=64, batch_window=0.5)
+        names = [f"p{i}" for i in range(3)]
+        for name in names:
+            sched.opened(name)
+        first = asyncio.create_task(sched.step(hid(9), names[0], fresh=True))  # arrives alone...
+        await asyncio.sleep(0.05)
+        late = [asyncio.create_task(sched.step(hid(10 + i), names[i], fresh=True)) for i in (1, 2)]  # ...then these
+        await asyncio.gather(first, *late)
+        together = list(backend.calls)
+        backend.calls.clear()
+        began = time.monotonic()  # every opened session has sent its prompt: nobody is waited for
+        await sched.step(hid(8), "r", fresh=True)
+        waited = time.monotonic() - began
+        await sched.stop()
+        return together, waited
+
+    together, waited = run(main())
+    assert together == [("batch", 3, ["p0", "p1", "p2"])]  # one pass, not one prompt and then two
+    assert waited < 0.25
+    assert [(c[0], c[1]) for c in backend.calls] == [("step", 8)]
+
+
+def test_sessions_that_just_sent_their_first_prompt_are_waited_for_at_their_first_decoding_step():
+    """Sessions started together make one batch from their very first decoding step: the prompt's
+    pass says nothing about a session's pace, so it counts as due."""
+    gate = threading.Event()
+    gate.set()
+    backend = Recorder(gate)
+
+    async def main():
+        sched = Scheduler(backend, ThreadPoolExecutor(1), max_batch=8, batch_window=0.5)
+        names = [f"s{i}" for i in range(3)]
+        await asyncio.gather(*(sched.step(hid(6), name, fresh=True) for name in names))
+        backend.calls.clear()
+        first = asyncio.create_task(sched.step(hid(1), names[0]))  # the first decoding step, alone...
+        await asyncio.sleep(0.05)
+        late = [asyncio.create_task(sched.step(hid(1), name)) for name in names[1:]]  # ...the others soon after
+        await asyncio.gather(first, *late)
+        await sched.stop()
+
+    run(main())
+    assert [(c[0], c[1]) for c in backend.calls] == [("batch", 3)]
+
+
+def test_first_prompts_do_not_wait_without_a_window():
+    backend = Recorder()
+    backend.batches_prompts = True
+
+    async def main():
+        sched = Scheduler(backend, ThreadPoolExecutor(1), max_batch=8, prefill_chunk=64, batch_window=0.0)
+        sched.opened("other")
+        began = time.monotonic()
+        await sched.step(hid(9), "p", fresh=True)
+        await sched.stop()
+        return time.monotonic() - began
+
+    assert run(main()) < 0.25
