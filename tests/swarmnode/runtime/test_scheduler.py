@@ -67,46 +67,38 @@ def test_it_batches_decoding_steps_that_queue_up_together():
     assert batches[0][2] == ["s1", "s2", "s3"]
 
 
-def test_first_prompts_that_queue_together_share_a_pass_when_the_backend_pads_them():
+async def queued_behind_a_busy_worker(sched, gate, make_jobs):
+    """Start one step that holds the worker, queue ``make_jobs()`` meanwhile, then let everything run."""
+    busy = asyncio.create_task(sched.step(hid(1), "busy"))
+    await asyncio.sleep(0.05)
+    jobs = [asyncio.create_task(job) for job in make_jobs()]
+    await asyncio.sleep(0.05)
+    gate.set()
+    outs = await asyncio.gather(busy, *jobs)
+    await sched.stop()
+    return outs[1:]
+
+
+@pytest.mark.parametrize("pads", [True, False])
+def test_first_prompts_that_queue_together_share_a_pass_when_the_backend_pads_them(pads):
     gate = threading.Event()
     backend = Recorder(gate)
-    backend.batches_prompts = True
+    backend.batches_prompts = pads
+    sched = Scheduler(backend, ThreadPoolExecutor(1), max_batch=8, prefill_chunk=64)
 
-    async def main():
-        sched = Scheduler(backend, ThreadPoolExecutor(1), max_batch=8, prefill_chunk=64)
-        first = asyncio.create_task(sched.step(hid(1), "busy"))  # occupies the worker
-        await asyncio.sleep(0.05)
-        fresh = [asyncio.create_task(sched.step(hid(t), f"p{t}", fresh=True)) for t in (10, 12, 9)]
-        later = asyncio.create_task(sched.step(hid(11), "later"))  # not a first prompt: runs alone
-        long = asyncio.create_task(sched.step(hid(40), "long", fresh=True))  # 4 x 40 padded > 64: alone
-        await asyncio.sleep(0.05)
-        gate.set()
-        outs = await asyncio.gather(first, *fresh, later, long)
-        await sched.stop()
-        return outs
+    def jobs():
+        return [
+            *(sched.step(hid(t), f"p{t}", fresh=True) for t in (10, 12, 9)),
+            sched.step(hid(11), "later"),  # not a first prompt: runs alone
+            sched.step(hid(40), "long", fresh=True),  # 4 x 40 padded > 64 positions: alone
+        ]
 
-    outs = run(main())
-    assert [o.shape[1] for o in outs] == [1, 10, 12, 9, 11, 40]
-    assert backend.calls[1] == ("batch", 3, ["p9", "p10", "p12"])  # shortest first, as one pass
-    assert sorted(c[1] for c in backend.calls[2:]) == [11, 40] and all(c[0] == "step" for c in backend.calls[2:])
-
-
-def test_first_prompts_run_one_by_one_when_the_backend_cannot_pad():
-    gate = threading.Event()
-    backend = Recorder(gate)
-
-    async def main():
-        sched = Scheduler(backend, ThreadPoolExecutor(1), max_batch=8, prefill_chunk=64)
-        first = asyncio.create_task(sched.step(hid(1), "busy"))
-        await asyncio.sleep(0.05)
-        fresh = [asyncio.create_task(sched.step(hid(t), f"p{t}", fresh=True)) for t in (10, 10)]
-        await asyncio.sleep(0.05)
-        gate.set()
-        await asyncio.gather(first, *fresh)
-        await sched.stop()
-
-    run(main())
-    assert [c[0] for c in backend.calls] == ["step", "step", "step"]
+    outs = run(queued_behind_a_busy_worker(sched, gate, jobs))
+    assert [o.shape[1] for o in outs] == [10, 12, 9, 11, 40]
+    if pads:
+        assert backend.calls[1] == ("batch", 3, ["p9", "p10", "p12"])  # shortest first, as one pass
+        assert sorted(c[1] for c in backend.calls[2:]) == [11, 40]
+    assert all(c[0] == "step" for c in backend.calls[2 if pads else 0 :])
 
 
 def test_it_serves_decoding_before_prompts_and_forwards():
