@@ -252,17 +252,25 @@ class Scheduler:
 
     def _expected(self, batch: list[Job], deadline: float) -> int:
         """How many sessions ``batch`` should hold by ``deadline``: its own, plus every session that
-        decoded here within ``recent_s`` and whose next step is due by then (from its own pace;
-        unknown pace: assumed due). A slower session is not waited for: it would only hold the
-        others back. Forgets sessions that went quiet or closed."""
-        cutoff = time.monotonic() - self.recent_s
+        decoded (or sent its first prompt) here within ``recent_s`` and whose next step is due by
+        then, from its own pace. A slower session is not waited for: it would only hold the others
+        back; nor one long overdue (three paces late; unknown pace: half of ``recent_s`` since it was
+        last seen), which has paused (a chat waiting for its user) rather than fallen behind.
+        Forgets sessions that went quiet or closed."""
+        now = time.monotonic()
+        cutoff = now - self.recent_s
         self._recent = {
             k: v for k, v in self._recent.items() if v[0] >= cutoff and (v[2] is None or v[2]() is not None)
         }
         inside = {id(j.cache) for j in batch}
-        due = sum(
-            1 for k, (t, pace, *_) in self._recent.items() if k not in inside and (pace is None or t + pace <= deadline)
-        )
+        due = 0
+        for k, (t, pace, *_) in self._recent.items():
+            if k in inside:
+                continue
+            if pace is None:
+                due += now - t <= self.recent_s / 2
+            else:
+                due += t + pace <= deadline and now - t <= 3 * pace
         return len(inside) + due
 
     def _expected_prompts(self, batch: list[Job]) -> int:

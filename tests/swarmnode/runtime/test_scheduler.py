@@ -244,6 +244,31 @@ def test_a_much_slower_session_is_not_waited_for():
     assert run(main()) < 0.25
 
 
+@pytest.mark.parametrize("paused", ["decoding", "after its prompt"])
+def test_a_session_that_paused_is_not_waited_for(paused):
+    """A chat that stopped (its user is typing) is not a session running late: others do not wait."""
+    backend = Recorder()
+    backend.batches_prompts = True
+
+    async def main():
+        sched = Scheduler(backend, ThreadPoolExecutor(1), max_batch=4, batch_window=0.5)
+        if paused == "decoding":
+            for _ in range(3):  # a pace of ~50 ms, then nothing for 4 paces
+                await sched.step(hid(1), "chat")
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.15)
+        else:
+            await sched.step(hid(8), "chat", fresh=True)
+            await asyncio.sleep(0.6)
+        began = time.monotonic()
+        await sched.step(hid(1), "other")
+        waited = time.monotonic() - began
+        await sched.stop()
+        return waited
+
+    assert run(main()) < 0.25
+
+
 class Timed(Recorder):
     """A backend that takes 50 ms a pass and notes when each pass ran."""
 
