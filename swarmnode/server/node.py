@@ -389,7 +389,7 @@ class Node:
                 ready.set_result(self.url)
             loop = asyncio.get_running_loop()
             if self.config.measure_throughput:
-                self.throughput = await loop.run_in_executor(self._executor, node_throughput, self)
+                self.throughput = await self.scheduler.run_exclusive(node_throughput, self)
             from swarmnode.server.relay_link import start_relaying
 
             self.relay_link = await start_relaying(self)  # None while directly reachable (spec §9.3)

@@ -50,7 +50,7 @@ def test_it_batches_decoding_steps_that_queue_up_together():
     backend = Recorder(gate)
 
     async def main():
-        sched = Scheduler(backend, ThreadPoolExecutor(1), max_batch=3)
+        sched = Scheduler(backend, ThreadPoolExecutor(1), inline_s=0, max_batch=3)
         first = asyncio.create_task(sched.step(hid(1), "s0"))  # occupies the worker
         await asyncio.sleep(0.05)
         rest = [asyncio.create_task(sched.step(hid(1, i), f"s{i}")) for i in range(1, 6)]
@@ -68,7 +68,10 @@ def test_it_batches_decoding_steps_that_queue_up_together():
 
 
 async def queued_behind_a_busy_worker(sched, gate, make_jobs):
-    """Start one step that holds the worker, queue ``make_jobs()`` meanwhile, then let everything run."""
+    """Start one step that holds the worker, queue ``make_jobs()`` meanwhile, then let everything run.
+
+    (Schedulers here use ``inline_s=0``: a lone step run on the event loop would hold the loop, not the
+    worker, and nothing could queue behind it.)"""
     busy = asyncio.create_task(sched.step(hid(1), "busy"))
     await asyncio.sleep(0.05)
     jobs = [asyncio.create_task(job) for job in make_jobs()]
@@ -84,7 +87,7 @@ def test_first_prompts_that_queue_together_share_a_pass_when_the_backend_pads_th
     gate = threading.Event()
     backend = Recorder(gate)
     backend.batches_prompts = pads
-    sched = Scheduler(backend, ThreadPoolExecutor(1), max_batch=8, prefill_chunk=64)
+    sched = Scheduler(backend, ThreadPoolExecutor(1), inline_s=0, max_batch=8, prefill_chunk=64)
 
     def jobs():
         return [
@@ -106,7 +109,7 @@ def test_it_serves_decoding_before_prompts_and_forwards():
     backend = Recorder(gate)
 
     async def main():
-        sched = Scheduler(backend, ThreadPoolExecutor(1), max_batch=1)
+        sched = Scheduler(backend, ThreadPoolExecutor(1), inline_s=0, max_batch=1)
         blocker = asyncio.create_task(sched.step(hid(1), "b"))
         await asyncio.sleep(0.05)
         jobs = [
@@ -130,7 +133,7 @@ def test_it_promotes_jobs_that_waited_too_long():
     backend = Recorder(gate)
 
     async def main():
-        sched = Scheduler(backend, ThreadPoolExecutor(1), max_batch=1, aging_s=0.01)
+        sched = Scheduler(backend, ThreadPoolExecutor(1), inline_s=0, max_batch=1, aging_s=0.01)
         blocker = asyncio.create_task(sched.step(hid(1), "b"))
         await asyncio.sleep(0.05)
         old = asyncio.create_task(sched.forward(hid(5)))
@@ -296,8 +299,9 @@ def test_nodes_sharing_a_machine_lock_take_turns_and_batch_what_queued_meanwhile
     a, b = Timed(spans), Timed(spans)
 
     async def main():
-        one = Scheduler(a, ThreadPoolExecutor(1), max_batch=8, machine_lock=lock)
-        two = Scheduler(b, ThreadPoolExecutor(1), max_batch=8, machine_lock=lock)
+        # Two nodes in one event loop here: a step run on the loop itself would stall the other node.
+        one = Scheduler(a, ThreadPoolExecutor(1), max_batch=8, machine_lock=lock, inline_s=0)
+        two = Scheduler(b, ThreadPoolExecutor(1), max_batch=8, machine_lock=lock, inline_s=0)
         jobs = [one.step(hid(1), f"a{i}") for i in range(3)] + [two.step(hid(1), f"b{i}") for i in range(3)]
         await asyncio.gather(*jobs)
         late = []
@@ -380,3 +384,36 @@ def test_first_prompts_do_not_wait_without_a_window():
         return time.monotonic() - began
 
     assert run(main()) < 0.25
+
+
+class Where(Recorder):
+    """Notes which thread ran each step."""
+
+    def __init__(self):
+        super().__init__()
+        self.threads = []
+
+    def step(self, h, cache):
+        self.threads.append(threading.current_thread().name)
+        return super().step(h, cache)
+
+
+def test_a_lone_decoding_step_runs_on_the_event_loop_unless_the_backend_is_busy_elsewhere():
+    backend = Where()
+
+    async def main():
+        sched = Scheduler(backend, ThreadPoolExecutor(1, thread_name_prefix="compute"))
+        await sched.step(hid(1), "s")  # alone, nothing queued: right here
+        await sched.step(hid(8), "s")  # a prompt chunk: on the executor
+        outside = asyncio.create_task(sched.run_exclusive(time.sleep, 0.2))  # other backend work running
+        await asyncio.sleep(0.05)
+        await sched.step(hid(1), "s")  # so this one waits its turn on the executor
+        await outside
+        await sched.stop()
+        off = Scheduler(backend, ThreadPoolExecutor(1, thread_name_prefix="compute"), inline_s=0)
+        await off.step(hid(1), "t")
+        await off.stop()
+
+    run(main())
+    here = threading.current_thread().name
+    assert [t == here for t in backend.threads] == [True, False, False, False]
