@@ -309,6 +309,11 @@ class OnnxBackend:
             self._rows = [None] * most
         return have[0][:, :rows], have[1][:, :rows]
 
+    def _holds(self, row: int, cache: OnnxCache) -> bool:
+        """Whether batch row ``row`` holds ``cache``'s current keys and values."""
+        held = self._rows[row]
+        return held is not None and held[0]() is cache and held[1] == cache.version
+
     def _place(self, caches: list[OnnxCache]) -> list[int]:
         """Rows ``0..n-1`` of the batch buffers for ``caches``: a cache keeps the row that still holds
         its current keys and values; the rest take the free rows. Returns each cache's row."""
@@ -317,8 +322,7 @@ class OnnxBackend:
         taken: set[int] = set()
         for i, c in enumerate(caches):
             for r in range(n):
-                held = self._rows[r]
-                if r not in taken and held is not None and held[0]() is c and held[1] == c.version:
+                if r not in taken and self._holds(r, c):
                     rows[i] = r
                     taken.add(r)
                     break
@@ -437,8 +441,7 @@ class OnnxBackend:
             caches = [c for _, c in items]
             rows = self._place(caches)
             for row, c in zip(rows, caches, strict=True):
-                held = self._rows[row]
-                if held is None or held[0]() is not c or held[1] != c.version:  # not there yet: copy its past in
+                if not self._holds(row, c):  # not there yet: copy its past in
                     self.rows_copied += 1
                     past_k[:, row, :, : c.length] = c.k[:, 0, :, : c.length]
                     past_v[:, row, :, : c.length] = c.v[:, 0, :, : c.length]

@@ -147,7 +147,10 @@ def default_memory_budget(device: str) -> int:
         return 8 * 1024**3
 
 
-def _decode_ms(candidates: list, hidden_size: int, past: int = 32, rounds: int = 12) -> dict[str, float]:
+AUTO_ROUNDS = 12  # decoding steps each backend takes (in turns) when --backend auto times them
+
+
+def _decode_ms(candidates: list, hidden_size: int, past: int = 32, rounds: int = AUTO_ROUNDS) -> dict[str, float]:
     """Best time of a one-token decoding step on each backend, in ms.
 
     The backends take turns step by step, and each keeps its fastest step: a burst of load from
@@ -228,7 +231,6 @@ def build_backend(
     with _machine_turn(machine_lock):
         timings = _decode_ms(candidates, hidden)
     best = min(candidates, key=lambda b: timings[b.name])
-    reason = "measured decoding step (best of 12, taking turns): " + ", ".join(
-        f"{k} {v:.1f} ms" for k, v in timings.items()
-    )
+    measured = ", ".join(f"{k} {v:.1f} ms" for k, v in timings.items())
+    reason = f"measured decoding step (best of {AUTO_ROUNDS}, taking turns): {measured}"
     return best, reason

@@ -76,6 +76,15 @@ class Job:
         return prompts and self.kind == other.kind == PREFILL and self.fresh and other.fresh
 
 
+def _weak(cache) -> weakref.ref | None:
+    """A weak reference to a session's cache (a closed session is then forgotten at once), or None
+    when it cannot have one (it is then remembered until ``recent_s`` passes)."""
+    try:
+        return weakref.ref(cache)
+    except TypeError:
+        return None
+
+
 def concat_tokens(parts: list[WireTensor]) -> WireTensor:
     """Join step outputs along the token axis (chunks of one prompt)."""
     if len(parts) == 1:
@@ -182,11 +191,7 @@ class Scheduler:
     def opened(self, cache) -> None:
         """Note a session opened here: while its first prompt is due, other first prompts may wait for
         it (up to ``batch_window``) to share a padded pass."""
-        try:
-            ref = weakref.ref(cache)
-        except TypeError:  # not weak-referenceable: remembered until recent_s passes
-            ref = None
-        self._opened[id(cache)] = [time.monotonic(), ref]
+        self._opened[id(cache)] = [time.monotonic(), _weak(cache)]
 
     async def _submit(self, kind: int, hidden: WireTensor, cache, fresh: bool = False) -> WireTensor:
         self.start()
@@ -202,10 +207,7 @@ class Scheduler:
                     seen[1] = gap if seen[1] is None else 0.7 * seen[1] + 0.3 * gap
                 seen[0] = job.enqueued
             else:
-                try:
-                    ref = weakref.ref(cache)
-                except TypeError:  # not weak-referenceable: remembered until recent_s passes
-                    ref = None
+                ref = _weak(cache)
                 # A session that just sent its first prompt decodes next (pace unknown: assumed due),
                 # so sessions that started together make one batch from their first decoding step.
                 self._recent[id(cache)] = [job.enqueued, None, ref, kind != DECODE]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from websockets.asyncio.client import ClientConnection, connect
 
-from swarmnode.protocol import Error, Message, ProtocolError, Step, StepResult, decode, encode
+from swarmnode.protocol import Error, ProtocolError, Step, StepResult, decode, encode
 
 log = logging.getLogger("swarmnode.push")
 
@@ -72,10 +72,6 @@ class PushRelay:
         task = asyncio.create_task(self.run(msg))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    async def step(self, msg: Step, sender: object) -> Message | None:
-        """Handle a step carrying a push key to the end; returns a reply only when the session is unknown here."""
-        return self.accept(msg) or await self.run(msg)
 
     async def run(self, msg: Step) -> None:
         """Run an accepted pushed step, then forward it or deliver its result (errors go to the owner)."""
