@@ -130,7 +130,8 @@ class Scheduler:
             batch. ``None``: no lock (a node alone on its machine).
         inline_s: a lone decoding step, with nothing else queued and the machine free, runs on the
             event loop itself (no hand-off to the executor thread and back, ~0.2 ms a hop) while
-            such steps take less than this; 0: never.
+            such steps are measured to take less than this (the first one runs on the executor to
+            be timed); 0: never.
     """
 
     def __init__(
@@ -170,7 +171,8 @@ class Scheduler:
         self._worker: asyncio.Task | None = None
         self.batches_run = 0
         self.inline_s = inline_s
-        self._inline_est = 0.0  # smoothed time of the lone steps run on the event loop
+        # Smoothed time of a lone decoding step's pass (None: none timed yet, so none runs on the loop).
+        self._inline_est: float | None = None
         self._outside = 0  # backend work running in the executor outside the queue (run_exclusive)
         self.largest_batch = 0
 
@@ -316,7 +318,12 @@ class Scheduler:
         job = batch[0]
         if job.kind == FORWARD:
             return [self.backend.forward(job.hidden)]
-        return [self.backend.step(job.hidden, job.cache)]
+        began = time.perf_counter()
+        out = self.backend.step(job.hidden, job.cache)
+        if job.kind == DECODE:  # how long a lone step holds whichever thread runs it (see _try_inline)
+            took = time.perf_counter() - began
+            self._inline_est = took if self._inline_est is None else 0.8 * self._inline_est + 0.2 * took
+        return [out]
 
     def _acquire(self) -> None:
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
@@ -370,7 +377,7 @@ class Scheduler:
     def _try_inline(self, batch: list[Job]) -> bool:
         """Run a lone decoding step right here on the event loop when the machine is free at once and
         such steps are short (skips two thread hand-offs); False to take the usual way."""
-        if self._inline_est > self.inline_s or self._outside:
+        if self._inline_est is None or self._inline_est > self.inline_s or self._outside:
             return False
         if self._lock_fd is not None:
             try:
@@ -380,7 +387,6 @@ class Scheduler:
         job = batch[0]
         if job.future.cancelled():
             return True
-        began = time.perf_counter()
         try:
             result = self._compute(batch)[0]
         except Exception as exc:
@@ -389,7 +395,6 @@ class Scheduler:
         finally:
             if self._lock_fd is not None:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            self._inline_est = 0.8 * self._inline_est + 0.2 * (time.perf_counter() - began)
         self.batches_run += 1
         self.largest_batch = max(self.largest_batch, 1)
         job.future.set_result(result)
