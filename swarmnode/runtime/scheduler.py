@@ -271,10 +271,7 @@ class Scheduler:
         last seen), which has paused (a chat waiting for its user) rather than fallen behind.
         Forgets sessions that went quiet or closed."""
         now = time.monotonic()
-        cutoff = now - self.recent_s
-        self._recent = {
-            k: v for k, v in self._recent.items() if v[0] >= cutoff and (v[2] is None or v[2]() is not None)
-        }
+        self._recent = self._still_here(self._recent, ref_at=2)
         inside = {id(j.cache) for j in batch}
         due = 0
         for k, (t, pace, *_) in self._recent.items():
@@ -286,13 +283,16 @@ class Scheduler:
                 due += t + pace <= deadline and now - t <= 3 * pace
         return len(inside) + due
 
+    def _still_here(self, entries: dict[int, list], ref_at: int) -> dict[int, list]:
+        """``entries`` (when seen first, ..., a weak reference at ``ref_at``) without the sessions last seen
+        over ``recent_s`` ago or closed since."""
+        cutoff = time.monotonic() - self.recent_s
+        return {k: v for k, v in entries.items() if v[0] >= cutoff and (v[ref_at] is None or v[ref_at]() is not None)}
+
     def _expected_prompts(self, batch: list[Job]) -> int:
         """How many first prompts ``batch`` should hold: its own, plus every session opened here within
         ``recent_s`` whose first prompt has not arrived yet. Forgets the others."""
-        cutoff = time.monotonic() - self.recent_s
-        self._opened = {
-            k: v for k, v in self._opened.items() if v[0] >= cutoff and (v[1] is None or v[1]() is not None)
-        }
+        self._opened = self._still_here(self._opened, ref_at=1)
         inside = {id(j.cache) for j in batch}
         return len(batch) + sum(1 for k in self._opened if k not in inside)
 
