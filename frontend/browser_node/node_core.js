@@ -133,7 +133,7 @@ export class NodeCore {
     s.served += b * t; // B x T (§8.2)
     this._count(b * t, ms);
     const hidden = WireTensor.fromFloat32(out, msg.hidden.shape.slice(), msg.hidden.dtype);
-    const signature = await this._sign("step", msg.session_id, msg.position, msg.hidden, hidden);
+    const signature = msg.skip_signature ? "" : await this._sign("step", msg.session_id, msg.position, msg.hidden, hidden);
     return {
       type: "step_result", id: msg.id, session_id: msg.session_id, position: s.position, hidden, compute_us: Math.round(ms * 1000), signature,
     };

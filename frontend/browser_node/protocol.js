@@ -34,7 +34,7 @@ const REFUSE_EXT = {
   },
 };
 
-// Field types of each message (§4): "int", "str", "float", "strs", "tensor".
+// Field types of each message (§4): "int", "str", "float", "bool", "strs", "tensor".
 export const MESSAGE_FIELDS = {
   info: {},
   info_reply: {
@@ -44,7 +44,7 @@ export const MESSAGE_FIELDS = {
   },
   open_session: { session_id: "str", max_length: "int", dtype: "str", push_key: "str" },
   session_opened: { session_id: "str", cache_tokens_left: "int" },
-  step: { session_id: "str", position: "int", hidden: "tensor", push_key: "str", route: "strs" },
+  step: { session_id: "str", position: "int", hidden: "tensor", push_key: "str", route: "strs", skip_signature: "bool" },
   step_result: { session_id: "str", position: "int", hidden: "tensor", compute_us: "int", signature: "str" },
   forward: { hidden: "tensor" },
   forward_result: { hidden: "tensor", compute_us: "int", signature: "str" },
@@ -53,7 +53,7 @@ export const MESSAGE_FIELDS = {
   error: { code: "str", message: "str", session_id: "str" },
 };
 
-const DEFAULTS = { int: 0, str: "", float: 0, strs: [], tensor: null };
+const DEFAULTS = { int: 0, str: "", float: 0, bool: false, strs: [], tensor: null };
 const INT_LIMIT = 2 ** 62;
 
 /** A tensor as it travels (§3): dtype, shape and little-endian bytes (a Uint8Array of its own). */
@@ -175,6 +175,9 @@ function checkField(name, kind, value) {
       return value;
     case "float":
       if (typeof value !== "number" || !Number.isFinite(value)) throw new ProtocolError("bad_field", `${name} must be a finite number`);
+      return value;
+    case "bool":
+      if (typeof value !== "boolean") throw new ProtocolError("bad_field", `${name} must be true or false`);
       return value;
     case "strs":
       if (!Array.isArray(value) || value.length > 64 || !value.every((v) => typeof v === "string" && v.length <= 4096)) {

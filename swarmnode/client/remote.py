@@ -5,8 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from websockets.sync.client import ClientConnection, connect
-
+from swarmnode.client.wsclient import BlockingWebSocket
 from swarmnode.protocol import Error, Info, InfoReply, Limits, Message, ProtocolError, decode, encode
 from swarmnode.protocol.relay import relay_key_id
 from swarmnode.secure_channel import ChannelError, SecureChannel, client_handshake, finish_handshake, key_id
@@ -68,7 +67,8 @@ class PeerInfo:
 
 
 class RemoteSpan:
-    """One websocket to one node. Not thread-safe: one request at a time.
+    """One websocket to one node, read by the thread that waits for a reply (no reader thread).
+    Not thread-safe: one request at a time.
 
     Args:
         url: the node's ``ws://`` URL from its ready line or the tracker, or a relay address
@@ -93,9 +93,7 @@ class RemoteSpan:
         # Replies from a node we chose are still checked, but can be large (a long prefill).
         self._limits = Limits(max_frame_bytes=1 << 30)
         try:
-            self._ws: ClientConnection = connect(
-                url, open_timeout=timeout, max_size=None, compression=None, ping_interval=None
-            )
+            self._ws = BlockingWebSocket(url, open_timeout=timeout)
         except Exception as exc:
             raise RemoteError(url, "unavailable", f"cannot connect ({type(exc).__name__}: {exc})") from None
         if secure if secure is not None else self.key_id is not None:
@@ -143,7 +141,7 @@ class RemoteSpan:
             raise RemoteError(self.url, "bad_key", str(exc)) from None
         self._next_id += 1
         try:
-            self._ws.send(hello)
+            self._ws.send(hello, timeout=self.timeout)
             frame = self._ws.recv(timeout=self.timeout)
         except TimeoutError:
             raise RemoteError(self.url, "timeout", "no secure_ready in time") from None
@@ -155,7 +153,7 @@ class RemoteSpan:
             raise RemoteError(self.url, exc.code, exc.message) from None
 
     def _send_frame(self, data: bytes) -> None:
-        self._ws.send(self._channel.seal(data) if self._channel is not None else data)
+        self._ws.send(self._channel.seal(data) if self._channel is not None else data, timeout=self.timeout)
 
     def request(self, message: Message, timeout: float | None = None) -> Message:
         """Send a request and wait for its reply.

@@ -97,6 +97,7 @@ class Step(Message):
     hidden: WireTensor | None = None
     push_key: str = ""  # the session's push key: marks a pushed step (§7)
     route: tuple[str, ...] = ()  # the next hops' URLs, in order, for server-to-server push (§7)
+    skip_signature: bool = False  # no §11 signature wanted (a client that checks none): saves the node work
 
 
 @dataclass(frozen=True)
@@ -177,7 +178,14 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
     )
 }
 
-_FIELD_TYPES = {"int": int, "str": str, "float": float, "tuple[str, ...]": tuple, "WireTensor | None": WireTensor}
+_FIELD_TYPES = {
+    "int": int,
+    "str": str,
+    "float": float,
+    "bool": bool,
+    "tuple[str, ...]": tuple,
+    "WireTensor | None": WireTensor,
+}
 _MAX_LIST_ITEMS = 64
 
 
@@ -229,6 +237,9 @@ def decode(frame: bytes | str, limits: Limits | None = None) -> Message:
         expected = _FIELD_TYPES.get(str(f.type), None)
         if expected is WireTensor:
             value = tensor_from_wire(value) if value is not None else None
+        elif expected is bool:
+            if not isinstance(value, bool):
+                raise ProtocolError("bad_field", f"{f.name} must be true or false")
         elif expected is int:
             if not isinstance(value, int) or isinstance(value, bool) or not -(2**62) < value < 2**62:
                 raise ProtocolError("bad_field", f"{f.name} must be an integer")

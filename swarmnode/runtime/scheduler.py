@@ -11,8 +11,9 @@ Sessions moving through a chain of nodes in lockstep would otherwise split at ev
 the one that arrived first and everyone else (two passes instead of one); slower sessions are
 not waited for. Nodes sharing one machine can take turns on its cores
 (``machine_lock``); a node waiting for its turn batches what queues meanwhile. A lone decoding
-step with nothing queued and the machine free runs on the event loop itself (``inline_s``),
-saving two thread hand-offs a hop; everything else runs on the executor thread.
+step with nothing queued, no other session's step due and the machine free runs on the event loop
+itself, in the request's own task (``inline_s``), saving two thread hand-offs and a trip through the
+worker a hop; everything else runs on the executor thread.
 
 First prompts of fresh sessions that queue together share one padded pass where the backend
 can do that (ONNX Runtime's fused graph), within ``prefill_chunk`` positions.
@@ -174,6 +175,7 @@ class Scheduler:
         # Smoothed time of a lone decoding step's pass (None: none timed yet, so none runs on the loop).
         self._inline_est: float | None = None
         self._outside = 0  # backend work running in the executor outside the queue (run_exclusive)
+        self._serving = False  # the worker is filling or running a batch
         self.largest_batch = 0
 
     def start(self) -> None:
@@ -213,9 +215,20 @@ class Scheduler:
                 # A session that just sent its first prompt decodes next (pace unknown: assumed due),
                 # so sessions that started together make one batch from their first decoding step.
                 self._recent[id(cache)] = [job.enqueued, None, ref, kind != DECODE]
+        if kind == DECODE and self._alone(job) and self._try_inline([job]):
+            return await job.future  # done already: no trip through the worker
         self._queue.append(job)
         self._wake.set()
         return await job.future
+
+    def _alone(self, job: Job) -> bool:
+        """Whether a decoding step can run at once by itself: the worker idle, nothing queued, and no
+        other session's step due within the batch window (so the worker would run it alone anyway)."""
+        if self._serving or self._queue or self.inline_s <= 0:
+            return False
+        if self.batch_window <= 0 or self.max_batch <= 1:
+            return True
+        return self._expected([job], time.monotonic() + self.batch_window) <= 1
 
     async def step(self, hidden: WireTensor, cache, fresh: bool = False) -> WireTensor:
         """Run a session's step; long prompts go through in chunks, in order.
@@ -336,6 +349,7 @@ class Scheduler:
                 await self._wake.wait()
                 continue
             batch = self._take()
+            self._serving = True
             try:
                 await self._serve(loop, batch)
             except Exception as exc:  # a bug here must fail this batch, never stop the worker (node hangs)
@@ -343,6 +357,8 @@ class Scheduler:
                 for job in batch:
                     if not job.future.done():
                         job.future.set_exception(exc)
+            finally:
+                self._serving = False
 
     async def _serve(self, loop, batch: list[Job]) -> None:
         """Fill ``batch`` (batch window), wait for the machine (lock), run it."""

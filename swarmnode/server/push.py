@@ -104,6 +104,7 @@ class PushRelay:
             hidden=reply.hidden,
             push_key=msg.push_key,
             route=tuple(msg.route[1:]),
+            skip_signature=msg.skip_signature,
         )
         try:
             link = await self._link(nxt)

@@ -76,8 +76,28 @@ def test_it_signs_every_step_and_forward_with_the_announced_key(swarm, infos):
         assert not signed_result("step", "signed", 0, (0, 3), x, step.hidden, step.signature).verify(
             infos["a1"].public_key
         )
+        # A client that checks no signatures asks for none; the result is the same, unsigned.
+        y = tensor_from_numpy(_hidden(1, 1).numpy())
+        quick = span.request(Step(session_id="signed", position=3, hidden=y, skip_signature=True))
+        assert quick.signature == "" and quick.position == 4
     finally:
         span.close()
+
+
+def test_a_session_asks_for_signatures_only_when_it_audits(swarm, infos):
+    sent = []
+    for audit in (None, AuditPolicy(rate=0.5, seed=1)):
+        session = InferenceSession(
+            [infos["a0"], infos["b1"]], 8, audit=audit, peers=[p for k, p in infos.items() if k != "bad"]
+        )
+        request = session._hops[0].span.request
+        session._hops[0].span.request = lambda m, timeout=None, request=request: sent.append(m) or request(m, timeout)
+        try:
+            session.step(_hidden(2, 1))
+        finally:
+            session.close()
+        assert [m.skip_signature for m in sent if isinstance(m, Step)] == [audit is None]
+        sent.clear()
 
 
 def test_it_keeps_the_corrupt_flag_out_of_sight(swarm, infos):

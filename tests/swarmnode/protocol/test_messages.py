@@ -31,6 +31,8 @@ def test_it_round_trips_every_field_of_a_step():
     back = decode(encode(msg))
     assert back == msg
     assert np.array_equal(back.hidden.to_numpy(), hidden.to_numpy())
+    assert back.skip_signature is False  # results are signed unless the client says otherwise (§11.2)
+    assert decode(encode(Step(id=8, session_id="s1", skip_signature=True))).skip_signature is True
 
 
 def test_it_round_trips_replies():
@@ -62,6 +64,8 @@ def test_it_encodes_tensors_little_endian():
         (msgpack.packb({"v": 1, "type": "step", "id": 1, "position": True}), "bad_field"),
         (msgpack.packb({"v": 1, "type": "step", "id": 1, "position": 2**63}), "bad_field"),
         (msgpack.packb({"v": 1, "type": "step", "id": 1, "session_id": 5}), "bad_field"),
+        (msgpack.packb({"v": 1, "type": "step", "id": 1, "skip_signature": 1}), "bad_field"),  # a boolean
+        (msgpack.packb({"v": 1, "type": "step", "id": 1, "skip_signature": "yes"}), "bad_field"),
         (msgpack.packb({"v": 1, "type": "info", "id": 1, "x": msgpack.ExtType(1, b"evil")}), "bad_frame"),
         (msgpack.packb({1: 2}), "bad_frame"),  # non-string keys (spec §2.1)
     ],

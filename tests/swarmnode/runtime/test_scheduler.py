@@ -198,6 +198,7 @@ def test_it_waits_briefly_for_recently_active_sessions_to_share_a_pass():
         sched = Scheduler(backend, ThreadPoolExecutor(1), max_batch=4, batch_window=0.5)
         names = [f"s{i}" for i in range(3)]  # the same objects each step, as a node's caches are
         await asyncio.gather(*(sched.step(hid(1, i), names[i]) for i in range(3)))  # all three now active
+        sched._inline_est = 1e-4  # lone steps are known to be short: one arriving alone could run at once
         backend.calls.clear()
         first = asyncio.create_task(sched.step(hid(1), names[0]))  # arrives alone...
         await asyncio.sleep(0.05)
@@ -420,3 +421,22 @@ def test_a_lone_decoding_step_runs_on_the_event_loop_unless_the_backend_is_busy_
     run(main())
     here = threading.current_thread().name
     assert [t == here for t in backend.threads] == [False, True, False, False, False, False]
+
+
+def test_a_lone_step_with_nobody_else_due_runs_in_its_own_task_without_the_worker():
+    backend = Where()
+
+    async def main():
+        sched = Scheduler(backend, ThreadPoolExecutor(1, thread_name_prefix="compute"), batch_window=0.5)
+        await sched.step(hid(1), "s")  # timed on the executor, through the worker
+        taken = []
+        take = sched._take
+        sched._take = lambda: taken.append(1) or take()
+        out = await sched.step(hid(1, 2.0), "s")  # alone and nobody else due: computed right here
+        await sched.stop()
+        return taken, out
+
+    taken, out = run(main())
+    assert taken == []
+    assert np.array_equal(out.to_numpy(), hid(1, 3.0).to_numpy())
+    assert backend.threads[1] == threading.current_thread().name
