@@ -43,6 +43,7 @@ def local_backend_generate(
 
     ``fast_head``: logits on ONNX Runtime (``ClientHead.enable_onnx`` must have succeeded).
     """
+    from swarmnode.client.generation import greedy_pick
     from swarmnode.runtime.backend import tensor_to_wire, wire_to_tensor
 
     cache = backend.new_cache()
@@ -52,7 +53,7 @@ def local_backend_generate(
     with torch.inference_mode():
         for _ in range(new_tokens):
             hidden = wire_to_tensor(backend.step(tensor_to_wire(head.embed_tokens(step_input)), cache))
-            token = head.logits(hidden[:, -1:, :], fast=fast_head)[:, -1, :].argmax(-1)
+            token = greedy_pick(head.logits(hidden[:, -1:, :], fast=fast_head)[:, -1, :])  # as the swarm client
             out.append(int(token))
             if streamer is not None:
                 streamer.put(token)

@@ -6,7 +6,6 @@ session per span and sends only the new token's hidden state per step.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
 from collections import deque
@@ -276,8 +275,9 @@ class DistributedModelForCausalLM:
         prompt_text = [""] * ids.shape[0]
         if params.stop_strings:
             prompt_text = self.tokenizer.batch_decode(input_ids)
-        member = None  # this generation's place among concurrent ones (their logits are batched)
-        with self.open_session(max_length, chain) as session, contextlib.ExitStack() as decoding:
+        # This generation's place among concurrent ones (their logits are batched): registered before its
+        # prompt, so that generations started together compute their first logits together.
+        with self.head.participant() as member, self.open_session(max_length, chain) as session:
             self.last_stats.failovers = session.failovers
             self.last_stats.audits = session.audit_stats
             self.active_session = session  # for callers that watch the route (benchmarks, fault tests)
@@ -298,8 +298,6 @@ class DistributedModelForCausalLM:
                     ids, step_input = self._rolled_back(ids, prompt_len, rollback.position)
                     finished = self._finished(ids[:, prompt_len:], eos, ids.shape[0])
                     continue
-                if member is None:  # from its first token on, concurrent generations wait for each other
-                    member = decoding.enter_context(self.head.participant())
                 logits = self.head.logits(hidden[:, -1:, :], fast=self._fast_head(session), member=member)
                 logits = logits[:, -1, :]  # (B, V)
                 token = select_next(logits, ids, params, procs, generator)

@@ -158,7 +158,9 @@ class RowBatcher:
     for, up to half the leader's own time between two rows (at most ``gather_s``): groups of
     sessions that drifted apart merge within a round and then move in lockstep (one batch at
     every node and here), while a much slower session holds the others back by at most half
-    their pace. A lone caller runs at once.
+    their pace. A participant that has sent no row yet (still on its prompt) is waited for only
+    by other first rows, up to ``Participant.first_wait``: generations started together have
+    their first logits computed together. A lone caller runs at once.
     """
 
     def __init__(self, fn, gather_s: float = 0.15) -> None:
@@ -168,23 +170,34 @@ class RowBatcher:
         self._arrived = threading.Condition(self._lock)
         self._pending: list[dict] = []
         self._busy = False
-        self.active = 0  # registered participants
+        self._members: set[Participant] = set()  # registered participants
         self.largest_batch = 0
+
+    @property
+    def active(self) -> int:
+        """Registered participants."""
+        return len(self._members)
 
     @contextlib.contextmanager
     def participant(self, member: Participant | None = None):
         """Register a caller that will send a row about every step while the block runs."""
+        member = member or Participant()
         with self._lock:
-            self.active += 1
+            self._members.add(member)
         try:
-            yield member or Participant()
+            yield member
         finally:
             with self._lock:
-                self.active -= 1
+                self._members.discard(member)
                 self._arrived.notify_all()
+
+    def _awaited(self, first: bool) -> int:
+        """Rows a batch waits for: every participant's for a first row, else those already sending."""
+        return len(self._members) if first else sum(1 for m in self._members if m.last)
 
     def __call__(self, row: torch.Tensor, member: Participant | None = None) -> torch.Tensor:
         wait = member.arrived() if member is not None else 0.0
+        first = member is not None and member.pace is None
         slot = {"row": row, "out": None, "error": None, "wake": threading.Event()}
         with self._lock:
             self._pending.append(slot)
@@ -198,7 +211,7 @@ class RowBatcher:
         while leader and slot["out"] is None and slot["error"] is None:
             with self._lock:
                 deadline = time.monotonic() + min(self.gather_s, wait)
-                while len(self._pending) < self.active and (left := deadline - time.monotonic()) > 0:
+                while len(self._pending) < self._awaited(first) and (left := deadline - time.monotonic()) > 0:
                     self._arrived.wait(left)
                 batch, self._pending = self._pending, []
             self.largest_batch = max(self.largest_batch, len(batch))

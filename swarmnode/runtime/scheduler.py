@@ -55,6 +55,7 @@ class Job:
     seq: int
     enqueued: float = field(default_factory=time.monotonic)
     fresh: bool = False  # the first piece of a session's first prompt (its cache is still empty)
+    prev_pass: int | None = None  # the pass its session's previous step ran in (None: none yet)
 
     @property
     def tokens(self) -> int:
@@ -161,7 +162,7 @@ class Scheduler:
         self.recent_s = recent_s
         # id(cache) -> [when its last decoding step arrived, smoothed time between its steps (None:
         # unknown yet), a weak reference: a closed session's cache is freed, and then it is no longer
-        # waited for]
+        # waited for, whether that step was its first after its prompt, the pass its last step ran in]
         self._recent: dict[int, list] = {}
         # id(cache) -> [when its session opened here, a weak reference]: sessions whose first prompt
         # has not arrived yet (sessions that start together send their prompts moments apart).
@@ -204,6 +205,7 @@ class Scheduler:
         if kind == DECODE or fresh:
             seen = self._recent.get(id(cache))
             if kind == DECODE and seen is not None and (seen[2] is None or seen[2]() is cache):
+                job.prev_pass = seen[4]
                 if seen[3]:  # its first decoding step: the prompt's pass says nothing about its pace
                     seen[3] = False
                 else:
@@ -214,7 +216,7 @@ class Scheduler:
                 ref = _weak(cache)
                 # A session that just sent its first prompt decodes next (pace unknown: assumed due),
                 # so sessions that started together make one batch from their first decoding step.
-                self._recent[id(cache)] = [job.enqueued, None, ref, kind != DECODE]
+                self._recent[id(cache)] = [job.enqueued, None, ref, kind != DECODE, None]
         if kind == DECODE and self._alone(job) and self._try_inline([job]):
             return await job.future  # done already: no trip through the worker
         self._queue.append(job)
@@ -286,11 +288,14 @@ class Scheduler:
         now = time.monotonic()
         self._recent = self._still_here(self._recent, ref_at=2)
         inside = {id(j.cache) for j in batch}
+        mates = {j.prev_pass for j in batch if j.prev_pass is not None}
         due = 0
-        for k, (t, pace, *_) in self._recent.items():
+        for k, (t, pace, _, _, last_pass) in self._recent.items():
             if k in inside:
                 continue
-            if pace is None:
+            if last_pass in mates and (pace is None or now - t <= 3 * pace):
+                due += 1  # shared this batch's previous pass: sessions in lockstep come together
+            elif pace is None:
                 due += now - t <= self.recent_s / 2
             else:
                 due += t + pace <= deadline and now - t <= 3 * pace
@@ -413,8 +418,16 @@ class Scheduler:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
         self.batches_run += 1
         self.largest_batch = max(self.largest_batch, 1)
+        self._ran(batch, self.batches_run)
         job.future.set_result(result)
         return True
+
+    def _ran(self, batch: list[Job], pass_no: int) -> None:
+        """Note the pass each session's step ran in: sessions that shared it are expected together next."""
+        for job in batch:
+            entry = self._recent.get(id(job.cache))
+            if entry is not None:
+                entry[4] = pass_no
 
     def _locked_compute(self, batch: list[Job]) -> list[WireTensor]:
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
@@ -428,6 +441,7 @@ class Scheduler:
         if not batch:
             return
         self.batches_run += 1
+        pass_no = self.batches_run
         self.largest_batch = max(self.largest_batch, len(batch))
         try:
             results = await loop.run_in_executor(self.executor, compute, batch)
@@ -436,6 +450,7 @@ class Scheduler:
                 if not job.future.done():
                     job.future.set_exception(exc)
             return
+        self._ran(batch, pass_no)
         for job, result in zip(batch, results, strict=True):
             if not job.future.done():
                 job.future.set_result(result)
