@@ -189,12 +189,24 @@ _FIELD_TYPES = {
 _MAX_LIST_ITEMS = 64
 
 
+# Per message class: its fields as (name, expected Python type or None), looked up once (a client or
+# node codes several frames per token; dataclasses.fields() on each costs more than the rest).
+_SPECS: dict[type, tuple[tuple[str, type | None], ...]] = {}
+
+
+def _spec(cls: type) -> tuple[tuple[str, type | None], ...]:
+    spec = _SPECS.get(cls)
+    if spec is None:
+        spec = _SPECS[cls] = tuple((f.name, _FIELD_TYPES.get(str(f.type))) for f in fields(cls))
+    return spec
+
+
 def encode(message: Message) -> bytes:
     """Serialize a message to one binary frame."""
     body: dict = {"v": PROTOCOL_VERSION, "type": message.TYPE}
-    for f in fields(message):
-        value = getattr(message, f.name)
-        body[f.name] = value.to_wire() if isinstance(value, WireTensor) else value
+    for name, _ in _spec(type(message)):
+        value = getattr(message, name)
+        body[name] = value.to_wire() if isinstance(value, WireTensor) else value
     return msgpack.packb(body, use_bin_type=True)
 
 
@@ -230,25 +242,24 @@ def decode(frame: bytes | str, limits: Limits | None = None) -> Message:
     if cls is None:
         raise ProtocolError("unknown_type", f"unknown message type {body.get('type')!r}")
     kwargs = {}
-    for f in fields(cls):
-        if f.name not in body:
+    for name, expected in _spec(cls):
+        if name not in body:
             continue
-        value = body[f.name]
-        expected = _FIELD_TYPES.get(str(f.type), None)
+        value = body[name]
         if expected is WireTensor:
             value = tensor_from_wire(value) if value is not None else None
         elif expected is bool:
             if not isinstance(value, bool):
-                raise ProtocolError("bad_field", f"{f.name} must be true or false")
+                raise ProtocolError("bad_field", f"{name} must be true or false")
         elif expected is int:
             if not isinstance(value, int) or isinstance(value, bool) or not -(2**62) < value < 2**62:
-                raise ProtocolError("bad_field", f"{f.name} must be an integer")
+                raise ProtocolError("bad_field", f"{name} must be an integer")
         elif expected is str:
             if not isinstance(value, str) or len(value) > 4096:
-                raise ProtocolError("bad_field", f"{f.name} must be a short string")
+                raise ProtocolError("bad_field", f"{name} must be a short string")
         elif expected is float:
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-                raise ProtocolError("bad_field", f"{f.name} must be a finite number")
+                raise ProtocolError("bad_field", f"{name} must be a finite number")
             value = float(value)
         elif expected is tuple:
             if (
@@ -256,9 +267,9 @@ def decode(frame: bytes | str, limits: Limits | None = None) -> Message:
                 or len(value) > _MAX_LIST_ITEMS
                 or not all(isinstance(v, str) and len(v) <= 4096 for v in value)
             ):
-                raise ProtocolError("bad_field", f"{f.name} must be a list of at most {_MAX_LIST_ITEMS} short strings")
+                raise ProtocolError("bad_field", f"{name} must be a list of at most {_MAX_LIST_ITEMS} short strings")
             value = tuple(value)
-        kwargs[f.name] = value
+        kwargs[name] = value
     return cls(**kwargs)
 
 

@@ -145,6 +145,30 @@ def test_auto_picks_a_measured_backend_and_says_why(tiny_models):
     assert "measured decoding step" in reason and "onnxruntime" in reason and "torch" in reason
 
 
+@pytest.mark.parametrize(
+    "torch_wins, chosen, timings",
+    [((True, False), "onnxruntime", 2), ((True, True, True), "torch", 3), ((False,), "onnxruntime", 1)],
+)
+def test_auto_keeps_onnx_runtime_unless_pytorch_wins_every_timing(
+    tiny_models, monkeypatch, torch_wins, chosen, timings
+):
+    """A burst of load from elsewhere slows ONNX Runtime far more than PyTorch: one lost timing is not enough."""
+    from swarmnode.runtime import planning
+
+    outcomes = iter(torch_wins)
+    monkeypatch.setattr(planning, "AUTO_PAUSE_S", 0.0)
+    monkeypatch.setattr(
+        planning,
+        "_decode_ms",
+        lambda candidates, hidden: (
+            {"torch": 5.0, "onnxruntime": 9.0} if next(outcomes) else {"torch": 9.0, "onnxruntime": 5.0}
+        ),
+    )
+    backend, reason = build_backend(load_span(Checkpoint(tiny_models["llama"]), 0, 2), "cpu", "float32")
+    assert backend.name == chosen
+    assert reason.count("torch") == timings  # every timing is reported
+
+
 def test_bad_combinations_are_refused(tiny_models):
     span = load_span(Checkpoint(tiny_models["llama"]), 0, 2)
     with pytest.raises(ValueError, match="onnxruntime"):
