@@ -62,51 +62,48 @@ def server():
     return Server(max_size=None)
 
 
-def test_it_sends_and_receives_whole_messages(server):
-    ws = BlockingWebSocket(server.url)
-    try:
-        big = bytes(range(256)) * 40_000  # 10 MB: many reads
-        ws.send(big)
-        assert ws.recv(10) == big
-        ws.send(b"fragments")  # bytes, echoed
-        assert ws.recv(5) == b"fragments"
-    finally:
-        ws.close()
+@pytest.fixture
+def ws(server):
+    conn = BlockingWebSocket(server.url)
+    yield conn
+    conn.close()
 
 
-def test_it_reassembles_fragmented_messages_and_keeps_queued_ones(server):
-    ws = BlockingWebSocket(server.url)
-    try:
-        ws._protocol.send_text(b"fragments")
-        ws._flush()
-        assert ws.recv(5) == b"abcdef"
-        ws._protocol.send_text(b"two")
-        ws._flush()
-        assert ws.recv(5) == b"first"
-        assert ws.recv(5) == b"second"
-    finally:
-        ws.close()
-
-
-def test_it_times_out_and_then_still_gets_the_late_message(server):
-    ws = BlockingWebSocket(server.url)
-    try:
-        ws.send(b"later:0.3")
-        began = time.monotonic()
-        with pytest.raises(TimeoutError):
-            ws.recv(0.05)
-        assert time.monotonic() - began < 0.25
-        with pytest.raises(TimeoutError):
-            ws.recv(0)  # only what is there already
-        assert ws.recv(5) == b"late"
-    finally:
-        ws.close()
-
-
-def test_it_reports_a_closed_connection(server):
-    ws = BlockingWebSocket(server.url)
-    ws._protocol.send_text(b"bye")
+def command(ws: BlockingWebSocket, text: bytes) -> None:
+    """Send a text message (the client itself only sends binary ones)."""
+    ws._protocol.send_text(text)
     ws._flush()
+
+
+def test_it_sends_and_receives_whole_messages(ws):
+    big = bytes(range(256)) * 40_000  # 10 MB: many reads
+    ws.send(big)
+    assert ws.recv(10) == big
+    ws.send(b"fragments")  # bytes, echoed
+    assert ws.recv(5) == b"fragments"
+
+
+def test_it_reassembles_fragmented_messages_and_keeps_queued_ones(ws):
+    command(ws, b"fragments")
+    assert ws.recv(5) == b"abcdef"
+    command(ws, b"two")
+    assert ws.recv(5) == b"first"
+    assert ws.recv(5) == b"second"
+
+
+def test_it_times_out_and_then_still_gets_the_late_message(ws):
+    ws.send(b"later:0.3")
+    began = time.monotonic()
+    with pytest.raises(TimeoutError):
+        ws.recv(0.05)
+    assert time.monotonic() - began < 0.25
+    with pytest.raises(TimeoutError):
+        ws.recv(0)  # only what is there already
+    assert ws.recv(5) == b"late"
+
+
+def test_it_reports_a_closed_connection(ws):
+    command(ws, b"bye")
     with pytest.raises(ConnectionLost):
         ws.recv(5)
     assert ws.closed
