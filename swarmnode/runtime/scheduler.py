@@ -78,6 +78,17 @@ class Job:
         return prompts and self.kind == other.kind == PREFILL and self.fresh and other.fresh
 
 
+@dataclass
+class _Seen:
+    """What the scheduler remembers of a session it served lately (or that opened here lately)."""
+
+    at: float  # when its last step arrived (or when it opened)
+    ref: weakref.ref | None  # its cache, weakly: a closed session is forgotten at once (None: kept until stale)
+    pace: float | None = None  # smoothed time between its decoding steps (None: unknown yet)
+    prompted: bool = False  # its last step was its first prompt (the next one says nothing about its pace)
+    last_pass: int | None = None  # the pass its last step ran in
+
+
 def _weak(cache) -> weakref.ref | None:
     """A weak reference to a session's cache (a closed session is then forgotten at once), or None
     when it cannot have one (it is then remembered until ``recent_s`` passes)."""
@@ -160,13 +171,11 @@ class Scheduler:
         self.aging_s = aging_s
         self.batch_window = batch_window
         self.recent_s = recent_s
-        # id(cache) -> [when its last decoding step arrived, smoothed time between its steps (None:
-        # unknown yet), a weak reference: a closed session's cache is freed, and then it is no longer
-        # waited for, whether that step was its first after its prompt, the pass its last step ran in]
-        self._recent: dict[int, list] = {}
-        # id(cache) -> [when its session opened here, a weak reference]: sessions whose first prompt
-        # has not arrived yet (sessions that start together send their prompts moments apart).
-        self._opened: dict[int, list] = {}
+        # id(cache) -> sessions that sent a decoding step (or their first prompt) lately.
+        self._recent: dict[int, _Seen] = {}
+        # id(cache) -> sessions opened here whose first prompt has not arrived yet (sessions that start
+        # together send their prompts moments apart).
+        self._opened: dict[int, _Seen] = {}
         self._queue: list[Job] = []
         self._wake = asyncio.Event()
         self._seq = itertools.count()
@@ -196,7 +205,7 @@ class Scheduler:
     def opened(self, cache) -> None:
         """Note a session opened here: while its first prompt is due, other first prompts may wait for
         it (up to ``batch_window``) to share a padded pass."""
-        self._opened[id(cache)] = [time.monotonic(), _weak(cache)]
+        self._opened[id(cache)] = _Seen(time.monotonic(), _weak(cache))
 
     async def _submit(self, kind: int, hidden: WireTensor, cache, fresh: bool = False) -> WireTensor:
         self.start()
@@ -204,19 +213,19 @@ class Scheduler:
         job = Job(kind, hidden, cache, asyncio.get_running_loop().create_future(), next(self._seq), fresh=fresh)
         if kind == DECODE or fresh:
             seen = self._recent.get(id(cache))
-            if kind == DECODE and seen is not None and (seen[2] is None or seen[2]() is cache):
-                job.prev_pass = seen[4]
-                if seen[3]:  # its first decoding step: the prompt's pass says nothing about its pace
-                    seen[3] = False
+            if kind == DECODE and seen is not None and (seen.ref is None or seen.ref() is cache):
+                job.prev_pass = seen.last_pass
+                if seen.prompted:  # its first decoding step: the prompt's pass says nothing about its pace
+                    seen.prompted = False
                 else:
-                    gap = job.enqueued - seen[0]
-                    seen[1] = gap if seen[1] is None else 0.7 * seen[1] + 0.3 * gap
-                seen[0] = job.enqueued
+                    gap = job.enqueued - seen.at
+                    seen.pace = gap if seen.pace is None else 0.7 * seen.pace + 0.3 * gap
+                seen.at = job.enqueued
             else:
                 ref = _weak(cache)
                 # A session that just sent its first prompt decodes next (pace unknown: assumed due),
                 # so sessions that started together make one batch from their first decoding step.
-                self._recent[id(cache)] = [job.enqueued, None, ref, kind != DECODE, None]
+                self._recent[id(cache)] = _Seen(job.enqueued, ref, prompted=kind != DECODE)
         if kind == DECODE and self._alone(job) and self._try_inline([job]):
             return await job.future  # done already: no trip through the worker
         self._queue.append(job)
@@ -286,14 +295,15 @@ class Scheduler:
         last seen), which has paused (a chat waiting for its user) rather than fallen behind.
         Forgets sessions that went quiet or closed."""
         now = time.monotonic()
-        self._recent = self._still_here(self._recent, ref_at=2)
+        self._recent = self._still_here(self._recent)
         inside = {id(j.cache) for j in batch}
         mates = {j.prev_pass for j in batch if j.prev_pass is not None}
         due = 0
-        for k, (t, pace, _, _, last_pass) in self._recent.items():
+        for k, seen in self._recent.items():
             if k in inside:
                 continue
-            if last_pass in mates and (pace is None or now - t <= 3 * pace):
+            t, pace = seen.at, seen.pace
+            if seen.last_pass in mates and (pace is None or now - t <= 3 * pace):
                 due += 1  # shared this batch's previous pass: sessions in lockstep come together
             elif pace is None:
                 due += now - t <= self.recent_s / 2
@@ -301,16 +311,15 @@ class Scheduler:
                 due += t + pace <= deadline and now - t <= 3 * pace
         return len(inside) + due
 
-    def _still_here(self, entries: dict[int, list], ref_at: int) -> dict[int, list]:
-        """``entries`` (when seen first, ..., a weak reference at ``ref_at``) without the sessions last seen
-        over ``recent_s`` ago or closed since."""
+    def _still_here(self, entries: dict[int, _Seen]) -> dict[int, _Seen]:
+        """``entries`` without the sessions last seen over ``recent_s`` ago or closed since."""
         cutoff = time.monotonic() - self.recent_s
-        return {k: v for k, v in entries.items() if v[0] >= cutoff and (v[ref_at] is None or v[ref_at]() is not None)}
+        return {k: v for k, v in entries.items() if v.at >= cutoff and (v.ref is None or v.ref() is not None)}
 
     def _expected_prompts(self, batch: list[Job]) -> int:
         """How many first prompts ``batch`` should hold: its own, plus every session opened here within
         ``recent_s`` whose first prompt has not arrived yet. Forgets the others."""
-        self._opened = self._still_here(self._opened, ref_at=1)
+        self._opened = self._still_here(self._opened)
         inside = {id(j.cache) for j in batch}
         return len(batch) + sum(1 for k in self._opened if k not in inside)
 
@@ -425,9 +434,9 @@ class Scheduler:
     def _ran(self, batch: list[Job], pass_no: int) -> None:
         """Note the pass each session's step ran in: sessions that shared it are expected together next."""
         for job in batch:
-            entry = self._recent.get(id(job.cache))
-            if entry is not None:
-                entry[4] = pass_no
+            seen = self._recent.get(id(job.cache))
+            if seen is not None:
+                seen.last_pass = pass_no
 
     def _locked_compute(self, batch: list[Job]) -> list[WireTensor]:
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
