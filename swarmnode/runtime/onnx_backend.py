@@ -22,20 +22,14 @@ import torch
 from swarmnode.models.registry import layerswarm_home
 from swarmnode.models.span import SpanModel
 from swarmnode.protocol import WireTensor, tensor_from_numpy
-from swarmnode.runtime.backend import tensor_to_wire, wire_to_tensor
+from swarmnode.protocol.compare import to_float32  # a writable float32 copy, through NumPy
+from swarmnode.runtime.backend import tensor_to_wire
 from swarmnode.runtime.graph import GRAPH_VERSION, SpanGraph, causal_mask
 
 
-def wire_to_float32(tensor: WireTensor) -> np.ndarray:
-    """A wire tensor as a float32 array of its own (straight through NumPy for float32 and float16:
-    the torch round trip costs ~0.1 ms a step cold, on a path that runs at every hop)."""
-    if tensor.dtype == "bfloat16":
-        return wire_to_tensor(tensor, torch.float32).numpy()
-    return tensor.to_numpy().astype(np.float32)  # a writable copy of the read-only wire bytes
-
-
 def float32_to_wire(array: np.ndarray, dtype: str) -> WireTensor:
-    """Encode a float32 array in the wire ``dtype`` (bfloat16 rounded by torch, as the other backends do)."""
+    """Encode a float32 array in the wire ``dtype`` through NumPy (a torch round trip costs ~0.1 ms a
+    step cold, at every hop); bfloat16 rounded by torch, as the other backends do."""
     if dtype == "bfloat16":
         return tensor_to_wire(torch.from_numpy(np.ascontiguousarray(array)), dtype)
     return tensor_from_numpy(array, dtype)
@@ -406,7 +400,7 @@ class OnnxBackend:
 
     def step(self, hidden: WireTensor, cache: OnnxCache) -> WireTensor:
         """Run new positions through the span, appending to ``cache``."""
-        x = wire_to_float32(hidden)  # (B, T, H)
+        x = to_float32(hidden)  # (B, T, H)
         b, t, _ = x.shape
         if cache.k.shape[1] != b:
             if cache.length:
@@ -451,7 +445,7 @@ class OnnxBackend:
         n = len(items)
         x = np.zeros((n, t, items[0][0].shape[2]), np.float32)
         for row, (h, _) in enumerate(items):
-            x[row, : news[row]] = wire_to_float32(h)[0]
+            x[row, : news[row]] = to_float32(h)[0]
         if self.fused:
             past_k, past_v = self._batch_buffers(n, pmax + t)
             caches = [c for _, c in items]
