@@ -1,7 +1,7 @@
 """``swarmnode bench-backends``: every backend and precision on the whole model, one run.
 
-Decoding tokens/s of all blocks in this process (no network), perplexity of a fixed text for
-each precision, and weight bytes, so speed and quality are read side by side.
+Decoding tokens/s of all blocks (no network; each backend in a process of its own), perplexity of
+a fixed text for each precision, and weight bytes, so speed and quality are read side by side.
 """
 
 from __future__ import annotations
@@ -55,93 +55,188 @@ def perplexity(backend, head, ids: torch.Tensor) -> float:
     return math.exp(loss.item())
 
 
+BACKENDS = ("torch_fp32", "onnx_fp32", "onnx_int8", "torch_int8")
+
+
+class _Clock:
+    """A streamer that notes when the first new token arrives (the first ``put`` is the prompt)."""
+
+    def __init__(self) -> None:
+        self.n, self.first = 0, 0.0
+
+    def put(self, _) -> None:
+        self.n += 1
+        if self.n == 2:
+            self.first = time.perf_counter()
+
+    def end(self) -> None:
+        pass
+
+
+def _prompt_ids(checkpoint) -> torch.Tensor:
+    tokenizer = checkpoint.tokenizer()
+    messages = [{"role": "user", "content": DEFAULT_PROMPT}]
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    return ids["input_ids"]
+
+
+def _measurer(kind: str, model: str, new_tokens: int):
+    """Load one backend (or ``transformers``) and return ``(run, quality)`` closures for it.
+
+    ``run()`` -> ``(decoding tok/s, greedy tokens)``; ``quality()`` -> ``{"ppl": {...}, "weight_bytes": {...}}``.
+    """
+    from swarmnode.models import Checkpoint, load_client_head, load_span, resolve_model
+    from swarmnode.runtime import TorchBackend
+
+    checkpoint = Checkpoint(resolve_model(model))
+    ids = _prompt_ids(checkpoint)
+    if kind == "transformers":
+        # The reference the ratios stand for: transformers' own generate (PyTorch fp32 eager).
+        from transformers import AutoModelForCausalLM
+
+        local = AutoModelForCausalLM.from_pretrained(checkpoint.path, dtype=torch.float32).eval()
+        opts = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+
+        def run(count: int = new_tokens):
+            clock = _Clock()
+            with torch.inference_mode():
+                out = local.generate(ids, streamer=clock, **{**opts, "max_new_tokens": count, "min_new_tokens": count})
+            return (count - 1) / (time.perf_counter() - clock.first), out[0, ids.shape[1] :].tolist()
+
+        return run, lambda: {"ppl": {}, "weight_bytes": {}}
+
+    head = load_client_head(checkpoint)
+    whole = load_span(checkpoint, 0, checkpoint.num_blocks)
+    fast_head = kind.startswith("onnx")  # ONNX Runtime backends compute logits on ONNX Runtime too
+    if fast_head:
+        from swarmnode.runtime.onnx_backend import OnnxBackend
+
+        head.enable_onnx()
+        backend = OnnxBackend(whole, "int8" if kind == "onnx_int8" else "float32")
+    elif kind == "torch_int8":
+        backend = TorchInt8Backend(whole)
+    else:
+        backend = TorchBackend(whole)
+
+    def run(count: int = new_tokens):
+        clock = _Clock()
+        out = local_backend_generate(backend, head, ids, count, clock, fast_head=fast_head)
+        return (count - 1) / (time.perf_counter() - clock.first), out
+
+    def quality() -> dict:
+        ppl_ids = checkpoint.tokenizer()(PPL_TEXT, return_tensors="pt")["input_ids"]
+        result = {"ppl": {kind: perplexity(backend, head, ppl_ids)}, "weight_bytes": {kind: int(backend.weight_bytes)}}
+        if kind == "torch_fp32":
+            bf16 = TorchBackend(load_span(checkpoint, 0, checkpoint.num_blocks, torch.bfloat16), dtype=torch.bfloat16)
+            result["ppl"]["torch_bf16"] = perplexity(bf16, head, ppl_ids)
+        return result
+
+    return run, quality
+
+
+def _worker(kind: str, model: str, new_tokens: int, conn) -> None:
+    """One measuring process: loads ``kind``, warms up, then answers ``run``/``quality`` until ``stop``."""
+    try:
+        run, quality = _measurer(kind, model, new_tokens)
+        run(4)  # warm-up
+        conn.send(("ready", None))
+        for command in iter(conn.recv, "stop"):
+            conn.send(("ok", run() if command == "run" else quality()))
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which names the backend
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+    finally:
+        conn.close()
+
+
+class _Process:
+    """A measuring child process and its end of the pipe."""
+
+    def __init__(self, ctx, kind: str, model: str, new_tokens: int) -> None:
+        self.kind = kind
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_worker, args=(kind, model, new_tokens, child), daemon=True)
+        self.process.start()
+        child.close()
+
+    def call(self, command: str | None = None):
+        if command is not None:
+            self.conn.send(command)
+        try:
+            status, value = self.conn.recv()
+        except EOFError:
+            self.process.join(timeout=5)
+            code = self.process.exitcode
+            raise RuntimeError(f"bench-backends: the {self.kind} process died (exit code {code})") from None
+        if status == "error":
+            raise RuntimeError(f"bench-backends: {self.kind} failed: {value}")
+        return value
+
+    def stop(self) -> None:
+        try:
+            self.conn.send("stop")
+        except OSError:
+            pass
+        self.process.join(timeout=30)
+        if self.process.is_alive():
+            self.process.kill()
+
+
 def run_bench_backends(model: str = "smollm2", new_tokens: int = 64, runs: int = 3) -> dict:
-    """Measure every backend on the whole model in this process.
+    """Measure every backend on the whole model, each in its own process, taking turns.
+
+    Each backend (and ``transformers`` ``generate``, the reference) runs in a process of its own so
+    that no other runtime's thread pool shares its address space (PyTorch's OpenMP threads spin
+    after each op and slowed ONNX Runtime beside them by up to ~15 %); the processes measure one at
+    a time, in interleaved rounds, while the others wait idle.
 
     Returns:
         ``{"torch_fp32_tok_s", "onnx_fp32_tok_s", "onnx_int8_tok_s", "torch_int8_tok_s",
         "default_backend", "default_reason", "ppl": {...}, "weight_bytes": {...}, "ratios": {...}}``.
     """
-    from swarmnode.models import Checkpoint, load_client_head, load_span, resolve_model
-    from swarmnode.runtime import TorchBackend
-    from swarmnode.runtime.onnx_backend import OnnxBackend
+    import multiprocessing
+
+    from swarmnode.models import Checkpoint, load_span, resolve_model
     from swarmnode.runtime.planning import build_backend
 
-    checkpoint = Checkpoint(resolve_model(model))
-    tokenizer = checkpoint.tokenizer()
-    head = load_client_head(checkpoint)
-    span = load_span(checkpoint, 0, checkpoint.num_blocks)
-    messages = [{"role": "user", "content": DEFAULT_PROMPT}]
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    ids = ids["input_ids"]
-    ppl_ids = tokenizer(PPL_TEXT, return_tensors="pt")["input_ids"]
-
-    backends = {
-        "torch_fp32": TorchBackend(span),
-        "onnx_fp32": OnnxBackend(span, "float32"),
-        "onnx_int8": OnnxBackend(span, "int8"),
-        "torch_int8": TorchInt8Backend(load_span(checkpoint, 0, checkpoint.num_blocks)),
-    }
-
-    class _Clock:
-        def __init__(self):
-            self.n, self.first = 0, 0.0
-
-        def put(self, _):
-            self.n += 1
-            if self.n == 2:
-                self.first = time.perf_counter()
-
-        def end(self):
-            pass
-
-    # The reference the ratios stand for: transformers' own generate (PyTorch fp32 eager), same rounds.
-    from transformers import AutoModelForCausalLM
-
-    local = AutoModelForCausalLM.from_pretrained(checkpoint.path, dtype=torch.float32).eval()
-    opts = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
-    reference: list[float] = []
-
-    def run_reference() -> None:
-        clock = _Clock()
-        with torch.inference_mode():
-            local.generate(ids, streamer=clock, **opts)
-        reference.append((new_tokens - 1) / (time.perf_counter() - clock.first))
-
-    speeds: dict[str, list[float]] = {k: [] for k in backends}
+    ctx = multiprocessing.get_context("spawn")
+    kinds = ("transformers", *BACKENDS)
+    procs = [_Process(ctx, kind, model, new_tokens) for kind in kinds]
+    speeds: dict[str, list[float]] = {k: [] for k in kinds}
     tokens: dict[str, list[int]] = {}
-    # ONNX Runtime backends compute logits on ONNX Runtime too; the PyTorch ones on PyTorch (as transformers).
-    head.enable_onnx()
-    fast = {name: name.startswith("onnx") for name in backends}
-    for name, b in backends.items():
-        local_backend_generate(b, head, ids, 4, fast_head=fast[name])  # warm-up
-    with torch.inference_mode():
-        local.generate(ids, **{**opts, "max_new_tokens": 4, "min_new_tokens": 4})
-    for _ in range(runs):
-        run_reference()
-        for name, b in backends.items():
-            clock = _Clock()
-            tokens[name] = local_backend_generate(b, head, ids, new_tokens, clock, fast_head=fast[name])
-            speeds[name].append((new_tokens - 1) / (time.perf_counter() - clock.first))
+    ppl: dict[str, float] = {}
+    weight_bytes: dict[str, int] = {}
+    try:
+        for p in procs:
+            p.call()  # ready (they load and warm up side by side)
+        for _ in range(runs):
+            for p in procs:
+                tok_s, tokens[p.kind] = p.call("run")
+                speeds[p.kind].append(tok_s)
+        for p in procs:
+            q = p.call("quality")
+            ppl.update(q["ppl"])
+            weight_bytes.update(q["weight_bytes"])
+    finally:
+        for p in procs:
+            p.stop()
     tok_s = {k: statistics.median(v) for k, v in speeds.items()}
-    default, reason = build_backend(load_span(checkpoint, 0, 10), "cpu", "float32")
-    bf16_span = load_span(checkpoint, 0, checkpoint.num_blocks, torch.bfloat16)
-    first32 = {
-        k: sum(a == b for a, b in zip(v[:32], tokens["torch_fp32"][:32], strict=True)) for k, v in tokens.items()
-    }
+    reference = tok_s.pop("transformers")
+    # What a node on this CPU would choose (the same start-up timing the node runs), measured alone.
+    checkpoint = Checkpoint(resolve_model(model))
+    default, reason = build_backend(load_span(checkpoint, 0, min(10, checkpoint.num_blocks)), "cpu", "float32")
+    first32 = {k: sum(a == b for a, b in zip(tokens[k][:32], tokens["torch_fp32"][:32], strict=True)) for k in BACKENDS}
     return {
         "model": model,
         "new_tokens": new_tokens,
         **{f"{k}_tok_s": round(v, 2) for k, v in tok_s.items()},
         "ratios_vs_torch_fp32": {k: round(v / tok_s["torch_fp32"], 3) for k, v in tok_s.items()},
-        "transformers_generate_tok_s": round(statistics.median(reference), 2),
-        "onnx_fp32_vs_transformers": round(tok_s["onnx_fp32"] / statistics.median(reference), 3),
+        "transformers_generate_tok_s": round(reference, 2),
+        "onnx_fp32_vs_transformers": round(tok_s["onnx_fp32"] / reference, 3),
         "default_backend": default.name,
         "default_reason": reason,
-        "ppl": {
-            **{k: round(perplexity(b, head, ppl_ids), 3) for k, b in backends.items()},
-            "torch_bf16": round(perplexity(TorchBackend(bf16_span, dtype=torch.bfloat16), head, ppl_ids), 3),
-        },
-        "weight_bytes": {k: int(b.weight_bytes) for k, b in backends.items()},
+        "ppl": {k: round(v, 3) for k, v in ppl.items()},
+        "weight_bytes": weight_bytes,
         "first32_tokens_equal_to_torch_fp32": first32,
+        "transformers_tokens_equal_to_torch_fp32": tokens["transformers"] == tokens["torch_fp32"],
+        "measured": "each backend in its own process, one at a time, interleaved rounds (medians)",
     }
