@@ -40,6 +40,7 @@ def _serve(args: argparse.Namespace) -> None:
         num_threads=args.num_threads,
         small_step_threads=args.small_step_threads,
         cache_tokens=args.cache_tokens,
+        prefix_cache_tokens=args.prefix_cache_tokens,
         idle_timeout=args.idle_timeout,
         limits=limits,
         portal=args.portal,
@@ -312,6 +313,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=30.0,
         help="a decoding batch waits up to this long for recently active sessions' next steps (0: never)",
+    )
+    serve.add_argument(
+        "--prefix-cache-tokens",
+        type=int,
+        default=1024,
+        help="positions of recent first prompts kept so that later sessions of the same client (same "
+        "prefix salt) skip a shared beginning, e.g. a system prompt (0: keep none; ONNX Runtime backend)",
     )
     serve.add_argument("--num-threads", type=int, default=None, help="torch threads (default: all cores)")
     serve.add_argument(

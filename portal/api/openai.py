@@ -169,6 +169,7 @@ def _admit(user, request: GenerationRequest, ip: str) -> None:
     if not SwarmModel.objects.filter(name=request.model).exists():
         raise ApiError(404, f"the model {request.model!r} does not exist (GET /v1/models lists them)",
                        "model_not_found", "model")  # fmt: skip
+    request.prefix_salt = Owner(user.pk).prefix_salt
     try:
         request.token_budget = spending.tokens_allowed(Owner(user.pk), ip)
     except spending.OutOfCredits as exc:

@@ -103,6 +103,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             return await self._error(_code(exc), str(exc))
         request.messages = history
         request.token_budget = allowed
+        request.prefix_salt = self.owner.prefix_salt
         self.active = _Active(request, conversation.pk, dropped=dropped)
         await self.send_json(
             {

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.db import transaction
 
 from portal.chat.models import Conversation, Message
@@ -24,6 +27,15 @@ class Owner:
         if user is not None and user.is_authenticated:
             return cls(user.pk)
         return cls(None, session_key or "")
+
+    @property
+    def prefix_salt(self) -> str:
+        """This owner's salt for the nodes' prompt-prefix reuse (spec §4.9): an owner's chats reuse each
+        other's prompt beginnings on a node; different owners never share (no timing hints across users)."""
+        if not self.known:
+            return ""
+        key = f"user:{self.user_id}" if self.user_id is not None else f"session:{self.session_key}"
+        return hmac.new(settings.SECRET_KEY.encode(), f"prefix-salt:{key}".encode(), hashlib.sha256).hexdigest()[:32]
 
     @property
     def known(self) -> bool:

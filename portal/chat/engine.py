@@ -187,6 +187,7 @@ def run_generation(
         top_p=request.top_p,
         top_k=None,  # OpenAI semantics: only temperature and top_p
         stop_strings=request.stop or None,
+        prefix_salt=request.prefix_salt,  # "" (no owner known): no reuse across requests
     )
     hold = max((len(s) for s in request.stop), default=1) - 1  # text that may be the start of a stop string
     new_ids: list[int] = []

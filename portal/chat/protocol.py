@@ -58,6 +58,7 @@ class GenerationRequest:
     stop: list[str] = field(default_factory=list)
     token_budget: int = 0  # >0: prompt + answer may not exceed this (what the requester can pay for)
     truncate: bool = False  # drop the oldest turns to fit the context (the chat page) instead of refusing
+    prefix_salt: str = ""  # the requester's salt for the nodes' prompt-prefix reuse (§4.9 of the wire spec)
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     reply_to: str = ""
 
@@ -103,6 +104,8 @@ class GenerationRequest:
             raise BadRequest("top_p must be a number in (0, 1]", "top_p")
         if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed < 2**63):
             raise BadRequest("seed must be a non-negative integer", "seed")
+        if not isinstance(self.prefix_salt, str) or len(self.prefix_salt) > 128:
+            raise BadRequest("prefix_salt must be a string of at most 128 characters", "prefix_salt")
         if not _is_int(self.token_budget) or self.token_budget < 0:
             raise BadRequest("token_budget must be a non-negative integer", "token_budget")
         if isinstance(self.stop, str):

@@ -7,6 +7,7 @@ session per span and sends only the new token's hidden state per step.
 from __future__ import annotations
 
 import dataclasses
+import secrets
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -40,6 +41,7 @@ class GenerationStats:
     total_s: float = 0.0
     failovers: list[FailoverEvent] = field(default_factory=list)  # nodes replaced mid-generation
     audits: AuditStats = field(default_factory=AuditStats)  # what auditing did (when enabled)
+    cached_prompt_tokens: int = 0  # prompt positions every node took from an earlier prompt (spec §4.9)
 
     @property
     def tokens_per_s(self) -> float:
@@ -95,6 +97,9 @@ class DistributedModelForCausalLM:
         self.audit = audit or AuditPolicy()
         self.reporter = reporter  # sends audit evidence to the portal
         self.distrusted: set[str] = set()  # nodes an audit caught lying: never used again by this client
+        # Nodes reuse first-prompt prefixes among sessions with the same salt (spec §4.9): by default among
+        # this client's own sessions (and its copies'). A gateway passes one salt per user to stream().
+        self.prefix_salt = secrets.token_hex(16)
         self._discovered_at = time.monotonic()
         self.head = load_client_head(checkpoint, dtype)
         # "auto": logits on ONNX Runtime while every node of the route runs ONNX Runtime (their results
@@ -171,8 +176,14 @@ class DistributedModelForCausalLM:
         if self.portal and time.monotonic() - self._discovered_at > max_age_s:
             self.discover()
 
-    def open_session(self, max_length: int, chain: list[PeerInfo] | None = None) -> InferenceSession:
-        """An inference session over the current best chain, with failover onto every known node."""
+    def open_session(
+        self, max_length: int, chain: list[PeerInfo] | None = None, prefix_salt: str | None = None
+    ) -> InferenceSession:
+        """An inference session over the current best chain, with failover onto every known node.
+
+        ``prefix_salt``: shares prompt prefixes on the nodes with sessions of the same salt (default:
+        this client's :attr:`prefix_salt`; ``""``: none).
+        """
         return InferenceSession(
             chain or self.chain(),
             max_length,
@@ -195,6 +206,7 @@ class DistributedModelForCausalLM:
             on_evidence=self.reporter.evidence if self.reporter else None,
             distrusted=self.distrusted,
             on_close=self._report_steps if self.reporter else None,
+            prefix_salt=self.prefix_salt if prefix_salt is None else prefix_salt,
         )
 
     def _report_steps(self, session: InferenceSession) -> None:
@@ -260,6 +272,7 @@ class DistributedModelForCausalLM:
             input_ids = input_ids.unsqueeze(0)
         if attention_mask is not None and not bool(attention_mask.all()):
             raise ValueError("padded batches are not supported yet: give sequences of equal length")
+        prefix_salt = kwargs.pop("prefix_salt", None)
         params = self._params(kwargs)
         procs = build_processors(params)
         chain = self.chain()
@@ -277,7 +290,7 @@ class DistributedModelForCausalLM:
             prompt_text = self.tokenizer.batch_decode(input_ids)
         # This generation's place among concurrent ones (their logits are batched): registered before its
         # prompt, so that generations started together compute their first logits together.
-        with self.head.participant() as member, self.open_session(max_length, chain) as session:
+        with self.head.participant() as member, self.open_session(max_length, chain, prefix_salt) as session:
             self.last_stats.failovers = session.failovers
             self.last_stats.audits = session.audit_stats
             self.active_session = session  # for callers that watch the route (benchmarks, fault tests)
@@ -294,6 +307,8 @@ class DistributedModelForCausalLM:
                             session.audit_now()  # release nothing unverified at the end either
                         break
                     hidden = session.step(self.head.embed_tokens(step_input))  # (B, T, H)
+                    if step_input is input_ids:
+                        self.last_stats.cached_prompt_tokens = min(session.cached_tokens.values(), default=0)
                 except AuditRollback as rollback:  # verified mode: recompute from the verified position
                     ids, step_input = self._rolled_back(ids, prompt_len, rollback.position)
                     finished = self._finished(ids[:, prompt_len:], eos, ids.shape[0])

@@ -179,6 +179,7 @@ class InferenceSession:
         on_evidence: called with every audit's :class:`Evidence` (e.g. an ``EvidenceReporter``).
         distrusted: URLs caught lying, never used again (shared by a model's sessions; grows here).
         on_close: called once with the session when it closes (e.g. to report :attr:`node_stats`).
+        prefix_salt: nodes reuse first-prompt prefixes among sessions with this salt (spec §4.9); "": none.
 
     Raises:
         RemoteError: no chain could be opened (``SessionFailed`` once failover gives up).
@@ -208,6 +209,7 @@ class InferenceSession:
         on_evidence: Callable[[Evidence], None] | None = None,
         distrusted: set[str] | None = None,
         on_close: Callable[[InferenceSession], None] | None = None,
+        prefix_salt: str = "",
     ) -> None:
         self.identity = identity
         self.on_receipt = on_receipt
@@ -244,6 +246,8 @@ class InferenceSession:
         self.push = push
         self.secure = secure
         self.push_key = secrets.token_hex(16) if push else ""
+        self.prefix_salt = prefix_salt
+        self.cached_tokens: dict[str, int] = {}  # per node URL: prompt positions it reused (§4.9)
         self.failovers: list[FailoverEvent] = []
         self._failures = 0
         self._hops = [_HopState(h) for h in hops]
@@ -277,7 +281,11 @@ class InferenceSession:
         )
         hs.span.request(
             OpenSession(
-                session_id=self.session_id, max_length=self.max_length, dtype=self.wire_dtype, push_key=self.push_key
+                session_id=self.session_id,
+                max_length=self.max_length,
+                dtype=self.wire_dtype,
+                push_key=self.push_key,
+                prefix_salt=self.prefix_salt,
             ),
             timeout=min(self.timeout, 10.0),
         )
@@ -298,6 +306,8 @@ class InferenceSession:
             timeout=self.timer.timeout(hs.url, tokens),
         )
         out = self._check(hs.url, reply.hidden if isinstance(reply, StepResult) else None, wire)
+        if position == 0:
+            self.cached_tokens[hs.url] = reply.cached_tokens
         if self.audit.enabled:
             self._check_result(hs, wire, out, reply.signature, position)
         elapsed = time.perf_counter() - started

@@ -76,6 +76,7 @@ class OpenSession(Message):
     max_length: int = 0
     dtype: str = "float32"
     push_key: str = ""  # secret that lets other nodes push steps into this session (§7); "" = no push
+    prefix_salt: str = ""  # sessions with the same salt reuse each other's first-prompt prefixes (§4.9); "" = none
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ class StepResult(Message):
     hidden: WireTensor | None = None
     compute_us: int = 0  # time the node spent computing, for routing and adaptive timeouts
     signature: str = ""  # base64url Ed25519 signature of the result digest (§11); "" from unsigned nodes
+    cached_tokens: int = 0  # leading positions taken from an earlier prompt instead of computed (§4.9)
 
 
 @dataclass(frozen=True)

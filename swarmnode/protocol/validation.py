@@ -6,6 +6,8 @@ from swarmnode.protocol.errors import ProtocolError
 from swarmnode.protocol.messages import Limits, OpenSession
 from swarmnode.protocol.tensors import WireTensor, all_finite
 
+MAX_SALT_CHARS = 128  # OpenSession.prefix_salt (§4.9)
+
 
 def check_hidden(tensor: WireTensor | None, hidden_size: int, limits: Limits) -> WireTensor:
     """Check a hidden-state tensor sent to a span: shape ``(B, T, hidden_size)``, finite values.
@@ -42,6 +44,8 @@ def check_open_session(msg: OpenSession, limits: Limits) -> None:
     """
     if not msg.session_id or len(msg.session_id) > limits.max_session_id_len:
         raise ProtocolError("bad_field", f"session_id must be 1..{limits.max_session_id_len} characters")
+    if len(msg.prefix_salt) > MAX_SALT_CHARS:
+        raise ProtocolError("bad_field", f"prefix_salt must be at most {MAX_SALT_CHARS} characters")
     if not 1 <= msg.max_length <= limits.max_session_length:
         raise ProtocolError(
             "bad_field", f"max_length must be between 1 and {limits.max_session_length}, got {msg.max_length}"

@@ -32,6 +32,7 @@ class SessionState:
     served_tokens: int = 0  # positions run through the span, B x T summed over steps (usage receipts, spec §8.2)
     last_used: float = field(default_factory=time.monotonic)
     busy: bool = False  # a step is running (pushed steps run concurrently, spec §7)
+    prefix_salt: str = ""  # shares first-prompt prefixes with sessions of the same salt (spec §4.9)
 
 
 class CachePool:

@@ -421,6 +421,24 @@ class OnnxBackend:
         cache.length = p + t
         return float32_to_wire(out, hidden.dtype)
 
+    def export_prefix(self, cache: OnnxCache, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Copies of the keys and values of ``cache``'s first ``n`` positions (a prompt prefix to reuse)."""
+        return cache.k[:, :, :, :n].copy(), cache.v[:, :, :, :n].copy()
+
+    def import_prefix(self, cache: OnnxCache, kv: tuple[np.ndarray, np.ndarray], n: int) -> None:
+        """Fill an empty one-sequence ``cache`` with the first ``n`` positions of an exported prefix."""
+        k, v = kv
+        if cache.length or cache.k.shape[1] != 1 or k.shape[1] != 1 or k.shape[3] < n:
+            raise ValueError("a prefix goes into an empty one-sequence cache, from a long enough export")
+        if self.fused:
+            self._reserve(cache, n)
+            cache.k[:, :, :, :n] = k[:, :, :, :n]
+            cache.v[:, :, :, :n] = v[:, :, :, :n]
+        else:
+            cache.k, cache.v = k[:, :, :, :n].copy(), v[:, :, :, :n].copy()
+        cache.length = n
+        cache.version += 1
+
     def step_batch(self, items: list[tuple[WireTensor, OnnxCache]]) -> list[WireTensor]:
         """One pass for several sessions' one-sequence steps, each at its own position.
 

@@ -110,6 +110,13 @@ def concat_tokens(parts: list[WireTensor]) -> WireTensor:
     return WireTensor(parts[0].dtype, tuple(joined.shape), joined.tobytes())
 
 
+def slice_tokens(hidden: WireTensor, start: int, end: int) -> WireTensor:
+    """Positions ``start..end-1`` of a ``(B, T, H)`` tensor."""
+    b, t, h = hidden.shape
+    part = hidden.to_numpy().reshape(b, t, h)[:, start:end]
+    return WireTensor(hidden.dtype, tuple(part.shape), part.copy().tobytes())
+
+
 def split_tokens(hidden: WireTensor, chunk: int) -> list[WireTensor]:
     """Cut a ``(B, T, H)`` tensor into ``(B, <=chunk, H)`` pieces along T."""
     b, t, h = hidden.shape

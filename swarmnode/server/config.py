@@ -47,6 +47,7 @@ class NodeConfig:
     num_threads: int | None = None  # torch intra-op threads; None = all cores
     small_step_threads: int | None = None  # threads for decoding steps (few tokens); None = num_threads
     cache_tokens: int = 32768  # KV-cache budget across sessions, in tokens
+    prefix_cache_tokens: int = 1024  # positions of recent first prompts kept for reuse (spec §4.9); 0: none
     idle_timeout: float = 300.0  # seconds before an unused session is evicted
     limits: Limits = field(default_factory=Limits)
     portal: str | None = None  # tracker to announce to, e.g. http://127.0.0.1:8000 (None: don't announce)

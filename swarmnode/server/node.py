@@ -34,6 +34,7 @@ from swarmnode.protocol import (
     SessionOpened,
     Step,
     StepResult,
+    WireTensor,
     check_hidden,
     check_open_session,
     decode,
@@ -53,7 +54,8 @@ from swarmnode.runtime.planning import (
     resolve_device,
     resolve_precision,
 )
-from swarmnode.runtime.scheduler import Scheduler
+from swarmnode.runtime.prefix import Prefix, PrefixStore, chain_hashes
+from swarmnode.runtime.scheduler import Scheduler, concat_tokens, slice_tokens
 from swarmnode.secure_channel import ChannelError, is_handshake_frame
 from swarmnode.server.announce import start_announcer
 from swarmnode.server.config import WS_PATH, NodeConfig, parse_blocks
@@ -114,6 +116,12 @@ class Node:
             prefill_chunk=config.prefill_chunk,
             batch_window=config.batch_window,
             machine_lock=config.machine_lock,
+        )
+        # Recent first prompts, reused by later sessions with the same salt (spec §4.9; backends that can).
+        self.prefixes = (
+            PrefixStore(config.prefix_cache_tokens)
+            if config.prefix_cache_tokens > 0 and hasattr(self.backend, "import_prefix")
+            else None
         )
         # Signs what the node serves and agrees session keys (announced as Info.public_key).
         self.identity = NodeIdentity.load_or_create(config.identity) if config.identity else NodeIdentity.generate()
@@ -237,7 +245,7 @@ class Node:
             started = time.perf_counter()
             state.busy = True
             try:
-                out = await self.scheduler.step(hidden, state.cache, fresh=state.position == 0)
+                out, cached = await self._run_step(state, hidden)
             finally:
                 state.busy = False
             if self.corruptor is not None:
@@ -254,6 +262,7 @@ class Node:
                 hidden=out,
                 compute_us=compute_us,
                 signature=signature,
+                cached_tokens=cached,
             )
         if isinstance(msg, OpenSession):
             check_open_session(msg, self.limits)
@@ -264,6 +273,7 @@ class Node:
                     "bad_field", f"max_length {msg.max_length} exceeds this node's {self.max_session_length}"
                 )
             state = self.pool.open(msg.session_id, msg.max_length, self.backend.new_cache(), owner)
+            state.prefix_salt = msg.prefix_salt
             self.scheduler.opened(state.cache)
             return SessionOpened(id=msg.id, session_id=msg.session_id, cache_tokens_left=self.pool.tokens_left)
         if isinstance(msg, Forward):
@@ -304,6 +314,25 @@ class Node:
         if self.receipts is not None:
             self.receipts.put(signed)
         return signed.node_signature, ""
+
+    async def _run_step(self, state, hidden: WireTensor) -> tuple[WireTensor, int]:
+        """Run a step; a first prompt starts from the longest prefix an earlier session with the same salt
+        sent (spec §4.9) and is kept for later ones. Returns the output and the positions reused."""
+        fresh = state.position == 0
+        store = self.prefixes
+        if not (fresh and store is not None and state.prefix_salt and hidden.shape[0] == 1 and hidden.shape[1] > 1):
+            return await self.scheduler.step(hidden, state.cache, fresh=fresh), 0
+        hashes = chain_hashes(state.prefix_salt, hidden)
+        found = store.longest(hashes, hidden.shape[1] - 1)  # at least one position is computed
+        if found is None:
+            out, reused = await self.scheduler.step(hidden, state.cache, fresh=True), 0
+        else:
+            entry, reused = found
+            self.backend.import_prefix(state.cache, entry.kv, reused)
+            rest = await self.scheduler.step(slice_tokens(hidden, reused, hidden.shape[1]), state.cache)
+            out = concat_tokens([slice_tokens(entry.output, 0, reused), rest])
+        store.add(Prefix(hashes, self.backend.export_prefix(state.cache, hidden.shape[1]), out))
+        return out, reused
 
     def _sign(self, kind: str, session_id: str, position: int, inputs, output) -> str:
         """Sign the digest of a result (spec §11): who computed what from what."""

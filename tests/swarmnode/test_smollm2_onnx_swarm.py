@@ -38,6 +38,7 @@ def test_onnx_nodes_match_local_transformers_within_the_documented_tolerance(onn
     remote = AutoDistributedModelForCausalLM.from_pretrained("smollm2", peers=onnx_swarm.urls)
     assert {n.ready["backend"] for n in onnx_swarm.nodes} == {"onnxruntime"}
     same = total = 0
+    cached = []
     for prompt in PROMPTS:
         ids = remote.tokenizer.apply_chat_template(
             [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True
@@ -45,10 +46,31 @@ def test_onnx_nodes_match_local_transformers_within_the_documented_tolerance(onn
         n = ids.shape[1]
         expected = local.generate(ids, max_new_tokens=48, do_sample=False, eos_token_id=None, pad_token_id=0)[0, n:]
         got = remote.generate(ids, max_new_tokens=48, do_sample=False, eos_token_id=None)[0, n:]
+        cached.append(remote.last_stats.cached_prompt_tokens)
         assert got[:32].tolist() == expected[:32].tolist(), prompt
         same += int((got == expected).sum())
         total += len(expected)
     assert same / total >= 0.95
+    # Every prompt after the first starts with the chat template's system prompt, which each node ran
+    # already for this client (spec §4.9): only the rest of the prompt is computed.
+    empty = remote.tokenizer.apply_chat_template([{"role": "user", "content": ""}], return_dict=True)["input_ids"]
+    system = len(empty) - 2  # all but the user turn's closing "<|im_end|>\n"
+    assert cached[0] == 0 and all(c >= system for c in cached[1:]), cached
+
+
+def test_reused_prompt_prefixes_give_the_tokens_of_a_fresh_computation(onnx_swarm):
+    remote = AutoDistributedModelForCausalLM.from_pretrained("smollm2", peers=onnx_swarm.urls)
+    opts = dict(max_new_tokens=32, do_sample=False, eos_token_id=None)
+    for prompt in PROMPTS[:2]:
+        ids = remote.tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )["input_ids"]
+        fresh = remote.generate(ids, prefix_salt="", **opts)[0].tolist()
+        assert remote.last_stats.cached_prompt_tokens == 0
+        remote.generate(ids, **opts)
+        reused = remote.generate(ids, **opts)[0].tolist()  # everything but the prompt's last position reused
+        assert remote.last_stats.cached_prompt_tokens == ids.shape[1] - 1
+        assert reused == fresh, prompt
 
 
 def test_concurrent_generations_get_exactly_their_tokens_alone(onnx_swarm):

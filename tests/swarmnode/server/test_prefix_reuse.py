@@ -1,0 +1,97 @@
+"""Prompt-prefix reuse (spec §4.9) on a real ONNX Runtime node: same salt shares, others never do."""
+
+import numpy as np
+import pytest
+import torch
+
+from swarmnode.client import RemoteError, RemoteSpan
+from swarmnode.launcher import start_node
+from swarmnode.models import Checkpoint, load_span
+from swarmnode.protocol import OpenSession, Step, tensor_from_numpy
+from swarmnode.runtime import TorchBackend
+from swarmnode.runtime.backend import tensor_to_wire, wire_to_tensor
+
+SYSTEM = np.random.default_rng(0).standard_normal((1, 10, 64)).astype(np.float32)
+
+
+def prompt(seed: int, extra: int) -> np.ndarray:
+    return np.concatenate([SYSTEM, np.random.default_rng(seed).standard_normal((1, extra, 64)).astype(np.float32)], 1)
+
+
+@pytest.fixture(scope="module")
+def onnx_node(tiny_models, tmp_path_factory):
+    node = start_node(
+        str(tiny_models["llama"]),
+        "0:6",
+        extra_args=["--backend", "onnxruntime", "--prefix-cache-tokens", "64"],
+        log_path=tmp_path_factory.mktemp("prefix") / "n.log",
+    )
+    yield node
+    node.process.kill()
+    node.process.wait()
+
+
+def run(url: str, name: str, salt: str, steps: list[np.ndarray]) -> tuple[list[np.ndarray], int]:
+    """Open a session, run ``steps``; the outputs and how many prompt positions the node reused."""
+    span = RemoteSpan(url)
+    try:
+        span.request(OpenSession(session_id=name, max_length=64, prefix_salt=salt))
+        outs, position, cached = [], 0, 0
+        for i, x in enumerate(steps):
+            reply = span.request(Step(session_id=name, position=position, hidden=tensor_from_numpy(x)))
+            cached = reply.cached_tokens if i == 0 else cached
+            assert i == 0 or reply.cached_tokens == 0
+            position = reply.position
+            outs.append(reply.hidden.to_numpy())
+        return outs, cached
+    finally:
+        span.close()
+
+
+def reference(tiny_models, steps: list[np.ndarray]) -> list[np.ndarray]:
+    ref = TorchBackend(load_span(Checkpoint(tiny_models["llama"]), 0, 6))
+    cache = ref.new_cache()
+    return [wire_to_tensor(ref.step(tensor_to_wire(torch.from_numpy(x)), cache)).numpy() for x in steps]
+
+
+def test_a_session_reuses_the_prompt_beginning_of_an_earlier_one_with_the_same_salt(onnx_node, tiny_models):
+    token = np.random.default_rng(9).standard_normal((1, 1, 64)).astype(np.float32)
+    _, cached = run(onnx_node.url, "first", "client-a", [prompt(1, 5), token])
+    assert cached == 0
+    steps = [prompt(2, 4), token, token]
+    reused, cached = run(onnx_node.url, "second", "client-a", steps)
+    assert cached == 10  # the shared system rows; the rest computed
+    fresh, other = run(onnx_node.url, "third", "client-b", steps)  # another client: computed in full
+    assert other == 0
+    for got, again, expected in zip(reused, fresh, reference(tiny_models, steps), strict=True):
+        np.testing.assert_allclose(got, again, atol=1e-5)  # reuse changes nothing beyond rounding
+        np.testing.assert_allclose(got, expected, atol=1e-3 * max(1.0, np.abs(expected).max()))
+
+
+def test_the_same_prompt_again_reuses_all_but_its_last_position(onnx_node):
+    steps = [prompt(3, 6)]
+    _, first = run(onnx_node.url, "p1", "client-c", steps)
+    outs, again = run(onnx_node.url, "p2", "client-c", steps)
+    assert (first, again) == (0, 15) and outs[0].shape == (1, 16, 64)
+
+
+def test_no_salt_means_no_reuse(onnx_node):
+    steps = [prompt(4, 3)]
+    assert run(onnx_node.url, "n1", "", steps)[1] == 0
+    assert run(onnx_node.url, "n2", "", steps)[1] == 0
+
+
+def test_a_bit_exact_torch_node_never_reuses(tiny_node):
+    steps = [prompt(5, 3)]
+    assert run(tiny_node.url, "t1", "client-d", steps)[1] == 0
+    assert run(tiny_node.url, "t2", "client-d", steps)[1] == 0
+
+
+def test_an_overlong_salt_is_refused_clearly(onnx_node):
+    span = RemoteSpan(onnx_node.url)
+    try:
+        with pytest.raises(RemoteError) as err:
+            span.request(OpenSession(session_id="long", max_length=8, prefix_salt="x" * 129))
+        assert err.value.code == "bad_field" and "prefix_salt" in err.value.message
+    finally:
+        span.close()
