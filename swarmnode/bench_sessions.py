@@ -50,11 +50,14 @@ def run_bench_sessions(
     new_tokens: int = 32,
     backend: str = "auto",
     rounds: int = 3,
+    prefix_reuse: bool = True,
 ) -> list[dict]:
     """Measure ``levels`` concurrent sessions through ``nodes`` local node processes.
 
     The levels run ``rounds`` times, interleaved (1, 4, 8, 16, 1, 4, ...), so that drifting
-    machine load hits every level alike; each figure is the median over the rounds.
+    machine load hits every level alike; each figure is the median over the rounds. The prompts
+    share the chat template's system prompt, which nodes reuse across sessions (spec §4.9) unless
+    ``prefix_reuse`` is off.
 
     Returns:
         one ``{"sessions", "aggregate_tok_s", "p95_step_s", "tokens_equal"}`` per level.
@@ -75,9 +78,10 @@ def run_bench_sessions(
         for i in range(max(levels))
     ]
     opts = dict(max_new_tokens=new_tokens, do_sample=False, eos_token_id=None)
+    node_args = ["--backend", backend] + ([] if prefix_reuse else ["--prefix-cache-tokens", "0"])
     with (
         tempfile.TemporaryDirectory() as logs,
-        LocalSwarm(model, checkpoint.num_blocks, nodes, extra_args=["--backend", backend], log_dir=Path(logs)) as swarm,
+        LocalSwarm(model, checkpoint.num_blocks, nodes, extra_args=node_args, log_dir=Path(logs)) as swarm,
     ):
         remote = AutoDistributedModelForCausalLM.from_pretrained(model, peers=swarm.urls)
         remote.generate(prompts[0], **opts)  # warm-up
@@ -126,6 +130,7 @@ def run_bench_sessions(
             "median_step_s": round(statistics.median(r["median_step_s"] for r in rs), 4),
             "tokens_equal": all(r["tokens_equal"] for r in rs),
             "runs": len(rs),
+            "prefix_reuse": prefix_reuse,
         }
         for level, rs in runs.items()
     ]

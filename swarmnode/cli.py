@@ -191,7 +191,15 @@ def _bench(args: argparse.Namespace) -> None:
 
         levels = tuple(int(x) for x in args.sessions.split(","))
         backend = args.backend or "auto"
-        rows = run_bench_sessions(args.model, args.nodes, levels, args.new_tokens, backend=backend, rounds=args.runs)
+        rows = run_bench_sessions(
+            args.model,
+            args.nodes,
+            levels,
+            args.new_tokens,
+            backend=backend,
+            rounds=args.runs,
+            prefix_reuse=not args.no_prefix_reuse,
+        )
         base = rows[0]["aggregate_tok_s"]
         for row in rows:
             row["speedup_vs_first"] = round(row["aggregate_tok_s"] / base, 2)
@@ -416,6 +424,11 @@ def build_parser() -> argparse.ArgumentParser:
         "PyTorch nodes (bit-exact); onnxruntime: ONNX nodes vs the whole model in local ONNX Runtime",
     )
     bench.add_argument("--sessions", help="comma-separated concurrency levels, e.g. 1,4,8,16")
+    bench.add_argument(
+        "--no-prefix-reuse",
+        action="store_true",
+        help="with --sessions: nodes compute every prompt in full (--prefix-cache-tokens 0)",
+    )
     bench.add_argument(
         "--relay", action="store_true", help="the same nodes directly vs through a relay (encrypted), one run"
     )

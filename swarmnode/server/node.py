@@ -150,7 +150,9 @@ class Node:
         plan = None
         if config.max_memory or config.num_blocks == "auto":
             budget = parse_bytes(config.max_memory) if config.max_memory else default_memory_budget(self.device)
-            plan = plan_memory(self.checkpoint, self.precision, budget, config.cache_tokens)
+            # Prompt prefixes kept for reuse (§4.9) take room like cache tokens (ONNX Runtime on CPU only).
+            reuse = config.prefix_cache_tokens if self.device == "cpu" and config.backend != "torch" else 0
+            plan = plan_memory(self.checkpoint, self.precision, budget, config.cache_tokens + reuse)
         self.capacity = min(num, plan.max_blocks if plan else int(config.num_blocks or num))
         if config.blocks == "auto" or (not config.blocks and (config.portal or config.peers)):
             from swarmnode.server.placement import auto_blocks
