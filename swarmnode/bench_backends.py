@@ -13,7 +13,7 @@ import warnings
 
 import torch
 
-from swarmnode.bench import DEFAULT_PROMPT, local_backend_generate
+from swarmnode.bench import DEFAULT_PROMPT, _Clock, local_backend_generate
 
 PPL_TEXT = (
     "The lighthouse stood at the end of a long spit of rock, white against the grey sea. Every evening the "
@@ -56,21 +56,6 @@ def perplexity(backend, head, ids: torch.Tensor) -> float:
 
 
 BACKENDS = ("torch_fp32", "onnx_fp32", "onnx_int8", "torch_int8")
-
-
-class _Clock:
-    """A streamer that notes when the first new token arrives (the first ``put`` is the prompt)."""
-
-    def __init__(self) -> None:
-        self.n, self.first = 0, 0.0
-
-    def put(self, _) -> None:
-        self.n += 1
-        if self.n == 2:
-            self.first = time.perf_counter()
-
-    def end(self) -> None:
-        pass
 
 
 def _prompt_ids(checkpoint) -> torch.Tensor:
