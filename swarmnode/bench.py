@@ -28,6 +28,13 @@ class _Clock:
         pass
 
 
+def chat_prompt_ids(tokenizer, text: str) -> torch.Tensor:
+    """``(1, T)`` token ids of ``text`` as one user turn of the model's chat template, ready to answer."""
+    messages = [{"role": "user", "content": text}]
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    return ids["input_ids"]
+
+
 def _timed(run, new_tokens: int) -> tuple[float, float, list[int]]:
     clock = _Clock()
     start = time.perf_counter()
@@ -89,9 +96,7 @@ def run_bench(
     path = resolve_model(model)
     checkpoint = Checkpoint(path)
     tokenizer = checkpoint.tokenizer()
-    messages = [{"role": "user", "content": prompt}]
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    ids = ids["input_ids"]
+    ids = chat_prompt_ids(tokenizer, prompt)
     opts = dict(max_new_tokens=new_tokens, do_sample=False, eos_token_id=None)
 
     if backend in ("auto", "torch"):

@@ -13,7 +13,7 @@ import warnings
 
 import torch
 
-from swarmnode.bench import DEFAULT_PROMPT, _Clock, local_backend_generate
+from swarmnode.bench import DEFAULT_PROMPT, _Clock, chat_prompt_ids, local_backend_generate
 
 PPL_TEXT = (
     "The lighthouse stood at the end of a long spit of rock, white against the grey sea. Every evening the "
@@ -58,13 +58,6 @@ def perplexity(backend, head, ids: torch.Tensor) -> float:
 BACKENDS = ("torch_fp32", "onnx_fp32", "onnx_int8", "torch_int8")
 
 
-def _prompt_ids(checkpoint) -> torch.Tensor:
-    tokenizer = checkpoint.tokenizer()
-    messages = [{"role": "user", "content": DEFAULT_PROMPT}]
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    return ids["input_ids"]
-
-
 def _measurer(kind: str, model: str, new_tokens: int):
     """Load one backend (or ``transformers``) and return ``(run, quality)`` closures for it.
 
@@ -74,7 +67,7 @@ def _measurer(kind: str, model: str, new_tokens: int):
     from swarmnode.runtime import TorchBackend
 
     checkpoint = Checkpoint(resolve_model(model))
-    ids = _prompt_ids(checkpoint)
+    ids = chat_prompt_ids(checkpoint.tokenizer(), DEFAULT_PROMPT)
     if kind == "transformers":
         # The reference the ratios stand for: transformers' own generate (PyTorch fp32 eager).
         from transformers import AutoModelForCausalLM

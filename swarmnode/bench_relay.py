@@ -30,15 +30,14 @@ def run_bench_relay(
         medians over ``runs`` after a warm-up of each; ``rtt_*_ms``: median info round trips per node,
         and ``relay_extra_ms_per_token`` their difference summed over the chain (a token crosses each hop once).
     """
+    from swarmnode.bench import chat_prompt_ids
     from swarmnode.client import AutoDistributedModelForCausalLM
     from swarmnode.launcher import LocalSwarm, start_relay
     from swarmnode.models import Checkpoint, resolve_model
 
     checkpoint = Checkpoint(resolve_model(model))
     tokenizer = checkpoint.tokenizer()
-    messages = [{"role": "user", "content": prompt}]
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    ids = ids["input_ids"]
+    ids = chat_prompt_ids(tokenizer, prompt)
     opts = dict(max_new_tokens=new_tokens, do_sample=False, eos_token_id=None)
     with tempfile.TemporaryDirectory() as logs:
         relay = start_relay(log_path=Path(logs) / "relay.log")

@@ -62,21 +62,15 @@ def run_bench_sessions(
     Returns:
         one ``{"sessions", "aggregate_tok_s", "p95_step_s", "tokens_equal"}`` per level.
     """
+    from swarmnode.bench import chat_prompt_ids
     from swarmnode.client import AutoDistributedModelForCausalLM
     from swarmnode.launcher import LocalSwarm
     from swarmnode.models import Checkpoint, resolve_model
 
     checkpoint = Checkpoint(resolve_model(model))
     tokenizer = checkpoint.tokenizer()
-    prompts = [
-        tokenizer.apply_chat_template(
-            [{"role": "user", "content": f"Write three sentences about {TOPICS[i % len(TOPICS)]}."}],
-            add_generation_prompt=True,
-            return_tensors="pt",
-            return_dict=True,
-        )["input_ids"]
-        for i in range(max(levels))
-    ]
+    topics = [TOPICS[i % len(TOPICS)] for i in range(max(levels))]
+    prompts = [chat_prompt_ids(tokenizer, f"Write three sentences about {topic}.") for topic in topics]
     opts = dict(max_new_tokens=new_tokens, do_sample=False, eos_token_id=None)
     node_args = ["--backend", backend] + ([] if prefix_reuse else ["--prefix-cache-tokens", "0"])
     with (
