@@ -60,7 +60,7 @@ class PrefixStore:
     def __init__(self, max_tokens: int) -> None:
         self.max_tokens = max_tokens
         self._entries: OrderedDict[int, Prefix] = OrderedDict()
-        self._by_hash: dict[bytes, tuple[int, int]] = {}  # chain hash -> (entry key, positions it covers)
+        self._by_hash: dict[bytes, int] = {}  # chain hash at position i -> key of an entry holding positions 0..i
         self._next = 0
         self.tokens = 0
         self.hits = 0
@@ -69,15 +69,12 @@ class PrefixStore:
     def longest(self, hashes: list[bytes], most: int) -> tuple[Prefix, int] | None:
         """The entry sharing the longest prefix with ``hashes`` (at most ``most`` positions) and its length."""
         for n in range(min(most, len(hashes)), 0, -1):
-            found = self._by_hash.get(hashes[n - 1])
-            if found is not None:
-                key, covered = found
-                entry = self._entries.get(key)
-                if entry is not None and covered == n:
-                    self._entries.move_to_end(key)
-                    self.hits += 1
-                    self.reused_tokens += n
-                    return entry, n
+            key = self._by_hash.get(hashes[n - 1])
+            if key is not None:  # every mapped key is held (dropping an entry unmaps it)
+                self._entries.move_to_end(key)
+                self.hits += 1
+                self.reused_tokens += n
+                return self._entries[key], n
         return None
 
     def add(self, prefix: Prefix) -> None:
@@ -85,8 +82,8 @@ class PrefixStore:
         if prefix.tokens > self.max_tokens or prefix.tokens == 0:
             return
         known = self._by_hash.get(prefix.hashes[-1])
-        if known is not None and known[1] == prefix.tokens and known[0] in self._entries:
-            self._entries.move_to_end(known[0])  # the same prompt again
+        if known is not None and self._entries[known].tokens == prefix.tokens:
+            self._entries.move_to_end(known)  # the same prompt again
             return
         while self.tokens + prefix.tokens > self.max_tokens and self._entries:
             self._drop(next(iter(self._entries)))
@@ -94,14 +91,14 @@ class PrefixStore:
         self._next += 1
         self._entries[key] = prefix
         self.tokens += prefix.tokens
-        for i, h in enumerate(prefix.hashes):
-            self._by_hash[h] = (key, i + 1)  # a later entry with the same prefix takes it over
+        for h in prefix.hashes:
+            self._by_hash[h] = key  # a later entry with the same prefix takes it over
 
     def _drop(self, key: int) -> None:
         entry = self._entries.pop(key)
         self.tokens -= entry.tokens
         for h in entry.hashes:
-            if self._by_hash.get(h, (None,))[0] == key:
+            if self._by_hash.get(h) == key:
                 del self._by_hash[h]
 
     def __len__(self) -> int:
