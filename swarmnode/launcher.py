@@ -38,6 +38,20 @@ class NodeProcess:
         """Where clients reach the node: its relay address when relayed (spec §9), else its URL."""
         return self.ready.get("relay_address") or self.ready["url"]
 
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM the process and wait for it; kill it if it is still there after ``timeout`` seconds.
+
+        Returns:
+            The exit code (negative: the signal that ended it).
+        """
+        if self.process.poll() is None:
+            self.process.terminate()
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
 
 def start_node(
     model: str,

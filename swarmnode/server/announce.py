@@ -16,6 +16,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from swarmnode.server.blocking import run_blocking
+
 log = logging.getLogger("swarmnode.announce")
 
 REGISTER_PATH = "/api/v1/nodes/register/"
@@ -149,7 +151,7 @@ class Announcer:
 
     async def _post(self, path: str, body: dict[str, Any] | None, timeout: float | None = None) -> dict[str, Any]:
         url = self.portal + path
-        return await asyncio.to_thread(post_json, url, self.token, body, timeout or self.timeout)
+        return await run_blocking(post_json, url, self.token, body, timeout or self.timeout)
 
     async def announce_once(self) -> None:
         """Register if needed, then send one heartbeat.

@@ -17,6 +17,7 @@ import msgpack
 from websockets.asyncio.client import connect
 
 from swarmnode.protocol import PROTOCOL_VERSION, Info, InfoReply, decode, encode
+from swarmnode.server.blocking import run_blocking
 
 log = logging.getLogger("swarmnode.links")
 
@@ -81,7 +82,7 @@ async def probe_links(view: list, start: int, end: int, portal: str | None) -> d
             log.info("link probe to %s failed: %s", url, exc)
     if portal:
         try:
-            out[portal] = await asyncio.to_thread(probe_tracker, portal)
+            out[portal] = await run_blocking(probe_tracker, portal)
         except Exception as exc:
             log.info("tracker probe failed: %s", exc)
     return out

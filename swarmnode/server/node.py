@@ -68,6 +68,10 @@ from swarmnode.server.throughput import Throughput, node_throughput
 
 log = logging.getLogger("swarmnode.node")
 
+# Seconds a stopping node spends on its goodbyes (receipts flushed, relay detached, the portal told) and
+# on closing its clients' connections, so that SIGTERM always ends it soon even when a peer stays silent.
+SHUTDOWN_GRACE_S = 5.0
+
 
 class Node:
     """A node serving blocks [start, end) of one model.
@@ -143,6 +147,7 @@ class Node:
         )
         self.relay_link = None
         self._stopped: asyncio.Future | None = None
+        self._stop_requested = False
 
     def _choose_blocks(self) -> tuple[int, int]:
         """The span to serve: ``--blocks``, or ``--num-blocks`` from block 0, within ``--max-memory``."""
@@ -400,6 +405,7 @@ class Node:
             process_request=self._check_path,
             ping_interval=20,
             ping_timeout=60,
+            close_timeout=SHUTDOWN_GRACE_S / 2,  # a client that never answers our close does not hold us up
         ) as server:
             port = next(iter(server.sockets)).getsockname()[1]
             host = self.config.public_host or self.config.host
@@ -433,19 +439,37 @@ class Node:
 
                 rebalancer = asyncio.create_task(rebalance_loop(self))
             self._stopped = loop.create_future()
+            if self._stop_requested:  # stopped while starting up
+                self._stopped.set_result(None)
             try:
                 await self._stopped
             finally:
                 reaper.cancel()
                 if rebalancer is not None:
                     rebalancer.cancel()
-                await self.push.close()
-                if self.receipts is not None:
-                    await self.receipts.close()
-                if self.relay_link is not None:
-                    await self.relay_link.stop()
-                if announcer is not None:
-                    await announcer.close()
+                await self._say_goodbye(announcer)
+
+    async def _say_goodbye(self, announcer) -> None:
+        """Close push links, flush receipts, detach from the relay and leave the portal, all at once and
+        within :data:`SHUTDOWN_GRACE_S` (a silent portal or relay must not keep a stopping node alive)."""
+        goodbyes = [self.push.close()]
+        if self.receipts is not None:
+            goodbyes.append(self.receipts.close(flush_timeout=SHUTDOWN_GRACE_S / 2))
+        if self.relay_link is not None:
+            goodbyes.append(self.relay_link.stop())
+        if announcer is not None:
+            goodbyes.append(announcer.close())
+        try:
+            async with asyncio.timeout(SHUTDOWN_GRACE_S):
+                await asyncio.gather(*goodbyes, return_exceptions=True)
+        except TimeoutError:
+            log.warning("stopping: goodbyes unfinished after %.0f s (a silent portal or relay)", SHUTDOWN_GRACE_S)
+
+    def stop(self) -> None:
+        """Stop serving gracefully (SIGTERM): :meth:`serve` says its goodbyes and returns."""
+        self._stop_requested = True
+        if self._stopped is not None and not self._stopped.done():
+            self._stopped.set_result(None)
 
     def request_move(self, start: int, end: int) -> None:
         """Stop serving so that :func:`run_node` restarts the node on blocks ``[start, end)``."""
@@ -471,8 +495,15 @@ def run_node(config: NodeConfig) -> None:
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run
+
+    async def main() -> None:
+        # From here on SIGTERM asks the loop to stop the node; raising KeyboardInterrupt inside the running
+        # loop (the handler above, fine while loading) could land in any callback and strand the cleanup.
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, node.stop)
+        await node.serve()
+
     try:
-        runner(node.serve())
+        runner(main())
     except KeyboardInterrupt:
         pass
     if node.moving_to is not None:  # rebalancing: start over on the new span, same port

@@ -15,6 +15,7 @@ import logging
 import random
 import time
 
+from swarmnode.server.blocking import run_blocking
 from swarmnode.server.links import probe_links
 from swarmnode.server.placement import placements, swarm_view
 from swarmnode.server.selection import MoveDecision, Placement, rebalance
@@ -46,7 +47,7 @@ async def rebalance_loop(node, rng: random.Random | None = None) -> None:
     while True:
         await asyncio.sleep(cfg.rebalance_interval * rng.uniform(0.8, 1.2))
         try:
-            view = await asyncio.to_thread(swarm_view, node.model_name, cfg.portal, list(cfg.peers), node.url)
+            view = await run_blocking(swarm_view, node.model_name, cfg.portal, list(cfg.peers), node.url)
             decision = decide(node, view, rng)
             node.links = await probe_links(view, node.start, node.end, cfg.portal)
             for url, q in node.links.items():

@@ -16,6 +16,7 @@ from collections import deque
 
 from swarmnode.receipts import SignedReceipt
 from swarmnode.server.announce import PortalRejected, post_json
+from swarmnode.server.blocking import run_blocking
 
 log = logging.getLogger("swarmnode.receipts")
 
@@ -65,7 +66,7 @@ class ReceiptOutbox:
                 await self._wake.wait()
             signed = self.pending[0]
             try:
-                await asyncio.to_thread(post_json, self.url, self.token, signed.to_json(), self.timeout)
+                await run_blocking(post_json, self.url, self.token, signed.to_json(), self.timeout)
                 self.sent += 1
             except PortalRejected as exc:
                 if exc.status < 500 and exc.status not in (408, 429):  # refused for good: do not retry

@@ -21,6 +21,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from swarmnode.protocol import ProtocolError
 from swarmnode.protocol import relay as envelope
+from swarmnode.server.blocking import run_blocking
 
 log = logging.getLogger("swarmnode.relay_link")
 
@@ -353,7 +354,7 @@ async def start_relaying(node) -> RelayTask | None:
     async def ranked() -> list[str]:  # every (re)attach: the relays known now, least loaded first
         known = list(candidates)
         if portal:
-            known += [r for r in await asyncio.to_thread(tracker_relays, portal) if r not in known and r != node_relay]
+            known += [r for r in await run_blocking(tracker_relays, portal) if r not in known and r != node_relay]
         return await order_by_load(known)
 
     node_relay = node.url + "/relay"  # never attach to ourselves

@@ -56,5 +56,4 @@ def test_it_turns_the_block_range_green_when_a_node_starts(portal, browser):
         page.wait_for_selector("#my-nodes .state.online")
         assert "0:10" in page.inner_text("#my-nodes")
     finally:
-        node.process.terminate()
-        node.process.wait(timeout=30)
+        node.stop()

@@ -146,8 +146,4 @@ def test_it_serves_a_node_behind_nat_through_a_relay_with_the_tokens_of_a_direct
     finally:
         for proc in (node, relay):
             if proc is not None:
-                proc.process.terminate()
-                try:
-                    proc.process.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.process.kill()
+                proc.stop()

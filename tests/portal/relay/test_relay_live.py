@@ -58,5 +58,4 @@ def test_it_serves_a_relayed_node_through_the_portal_and_checks_reachability(por
             plain.close()
     finally:
         for node in (relayed, direct):
-            node.process.terminate()
-            node.process.wait(10)
+            node.stop()
