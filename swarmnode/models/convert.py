@@ -8,7 +8,9 @@ so we convert once (with progress) into a directory that :class:`Checkpoint` rea
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import uuid
 from pathlib import Path
 
 import torch
@@ -24,12 +26,20 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     Returns:
         ``out_dir``, containing ``config.json``, tokenizer files and ``model.safetensors``.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf_path = Path(gguf_path)
-    tmp = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
+    # Unique to this process: two nodes converting at once must not delete each other's work.
+    tmp = out_dir.with_name(f"{out_dir.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial")
     tmp.mkdir(parents=True)
+    try:
+        return _convert_into(gguf_path, tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _convert_into(gguf_path: Path, tmp: Path, out_dir: Path) -> Path:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     print(f"converting {gguf_path.name} to a safetensors checkpoint (one time only)...", flush=True)
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
@@ -51,6 +61,8 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
         state[name] = tensor.detach().contiguous()
     save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
     (tmp / "layerswarm.json").write_text(json.dumps({"source": gguf_path.name}) + "\n")
-    shutil.rmtree(out_dir, ignore_errors=True)
+    if (out_dir / "config.json").is_file() and (out_dir / "model.safetensors").is_file():
+        return out_dir  # another process finished first: keep its copy, which may be in use
+    shutil.rmtree(out_dir, ignore_errors=True)  # a half-made folder from before
     tmp.rename(out_dir)
     return out_dir

@@ -7,11 +7,13 @@ Sessions at different positions can share one batch (each row's padding is maske
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
 import logging
 import os
+import uuid
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +62,22 @@ def span_digest(span: SpanModel, extra: str = "") -> str:
     return h.hexdigest()[:24]
 
 
+@contextlib.contextmanager
+def _atomic_write(path: Path):
+    """Yield a scratch path next to ``path``; move it onto ``path`` when the block succeeds, else remove it.
+
+    The scratch name is unique to this process and call: nodes (or benchmark processes) building the
+    same cached file at once must not write to, or rename away, each other's half-written file.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def export_span(span: SpanModel, path: Path) -> Path:
     """Export ``span`` as a :class:`SpanGraph` with dynamic batch, token and past axes."""
     graph = SpanGraph(span).eval()
@@ -78,9 +96,7 @@ def export_span(span: SpanModel, path: Path) -> Path:
         "new_k": {1: "batch", 3: "tokens"},
         "new_v": {1: "batch", 3: "tokens"},
     }
-    tmp = path.with_suffix(".partial")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with torch.inference_mode():
+    with _atomic_write(path) as tmp, torch.inference_mode():
         torch.onnx.export(
             graph,
             args,
@@ -91,7 +107,6 @@ def export_span(span: SpanModel, path: Path) -> Path:
             output_names=_OUTPUTS,
             dynamic_axes=dynamic,
         )
-    os.replace(tmp, path)
     return path
 
 
@@ -110,9 +125,8 @@ def quantize_int8(src: Path, dst: Path) -> Path:
     _logging.getLogger("onnxruntime.quantization").setLevel(_logging.WARNING)
     quantizer = MatMulNBitsQuantizer(str(src), bits=8, block_size=128, is_symmetric=True, accuracy_level=4)
     quantizer.process()
-    tmp = dst.with_suffix(".partial")
-    quantizer.model.save_model_to_file(str(tmp), use_external_data_format=False)
-    os.replace(tmp, dst)
+    with _atomic_write(dst) as tmp:
+        quantizer.model.save_model_to_file(str(tmp), use_external_data_format=False)
     return dst
 
 
@@ -135,10 +149,8 @@ def _save_once(path: Path, build) -> Path:
     if not path.exists():
         import onnx
 
-        tmp = path.with_suffix(".partial")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        onnx.save(build(), str(tmp))
-        os.replace(tmp, path)
+        with _atomic_write(path) as tmp:
+            onnx.save(build(), str(tmp))
     return path
 
 

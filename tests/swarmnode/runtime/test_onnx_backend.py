@@ -9,7 +9,7 @@ import torch
 from swarmnode.models import Checkpoint, load_client_head, load_span
 from swarmnode.runtime import TorchBackend
 from swarmnode.runtime.backend import tensor_to_wire, wire_to_tensor
-from swarmnode.runtime.onnx_backend import OnnxBackend, exported_span, fused_span
+from swarmnode.runtime.onnx_backend import OnnxBackend, _atomic_write, exported_span, fused_span
 from swarmnode.runtime.planning import build_backend
 
 
@@ -102,6 +102,23 @@ def test_it_exports_once_and_reuses_the_file(tiny_models, fused):
     assert path.stat().st_mtime_ns == mtime
     other = load_span(Checkpoint(tiny_models["llama"]), 3, 6)
     assert build(other) != path  # different weights, different file
+
+
+def test_two_writers_of_one_cached_file_do_not_trip_over_each_other(tmp_path):
+    """Two processes exporting the same span at once each write their own scratch file; the last rename
+    wins (both are the same bytes). A failed write leaves no scratch file behind."""
+    target = tmp_path / "onnx" / "span.onnx"
+    with _atomic_write(target) as first:
+        with _atomic_write(target) as second:
+            assert first != second
+            second.write_bytes(b"second")
+        first.write_bytes(b"first")
+    assert target.read_bytes() == b"first"
+    with pytest.raises(RuntimeError), _atomic_write(target) as third:
+        third.write_bytes(b"half")
+        raise RuntimeError("export failed")
+    assert target.read_bytes() == b"first"
+    assert [p.name for p in target.parent.iterdir()] == ["span.onnx"]
 
 
 def test_the_fused_and_the_portable_graph_agree_past_the_first_buffer(tiny_models):
