@@ -85,6 +85,8 @@ def _measurer(kind: str, model: str, new_tokens: int):
 
     head = load_client_head(checkpoint)
     whole = load_span(checkpoint, 0, checkpoint.num_blocks)
+    if kind == "fp32_memory_bound":
+        return _memory_bound(whole, head), lambda: {"ppl": {}, "weight_bytes": {}}
     fast_head = kind.startswith("onnx")  # ONNX Runtime backends compute logits on ONNX Runtime too
     if fast_head:
         from swarmnode.runtime.onnx_backend import OnnxBackend
@@ -110,6 +112,30 @@ def _measurer(kind: str, model: str, new_tokens: int):
         return result
 
     return run, quality
+
+
+def _memory_bound(whole, head):
+    """``run()`` for the fp32 ceiling of batch-1 decoding on this machine: per token, one matrix-vector
+    product with every weight matrix a token must read (all blocks' and the LM head's, copied into fresh
+    buffers of the same shapes) and nothing else: no attention, no norms, no Python between layers.
+
+    Batch-1 decoding reads each weight once per token, so no fp32 backend can be faster than this
+    on this machine's memory; the figure tells how much room a goal like "2x PyTorch" leaves.
+    """
+    weights = [m.weight.detach().clone() for m in whole.modules() if isinstance(m, torch.nn.Linear)]
+    weights.append(head.lm_head.weight.detach().clone())
+    del whole, head
+    vectors = {w.shape[1]: torch.randn(w.shape[1]) for w in weights}
+
+    def run(count: int):
+        with torch.inference_mode():
+            began = time.perf_counter()
+            for _ in range(count):
+                for w in weights:
+                    w @ vectors[w.shape[1]]
+            return count / (time.perf_counter() - began), []
+
+    return run
 
 
 def _worker(kind: str, model: str, new_tokens: int, conn) -> None:
@@ -169,7 +195,9 @@ def run_bench_backends(model: str = "smollm2", new_tokens: int = 64, runs: int =
 
     Returns:
         ``{"torch_fp32_tok_s", "onnx_fp32_tok_s", "onnx_int8_tok_s", "torch_int8_tok_s",
-        "default_backend", "default_reason", "ppl": {...}, "weight_bytes": {...}, "ratios": {...}}``.
+        "default_backend", "default_reason", "ppl": {...}, "weight_bytes": {...}, "ratios": {...}}``, and
+        ``fp32_memory_bound_tok_s``: the speed of reading every fp32 weight once per token and doing
+        nothing else (a ceiling no fp32 backend passes on this machine, see :func:`_memory_bound`).
     """
     import multiprocessing
 
@@ -177,7 +205,7 @@ def run_bench_backends(model: str = "smollm2", new_tokens: int = 64, runs: int =
     from swarmnode.runtime.planning import build_backend
 
     ctx = multiprocessing.get_context("spawn")
-    kinds = ("transformers", *BACKENDS)
+    kinds = ("transformers", *BACKENDS, "fp32_memory_bound")
     procs = [_Process(ctx, kind, model, new_tokens) for kind in kinds]
     speeds: dict[str, list[float]] = {k: [] for k in kinds}
     tokens: dict[str, list[int]] = {}
