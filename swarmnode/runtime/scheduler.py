@@ -6,7 +6,8 @@ count, one sequence each, same wire dtype), up to ``max_batch``. Batches form fr
 queued while the previous pass ran, so a lone session pays no batching delay, with one
 exception: when other sessions decoded here within the last ``recent_s`` and their next step
 is due (from each session's own pace), a decoding batch waits up to ``batch_window`` seconds
-for them (and a first prompt, for the first prompts of sessions opened here moments ago).
+for them (and a session's first step, for the first steps of sessions opened here moments ago:
+a first prompt, or what a reused prefix left of one, which is often decoding-sized).
 Sessions moving through a chain of nodes in lockstep would otherwise split at every hop into
 the one that arrived first and everyone else (two passes instead of one); slower sessions are
 not waited for. Nodes sharing one machine can take turns on its cores
@@ -55,6 +56,7 @@ class Job:
     seq: int
     enqueued: float = field(default_factory=time.monotonic)
     fresh: bool = False  # the first piece of a session's first prompt (its cache is still empty)
+    opening: bool = False  # its session's first step here (the session was opened here lately)
     prev_pass: int | None = None  # the pass its session's previous step ran in (None: none yet)
 
     @property
@@ -216,8 +218,9 @@ class Scheduler:
 
     async def _submit(self, kind: int, hidden: WireTensor, cache, fresh: bool = False) -> WireTensor:
         self.start()
-        self._opened.pop(id(cache), None)
-        job = Job(kind, hidden, cache, asyncio.get_running_loop().create_future(), next(self._seq), fresh=fresh)
+        opening = self._opened.pop(id(cache), None) is not None
+        future = asyncio.get_running_loop().create_future()
+        job = Job(kind, hidden, cache, future, next(self._seq), fresh=fresh, opening=opening)
         if kind == DECODE or fresh:
             seen = self._recent.get(id(cache))
             if kind == DECODE and seen is not None and (seen.ref is None or seen.ref() is cache):
@@ -306,6 +309,11 @@ class Scheduler:
         inside = {id(j.cache) for j in batch}
         mates = {j.prev_pass for j in batch if j.prev_pass is not None}
         due = 0
+        if any(j.opening for j in batch):
+            # A session's first step (a short prompt, or what a reused prefix left of one): sessions
+            # opened with it whose first step has not come yet are on their way (they started together).
+            self._opened = self._still_here(self._opened)
+            due += sum(1 for k in self._opened if k not in inside)
         for k, seen in self._recent.items():
             if k in inside:
                 continue

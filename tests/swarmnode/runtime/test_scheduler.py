@@ -373,6 +373,38 @@ def test_sessions_that_just_sent_their_first_prompt_are_waited_for_at_their_firs
     assert [(c[0], c[1]) for c in backend.calls] == [("batch", 3)]
 
 
+def test_short_first_steps_of_sessions_opened_together_share_a_pass():
+    """A first prompt whose prefix a node reused leaves a step of a position or two (a decoding-sized
+    step): sessions opened together still start as one batch instead of the first one running alone
+    and the rest catching up for rounds. A session opened alone does not wait for anyone."""
+    gate = threading.Event()
+    gate.set()
+    backend = Recorder(gate)
+
+    async def main():
+        sched = Scheduler(backend, ThreadPoolExecutor(1), max_batch=8, batch_window=0.5)
+        names = [f"o{i}" for i in range(3)]
+        for name in names:
+            sched.opened(name)
+        first = asyncio.create_task(sched.step(hid(1), names[0]))  # arrives alone...
+        await asyncio.sleep(0.05)
+        late = [asyncio.create_task(sched.step(hid(1), name)) for name in names[1:]]  # ...the others soon after
+        await asyncio.gather(first, *late)
+        together = list(backend.calls)
+        backend.calls.clear()
+        await asyncio.sleep(0.6)  # the three are no longer due
+        sched.opened("alone")
+        began = time.monotonic()
+        await sched.step(hid(1), "alone")
+        waited = time.monotonic() - began
+        await sched.stop()
+        return together, waited
+
+    together, waited = run(main())
+    assert together == [("batch", 3, ["o0", "o1", "o2"])]
+    assert waited < 0.25
+
+
 def test_first_prompts_do_not_wait_without_a_window():
     backend = Recorder()
     backend.batches_prompts = True
