@@ -86,7 +86,7 @@ def _measurer(kind: str, model: str, new_tokens: int):
     head = load_client_head(checkpoint)
     whole = load_span(checkpoint, 0, checkpoint.num_blocks)
     if kind == "fp32_memory_bound":
-        return _memory_bound(whole, head), lambda: {"ppl": {}, "weight_bytes": {}}
+        return _memory_bound(whole, head, new_tokens), lambda: {"ppl": {}, "weight_bytes": {}}
     fast_head = kind.startswith("onnx")  # ONNX Runtime backends compute logits on ONNX Runtime too
     if fast_head:
         from swarmnode.runtime.onnx_backend import OnnxBackend
@@ -114,26 +114,27 @@ def _measurer(kind: str, model: str, new_tokens: int):
     return run, quality
 
 
-def _memory_bound(whole, head):
-    """``run()`` for the fp32 ceiling of batch-1 decoding on this machine: per token, one matrix-vector
-    product with every weight matrix a token must read (all blocks' and the LM head's, copied into fresh
-    buffers of the same shapes) and nothing else: no attention, no norms, no Python between layers.
+def _memory_bound(whole, head, new_tokens: int):
+    """``run()`` for the fp32 ceiling of batch-1 decoding on this machine: per token, read as many bytes
+    as all weight matrices a token needs (every block's and the LM head's) in the most memory-friendly
+    way there is, one matrix-vector product over one contiguous buffer of that size, and nothing else.
 
-    Batch-1 decoding reads each weight once per token, so no fp32 backend can be faster than this
-    on this machine's memory; the figure tells how much room a goal like "2x PyTorch" leaves.
+    Batch-1 decoding must read each weight once per token, so no fp32 backend can decode faster than
+    this on this machine's memory; the figure tells how much room a goal like "2x PyTorch" leaves.
     """
-    weights = [m.weight.detach().clone() for m in whole.modules() if isinstance(m, torch.nn.Linear)]
-    weights.append(head.lm_head.weight.detach().clone())
+    count = sum(m.weight.numel() for m in whole.modules() if isinstance(m, torch.nn.Linear))
+    count += head.lm_head.weight.numel()
     del whole, head
-    vectors = {w.shape[1]: torch.randn(w.shape[1]) for w in weights}
+    width = 4096
+    weights = torch.randn(-(-count // width), width)
+    vector = torch.randn(width)
 
-    def run(count: int):
+    def run(tokens: int = new_tokens):
         with torch.inference_mode():
             began = time.perf_counter()
-            for _ in range(count):
-                for w in weights:
-                    w @ vectors[w.shape[1]]
-            return count / (time.perf_counter() - began), []
+            for _ in range(tokens):
+                weights @ vector
+            return tokens / (time.perf_counter() - began), []
 
     return run
 
