@@ -71,6 +71,8 @@ log = logging.getLogger("swarmnode.node")
 # Seconds a stopping node spends on its goodbyes (receipts flushed, relay detached, the portal told) and
 # on closing its clients' connections, so that SIGTERM always ends it soon even when a peer stays silent.
 SHUTDOWN_GRACE_S = 5.0
+# Longest lone decoding step a node runs on its event loop instead of its compute thread (Scheduler.inline_s).
+INLINE_S = 0.02
 
 
 class Node:
@@ -120,6 +122,9 @@ class Node:
             prefill_chunk=config.prefill_chunk,
             batch_window=config.batch_window,
             machine_lock=config.machine_lock,
+            # A node relaying for others keeps its event loop free: a lone step run inline there would
+            # hold up every relayed frame for as long as the step takes.
+            inline_s=0.0 if config.relay_capacity > 0 else INLINE_S,
         )
         # Recent first prompts, reused by later sessions with the same salt (spec §4.9; backends that can).
         self.prefixes = (

@@ -247,3 +247,13 @@ def test_it_relays_through_a_node_started_with_relay_capacity(tiny_models, tmp_p
             if p is not None:
                 p.process.kill()
                 p.process.wait()
+
+
+def test_a_node_relaying_for_others_never_runs_steps_on_its_event_loop(tiny_models):
+    """A lone step run inline would hold up every frame it relays for as long as the step takes."""
+    from swarmnode.server.config import NodeConfig
+    from swarmnode.server.node import INLINE_S, Node
+
+    base = dict(model=str(tiny_models["llama"]), blocks="0:2", backend="torch", dtype="float32")
+    assert Node(NodeConfig(**base)).scheduler.inline_s == INLINE_S > 0
+    assert Node(NodeConfig(**base, relay_capacity=2)).scheduler.inline_s == 0.0
