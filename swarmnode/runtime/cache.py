@@ -33,6 +33,9 @@ class SessionState:
     last_used: float = field(default_factory=time.monotonic)
     busy: bool = False  # a step is running (pushed steps run concurrently, spec §7)
     prefix_salt: str = ""  # shares first-prompt prefixes with sessions of the same salt (spec §4.9)
+    # Chain hashes and output rows of every position so far, kept when the session closes (§4.9); None: not kept.
+    prefix_hashes: list | None = None
+    prefix_outputs: list = field(default_factory=list)
 
 
 class CachePool:

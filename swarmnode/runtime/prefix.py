@@ -1,9 +1,10 @@
 """Prompt prefixes a node has already run, reused by later sessions of the same client.
 
 Chats start from the same system prompt, and every turn of a conversation sends the previous
-turns again. A node keeps what it computed for recent first prompts (the span's keys and values
-and its outputs, position by position) and, when a new session's first prompt begins with the same
-input rows, copies those in and runs only the rest.
+turns again. A node keeps what it computed for recent first prompts, and for whole sessions when
+they are closed (first prompt, then every step after it: a chat turn's prompt and its answer) —
+the span's keys and values and its outputs, position by position — and, when a new session's first
+prompt begins with the same input rows, copies those in and runs only the rest.
 
 A prefix is found by the bytes of the node's *inputs* (hidden states), hashed position by
 position in a chain (the hash at position ``i`` covers rows ``0..i``), so the keys and values
@@ -22,11 +23,14 @@ from dataclasses import dataclass
 from swarmnode.protocol import WireTensor
 
 
-def chain_hashes(salt: str, hidden: WireTensor) -> list[bytes]:
-    """The hash of rows ``0..i`` of a ``(1, T, H)`` tensor for every ``i`` (salted, dtype included)."""
+def chain_hashes(salt: str, hidden: WireTensor, after: bytes | None = None) -> list[bytes]:
+    """The hash of rows ``0..i`` of a ``(1, T, H)`` tensor for every ``i`` (salted, dtype included).
+
+    ``after``: the chain hash of the rows before these (a session's later steps continue its chain).
+    """
     _, t, _ = hidden.shape
     row = len(hidden.data) // t
-    h = hashlib.blake2b(f"{salt}\0{hidden.dtype}\0{hidden.shape[2]}".encode(), digest_size=16).digest()
+    h = after or hashlib.blake2b(f"{salt}\0{hidden.dtype}\0{hidden.shape[2]}".encode(), digest_size=16).digest()
     out = []
     view = memoryview(hidden.data)
     for i in range(t):
@@ -91,8 +95,15 @@ class PrefixStore:
         self._next += 1
         self._entries[key] = prefix
         self.tokens += prefix.tokens
+        covered = set()
         for h in prefix.hashes:
+            old = self._by_hash.get(h)
+            if old is not None:
+                covered.add(old)
             self._by_hash[h] = key  # a later entry with the same prefix takes it over
+        for old in covered:  # an entry the new one extends (a session's first prompt) is of no more use
+            if self._by_hash.get(self._entries[old].hashes[-1]) == key:
+                self._drop(old)
 
     def _drop(self, key: int) -> None:
         entry = self._entries.pop(key)

@@ -297,7 +297,9 @@ class Node:
                 id=msg.id, hidden=out, compute_us=compute_us, signature=self._sign("forward", "", 0, hidden, out)
             )
         if isinstance(msg, CloseSession):
-            served = self.pool.get(msg.session_id, owner).served_tokens
+            state = self.pool.get(msg.session_id, owner)
+            served = state.served_tokens
+            self._keep_session(state)
             self.pool.close(msg.session_id)
             signature, why = self._countersign(msg, served) if msg.receipt else ("", "")
             return SessionClosed(
@@ -333,7 +335,9 @@ class Node:
         fresh = state.position == 0
         store = self.prefixes
         if not (fresh and store is not None and state.prefix_salt and hidden.shape[0] == 1 and hidden.shape[1] > 1):
-            return await self.scheduler.step(hidden, state.cache, fresh=fresh), 0
+            out = await self.scheduler.step(hidden, state.cache, fresh=fresh)
+            self._track(state, hidden, out)
+            return out, 0
         hashes = chain_hashes(state.prefix_salt, hidden)
         found = store.longest(hashes, hidden.shape[1] - 1)  # at least one position is computed
         if found is None:
@@ -344,7 +348,28 @@ class Node:
             rest = await self.scheduler.step(slice_tokens(hidden, reused, hidden.shape[1]), state.cache)
             out = concat_tokens([slice_tokens(entry.output, 0, reused), rest])
         store.add(Prefix(hashes, self.backend.export_prefix(state.cache, hidden.shape[1]), out))
+        state.prefix_hashes, state.prefix_outputs = hashes, [out]  # continued by later steps (_track)
         return out, reused
+
+    def _track(self, state, hidden: WireTensor, out: WireTensor) -> None:
+        """Extend a session's chain of input hashes and its output rows by a later step, so that the
+        whole session can be kept as a prefix when it closes (a chat's next turn starts with this one)."""
+        if state.prefix_hashes is None:
+            return
+        if hidden.shape[0] != 1 or len(state.prefix_hashes) + hidden.shape[1] > self.prefixes.max_tokens:
+            state.prefix_hashes, state.prefix_outputs = None, []  # would not fit the store: stop tracking
+            return
+        state.prefix_hashes.extend(chain_hashes(state.prefix_salt, hidden, after=state.prefix_hashes[-1]))
+        state.prefix_outputs.append(out)
+
+    def _keep_session(self, state) -> None:
+        """Keep a closing session's positions as a prefix for later sessions with its salt (spec §4.9)."""
+        hashes = state.prefix_hashes
+        if hashes is None or len(state.prefix_outputs) < 2 or state.busy or len(hashes) != state.position:
+            return  # nothing beyond its first prompt (kept already), or a step still running
+        self.prefixes.add(
+            Prefix(hashes, self.backend.export_prefix(state.cache, len(hashes)), concat_tokens(state.prefix_outputs))
+        )
 
     def _sign(self, kind: str, session_id: str, position: int, inputs, output) -> str:
         """Sign the digest of a result (spec §11): who computed what from what."""

@@ -73,6 +73,23 @@ def test_reused_prompt_prefixes_give_the_tokens_of_a_fresh_computation(onnx_swar
         assert reused == fresh, prompt
 
 
+def test_a_chat_turn_reuses_the_previous_turn_and_its_answer(onnx_swarm):
+    """Nodes keep a closed session whole (spec §4.9): the next turn, which repeats the conversation,
+    computes only what is new, and gives the tokens of a fresh computation."""
+    remote = AutoDistributedModelForCausalLM.from_pretrained("smollm2", peers=onnx_swarm.urls)
+    opts = dict(max_new_tokens=16, do_sample=False, eos_token_id=None)
+    first = remote.tokenizer.apply_chat_template(
+        [{"role": "user", "content": PROMPTS[2]}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )["input_ids"]
+    answered = remote.generate(first, **opts)  # the prompt and its 16-token answer
+    follow_up = remote.tokenizer("<|im_end|>\n<|im_start|>user\nAnd at sunset?<|im_end|>\n", return_tensors="pt")
+    second = torch.cat([answered, follow_up["input_ids"]], dim=1)
+    again = remote.generate(second, **opts)[0].tolist()
+    # every position the first session fed the nodes: its prompt and all but the last answer token
+    assert remote.last_stats.cached_prompt_tokens == answered.shape[1] - 1
+    assert again == remote.generate(second, prefix_salt="", **opts)[0].tolist()
+
+
 def test_concurrent_generations_get_exactly_their_tokens_alone(onnx_swarm):
     """Sessions started together share padded prompt passes and batched decoding passes on every
     node (and batched logits here); each still gets exactly the tokens it gets alone."""

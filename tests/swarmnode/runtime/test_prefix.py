@@ -58,3 +58,23 @@ def test_it_keeps_within_its_budget_dropping_the_least_recently_used():
     assert store.tokens == 16
     store.add(first)  # the same prompt again: kept once
     assert len(store) == 2 and store.tokens == 16
+
+
+def test_a_chain_continued_step_by_step_equals_hashing_all_rows_at_once():
+    x = rows(6, 9)
+    whole = chain_hashes("s", tensor_from_numpy(x))
+    parts = chain_hashes("s", tensor_from_numpy(x[:, :5]))
+    for i in range(5, 9):
+        parts += chain_hashes("s", tensor_from_numpy(x[:, i : i + 1]), after=parts[-1])
+    assert parts == whole
+
+
+def test_a_whole_session_replaces_the_entry_of_its_first_prompt():
+    store = PrefixStore(100)
+    session = rows(7, 14)
+    store.add(prefix("s", session[:, :6]))  # its first prompt, kept at once
+    store.add(prefix("s", rows(8, 4)))  # someone else's
+    store.add(prefix("s", session))  # the whole session, kept when it closed
+    assert len(store) == 2 and store.tokens == 18
+    turn = np.concatenate([session, rows(9, 3)], axis=1)  # the next turn: the session so far, then more
+    assert store.longest(chain_hashes("s", tensor_from_numpy(turn)), 16)[1] == 14

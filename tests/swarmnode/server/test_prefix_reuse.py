@@ -7,7 +7,7 @@ import torch
 from swarmnode.client import RemoteError, RemoteSpan
 from swarmnode.launcher import start_node
 from swarmnode.models import Checkpoint, load_span
-from swarmnode.protocol import OpenSession, Step, tensor_from_numpy
+from swarmnode.protocol import CloseSession, OpenSession, Step, tensor_from_numpy
 from swarmnode.runtime import TorchBackend
 from swarmnode.runtime.backend import tensor_to_wire, wire_to_tensor
 
@@ -31,8 +31,9 @@ def onnx_node(tiny_models, tmp_path_factory):
     node.process.wait()
 
 
-def run(url: str, name: str, salt: str, steps: list[np.ndarray]) -> tuple[list[np.ndarray], int]:
-    """Open a session, run ``steps``; the outputs and how many prompt positions the node reused."""
+def run(url: str, name: str, salt: str, steps: list[np.ndarray], close: bool = False) -> tuple[list[np.ndarray], int]:
+    """Open a session, run ``steps``; the outputs and how many prompt positions the node reused.
+    ``close``: end with ``close_session`` (else the connection just drops)."""
     span = RemoteSpan(url)
     try:
         span.request(OpenSession(session_id=name, max_length=64, prefix_salt=salt))
@@ -43,6 +44,8 @@ def run(url: str, name: str, salt: str, steps: list[np.ndarray]) -> tuple[list[n
             assert i == 0 or reply.cached_tokens == 0
             position = reply.position
             outs.append(reply.hidden.to_numpy())
+        if close:
+            span.request(CloseSession(session_id=name))
         return outs, cached
     finally:
         span.close()
@@ -95,3 +98,27 @@ def test_an_overlong_salt_is_refused_clearly(onnx_node):
         assert err.value.code == "bad_field" and "prefix_salt" in err.value.message
     finally:
         span.close()
+
+
+def test_the_next_turn_reuses_the_whole_closed_session_prompt_and_answer(onnx_node, tiny_models):
+    """A chat's next turn sends the conversation so far: a session closed with ``close_session`` is
+    kept whole (its first prompt and every step after it), so only the new rows are computed."""
+    answer = [np.random.default_rng(20 + i).standard_normal((1, 1, 64)).astype(np.float32) for i in range(3)]
+    first_turn = [prompt(11, 4), *answer]
+    run(onnx_node.url, "turn1", "client-e", first_turn, close=True)
+    conversation = np.concatenate([prompt(11, 4), *answer, np.ones((1, 2, 64), np.float32)], 1)
+    steps = [conversation]
+    reused, cached = run(onnx_node.url, "turn2", "client-e", steps)
+    assert cached == 17  # 14 prompt rows and 3 answer rows; the 2 new rows computed
+    fresh, other = run(onnx_node.url, "turn2-other", "client-f", steps)
+    assert other == 0
+    np.testing.assert_allclose(reused[0], fresh[0], atol=1e-5)
+    expected = reference(tiny_models, steps)[0]
+    np.testing.assert_allclose(reused[0], expected, atol=1e-3 * max(1.0, np.abs(expected).max()))
+
+
+def test_a_dropped_session_is_not_kept_beyond_its_first_prompt(onnx_node):
+    answer = [np.random.default_rng(30 + i).standard_normal((1, 1, 64)).astype(np.float32) for i in range(2)]
+    run(onnx_node.url, "dropped", "client-g", [prompt(13, 3), *answer])  # no close_session
+    conversation = np.concatenate([prompt(13, 3), *answer, np.ones((1, 1, 64), np.float32)], 1)
+    assert run(onnx_node.url, "after-drop", "client-g", [conversation])[1] == 13  # the first prompt only
