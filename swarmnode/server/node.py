@@ -73,6 +73,8 @@ log = logging.getLogger("swarmnode.node")
 SHUTDOWN_GRACE_S = 5.0
 # Longest lone decoding step a node runs on its event loop instead of its compute thread (Scheduler.inline_s).
 INLINE_S = 0.02
+# Open sessions together keep at most this many times --prefix-cache-tokens output rows for the prefix store.
+TRACKED_ROWS_FACTOR = 4
 
 
 class Node:
@@ -153,6 +155,7 @@ class Node:
         self.relay_link = None
         self._stopped: asyncio.Future | None = None
         self._stop_requested = False
+        self._tracked_rows = 0  # output rows sessions keep for the prefix store (see _track)
 
     def _choose_blocks(self) -> tuple[int, int]:
         """The span to serve: ``--blocks``, or ``--num-blocks`` from block 0, within ``--max-memory``."""
@@ -348,7 +351,9 @@ class Node:
             rest = await self.scheduler.step(slice_tokens(hidden, reused, hidden.shape[1]), state.cache)
             out = concat_tokens([slice_tokens(entry.output, 0, reused), rest])
         store.add(Prefix(hashes, self.backend.export_prefix(state.cache, hidden.shape[1]), out))
-        state.prefix_hashes, state.prefix_outputs = hashes, [out]  # continued by later steps (_track)
+        if self._room_to_track(len(hashes)):  # continued by later steps (_track)
+            state.prefix_hashes, state.prefix_outputs = hashes, [out]
+            self._tracked_rows += len(hashes)
         return out, reused
 
     def _track(self, state, hidden: WireTensor, out: WireTensor) -> None:
@@ -356,20 +361,39 @@ class Node:
         whole session can be kept as a prefix when it closes (a chat's next turn starts with this one)."""
         if state.prefix_hashes is None:
             return
-        if hidden.shape[0] != 1 or len(state.prefix_hashes) + hidden.shape[1] > self.prefixes.max_tokens:
-            state.prefix_hashes, state.prefix_outputs = None, []  # would not fit the store: stop tracking
+        new = hidden.shape[1]
+        if (
+            hidden.shape[0] != 1
+            or len(state.prefix_hashes) + new > self.prefixes.max_tokens  # would not fit the store
+            or not self._room_to_track(new)
+        ):
+            self._tracked_rows = max(0, self._tracked_rows - len(state.prefix_hashes))
+            state.prefix_hashes, state.prefix_outputs = None, []  # stop tracking this session
             return
         state.prefix_hashes.extend(chain_hashes(state.prefix_salt, hidden, after=state.prefix_hashes[-1]))
         state.prefix_outputs.append(out)
+        self._tracked_rows += new
+
+    def _room_to_track(self, rows: int) -> bool:
+        """Whether all sessions together may track ``rows`` more output rows (at most
+        :data:`TRACKED_ROWS_FACTOR` x the prefix store's positions, so a crowd of long sessions cannot
+        fill the memory). The count is recomputed from the open sessions when it nears the limit (sessions
+        that ended without a close are not subtracted as they go)."""
+        limit = TRACKED_ROWS_FACTOR * self.prefixes.max_tokens
+        if self._tracked_rows + rows > limit:
+            self._tracked_rows = sum(len(s.prefix_hashes or ()) for s in self.pool.sessions.values())
+        return self._tracked_rows + rows <= limit
 
     def _keep_session(self, state) -> None:
         """Keep a closing session's positions as a prefix for later sessions with its salt (spec §4.9)."""
         hashes = state.prefix_hashes
-        if hashes is None or len(state.prefix_outputs) < 2 or state.busy or len(hashes) != state.position:
+        if hashes is None:
+            return
+        self._tracked_rows = max(0, self._tracked_rows - len(hashes))
+        state.prefix_hashes, state.prefix_outputs, outputs = None, [], state.prefix_outputs
+        if len(outputs) < 2 or state.busy or len(hashes) != state.position:
             return  # nothing beyond its first prompt (kept already), or a step still running
-        self.prefixes.add(
-            Prefix(hashes, self.backend.export_prefix(state.cache, len(hashes)), concat_tokens(state.prefix_outputs))
-        )
+        self.prefixes.add(Prefix(hashes, self.backend.export_prefix(state.cache, len(hashes)), concat_tokens(outputs)))
 
     def _sign(self, kind: str, session_id: str, position: int, inputs, output) -> str:
         """Sign the digest of a result (spec §11): who computed what from what."""

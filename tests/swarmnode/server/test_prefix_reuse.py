@@ -122,3 +122,26 @@ def test_a_dropped_session_is_not_kept_beyond_its_first_prompt(onnx_node):
     run(onnx_node.url, "dropped", "client-g", [prompt(13, 3), *answer])  # no close_session
     conversation = np.concatenate([prompt(13, 3), *answer, np.ones((1, 1, 64), np.float32)], 1)
     assert run(onnx_node.url, "after-drop", "client-g", [conversation])[1] == 13  # the first prompt only
+
+
+def test_sessions_together_track_at_most_four_times_the_store(onnx_node):
+    """The node keeps the positions of open sessions for the store only up to 4 x --prefix-cache-tokens
+    (64 here): the fifth 52-row session is not tracked, so closing it keeps nothing of it."""
+    token = np.ones((1, 1, 64), np.float32)
+    spans, names = [], [f"crowd{i}" for i in range(5)]
+    try:
+        for i, name in enumerate(names):
+            span = RemoteSpan(onnx_node.url)
+            spans.append(span)
+            span.request(OpenSession(session_id=name, max_length=64, prefix_salt="client-h"))
+            span.request(Step(session_id=name, position=0, hidden=tensor_from_numpy(prompt(40 + i, 42))))
+            span.request(Step(session_id=name, position=52, hidden=tensor_from_numpy(token)))
+        spans[3].request(CloseSession(session_id=names[3]))  # tracked: kept whole
+        spans[4].request(CloseSession(session_id=names[4]))  # not tracked: nothing kept
+    finally:
+        for span in spans:
+            span.close()
+    follow = [np.concatenate([prompt(43, 42), token, token], 1)]
+    assert run(onnx_node.url, "after-crowd-3", "client-h", follow)[1] == 53
+    follow = [np.concatenate([prompt(44, 42), token, token], 1)]
+    assert run(onnx_node.url, "after-crowd-4", "client-h", follow)[1] == 10  # the shared system rows only
