@@ -7,7 +7,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from swarmnode.client.remote import PeerInfo, RemoteError, RemoteSpan
+from swarmnode.client.remote import POOL, PeerInfo, RemoteError, RemoteSpan
 
 
 @dataclass
@@ -65,18 +65,17 @@ def ping(url: str, timeout: float = 5.0, count: int = 2) -> tuple[PeerInfo, floa
     Raises:
         RemoteError: the node cannot be reached or does not answer.
     """
-    span = RemoteSpan(url, timeout=timeout)
-    try:
-        best = float("inf")
-        info = None
+
+    def timed(span: RemoteSpan) -> tuple[PeerInfo, float]:
+        best, info = float("inf"), None
         for _ in range(max(1, count)):
             started = time.perf_counter()
             info = span.info()
             best = min(best, time.perf_counter() - started)
         assert info is not None
         return info, best
-    finally:
-        span.close()
+
+    return POOL.use(url, timeout, timed)  # the connection stays open for a session about to start there
 
 
 def ping_all(

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from swarmnode.client.wsclient import BlockingWebSocket
 from swarmnode.protocol import Error, Info, InfoReply, Limits, Message, ProtocolError, decode, encode
 from swarmnode.protocol.relay import relay_key_id
 from swarmnode.secure_channel import ChannelError, SecureChannel, client_handshake, finish_handshake, key_id
+
+T = TypeVar("T")
 
 # Suites to offer, best first; every node must accept the last one (what WebCrypto can do, spec §10.2).
 SUITE_PREFERENCE = ("x25519-chacha20poly1305", "x25519-aes256gcm")
@@ -87,6 +93,9 @@ class RemoteSpan:
     def __init__(self, url: str, timeout: float = 60.0, *, public_key: str = "", secure: bool | None = None) -> None:
         self.url = url
         self.timeout = timeout
+        self.reused = False  # taken from a SpanPool rather than opened for its current user
+        self.peer_key = ""  # the node key the secure channel was agreed with ("" when not secure)
+        self._clean = True  # every request so far got its reply: no late frame can still arrive
         self._next_id = 1
         self._channel: SecureChannel | None = None
         self.key_id = relay_key_id(url)
@@ -121,6 +130,7 @@ class RemoteSpan:
         if not public_key:
             public_key = self.info().public_key
         self._check_key(public_key)
+        self.peer_key = public_key
         for suite in SUITE_PREFERENCE:
             try:
                 self._channel = self._handshake(public_key, suite)
@@ -163,6 +173,7 @@ class RemoteSpan:
         """
         message = dataclasses.replace(message, id=self._next_id)
         self._next_id += 1
+        self._clean = False  # until the reply is in
         try:
             self._send_frame(encode(message))
             frame = self._ws.recv(timeout=self.timeout if timeout is None else timeout)
@@ -170,6 +181,7 @@ class RemoteSpan:
             raise RemoteError(self.url, "timeout", "no reply in time") from None
         except Exception as exc:
             raise RemoteError(self.url, "unavailable", f"connection lost ({type(exc).__name__})") from None
+        self._clean = True
         reply = self._parse(frame)
         if reply.id != message.id:
             raise RemoteError(self.url, "bad_reply", f"reply id {reply.id} for request {message.id}")
@@ -184,6 +196,7 @@ class RemoteSpan:
         if request_id is None:
             request_id = self._next_id
             self._next_id += 1
+        self._clean = False  # replies to sent messages come whenever they come: never pooled again
         try:
             self._send_frame(encode(dataclasses.replace(message, id=request_id)))
         except Exception as exc:
@@ -234,3 +247,111 @@ class RemoteSpan:
             self._ws.close()
         except Exception:
             pass
+
+    def reusable(self) -> bool:
+        """Whether the connection can carry another session: open, every request answered, nothing unread."""
+        return self._clean and self._ws.idle()
+
+
+class SpanPool:
+    """Idle connections to nodes, kept for the next session (like an HTTP client's keep-alive pool).
+
+    Every generation opens a session on each node of its route; without a pool that is a TCP connect,
+    a websocket handshake (and for relayed nodes an end-to-end key agreement, spec §10) per node, per
+    generation. A connection goes back to the pool only after a clean close of its session (every
+    request answered, nothing unread), and one that went stale meanwhile (the node restarted) is
+    replaced by the caller (see :meth:`take`).
+
+    Args:
+        per_node: idle connections kept per node (and encryption setting) at most.
+        idle_s: an idle connection older than this is closed instead of reused.
+    """
+
+    def __init__(self, per_node: int = 8, idle_s: float = 30.0) -> None:
+        self.per_node = per_node
+        self.idle_s = idle_s
+        self._idle: dict[tuple, list[tuple[RemoteSpan, float]]] = {}
+        self._lock = threading.Lock()
+        self.opened = 0
+        self.reused = 0
+
+    @staticmethod
+    def _key(url: str, secure: bool | None) -> tuple:
+        return url, secure if secure is not None else relay_key_id(url) is not None
+
+    def take(self, url: str, timeout: float = 60.0, *, public_key: str = "", secure: bool | None = None) -> RemoteSpan:
+        """An idle connection to ``url`` (``span.reused`` is then True: if its first request fails with
+        ``unavailable``, the node may have dropped it while idle; open a fresh one), else a new one. A
+        secure connection is reused only if it was agreed with ``public_key`` (when one is given).
+
+        Raises:
+            RemoteError: as :class:`RemoteSpan`.
+        """
+        key = self._key(url, secure)
+        now = time.monotonic()
+        while True:
+            with self._lock:
+                idle = self._idle.get(key)
+                span, since = idle.pop() if idle else (None, 0.0)
+            if span is None:
+                break
+            same_key = not public_key or not span.secure or span.peer_key == public_key
+            if now - since <= self.idle_s and same_key and span.reusable():
+                span.timeout = timeout
+                span.reused = True
+                self.reused += 1
+                return span
+            span.close()
+        span = RemoteSpan(url, timeout, public_key=public_key, secure=secure)
+        self.opened += 1
+        return span
+
+    def use(self, url: str, timeout: float, fn: Callable[[RemoteSpan], T]) -> T:
+        """``fn(span)`` on a pooled connection to ``url`` (a fresh one if a reused connection turns out to
+        have been dropped), which goes back to the pool afterwards.
+
+        Raises:
+            RemoteError: as ``fn`` or :class:`RemoteSpan`.
+        """
+        span = self.take(url, timeout)
+        try:
+            try:
+                result = fn(span)
+            except RemoteError as exc:
+                if not span.reused or exc.code != "unavailable":
+                    raise
+                span.close()
+                span = RemoteSpan(url, timeout)
+                self.opened += 1
+                result = fn(span)
+        except BaseException:
+            span.close()
+            raise
+        self.give(span)
+        return result
+
+    def give(self, span: RemoteSpan, secure: bool | None = None) -> None:
+        """Keep ``span`` (taken with this ``secure``) for a later :meth:`take`, or close it if it is unfit."""
+        if not span.reusable():
+            span.close()
+            return
+        key = self._key(span.url, secure)
+        with self._lock:
+            idle = self._idle.setdefault(key, [])
+            idle.append((span, time.monotonic()))
+            extra = idle[: max(0, len(idle) - self.per_node)]
+            del idle[: len(extra)]
+        for old, _ in extra:
+            old.close()
+
+    def clear(self) -> None:
+        """Close every idle connection."""
+        with self._lock:
+            spans = [span for idle in self._idle.values() for span, _ in idle]
+            self._idle.clear()
+        for span in spans:
+            span.close()
+
+
+POOL = SpanPool()
+"""The process's pool of idle node connections, shared by every session of every client object."""

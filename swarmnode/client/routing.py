@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from swarmnode.client.remote import PeerInfo, RemoteError, RemoteSpan
+from swarmnode.client.remote import POOL, PeerInfo, RemoteError, RemoteSpan
 
 
 class SwarmNotCovering(Exception):
@@ -296,11 +296,7 @@ def probe_peers(urls: list[str], timeout: float = 10.0) -> tuple[list[PeerInfo],
     infos, errors = [], {}
     for url in urls:
         try:
-            span = RemoteSpan(url, timeout=timeout)
-            try:
-                infos.append(span.info())
-            finally:
-                span.close()
+            infos.append(POOL.use(url, timeout, RemoteSpan.info))  # the connection stays open for a session
         except RemoteError as exc:
             errors[url] = str(exc)
     return infos, errors

@@ -39,7 +39,7 @@ from swarmnode.client.audit import (
     tolerance_for,
 )
 from swarmnode.client.failover import BanList, FailoverPolicy, StepTimer
-from swarmnode.client.remote import PeerInfo, RemoteError, RemoteSpan
+from swarmnode.client.remote import POOL, PeerInfo, RemoteError, RemoteSpan
 from swarmnode.client.routing import Hop, RoutingPolicy, SwarmNotCovering, route
 from swarmnode.identity import NodeIdentity
 from swarmnode.protocol import (
@@ -276,19 +276,23 @@ class InferenceSession:
     # -- one node -------------------------------------------------------------------------
 
     def _open(self, hs: _HopState) -> None:
-        hs.span = RemoteSpan(
-            hs.url, timeout=min(self.timeout, 10.0), public_key=hs.hop.peer.public_key, secure=self.secure
+        opening = OpenSession(
+            session_id=self.session_id,
+            max_length=self.max_length,
+            dtype=self.wire_dtype,
+            push_key=self.push_key,
+            prefix_salt=self.prefix_salt,
         )
-        hs.span.request(
-            OpenSession(
-                session_id=self.session_id,
-                max_length=self.max_length,
-                dtype=self.wire_dtype,
-                push_key=self.push_key,
-                prefix_salt=self.prefix_salt,
-            ),
-            timeout=min(self.timeout, 10.0),
-        )
+        timeout = min(self.timeout, 10.0)
+        hs.span = POOL.take(hs.url, timeout, public_key=hs.hop.peer.public_key, secure=self.secure)
+        try:
+            hs.span.request(opening, timeout=timeout)
+        except RemoteError as exc:
+            if not hs.span.reused or exc.code != "unavailable":
+                raise
+            hs.span.close()  # an idle connection the node dropped meanwhile (it restarted): open a new one
+            hs.span = RemoteSpan(hs.url, timeout, public_key=hs.hop.peer.public_key, secure=self.secure)
+            hs.span.request(opening, timeout=timeout)
 
     def _check(self, url: str, out: WireTensor | None, sent: WireTensor) -> WireTensor:
         if out is None or out.shape != sent.shape or out.dtype != sent.dtype:
@@ -747,6 +751,10 @@ class InferenceSession:
             )
             if receipt is not None and isinstance(reply, SessionClosed):
                 self._keep_receipt(receipt, signature, reply)
+            if isinstance(reply, SessionClosed) and not self.push:  # closed cleanly: the next session may use it
+                POOL.give(hs.span, secure=self.secure)
+                hs.span = None
+                return
         except RemoteError:
             pass
         hs.span.close()

@@ -198,6 +198,11 @@ class BlockingWebSocket:
         """True once the connection closed or broke."""
         return self._closed
 
+    def idle(self) -> bool:
+        """Open, with no message waiting unread: fit to carry the next request (reads what arrived first)."""
+        self.keepalive()
+        return not self._closed and not self._messages and not self._fragments
+
     def close(self) -> None:
         """Start the closing handshake and drop the connection (the node frees its sessions)."""
         with self._lock:

@@ -90,11 +90,13 @@ def test_a_session_asks_for_signatures_only_when_it_audits(swarm, infos):
         session = InferenceSession(
             [infos["a0"], infos["b1"]], 8, audit=audit, peers=[p for k, p in infos.items() if k != "bad"]
         )
-        request = session._hops[0].span.request
-        session._hops[0].span.request = lambda m, timeout=None, request=request: sent.append(m) or request(m, timeout)
+        span = session._hops[0].span
+        request = span.request
+        span.request = lambda m, timeout=None, request=request: sent.append(m) or request(m, timeout)
         try:
             session.step(_hidden(2, 1))
         finally:
+            del span.request  # the connection goes back to the pool: the next session gets it unwatched
             session.close()
         assert [m.skip_signature for m in sent if isinstance(m, Step)] == [audit is None]
         sent.clear()
