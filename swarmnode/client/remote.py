@@ -306,27 +306,40 @@ class SpanPool:
         self.opened += 1
         return span
 
-    def use(self, url: str, timeout: float, fn: Callable[[RemoteSpan], T]) -> T:
-        """``fn(span)`` on a pooled connection to ``url`` (a fresh one if a reused connection turns out to
-        have been dropped), which goes back to the pool afterwards.
+    def open(
+        self,
+        url: str,
+        timeout: float,
+        first: Callable[[RemoteSpan], T],
+        *,
+        public_key: str = "",
+        secure: bool | None = None,
+    ) -> tuple[RemoteSpan, T]:
+        """A pooled (or new) connection to ``url`` with ``first(span)`` run on it; if a reused connection
+        turns out to have been dropped while idle (``unavailable``: the node restarted), a fresh one
+        instead. The caller owns the connection: :meth:`give` it back or close it.
 
         Raises:
-            RemoteError: as ``fn`` or :class:`RemoteSpan`.
+            RemoteError: as ``first`` or :class:`RemoteSpan` (the connection is then closed).
         """
-        span = self.take(url, timeout)
+        span = self.take(url, timeout, public_key=public_key, secure=secure)
         try:
             try:
-                result = fn(span)
+                return span, first(span)
             except RemoteError as exc:
                 if not span.reused or exc.code != "unavailable":
                     raise
-                span.close()
-                span = RemoteSpan(url, timeout)
-                self.opened += 1
-                result = fn(span)
+            span.close()
+            span = RemoteSpan(url, timeout, public_key=public_key, secure=secure)
+            self.opened += 1
+            return span, first(span)
         except BaseException:
             span.close()
             raise
+
+    def use(self, url: str, timeout: float, fn: Callable[[RemoteSpan], T]) -> T:
+        """``fn(span)`` on a pooled connection to ``url`` (see :meth:`open`), given back afterwards."""
+        span, result = self.open(url, timeout, fn)
         self.give(span)
         return result
 

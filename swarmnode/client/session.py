@@ -284,15 +284,13 @@ class InferenceSession:
             prefix_salt=self.prefix_salt,
         )
         timeout = min(self.timeout, 10.0)
-        hs.span = POOL.take(hs.url, timeout, public_key=hs.hop.peer.public_key, secure=self.secure)
-        try:
-            hs.span.request(opening, timeout=timeout)
-        except RemoteError as exc:
-            if not hs.span.reused or exc.code != "unavailable":
-                raise
-            hs.span.close()  # an idle connection the node dropped meanwhile (it restarted): open a new one
-            hs.span = RemoteSpan(hs.url, timeout, public_key=hs.hop.peer.public_key, secure=self.secure)
-            hs.span.request(opening, timeout=timeout)
+        hs.span, _ = POOL.open(
+            hs.url,
+            timeout,
+            lambda span: span.request(opening, timeout=timeout),
+            public_key=hs.hop.peer.public_key,
+            secure=self.secure,
+        )
 
     def _check(self, url: str, out: WireTensor | None, sent: WireTensor) -> WireTensor:
         if out is None or out.shape != sent.shape or out.dtype != sent.dtype:
