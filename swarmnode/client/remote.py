@@ -260,7 +260,7 @@ class SpanPool:
     a websocket handshake (and for relayed nodes an end-to-end key agreement, spec §10) per node, per
     generation. A connection goes back to the pool only after a clean close of its session (every
     request answered, nothing unread), and one that went stale meanwhile (the node restarted) is
-    replaced by the caller (see :meth:`take`).
+    replaced by a fresh one (see :meth:`open`).
 
     Args:
         per_node: idle connections kept per node (and encryption setting) at most.
@@ -281,8 +281,8 @@ class SpanPool:
 
     def take(self, url: str, timeout: float = 60.0, *, public_key: str = "", secure: bool | None = None) -> RemoteSpan:
         """An idle connection to ``url`` (``span.reused`` is then True: if its first request fails with
-        ``unavailable``, the node may have dropped it while idle; open a fresh one), else a new one. A
-        secure connection is reused only if it was agreed with ``public_key`` (when one is given).
+        ``unavailable``, the node may have dropped it while idle, which :meth:`open` handles), else a new
+        one. A secure connection is reused only if it was agreed with ``public_key`` (when one is given).
 
         Raises:
             RemoteError: as :class:`RemoteSpan`.
