@@ -45,6 +45,13 @@ def run(coro):
     return asyncio.run(coro)
 
 
+async def first_alone_then_the_rest(step, count: int, gap: float = 0.05):
+    """Run ``step(0)`` first, by itself, and ``step(1..count-1)`` ``gap`` seconds later; wait for all."""
+    first = asyncio.create_task(step(0))
+    await asyncio.sleep(gap)
+    await asyncio.gather(first, *(asyncio.create_task(step(i)) for i in range(1, count)))
+
+
 def test_it_batches_decoding_steps_that_queue_up_together():
     gate = threading.Event()
     backend = Recorder(gate)
@@ -200,10 +207,7 @@ def test_it_waits_briefly_for_recently_active_sessions_to_share_a_pass():
         await asyncio.gather(*(sched.step(hid(1, i), names[i]) for i in range(3)))  # all three now active
         sched._inline_est = 1e-4  # lone steps are known to be short: one arriving alone could run at once
         backend.calls.clear()
-        first = asyncio.create_task(sched.step(hid(1), names[0]))  # arrives alone...
-        await asyncio.sleep(0.05)
-        late = [asyncio.create_task(sched.step(hid(1, i), names[i])) for i in (1, 2)]  # ...the others soon after
-        await asyncio.gather(first, *late)
+        await first_alone_then_the_rest(lambda i: sched.step(hid(1, i), names[i]), 3)
         await sched.stop()
 
     run(main())
@@ -333,10 +337,7 @@ def test_a_first_prompt_waits_briefly_for_sessions_just_opened_to_share_its_pass
         names = [f"p{i}" for i in range(3)]
         for name in names:
             sched.opened(name)
-        first = asyncio.create_task(sched.step(hid(9), names[0], fresh=True))  # arrives alone...
-        await asyncio.sleep(0.05)
-        late = [asyncio.create_task(sched.step(hid(10 + i), names[i], fresh=True)) for i in (1, 2)]  # ...then these
-        await asyncio.gather(first, *late)
+        await first_alone_then_the_rest(lambda i: sched.step(hid((9, 11, 12)[i]), names[i], fresh=True), 3)
         together = list(backend.calls)
         backend.calls.clear()
         began = time.monotonic()  # every opened session has sent its prompt: nobody is waited for
@@ -363,10 +364,7 @@ def test_sessions_that_just_sent_their_first_prompt_are_waited_for_at_their_firs
         names = [f"s{i}" for i in range(3)]
         await asyncio.gather(*(sched.step(hid(6), name, fresh=True) for name in names))
         backend.calls.clear()
-        first = asyncio.create_task(sched.step(hid(1), names[0]))  # the first decoding step, alone...
-        await asyncio.sleep(0.05)
-        late = [asyncio.create_task(sched.step(hid(1), name)) for name in names[1:]]  # ...the others soon after
-        await asyncio.gather(first, *late)
+        await first_alone_then_the_rest(lambda i: sched.step(hid(1), names[i]), 3)  # first decoding steps
         await sched.stop()
 
     run(main())
@@ -386,10 +384,7 @@ def test_short_first_steps_of_sessions_opened_together_share_a_pass():
         names = [f"o{i}" for i in range(3)]
         for name in names:
             sched.opened(name)
-        first = asyncio.create_task(sched.step(hid(1), names[0]))  # arrives alone...
-        await asyncio.sleep(0.05)
-        late = [asyncio.create_task(sched.step(hid(1), name)) for name in names[1:]]  # ...the others soon after
-        await asyncio.gather(first, *late)
+        await first_alone_then_the_rest(lambda i: sched.step(hid(1), names[i]), 3)
         together = list(backend.calls)
         backend.calls.clear()
         await asyncio.sleep(0.6)  # the three are no longer due
