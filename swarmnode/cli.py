@@ -96,8 +96,8 @@ def _prompt_ids(tokenizer, prompt: str, chat: bool, system: str | None):
 
 
 def _identity(args: argparse.Namespace) -> None:
-    from swarmnode.identity import NodeIdentity
-    from swarmnode.receipts import key_of
+    from swarmnode.trust.identity import NodeIdentity
+    from swarmnode.trust.receipts import key_of
 
     identity = NodeIdentity.load_or_create(args.file)
     print(json.dumps({"client_key": key_of(identity), "public_key": identity.public_key}))
@@ -116,7 +116,7 @@ def _generate(args: argparse.Namespace) -> None:
     routing = RoutingPolicy(mode=args.routing, rtt_weight=0.5 if args.push else 1.0)
     identity = None
     if args.identity:  # sign usage receipts (spec §8) with a key registered on the portal's credits page
-        from swarmnode.identity import NodeIdentity
+        from swarmnode.trust.identity import NodeIdentity
 
         identity = NodeIdentity.load_or_create(args.identity)
     from swarmnode.client.audit import AuditPolicy, EvidenceReporter
@@ -187,7 +187,7 @@ def _cut_at_stop(text: str, stops: list[str]) -> str:
 
 def _bench(args: argparse.Namespace) -> None:
     if args.sessions:
-        from swarmnode.bench_sessions import run_bench_sessions
+        from swarmnode.bench.sessions import run_bench_sessions
 
         levels = tuple(int(x) for x in args.sessions.split(","))
         backend = args.backend or "auto"
@@ -206,26 +206,26 @@ def _bench(args: argparse.Namespace) -> None:
         print(json.dumps(rows) if args.json else json.dumps(rows, indent=2))
         return
     if args.relay:
-        from swarmnode.bench_relay import run_bench_relay
+        from swarmnode.bench.relay import run_bench_relay
 
         result = run_bench_relay(args.model, args.nodes, args.new_tokens, args.runs, backend=args.backend or "auto")
         print(json.dumps(result) if args.json else json.dumps(result, indent=2))
         return
-    from swarmnode.bench import run_bench
+    from swarmnode.bench.swarm import run_bench
 
     result = run_bench(args.model, args.nodes, args.new_tokens, args.runs, backend=args.backend or "auto")
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
 
 
 def _bench_backends(args: argparse.Namespace) -> None:
-    from swarmnode.bench_backends import run_bench_backends
+    from swarmnode.bench.backends import run_bench_backends
 
     result = run_bench_backends(args.model, args.new_tokens, args.runs)
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
 
 
 def _bench_audit(args: argparse.Namespace) -> None:
-    from swarmnode.bench_audit import run_bench_audit
+    from swarmnode.bench.audit import run_bench_audit
 
     result = run_bench_audit(
         args.model,

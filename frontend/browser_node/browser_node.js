@@ -8,7 +8,7 @@ function b64url(bytes) {
   return btoa(s).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
 }
 
-/** The node's long-lived keys (swarmnode/identity.py): Ed25519 signs, X25519 agrees session keys. */
+/** The node's long-lived keys (swarmnode/trust/identity.py): Ed25519 signs, X25519 agrees session keys. */
 export class NodeKeys {
   static async generate() {
     const keys = new NodeKeys();

@@ -1,4 +1,4 @@
-// Usage receipts (spec §8, swarmnode/receipts.py): the browser node countersigns what it served, like a Python node.
+// Usage receipts (spec §8, swarmnode/trust/receipts.py): the browser node countersigns what it served, like a Python node.
 import { decode as msgpackDecode, encode as msgpackEncode } from "../msgpack/index.mjs";
 
 const CLIENT_TAG = new TextEncoder().encode("layerswarm/receipt/v1/client\0");

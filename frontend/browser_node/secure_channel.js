@@ -1,4 +1,4 @@
-// The node's side of end-to-end encryption (spec §10, swarmnode/secure_channel.py), with WebCrypto:
+// The node's side of end-to-end encryption (spec §10, swarmnode/trust/secure_channel.py), with WebCrypto:
 // X25519 agreement, HKDF-SHA256, AES-256-GCM; ChaCha20-Poly1305 (the Python clients' default suite, which
 // WebCrypto lacks) from @noble/ciphers, installed from npm like the rest of the runtime.
 import { decode as msgpackDecode, encode as msgpackEncode } from "../msgpack/index.mjs";

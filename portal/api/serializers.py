@@ -10,7 +10,7 @@ from rest_framework import serializers
 from portal.swarm.models import Node, SwarmModel
 from portal.swarm.tracker import Beat, Registration
 from swarmnode.protocol.relay import relay_key_id
-from swarmnode.secure_channel import key_id
+from swarmnode.trust.secure_channel import key_id
 
 MAX_BLOCK = 100_000
 MAX_INT32 = 2**31 - 1

@@ -22,8 +22,8 @@ from django.utils import timezone
 
 from portal.ledger.models import ClientKey, Receipt
 from portal.swarm.models import Node
-from swarmnode.identity import NodeIdentity
-from swarmnode.receipts import ReceiptError, SignedReceipt, key_of, raw_key
+from swarmnode.trust.identity import NodeIdentity
+from swarmnode.trust.receipts import ReceiptError, SignedReceipt, key_of, raw_key
 
 
 class ReceiptRefused(ValueError):

@@ -16,13 +16,13 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from portal.relay import relaying
-from swarmnode.identity import parse_public_key, verify_signature
 from swarmnode.protocol import Error, ProtocolError, encode
 from swarmnode.protocol import relay as envelope
-from swarmnode.secure_channel import key_id as make_key_id
-from swarmnode.secure_channel import random_bytes
 from swarmnode.server.relay_hub import check_dial_back
 from swarmnode.server.throttle import TokenBucket, throttle
+from swarmnode.trust.identity import parse_public_key, verify_signature
+from swarmnode.trust.secure_channel import key_id as make_key_id
+from swarmnode.trust.secure_channel import random_bytes
 
 HANDSHAKE_FRAME_BYTES = 64 * 1024
 HANDSHAKE_TIMEOUT_S = 10.0

@@ -15,7 +15,7 @@ class RelayedNode(models.Model):
     consumer may run on another daphne worker and still forward frames to it.
     """
 
-    key_id = models.CharField(max_length=32, unique=True)  # swarmnode.secure_channel.key_id of its public keys
+    key_id = models.CharField(max_length=32, unique=True)  # swarmnode.trust.secure_channel.key_id of its public keys
     public_key = models.CharField(max_length=512)
     token = models.ForeignKey(NodeToken, on_delete=models.CASCADE, related_name="relayed_nodes")
     channel_name = models.CharField(max_length=200)

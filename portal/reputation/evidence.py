@@ -1,7 +1,7 @@
 """Checking audit evidence that clients report: both sides' signatures, and the disagreement itself.
 
 A report names the audited node and the auditor (the last node of the replay route) and carries
-each one's signed result (``swarmnode.attestation.SignedResult``): the digest, the signature, and
+each one's signed result (``swarmnode.trust.attestation.SignedResult``): the digest, the signature, and
 the last position of the output. The portal checks each signature against the key the node
 announced, that both results end at the same position of the same blocks, and recomputes the
 relative error between the two last positions against the precision's tolerance
@@ -19,8 +19,8 @@ from django.db import IntegrityError, transaction
 from portal.reputation import scoring
 from portal.reputation.models import AuditEvidence
 from portal.swarm.models import Node
-from swarmnode.attestation import SignedResult
 from swarmnode.protocol.compare import relative_errors, to_float32, tolerance_for
+from swarmnode.trust.attestation import SignedResult
 
 
 class EvidenceError(Exception):

@@ -39,10 +39,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from swarmnode.attestation import SignedResult, signed_result
 from swarmnode.client.remote import PeerInfo, RemoteError, RemoteSpan
 from swarmnode.protocol import Forward, ForwardResult, WireTensor, all_finite
 from swarmnode.protocol.compare import TOLERANCE, relative_errors, to_float32, tolerance_for
+from swarmnode.trust.attestation import SignedResult, signed_result
 
 log = logging.getLogger("swarmnode.audit")
 

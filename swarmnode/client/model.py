@@ -18,17 +18,18 @@ import torch
 from swarmnode.client.audit import AuditPolicy, EvidenceReporter
 from swarmnode.client.failover import BanList, FailoverPolicy, StepTimer
 from swarmnode.client.generation import SamplingParams, build_processors, select_next
+from swarmnode.client.head import load_client_head
 from swarmnode.client.latency import RttTable, ping_all
 from swarmnode.client.remote import PeerInfo, RemoteSpan
 from swarmnode.client.routing import RoutingPolicy, SwarmNotCovering, find_chain
 from swarmnode.client.session import AuditRollback, AuditStats, FailoverEvent, InferenceSession
 from swarmnode.client.tracker import fetch_spans
-from swarmnode.identity import NodeIdentity
-from swarmnode.models import Checkpoint, load_client_head, resolve_model
+from swarmnode.models import Checkpoint, resolve_model
 from swarmnode.models.registry import model_name
+from swarmnode.models.wire import tensor_to_wire, wire_to_tensor
 from swarmnode.protocol import Forward, ForwardResult
-from swarmnode.receipts import SignedReceipt
-from swarmnode.runtime.backend import tensor_to_wire, wire_to_tensor
+from swarmnode.trust.identity import NodeIdentity
+from swarmnode.trust.receipts import SignedReceipt
 
 
 @dataclass
@@ -443,7 +444,7 @@ class AutoDistributedModelForCausalLM:
             portal: a portal URL (``http://host:8000``) whose tracker lists the nodes serving ``model``.
             routing: how chains are priced (latency or throughput mode, penalties).
             failover: retry budget, bans, adaptive timeouts and replay mode.
-            identity: the client's key pair (``swarmnode.identity.NodeIdentity``): sessions then close
+            identity: the client's key pair (``swarmnode.trust.identity.NodeIdentity``): sessions then close
                 with signed usage receipts, countersigned by the nodes, kept in ``.receipts`` (spec §8).
             on_receipt: called with each countersigned receipt (e.g. to submit it to the portal).
             secure: end-to-end encrypt activations to every node (spec §10); ``None`` (default): only

@@ -12,7 +12,7 @@ from typing import TypeVar
 from swarmnode.client.wsclient import BlockingWebSocket
 from swarmnode.protocol import Error, Info, InfoReply, Limits, Message, ProtocolError, decode, encode
 from swarmnode.protocol.relay import relay_key_id
-from swarmnode.secure_channel import ChannelError, SecureChannel, client_handshake, finish_handshake, key_id
+from swarmnode.trust.secure_channel import ChannelError, SecureChannel, client_handshake, finish_handshake, key_id
 
 T = TypeVar("T")
 

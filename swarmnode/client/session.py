@@ -41,7 +41,7 @@ from swarmnode.client.audit import (
 from swarmnode.client.failover import BanList, FailoverPolicy, StepTimer
 from swarmnode.client.remote import POOL, PeerInfo, RemoteError, RemoteSpan
 from swarmnode.client.routing import Hop, RoutingPolicy, SwarmNotCovering, route
-from swarmnode.identity import NodeIdentity
+from swarmnode.models.wire import tensor_to_wire, wire_to_tensor
 from swarmnode.protocol import (
     CloseSession,
     OpenSession,
@@ -52,8 +52,8 @@ from swarmnode.protocol import (
     all_finite,
     tensor_from_numpy,
 )
-from swarmnode.receipts import ReceiptError, SignedReceipt, UsageReceipt, key_of, signing_key
-from swarmnode.runtime.backend import tensor_to_wire, wire_to_tensor
+from swarmnode.trust.identity import NodeIdentity
+from swarmnode.trust.receipts import ReceiptError, SignedReceipt, UsageReceipt, key_of, signing_key
 
 # Errors caused by what the client asked, not by the node: another node would answer the same.
 CLIENT_ERRORS = frozenset(

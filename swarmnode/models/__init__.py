@@ -12,16 +12,15 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from swarmnode.models.checkpoint import Checkpoint  # noqa: E402
 from swarmnode.models.registry import KNOWN_MODELS, fetch_model, layerswarm_home, resolve_model  # noqa: E402
-from swarmnode.models.span import ClientHead, SpanModel, load_client_head, load_span  # noqa: E402
+from swarmnode.models.span import SpanModel, load_head_modules, load_span  # noqa: E402
 
 __all__ = [
     "KNOWN_MODELS",
     "Checkpoint",
-    "ClientHead",
     "SpanModel",
     "fetch_model",
     "layerswarm_home",
-    "load_client_head",
+    "load_head_modules",
     "load_span",
     "resolve_model",
 ]

@@ -5,24 +5,8 @@ from __future__ import annotations
 import torch
 
 from swarmnode.models.span import SpanModel
+from swarmnode.models.wire import WIRE_DTYPES, tensor_to_wire, wire_to_tensor
 from swarmnode.protocol import WireTensor
-
-_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-_WIRE_DTYPES = {v: k for k, v in _TORCH_DTYPES.items()}
-
-
-def wire_to_tensor(tensor: WireTensor, dtype: torch.dtype | None = None, device: str = "cpu") -> torch.Tensor:
-    """Copy wire bytes into a torch tensor (never ``torch.load``: bytes are only reinterpreted)."""
-    out = torch.frombuffer(bytearray(tensor.data), dtype=_TORCH_DTYPES[tensor.dtype]).reshape(tensor.shape)
-    return out.to(device=device, dtype=dtype or out.dtype)
-
-
-def tensor_to_wire(tensor: torch.Tensor, dtype: str | None = None) -> WireTensor:
-    """Encode a tensor as little-endian bytes in ``dtype`` (default: its own dtype)."""
-    dtype = dtype or _WIRE_DTYPES[tensor.dtype]
-    t = tensor.detach().to(device="cpu", dtype=_TORCH_DTYPES[dtype]).contiguous()
-    raw = t.view(torch.int16) if t.dtype == torch.bfloat16 else t
-    return WireTensor(dtype, tuple(t.shape), raw.numpy().tobytes())
 
 
 class TorchBackend:
@@ -49,7 +33,7 @@ class TorchBackend:
         self.device = device
         self.dtype = dtype
         self.threads = threads or torch.get_num_threads()
-        self.precision = _WIRE_DTYPES[dtype]
+        self.precision = WIRE_DTYPES[dtype]
         # On CPU a one-token step is bound by memory and per-op overhead, not arithmetic: extra
         # threads add little and their barriers stall whenever another process holds a core.
         self.small_step_threads = small_step_threads or self.threads

@@ -7,13 +7,10 @@ Sessions at different positions can share one batch (each row's padding is maske
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import json
 import logging
-import os
-import uuid
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,21 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from swarmnode.models.cachefiles import atomic_write, save_onnx_once
 from swarmnode.models.registry import layerswarm_home
 from swarmnode.models.span import SpanModel
-from swarmnode.protocol import WireTensor, tensor_from_numpy
+from swarmnode.models.wire import array_to_wire
+from swarmnode.protocol import WireTensor
 from swarmnode.protocol.compare import to_float32  # a writable float32 copy, through NumPy
-from swarmnode.runtime.backend import tensor_to_wire
 from swarmnode.runtime.graph import GRAPH_VERSION, SpanGraph, causal_mask
-
-
-def float32_to_wire(array: np.ndarray, dtype: str) -> WireTensor:
-    """Encode a float32 array in the wire ``dtype`` through NumPy (a torch round trip costs ~0.1 ms a
-    step cold, at every hop); bfloat16 rounded by torch, as the other backends do."""
-    if dtype == "bfloat16":
-        return tensor_to_wire(torch.from_numpy(np.ascontiguousarray(array)), dtype)
-    return tensor_from_numpy(array, dtype)
-
 
 log = logging.getLogger("swarmnode.onnx")
 
@@ -62,22 +51,6 @@ def span_digest(span: SpanModel, extra: str = "") -> str:
     return h.hexdigest()[:24]
 
 
-@contextlib.contextmanager
-def _atomic_write(path: Path):
-    """Yield a scratch path next to ``path``; move it onto ``path`` when the block succeeds, else remove it.
-
-    The scratch name is unique to this process and call: nodes (or benchmark processes) building the
-    same cached file at once must not write to, or rename away, each other's half-written file.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def export_span(span: SpanModel, path: Path) -> Path:
     """Export ``span`` as a :class:`SpanGraph` with dynamic batch, token and past axes."""
     graph = SpanGraph(span).eval()
@@ -96,7 +69,7 @@ def export_span(span: SpanModel, path: Path) -> Path:
         "new_k": {1: "batch", 3: "tokens"},
         "new_v": {1: "batch", 3: "tokens"},
     }
-    with _atomic_write(path) as tmp, torch.inference_mode():
+    with atomic_write(path) as tmp, torch.inference_mode():
         torch.onnx.export(
             graph,
             args,
@@ -125,7 +98,7 @@ def quantize_int8(src: Path, dst: Path) -> Path:
     _logging.getLogger("onnxruntime.quantization").setLevel(_logging.WARNING)
     quantizer = MatMulNBitsQuantizer(str(src), bits=8, block_size=128, is_symmetric=True, accuracy_level=4)
     quantizer.process()
-    with _atomic_write(dst) as tmp:
+    with atomic_write(dst) as tmp:
         quantizer.model.save_model_to_file(str(tmp), use_external_data_format=False)
     return dst
 
@@ -144,16 +117,6 @@ def exported_span(span: SpanModel, precision: str = "float32") -> Path:
     return _precision_variant(fp32, precision, span)
 
 
-def _save_once(path: Path, build) -> Path:
-    """Write ``build()`` (an ONNX model) to ``path`` unless it is there; atomically (tmp + rename)."""
-    if not path.exists():
-        import onnx
-
-        with _atomic_write(path) as tmp:
-            onnx.save(build(), str(tmp))
-    return path
-
-
 def fused_span(span: SpanModel, precision: str = "float32") -> Path:
     """The span's ONNX file built from ONNX Runtime's fused kernels (:mod:`swarmnode.runtime.onnx_graph`).
 
@@ -168,7 +131,7 @@ def fused_span(span: SpanModel, precision: str = "float32") -> Path:
     fp32 = cache / f"span-{digest}-fused.onnx"
     if not fp32.exists():
         log.info("building blocks %d:%d as a fused ONNX graph (cached as %s)", span.start, span.end, fp32.name)
-    _save_once(fp32, lambda: build_span_graph(span))
+    save_onnx_once(fp32, lambda: build_span_graph(span))
     return _precision_variant(fp32, precision, span)
 
 
@@ -431,7 +394,7 @@ class OnnxBackend:
             cache.k = np.concatenate([cache.k, new_k], axis=3)
             cache.v = np.concatenate([cache.v, new_v], axis=3)
         cache.length = p + t
-        return float32_to_wire(out, hidden.dtype)
+        return array_to_wire(out, hidden.dtype)
 
     def export_prefix(self, cache: OnnxCache, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Copies of the keys and values of ``cache``'s first ``n`` positions (a prompt prefix to reuse)."""
@@ -515,43 +478,8 @@ class OnnxBackend:
                 c.k = np.concatenate([c.k, new_k[:, row : row + 1]], axis=3)
                 c.v = np.concatenate([c.v, new_v[:, row : row + 1]], axis=3)
                 c.length += t
-        return [float32_to_wire(out[row : row + 1, : news[row]], h.dtype) for row, (h, _) in enumerate(items)]
+        return [array_to_wire(out[row : row + 1, : news[row]], h.dtype) for row, (h, _) in enumerate(items)]
 
     def forward(self, hidden: WireTensor) -> WireTensor:
         """Run positions 0..T-1 without a cache."""
         return self.step(hidden, self.new_cache())
-
-
-class OnnxHead:
-    """The client's final norm and LM head in ONNX Runtime (CPU, fp32).
-
-    The LM head reads ~113 MB of weights per token for the default model; PyTorch's CPU
-    matrix-vector product measured ~3x slower than ONNX Runtime's here, and the head ran as
-    long as a third of the whole model. Not bit-identical to PyTorch (different summation
-    order), so clients use it only where exactness is not promised (see ``head_backend``).
-    """
-
-    def __init__(self, norm: torch.nn.Module, lm_head: torch.nn.Linear, threads: int | None = None) -> None:
-        import onnxruntime as ort
-
-        from swarmnode.runtime.onnx_graph import build_head_graph
-
-        eps = float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
-        h = hashlib.sha256(f"head1 {eps} {ort.__version__}".encode())
-        for t in (norm.weight, lm_head.weight, lm_head.bias):
-            if t is not None:
-                h.update(t.detach().float().contiguous().cpu().numpy().tobytes())
-        path = layerswarm_home() / "onnx" / f"head-{h.hexdigest()[:24]}.onnx"
-        _save_once(path, lambda: build_head_graph(norm.weight, eps, lm_head.weight, lm_head.bias))
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or torch.get_num_threads()
-        opts.inter_op_num_threads = 1
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "1")
-        opts.add_session_config_entry("session.force_spinning_stop", "1")
-        self.path = path
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:  # (B, T, H) -> (B, T, V)
-        """Logits of ``hidden``."""
-        x = np.ascontiguousarray(hidden.detach().to("cpu", torch.float32).numpy())
-        return torch.from_numpy(self.session.run(None, {"hidden": x})[0])

@@ -176,31 +176,3 @@ def build_span_graph(span: SpanModel):
     )
     model.ir_version = 9
     return model
-
-
-def build_head_graph(norm_weight: torch.Tensor, eps: float, lm_weight: torch.Tensor, lm_bias: torch.Tensor | None):
-    """The client's final norm and LM head: ``hidden (B, T, H) -> logits (B, T, V)``."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    hidden, vocab = lm_weight.shape[1], lm_weight.shape[0]
-    inits = [
-        numpy_helper.from_array(np.ascontiguousarray(_np(norm_weight)), "norm"),
-        numpy_helper.from_array(np.ascontiguousarray(_np(lm_weight).T), "lm_head"),
-    ]
-    nodes = [
-        helper.make_node("SimplifiedLayerNormalization", ["hidden", "norm"], ["x"], axis=-1, epsilon=float(eps)),
-        helper.make_node("MatMul", ["x", "lm_head"], ["mm" if lm_bias is not None else "logits"]),
-    ]
-    if lm_bias is not None:
-        inits.append(numpy_helper.from_array(_np(lm_bias), "lm_bias"))
-        nodes.append(helper.make_node("Add", ["mm", "lm_bias"], ["logits"]))
-    graph = helper.make_graph(
-        nodes,
-        "client_head",
-        [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["batch", "tokens", hidden])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "tokens", vocab])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    model.ir_version = 9
-    return model

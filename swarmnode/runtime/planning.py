@@ -18,8 +18,9 @@ import torch
 
 from swarmnode.models.checkpoint import Checkpoint
 from swarmnode.models.span import SpanModel, family_of
+from swarmnode.models.wire import tensor_to_wire
 from swarmnode.protocol import WireTensor
-from swarmnode.runtime.backend import TorchBackend, tensor_to_wire
+from swarmnode.runtime.backend import TorchBackend
 
 log = logging.getLogger("swarmnode.planning")
 

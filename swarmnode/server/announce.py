@@ -74,7 +74,7 @@ def measure_throughput(node, repeats: int = 5) -> float:
     try:
         import torch
 
-        from swarmnode.runtime.backend import tensor_to_wire
+        from swarmnode.models.wire import tensor_to_wire
 
         # Activations travel as float32 whatever the node computes in (int8 and fp16 backends convert).
         x = tensor_to_wire(torch.zeros(1, 1, node.hidden_size), "float32")  # (B=1, T=1, H)

@@ -16,7 +16,6 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request, Response
 
 from swarmnode import __version__
-from swarmnode.identity import NodeIdentity
 from swarmnode.models import Checkpoint, load_span, resolve_model
 from swarmnode.models.registry import model_name
 from swarmnode.protocol import (
@@ -42,7 +41,6 @@ from swarmnode.protocol import (
     result_digest,
 )
 from swarmnode.protocol.signing import encode_signature
-from swarmnode.receipts import ReceiptError, countersign
 from swarmnode.runtime import CachePool
 from swarmnode.runtime.planning import (
     TORCH_DTYPES,
@@ -56,7 +54,6 @@ from swarmnode.runtime.planning import (
 )
 from swarmnode.runtime.prefix import Prefix, PrefixStore, chain_hashes
 from swarmnode.runtime.scheduler import Scheduler, concat_tokens, slice_tokens
-from swarmnode.secure_channel import ChannelError, is_handshake_frame
 from swarmnode.server.announce import start_announcer
 from swarmnode.server.config import WS_PATH, NodeConfig, parse_blocks
 from swarmnode.server.corruption import Corruptor
@@ -65,6 +62,9 @@ from swarmnode.server.receipts import ReceiptOutbox, start_outbox
 from swarmnode.server.relay_hub import RELAY_SUFFIX, RelayHub, RelayLimits
 from swarmnode.server.secure_conn import SecureConnection
 from swarmnode.server.throughput import Throughput, node_throughput
+from swarmnode.trust.identity import NodeIdentity
+from swarmnode.trust.receipts import ReceiptError, countersign
+from swarmnode.trust.secure_channel import ChannelError, is_handshake_frame
 
 log = logging.getLogger("swarmnode.node")
 

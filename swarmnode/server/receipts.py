@@ -14,11 +14,11 @@ import asyncio
 import logging
 from collections import deque
 
-from swarmnode.receipts import SignedReceipt
 from swarmnode.server.announce import PortalRejected, post_json
 from swarmnode.server.blocking import run_blocking
+from swarmnode.trust.receipts import SignedReceipt
 
-log = logging.getLogger("swarmnode.receipts")
+log = logging.getLogger("swarmnode.trust.receipts")
 
 RECEIPTS_PATH = "/api/v1/receipts/"
 

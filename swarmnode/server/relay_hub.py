@@ -27,12 +27,12 @@ from dataclasses import dataclass, field
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection
 
-from swarmnode.identity import parse_public_key, verify_signature
 from swarmnode.protocol import Error, Info, InfoReply, ProtocolError, decode, encode
 from swarmnode.protocol import relay as envelope
-from swarmnode.secure_channel import key_id as make_key_id
-from swarmnode.secure_channel import random_bytes
 from swarmnode.server.throttle import TokenBucket, throttle
+from swarmnode.trust.identity import parse_public_key, verify_signature
+from swarmnode.trust.secure_channel import key_id as make_key_id
+from swarmnode.trust.secure_channel import random_bytes
 
 log = logging.getLogger("swarmnode.relay")
 

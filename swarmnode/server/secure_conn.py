@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from swarmnode.identity import NodeIdentity
 from swarmnode.protocol import Error, encode
-from swarmnode.secure_channel import ChannelError, SecureChannel, node_accept
+from swarmnode.trust.identity import NodeIdentity
+from swarmnode.trust.secure_channel import ChannelError, SecureChannel, node_accept
 
 
 class SecureConnection:

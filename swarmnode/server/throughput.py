@@ -62,7 +62,7 @@ def measure(
     """Time ``steps`` cached one-token steps and one ``prefill_tokens``-token uncached pass through ``backend``."""
     import torch
 
-    from swarmnode.runtime.backend import tensor_to_wire
+    from swarmnode.models.wire import tensor_to_wire
 
     one = tensor_to_wire(torch.randn(1, 1, hidden_size) * 0.1, wire_dtype)  # (B=1, T=1, H)
     long = tensor_to_wire(torch.randn(1, prefill_tokens, hidden_size) * 0.1, wire_dtype)  # (1, T, H)

@@ -5,9 +5,9 @@ import os
 import pytest
 
 from portal.processes import create_user_with_node_token, live_portal
-from swarmnode.identity import NodeIdentity
-from swarmnode.secure_channel import key_id
 from swarmnode.server.announce import post_json
+from swarmnode.trust.identity import NodeIdentity
+from swarmnode.trust.secure_channel import key_id
 
 pytestmark = pytest.mark.slow
 

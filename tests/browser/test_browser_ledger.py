@@ -19,8 +19,8 @@ from portal.ledger.receipts import submit_receipt
 from portal.ledger.settlement import settle_pending
 from portal.reputation.scoring import record_audit
 from portal.swarm.models import Node, SwarmModel
-from swarmnode.identity import NodeIdentity
-from swarmnode.receipts import SignedReceipt, UsageReceipt, key_of
+from swarmnode.trust.identity import NodeIdentity
+from swarmnode.trust.receipts import SignedReceipt, UsageReceipt, key_of
 
 erin = User.objects.create_user("erin", "erin@example.com", "erin-Passphrase-9")
 User.objects.create_superuser("boss", "boss@example.com", "boss-Passphrase-9")

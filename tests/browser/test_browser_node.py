@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from swarmnode.identity import parse_public_key, verify_signature
 from swarmnode.protocol import Error, Info, OpenSession, Step, StepResult, decode, encode, tensor_from_numpy
 from swarmnode.protocol.signing import decode_signature, result_digest
+from swarmnode.trust.identity import parse_public_key, verify_signature
 
 pytestmark = [pytest.mark.slow, pytest.mark.model]
 HIDDEN = 576
@@ -187,9 +187,9 @@ def test_it_proves_holding_its_span_as_the_portal_checks(node_page, browser_port
 
 
 def test_it_countersigns_usage_receipts_for_what_it_served(node_page):
-    from swarmnode.identity import NodeIdentity
     from swarmnode.protocol import CloseSession, SessionClosed
-    from swarmnode.receipts import SignedReceipt, UsageReceipt, key_of, signing_key
+    from swarmnode.trust.identity import NodeIdentity
+    from swarmnode.trust.receipts import SignedReceipt, UsageReceipt, key_of, signing_key
 
     node_key = signing_key(send(node_page, encode(Info(id=1))).public_key)
     client = NodeIdentity.generate()

@@ -64,7 +64,8 @@ def _swarm(model_dir, dtype, tmp_path):
 
 def _remote(model_dir, swarm, dtype):
     from swarmnode.client import AutoDistributedModelForCausalLM
-    from swarmnode.models import Checkpoint, load_client_head
+    from swarmnode.client.head import load_client_head
+    from swarmnode.models import Checkpoint
 
     remote = AutoDistributedModelForCausalLM.from_pretrained(str(model_dir), peers=swarm.urls)
     remote.head = load_client_head(Checkpoint(model_dir), dtype, device="cuda")

@@ -10,8 +10,8 @@ from django.utils import timezone
 from portal.accounts.models import NodeToken
 from portal.ledger.models import ClientKey
 from portal.swarm.models import Node, SwarmModel
-from swarmnode.identity import NodeIdentity
-from swarmnode.receipts import SignedReceipt, UsageReceipt, key_of
+from swarmnode.trust.identity import NodeIdentity
+from swarmnode.trust.receipts import SignedReceipt, UsageReceipt, key_of
 
 IDENTITIES = [NodeIdentity.generate() for _ in range(6)]  # Ed25519 keys are cheap; reuse across tests
 

@@ -66,8 +66,8 @@ def test_it_settles_exactly_once_with_8_racing_workers_and_one_killed(
     from portal.ledger.books import balance, system_account, user_account
     from portal.ledger.models import ClientKey, Entry, Receipt, Transaction
     from portal.ledger.settlement import settle_pending
-    from swarmnode.identity import NodeIdentity
-    from swarmnode.receipts import SignedReceipt, UsageReceipt, key_of
+    from swarmnode.trust.identity import NodeIdentity
+    from swarmnode.trust.receipts import SignedReceipt, UsageReceipt, key_of
 
     ledger_settings.LEDGER_STARTING_GRANT = 10**9  # payers never run short: every receipt must be paid
     ledger_settings.LEDGER_ESCROW_MIN_AGE = 3600  # young nodes' earnings go to escrow, old nodes' straight through

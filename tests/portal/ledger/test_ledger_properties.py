@@ -78,7 +78,7 @@ def test_it_keeps_the_books_balanced_under_any_interleaving(
     from django.contrib.auth.models import User
 
     from portal.ledger.models import ClientKey
-    from swarmnode.receipts import key_of
+    from swarmnode.trust.receipts import key_of
 
     with transaction.atomic():  # each example starts from the same state and leaves nothing behind
         ledger_settings.LEDGER_STARTING_GRANT = 500  # small (alice and bob have 1000), so credits run out

@@ -12,10 +12,10 @@ import pytest
 
 from portal.processes import create_user_with_node_token, live_portal, manage
 from swarmnode.client import AutoDistributedModelForCausalLM
-from swarmnode.identity import NodeIdentity
 from swarmnode.launcher import LocalSwarm
-from swarmnode.receipts import key_of
 from swarmnode.testing.polling import wait_until
+from swarmnode.trust.identity import NodeIdentity
+from swarmnode.trust.receipts import key_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.model]
 

@@ -12,8 +12,8 @@ from portal.ledger.models import Receipt, Transaction
 from portal.ledger.receipts import ReceiptRefused, gateway_identity, submit_receipt
 from portal.ledger.settlement import needs_escrow, release_escrow, settle_pending, settle_receipt
 from portal.reputation.scoring import record_audit
-from swarmnode.identity import NodeIdentity
-from swarmnode.receipts import SignedReceipt, UsageReceipt
+from swarmnode.trust.identity import NodeIdentity
+from swarmnode.trust.receipts import SignedReceipt, UsageReceipt
 
 pytestmark = pytest.mark.django_db
 

@@ -12,10 +12,10 @@ from portal.asgi import application
 from portal.relay.models import RelayedNode
 from portal.swarm import tracker
 from portal.swarm.tracker import Registration
-from swarmnode.identity import NodeIdentity
 from swarmnode.protocol import decode
 from swarmnode.protocol import relay as envelope
-from swarmnode.secure_channel import key_id
+from swarmnode.trust.identity import NodeIdentity
+from swarmnode.trust.secure_channel import key_id
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

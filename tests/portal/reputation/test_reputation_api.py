@@ -7,10 +7,10 @@ import pytest
 
 from portal.reputation import scoring
 from portal.reputation.models import AuditEvidence, NodeStanding
-from swarmnode.attestation import SignedResult
-from swarmnode.identity import NodeIdentity
 from swarmnode.protocol import tensor_from_numpy
 from swarmnode.protocol.signing import encode_signature, result_digest, tail_of
+from swarmnode.trust.attestation import SignedResult
+from swarmnode.trust.identity import NodeIdentity
 
 H = 8
 

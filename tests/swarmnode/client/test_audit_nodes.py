@@ -7,12 +7,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from swarmnode.attestation import signed_result
 from swarmnode.client import AuditPolicy, AutoDistributedModelForCausalLM, RemoteSpan
 from swarmnode.client.routing import RoutingPolicy
 from swarmnode.client.session import InferenceSession
 from swarmnode.launcher import start_node
 from swarmnode.protocol import Forward, OpenSession, Step, tensor_from_numpy
+from swarmnode.trust.attestation import signed_result
 
 pytestmark = pytest.mark.slow
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from swarmnode.client.head import load_client_head
 from swarmnode.client.remote import RemoteSpan
 from swarmnode.launcher import start_node
-from swarmnode.models import Checkpoint, load_client_head, resolve_model
+from swarmnode.models import Checkpoint, resolve_model
+from swarmnode.models.wire import tensor_to_wire
 from swarmnode.protocol import Forward, OpenSession, Step
 from swarmnode.protocol.compare import relative_errors, to_float32, tolerance_for
-from swarmnode.runtime.backend import tensor_to_wire
 
 pytestmark = [pytest.mark.slow, pytest.mark.model]
 

@@ -8,9 +8,9 @@ import msgpack
 from websockets.sync.server import serve
 
 from swarmnode.client.remote import RemoteSpan
-from swarmnode.identity import NodeIdentity
 from swarmnode.protocol import Error, InfoReply, decode, encode
-from swarmnode.secure_channel import node_accept
+from swarmnode.trust.identity import NodeIdentity
+from swarmnode.trust.secure_channel import node_accept
 
 
 class AesOnlyNode:

@@ -4,7 +4,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from swarmnode.models import Checkpoint, load_client_head, load_span, resolve_model
+from swarmnode.client.head import load_client_head
+from swarmnode.models import Checkpoint, load_span, resolve_model
 from swarmnode.models.span import family_of
 
 
@@ -126,7 +127,7 @@ def _lockstep(gather_s, delays, rounds, offsets=None):
     import threading
     import time
 
-    from swarmnode.models.span import RowBatcher
+    from swarmnode.client.batching import RowBatcher
 
     sizes = []
     batcher = RowBatcher(lambda rows: (sizes.append(rows.shape[0]), rows)[1], gather_s=gather_s)

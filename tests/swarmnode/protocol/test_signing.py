@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from swarmnode.attestation import SignedResult, signed_result
-from swarmnode.identity import NodeIdentity
 from swarmnode.protocol import ForwardResult, StepResult, decode, encode, tensor_from_numpy
 from swarmnode.protocol.compare import relative_errors, tolerance_for
 from swarmnode.protocol.signing import ResultDigest, encode_signature, result_digest
+from swarmnode.trust.attestation import SignedResult, signed_result
+from swarmnode.trust.identity import NodeIdentity
 
 
 def _tensors(seed=0, t=3):

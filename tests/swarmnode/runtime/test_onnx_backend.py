@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from swarmnode.models import Checkpoint, load_client_head, load_span
+from swarmnode.client.head import load_client_head
+from swarmnode.models import Checkpoint, load_span
+from swarmnode.models.cachefiles import atomic_write
+from swarmnode.models.wire import tensor_to_wire, wire_to_tensor
 from swarmnode.runtime import TorchBackend
-from swarmnode.runtime.backend import tensor_to_wire, wire_to_tensor
-from swarmnode.runtime.onnx_backend import OnnxBackend, _atomic_write, exported_span, fused_span
+from swarmnode.runtime.onnx_backend import OnnxBackend, exported_span, fused_span
 from swarmnode.runtime.planning import build_backend
 
 
@@ -108,13 +110,13 @@ def test_two_writers_of_one_cached_file_do_not_trip_over_each_other(tmp_path):
     """Two processes exporting the same span at once each write their own scratch file; the last rename
     wins (both are the same bytes). A failed write leaves no scratch file behind."""
     target = tmp_path / "onnx" / "span.onnx"
-    with _atomic_write(target) as first:
-        with _atomic_write(target) as second:
+    with atomic_write(target) as first:
+        with atomic_write(target) as second:
             assert first != second
             second.write_bytes(b"second")
         first.write_bytes(b"first")
     assert target.read_bytes() == b"first"
-    with pytest.raises(RuntimeError), _atomic_write(target) as third:
+    with pytest.raises(RuntimeError), atomic_write(target) as third:
         third.write_bytes(b"half")
         raise RuntimeError("export failed")
     assert target.read_bytes() == b"first"

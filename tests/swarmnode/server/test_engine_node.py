@@ -11,9 +11,9 @@ import torch
 from swarmnode.client import RemoteSpan
 from swarmnode.launcher import start_node
 from swarmnode.models import Checkpoint, load_span
+from swarmnode.models.wire import tensor_to_wire, wire_to_tensor
 from swarmnode.protocol import Info, OpenSession, Step, StepResult, tensor_from_numpy
 from swarmnode.runtime import TorchBackend
-from swarmnode.runtime.backend import tensor_to_wire, wire_to_tensor
 
 
 def serve(args, timeout=120):

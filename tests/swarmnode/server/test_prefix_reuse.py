@@ -7,9 +7,9 @@ import torch
 from swarmnode.client import RemoteError, RemoteSpan
 from swarmnode.launcher import start_node
 from swarmnode.models import Checkpoint, load_span
+from swarmnode.models.wire import tensor_to_wire, wire_to_tensor
 from swarmnode.protocol import CloseSession, OpenSession, Step, tensor_from_numpy
 from swarmnode.runtime import TorchBackend
-from swarmnode.runtime.backend import tensor_to_wire, wire_to_tensor
 
 SYSTEM = np.random.default_rng(0).standard_normal((1, 10, 64)).astype(np.float32)
 

@@ -11,12 +11,12 @@ import pytest
 from websockets.sync.client import connect
 
 from swarmnode.client.remote import RemoteError, RemoteSpan
-from swarmnode.identity import NodeIdentity
 from swarmnode.launcher import start_node, start_relay
 from swarmnode.protocol import CloseSession, OpenSession, Step, StepResult, tensor_from_numpy
 from swarmnode.protocol import relay as envelope
-from swarmnode.secure_channel import key_id
 from swarmnode.server.relay_hub import RelayHub, serve_relay
+from swarmnode.trust.identity import NodeIdentity
+from swarmnode.trust.secure_channel import key_id
 
 pytestmark = pytest.mark.slow
 

@@ -6,10 +6,10 @@ import asyncio
 
 from websockets.asyncio.client import connect
 
-from swarmnode.identity import NodeIdentity
 from swarmnode.protocol import relay as envelope
 from swarmnode.server.relay_hub import RelayLimits, serve_relay
 from swarmnode.server.relay_link import order_by_load, relay_load
+from swarmnode.trust.identity import NodeIdentity
 
 
 async def _relay(capacity: int):

@@ -51,7 +51,7 @@ def local_backend_generate(
     ``fast_head``: logits on ONNX Runtime (``ClientHead.enable_onnx`` must have succeeded).
     """
     from swarmnode.client.generation import greedy_pick
-    from swarmnode.runtime.backend import tensor_to_wire, wire_to_tensor
+    from swarmnode.models.wire import tensor_to_wire, wire_to_tensor
 
     cache = backend.new_cache()
     step_input, out = ids, []
@@ -90,8 +90,9 @@ def run_bench(
     from transformers import AutoModelForCausalLM
 
     from swarmnode.client import AutoDistributedModelForCausalLM
+    from swarmnode.client.head import load_client_head
     from swarmnode.launcher import LocalSwarm
-    from swarmnode.models import Checkpoint, load_client_head, load_span, resolve_model
+    from swarmnode.models import Checkpoint, load_span, resolve_model
 
     path = resolve_model(model)
     checkpoint = Checkpoint(path)

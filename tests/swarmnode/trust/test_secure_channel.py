@@ -3,8 +3,8 @@
 import msgpack
 import pytest
 
-from swarmnode.identity import NodeIdentity
-from swarmnode.secure_channel import (
+from swarmnode.trust.identity import NodeIdentity
+from swarmnode.trust.secure_channel import (
     SUITES,
     ChannelError,
     client_handshake,

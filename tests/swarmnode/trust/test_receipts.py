@@ -14,7 +14,6 @@ from websockets.sync.client import connect
 
 from swarmnode.client.remote import PeerInfo
 from swarmnode.client.session import InferenceSession
-from swarmnode.identity import NodeIdentity
 from swarmnode.protocol import (
     CloseSession,
     Info,
@@ -26,7 +25,8 @@ from swarmnode.protocol import (
     encode,
     tensor_from_numpy,
 )
-from swarmnode.receipts import (
+from swarmnode.trust.identity import NodeIdentity
+from swarmnode.trust.receipts import (
     ReceiptError,
     SignedReceipt,
     UsageReceipt,
@@ -96,7 +96,7 @@ def test_it_refuses_non_canonical_or_malformed_receipt_bytes():
 
 
 def test_it_never_uses_pickle():
-    import swarmnode.receipts as module
+    import swarmnode.trust.receipts as module
 
     source = open(module.__file__).read()
     assert "pickle" not in source.replace("Never pickle", "")

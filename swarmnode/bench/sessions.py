@@ -62,7 +62,7 @@ def run_bench_sessions(
     Returns:
         one ``{"sessions", "aggregate_tok_s", "p95_step_s", "tokens_equal"}`` per level.
     """
-    from swarmnode.bench import chat_prompt_ids
+    from swarmnode.bench.swarm import chat_prompt_ids
     from swarmnode.client import AutoDistributedModelForCausalLM
     from swarmnode.launcher import LocalSwarm
     from swarmnode.models import Checkpoint, resolve_model

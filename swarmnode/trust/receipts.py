@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, fields
 
 import msgpack
 
-from swarmnode.identity import NodeIdentity, parse_public_key, verify_signature
+from swarmnode.trust.identity import NodeIdentity, parse_public_key, verify_signature
 
 __all__ = [
     "RECEIPT_VERSION",

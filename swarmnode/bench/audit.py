@@ -57,8 +57,9 @@ class _Bench:
     def __init__(
         self, model: str, blocks: int, stack: ExitStack, corrupt_fraction: float, auditor_backend: str
     ) -> None:
+        from swarmnode.client.head import load_client_head
         from swarmnode.launcher import start_node
-        from swarmnode.models import Checkpoint, load_client_head, resolve_model
+        from swarmnode.models import Checkpoint, resolve_model
 
         checkpoint = Checkpoint(resolve_model(model))
         self.head = load_client_head(checkpoint, torch.float32)
@@ -156,9 +157,9 @@ def _costs(bench: _Bench, steps: int, rounds: int) -> dict:
 def _record(bench: _Bench, steps: int) -> tuple[list[bool], float, float]:
     """Per step of the corrupt node: would an audit flag it? (real outputs vs an honest replay)."""
     from swarmnode.client.remote import RemoteSpan
+    from swarmnode.models.wire import tensor_to_wire
     from swarmnode.protocol import Forward, OpenSession, Step, tensor_from_numpy
     from swarmnode.protocol.compare import relative_errors, to_float32, tolerance_for
-    from swarmnode.runtime.backend import tensor_to_wire
 
     ids = _tokens(bench.tokenizer, steps + 7)
     first, bad, ref = (RemoteSpan(bench.nodes[n].url) for n in ("a", "bad", "b2"))

@@ -13,7 +13,7 @@ import warnings
 
 import torch
 
-from swarmnode.bench import DEFAULT_PROMPT, _Clock, chat_prompt_ids, local_backend_generate
+from swarmnode.bench.swarm import DEFAULT_PROMPT, _Clock, chat_prompt_ids, local_backend_generate
 
 PPL_TEXT = (
     "The lighthouse stood at the end of a long spit of rock, white against the grey sea. Every evening the "
@@ -46,7 +46,7 @@ class TorchInt8Backend:
 
 def perplexity(backend, head, ids: torch.Tensor) -> float:
     """Perplexity of ``ids`` under the whole model run by ``backend``."""
-    from swarmnode.runtime.backend import tensor_to_wire, wire_to_tensor
+    from swarmnode.models.wire import tensor_to_wire, wire_to_tensor
 
     with torch.inference_mode():
         hidden = wire_to_tensor(backend.forward(tensor_to_wire(head.embed_tokens(ids))))
@@ -63,7 +63,8 @@ def _measurer(kind: str, model: str, new_tokens: int):
 
     ``run()`` -> ``(decoding tok/s, greedy tokens)``; ``quality()`` -> ``{"ppl": {...}, "weight_bytes": {...}}``.
     """
-    from swarmnode.models import Checkpoint, load_client_head, load_span, resolve_model
+    from swarmnode.client.head import load_client_head
+    from swarmnode.models import Checkpoint, load_span, resolve_model
     from swarmnode.runtime import TorchBackend
 
     checkpoint = Checkpoint(resolve_model(model))

@@ -10,9 +10,9 @@ import base64
 import binascii
 from dataclasses import dataclass
 
-from swarmnode.identity import parse_public_key, verify_signature
 from swarmnode.protocol import ProtocolError, WireTensor, tensor_from_wire
 from swarmnode.protocol.signing import ResultDigest, decode_signature, result_digest, sha256_hex, tail_of
+from swarmnode.trust.identity import parse_public_key, verify_signature
 
 __all__ = ["SignedResult", "signed_result"]
 

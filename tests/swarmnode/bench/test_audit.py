@@ -1,7 +1,7 @@
 """``swarmnode bench-audit``: the seeded simulation over recorded outcomes (the real-node parts run in
 the benchmark itself and in tests/swarmnode/client/test_audit_nodes.py)."""
 
-from swarmnode.bench_audit import _simulate
+from swarmnode.bench.audit import _simulate
 from swarmnode.cli import build_parser
 
 

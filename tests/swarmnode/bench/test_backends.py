@@ -4,7 +4,7 @@ import multiprocessing
 
 import pytest
 
-from swarmnode.bench_backends import BACKENDS, _Process, run_bench_backends
+from swarmnode.bench.backends import BACKENDS, _Process, run_bench_backends
 from swarmnode.cli import build_parser
 
 

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from swarmnode.identity import NodeIdentity, PublicKeys, parse_public_key
+from swarmnode.trust.identity import NodeIdentity, PublicKeys, parse_public_key
 
 __all__ = [
     "SUITES",

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from swarmnode.identity import NodeIdentity, parse_public_key, verify_signature
+from swarmnode.trust.identity import NodeIdentity, parse_public_key, verify_signature
 
 
 def test_it_round_trips_the_announced_public_key():

@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from swarmnode.bench import DEFAULT_PROMPT, _timed
+from swarmnode.bench.swarm import DEFAULT_PROMPT, _timed
 
 
 def run_bench_relay(
@@ -30,7 +30,7 @@ def run_bench_relay(
         medians over ``runs`` after a warm-up of each; ``rtt_*_ms``: median info round trips per node,
         and ``relay_extra_ms_per_token`` their difference summed over the chain (a token crosses each hop once).
     """
-    from swarmnode.bench import chat_prompt_ids
+    from swarmnode.bench.swarm import chat_prompt_ids
     from swarmnode.client import AutoDistributedModelForCausalLM
     from swarmnode.launcher import LocalSwarm, start_relay
     from swarmnode.models import Checkpoint, resolve_model

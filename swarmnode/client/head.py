@@ -1,0 +1,95 @@
+"""What the client keeps of the model: token embeddings, the final norm and the LM head."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import torch
+from torch import nn
+
+from swarmnode.client.batching import Participant, RowBatcher
+from swarmnode.models.checkpoint import Checkpoint
+from swarmnode.models.span import load_head_modules
+
+log = logging.getLogger("swarmnode.client")
+
+
+class ClientHead(nn.Module):
+    """What the client keeps: token embeddings, the final norm and the LM head.
+
+    Inputs and outputs live on the CPU (they go on or come off the wire); the parts themselves
+    may sit on a GPU. One-row logits requests from concurrent sessions in one process (a
+    gateway, a benchmark) share one pass over the LM head, which dominates the client's cost;
+    a single session always runs alone, so its numbers are unchanged.
+    """
+
+    def __init__(self, lm: nn.Module) -> None:
+        super().__init__()
+        self.embed = lm.get_input_embeddings()
+        self.norm = lm.model.norm
+        self.lm_head = lm.get_output_embeddings()
+        self._rows = RowBatcher(self._logits)
+        self.onnx = None  # OnnxHead, once enable_onnx() succeeded
+        self._onnx_rows = RowBatcher(self._onnx_logits)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the parts live."""
+        return self.embed.weight.device
+
+    @torch.inference_mode()
+    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, T, H)
+        """Embed token ids."""
+        return self.embed(input_ids.to(self.device)).cpu()
+
+    @torch.inference_mode()
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(self.norm(hidden.to(self.device, self.embed.weight.dtype))).cpu()
+
+    @contextlib.contextmanager
+    def participant(self):
+        """Mark a generation running in this process: its one-row logits are batched with the others'.
+
+        Yields the :class:`Participant` to pass to :meth:`logits`.
+        """
+        member = Participant()
+        with self._rows.participant(member), self._onnx_rows.participant(member):
+            yield member
+
+    def enable_onnx(self) -> bool:
+        """Make ``logits(..., fast=True)`` run on ONNX Runtime (CPU, fp32 only); whether it can."""
+        if self.onnx is not None:
+            return True
+        if self.device.type != "cpu" or self.embed.weight.dtype != torch.float32:
+            return False
+        try:
+            from swarmnode.client.onnx_head import OnnxHead
+
+            self.onnx = OnnxHead(self.norm, self.lm_head)
+        except Exception as exc:  # no onnxruntime, or a head the builder cannot express
+            log.warning("ONNX Runtime head unavailable (%s); logits stay on PyTorch", exc)
+            return False
+        return True
+
+    def _onnx_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.onnx(hidden)
+
+    def logits(
+        self, hidden: torch.Tensor, fast: bool = False, member: Participant | None = None
+    ) -> torch.Tensor:  # (B, T, H) -> (B, T, V)
+        """Final norm and LM head.
+
+        ``fast``: on ONNX Runtime when :meth:`enable_onnx` succeeded (about 3x faster on CPU, not
+        bit-identical to PyTorch); otherwise PyTorch, bit-identical to ``transformers``.
+        ``member``: from :meth:`participant`, for a generation running beside others.
+        """
+        fast = fast and self.onnx is not None
+        if hidden.shape[0] == 1 and hidden.shape[1] == 1:
+            return (self._onnx_rows if fast else self._rows)(hidden, member)
+        return self._onnx_logits(hidden) if fast else self._logits(hidden)
+
+
+def load_client_head(checkpoint: Checkpoint, dtype: torch.dtype = torch.float32, device: str = "cpu") -> ClientHead:
+    """Load embeddings, final norm and LM head (tied to the embeddings when the config says so)."""
+    return ClientHead(load_head_modules(checkpoint, dtype=dtype, device=device))
