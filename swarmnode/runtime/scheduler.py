@@ -33,104 +33,44 @@ import itertools
 import logging
 import os
 import time
-import weakref
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
-from typing import Any
 
 from swarmnode.protocol import WireTensor
+from swarmnode.runtime.chunks import concat_tokens, slice_tokens, split_tokens
+from swarmnode.runtime.jobs import DECODE, FORWARD, PREFILL, Job, JobQueue
+from swarmnode.runtime.pacing import Pacing
 
 log = logging.getLogger("swarmnode.scheduler")
 
-DECODE, PREFILL, FORWARD = 0, 1, 2
+# The token helpers stay importable from here (swarmnode.server.node imports them from this module).
+__all__ = ["Job", "MachineLock", "Scheduler", "concat_tokens", "slice_tokens", "split_tokens"]
 
 
-@dataclass
-class Job:
-    """One unit of compute waiting for the worker."""
+class MachineLock:
+    """The file that nodes sharing one machine lock around each pass, so they take turns on its cores.
 
-    kind: int  # DECODE, PREFILL or FORWARD
-    hidden: WireTensor
-    cache: Any  # None for FORWARD
-    future: asyncio.Future
-    seq: int
-    enqueued: float = field(default_factory=time.monotonic)
-    fresh: bool = False  # the first piece of a session's first prompt (its cache is still empty)
-    opening: bool = False  # its session's first step here (the session was opened here lately)
-    prev_pass: int | None = None  # the pass its session's previous step ran in (None: none yet)
+    Args:
+        path: the lock file (created if missing).
+    """
 
-    @property
-    def tokens(self) -> int:
-        """Positions this job computes."""
-        return self.hidden.shape[0] * self.hidden.shape[1]
+    def __init__(self, path: str) -> None:
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
 
-    def key(self, now: float, aging_s: float) -> tuple:
-        """Sort key: class, then size, then arrival; after ``aging_s`` a job goes ahead of every class."""
-        if now - self.enqueued > aging_s:
-            return (-1, 0, self.seq)
-        return (self.kind, self.tokens, self.seq)
+    def acquire(self) -> None:
+        """Wait for the machine (blocks: call it on the executor thread)."""
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
 
-    def batchable_with(self, other: Job, prompts: bool = False) -> bool:
-        """Whether both can run in one batched pass: decoding steps of one sequence with the same
-        new-token count, or (``prompts``: the backend pads them) first prompts of fresh sessions."""
-        if self.hidden.shape[0] != 1 or other.hidden.shape[0] != 1 or self.hidden.dtype != other.hidden.dtype:
+    def try_acquire(self) -> bool:
+        """Take the machine if it is free at once; False if another node holds it."""
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
             return False
-        if self.kind == other.kind == DECODE:
-            return self.hidden.shape[1] == other.hidden.shape[1]
-        return prompts and self.kind == other.kind == PREFILL and self.fresh and other.fresh
+        return True
 
-
-@dataclass
-class _Seen:
-    """What the scheduler remembers of a session it served lately (or that opened here lately)."""
-
-    at: float  # when its last step arrived (or when it opened)
-    ref: weakref.ref | None  # its cache, weakly: a closed session is forgotten at once (None: kept until stale)
-    pace: float | None = None  # smoothed time between its decoding steps (None: unknown yet)
-    prompted: bool = False  # its last step was its first prompt (the next one says nothing about its pace)
-    last_pass: int | None = None  # the pass its last step ran in
-
-
-def _weak(cache) -> weakref.ref | None:
-    """A weak reference to a session's cache (a closed session is then forgotten at once), or None
-    when it cannot have one (it is then remembered until ``recent_s`` passes)."""
-    try:
-        return weakref.ref(cache)
-    except TypeError:
-        return None
-
-
-def concat_tokens(parts: list[WireTensor]) -> WireTensor:
-    """Join step outputs along the token axis (chunks of one prompt)."""
-    if len(parts) == 1:
-        return parts[0]
-    b, _, h = parts[0].shape
-    arrays = [p.to_numpy().reshape(b, -1, h) for p in parts]
-    import numpy as np
-
-    joined = np.ascontiguousarray(np.concatenate(arrays, axis=1))
-    return WireTensor(parts[0].dtype, tuple(joined.shape), joined.tobytes())
-
-
-def slice_tokens(hidden: WireTensor, start: int, end: int) -> WireTensor:
-    """Positions ``start..end-1`` of a ``(B, T, H)`` tensor."""
-    b, t, h = hidden.shape
-    part = hidden.to_numpy().reshape(b, t, h)[:, start:end]
-    return WireTensor(hidden.dtype, tuple(part.shape), part.copy().tobytes())
-
-
-def split_tokens(hidden: WireTensor, chunk: int) -> list[WireTensor]:
-    """Cut a ``(B, T, H)`` tensor into ``(B, <=chunk, H)`` pieces along T."""
-    b, t, h = hidden.shape
-    if t <= chunk:
-        return [hidden]
-    arr = hidden.to_numpy().reshape(b, t, h)
-    pieces = []
-    for start in range(0, t, chunk):
-        part = arr[:, start : start + chunk]
-        data = part.copy().tobytes()
-        pieces.append(WireTensor(hidden.dtype, tuple(part.shape), data))
-    return pieces
+    def release(self) -> None:
+        """Hand the machine back."""
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
 
 
 class Scheduler:
@@ -170,22 +110,16 @@ class Scheduler:
         inline_s: float = 0.02,
     ) -> None:
         self.backend = backend
-        self._lock_fd = os.open(machine_lock, os.O_RDWR | os.O_CREAT, 0o600) if machine_lock else None
+        self._lock = MachineLock(machine_lock) if machine_lock else None
         self.executor = executor
         self.max_batch = max_batch if hasattr(backend, "step_batch") else 1
         # Whether step_batch takes first prompts of different lengths (it pads them).
         self.batches_prompts = bool(getattr(backend, "batches_prompts", False))
         self.small_step_tokens = small_step_tokens
         self.prefill_chunk = prefill_chunk
-        self.aging_s = aging_s
         self.batch_window = batch_window
-        self.recent_s = recent_s
-        # id(cache) -> sessions that sent a decoding step (or their first prompt) lately.
-        self._recent: dict[int, _Seen] = {}
-        # id(cache) -> sessions opened here whose first prompt has not arrived yet (sessions that start
-        # together send their prompts moments apart).
-        self._opened: dict[int, _Seen] = {}
-        self._queue: list[Job] = []
+        self._pacing = Pacing(recent_s)
+        self._queue = JobQueue(self.max_batch, self.batches_prompts, prefill_chunk, aging_s)
         self._wake = asyncio.Event()
         self._seq = itertools.count()
         self._worker: asyncio.Task | None = None
@@ -207,49 +141,12 @@ class Scheduler:
         if self._worker:
             self._worker.cancel()
             self._worker = None
-        for job in self._queue:
-            job.future.cancel()
-        self._queue.clear()
+        self._queue.cancel_all()
 
     def opened(self, cache) -> None:
         """Note a session opened here: while its first prompt is due, other first prompts may wait for
         it (up to ``batch_window``) to share a padded pass."""
-        self._opened[id(cache)] = _Seen(time.monotonic(), _weak(cache))
-
-    async def _submit(self, kind: int, hidden: WireTensor, cache, fresh: bool = False) -> WireTensor:
-        self.start()
-        opening = self._opened.pop(id(cache), None) is not None
-        future = asyncio.get_running_loop().create_future()
-        job = Job(kind, hidden, cache, future, next(self._seq), fresh=fresh, opening=opening)
-        if kind == DECODE or fresh:
-            seen = self._recent.get(id(cache))
-            if kind == DECODE and seen is not None and (seen.ref is None or seen.ref() is cache):
-                job.prev_pass = seen.last_pass
-                if seen.prompted:  # its first decoding step: the prompt's pass says nothing about its pace
-                    seen.prompted = False
-                else:
-                    gap = job.enqueued - seen.at
-                    seen.pace = gap if seen.pace is None else 0.7 * seen.pace + 0.3 * gap
-                seen.at = job.enqueued
-            else:
-                ref = _weak(cache)
-                # A session that just sent its first prompt decodes next (pace unknown: assumed due),
-                # so sessions that started together make one batch from their first decoding step.
-                self._recent[id(cache)] = _Seen(job.enqueued, ref, prompted=kind != DECODE)
-        if kind == DECODE and self._alone(job) and self._try_inline([job]):
-            return await job.future  # done already: no trip through the worker
-        self._queue.append(job)
-        self._wake.set()
-        return await job.future
-
-    def _alone(self, job: Job) -> bool:
-        """Whether a decoding step can run at once by itself: the worker idle, nothing queued, and no
-        other session's step due within the batch window (so the worker would run it alone anyway)."""
-        if self._serving or self._queue or self.inline_s <= 0:
-            return False
-        if self.batch_window <= 0 or self.max_batch <= 1:
-            return True
-        return self._expected([job], time.monotonic() + self.batch_window) <= 1
+        self._pacing.opened(cache)
 
     async def step(self, hidden: WireTensor, cache, fresh: bool = False) -> WireTensor:
         """Run a session's step; long prompts go through in chunks, in order.
@@ -268,107 +165,36 @@ class Scheduler:
         """Run a cache-less forward."""
         return await self._submit(FORWARD, hidden, None)
 
-    def _take(self) -> list[Job]:
-        now = time.monotonic()
-        self._queue.sort(key=lambda j: j.key(now, self.aging_s))
-        first = self._queue.pop(0)
-        batch = [first]
-        if (first.kind == DECODE or first.fresh) and self.max_batch > 1:
-            self._join(batch)
-        return batch
+    async def run_exclusive(self, fn, *args):
+        """Run other backend work (e.g. a throughput measurement) on the executor; no step runs on the
+        event loop meanwhile, so the backend is never used from two threads at once."""
+        self._outside += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+        finally:
+            self._outside -= 1
 
-    def _join(self, batch: list[Job]) -> None:
-        """Move queued jobs that can share ``batch[0]``'s pass into ``batch`` (up to ``max_batch``; first
-        prompts while the padded pass stays within ``prefill_chunk`` positions and at most half padding)."""
-        first, rest = batch[0], []
-        caches = {id(j.cache) for j in batch}
-        longest, total = max(j.hidden.shape[1] for j in batch), sum(j.hidden.shape[1] for j in batch)
-        for job in self._queue:
-            fits = len(batch) < self.max_batch and first.batchable_with(job, self.batches_prompts)
-            if fits and first.kind == PREFILL:
-                t = job.hidden.shape[1]
-                padded = (len(batch) + 1) * max(longest, t)
-                fits = padded <= self.prefill_chunk and 2 * (total + t) >= padded
-            if fits and id(job.cache) not in caches:
-                batch.append(job)
-                caches.add(id(job.cache))
-                longest, total = max(longest, job.hidden.shape[1]), total + job.hidden.shape[1]
-            else:
-                rest.append(job)
-        self._queue = rest
+    async def _submit(self, kind: int, hidden: WireTensor, cache, fresh: bool = False) -> WireTensor:
+        self.start()
+        future = asyncio.get_running_loop().create_future()
+        job = Job(kind, hidden, cache, future, next(self._seq), fresh=fresh)
+        self._pacing.arrived(job)
+        if kind == DECODE and self._alone(job) and self._try_inline([job]):
+            return await job.future  # done already: no trip through the worker
+        self._queue.push(job)
+        self._wake.set()
+        return await job.future
 
-    def _expected(self, batch: list[Job], deadline: float) -> int:
-        """How many sessions ``batch`` should hold by ``deadline``: its own, plus every session that
-        decoded (or sent its first prompt) here within ``recent_s`` and whose next step is due by
-        then, from its own pace. A slower session is not waited for: it would only hold the others
-        back; nor one long overdue (three paces late; unknown pace: half of ``recent_s`` since it was
-        last seen), which has paused (a chat waiting for its user) rather than fallen behind.
-        Forgets sessions that went quiet or closed."""
-        now = time.monotonic()
-        self._recent = self._still_here(self._recent)
-        inside = {id(j.cache) for j in batch}
-        mates = {j.prev_pass for j in batch if j.prev_pass is not None}
-        due = 0
-        if any(j.opening for j in batch):
-            # A session's first step (a short prompt, or what a reused prefix left of one): sessions
-            # opened with it whose first step has not come yet are on their way (they started together).
-            self._opened = self._still_here(self._opened)
-            due += sum(1 for k in self._opened if k not in inside)
-        for k, seen in self._recent.items():
-            if k in inside:
-                continue
-            t, pace = seen.at, seen.pace
-            if seen.last_pass in mates and (pace is None or now - t <= 3 * pace):
-                due += 1  # shared this batch's previous pass: sessions in lockstep come together
-            elif pace is None:
-                due += now - t <= self.recent_s / 2
-            else:
-                due += t + pace <= deadline and now - t <= 3 * pace
-        return len(inside) + due
+    def _alone(self, job: Job) -> bool:
+        """Whether a decoding step can run at once by itself: the worker idle, nothing queued, and no
+        other session's step due within the batch window (so the worker would run it alone anyway)."""
+        if self._serving or self._queue or self.inline_s <= 0:
+            return False
+        if self.batch_window <= 0 or self.max_batch <= 1:
+            return True
+        return self._pacing.expected([job], time.monotonic() + self.batch_window) <= 1
 
-    def _still_here(self, entries: dict[int, _Seen]) -> dict[int, _Seen]:
-        """``entries`` without the sessions last seen over ``recent_s`` ago or closed since."""
-        cutoff = time.monotonic() - self.recent_s
-        return {k: v for k, v in entries.items() if v.at >= cutoff and (v.ref is None or v.ref() is not None)}
-
-    def _expected_prompts(self, batch: list[Job]) -> int:
-        """How many first prompts ``batch`` should hold: its own, plus every session opened here within
-        ``recent_s`` whose first prompt has not arrived yet. Forgets the others."""
-        self._opened = self._still_here(self._opened)
-        inside = {id(j.cache) for j in batch}
-        return len(batch) + sum(1 for k in self._opened if k not in inside)
-
-    async def _fill(self, batch: list[Job]) -> None:
-        """Wait up to ``batch_window`` for recently active sessions' next steps (or, for first prompts,
-        the prompts of sessions just opened) to join ``batch``."""
-        deadline = time.monotonic() + self.batch_window
-        while True:
-            self._wake.clear()  # then join what is queued: no arrival can slip in between (one loop)
-            self._join(batch)
-            left = deadline - time.monotonic()
-            expected = self._expected(batch, deadline) if batch[0].kind == DECODE else self._expected_prompts(batch)
-            if len(batch) >= min(self.max_batch, expected) or left <= 0:
-                return
-            try:
-                await asyncio.wait_for(self._wake.wait(), left)
-            except TimeoutError:
-                return
-
-    def _compute(self, batch: list[Job]) -> list[WireTensor]:
-        if len(batch) > 1:
-            return self.backend.step_batch([(j.hidden, j.cache) for j in batch])
-        job = batch[0]
-        if job.kind == FORWARD:
-            return [self.backend.forward(job.hidden)]
-        began = time.perf_counter()
-        out = self.backend.step(job.hidden, job.cache)
-        if job.kind == DECODE:  # how long a lone step holds whichever thread runs it (see _try_inline)
-            took = time.perf_counter() - began
-            self._inline_est = took if self._inline_est is None else 0.8 * self._inline_est + 0.2 * took
-        return [out]
-
-    def _acquire(self) -> None:
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+    # -- the worker: takes batches off the queue and runs them ---------------------------------
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -377,7 +203,7 @@ class Scheduler:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            batch = self._take()
+            batch = self._queue.take()
             self._serving = True
             try:
                 await self._serve(loop, batch)
@@ -389,6 +215,25 @@ class Scheduler:
             finally:
                 self._serving = False
 
+    async def _fill(self, batch: list[Job]) -> None:
+        """Wait up to ``batch_window`` for recently active sessions' next steps (or, for first prompts,
+        the prompts of sessions just opened) to join ``batch``."""
+        deadline = time.monotonic() + self.batch_window
+        while True:
+            self._wake.clear()  # then join what is queued: no arrival can slip in between (one loop)
+            self._queue.join(batch)
+            left = deadline - time.monotonic()
+            if batch[0].kind == DECODE:
+                expected = self._pacing.expected(batch, deadline)
+            else:
+                expected = self._pacing.expected_prompts(batch)
+            if len(batch) >= min(self.max_batch, expected) or left <= 0:
+                return
+            try:
+                await asyncio.wait_for(self._wake.wait(), left)
+            except TimeoutError:
+                return
+
     async def _serve(self, loop, batch: list[Job]) -> None:
         """Fill ``batch`` (batch window), wait for the machine (lock), run it."""
         prompts = batch[0].fresh and self.batches_prompts
@@ -397,38 +242,26 @@ class Scheduler:
         lone = len(batch) == 1 and batch[0].kind == DECODE and not self._queue
         if lone and self.inline_s > 0 and self._try_inline(batch):
             return
-        if self._lock_fd is None:
+        if self._lock is None:
             await self._run_batch(loop, batch, self._compute)
         elif not self._queue:  # nothing else waiting here: lock, run and unlock in one trip to the thread
             await self._run_batch(loop, batch, self._locked_compute)
         else:  # wait for our turn on the machine; steps that queue meanwhile join the batch
-            await loop.run_in_executor(self.executor, self._acquire)
+            await loop.run_in_executor(self.executor, self._lock.acquire)
             try:
-                if (batch[0].kind == DECODE or batch[0].fresh) and self.max_batch > 1:
-                    self._join(batch)
+                if self._queue.grows(batch[0]):
+                    self._queue.join(batch)
                 await self._run_batch(loop, batch, self._compute)
             finally:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-
-    async def run_exclusive(self, fn, *args):
-        """Run other backend work (e.g. a throughput measurement) on the executor; no step runs on the
-        event loop meanwhile, so the backend is never used from two threads at once."""
-        self._outside += 1
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
-        finally:
-            self._outside -= 1
+                self._lock.release()
 
     def _try_inline(self, batch: list[Job]) -> bool:
         """Run a lone decoding step right here on the event loop when the machine is free at once and
         such steps are short (skips two thread hand-offs); False to take the usual way."""
         if self._inline_est is None or self._inline_est > self.inline_s or self._outside:
             return False
-        if self._lock_fd is not None:
-            try:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return False
+        if self._lock is not None and not self._lock.try_acquire():
+            return False
         job = batch[0]
         if job.future.cancelled():
             return True
@@ -438,27 +271,13 @@ class Scheduler:
             job.future.set_exception(exc)
             return True
         finally:
-            if self._lock_fd is not None:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            if self._lock is not None:
+                self._lock.release()
         self.batches_run += 1
         self.largest_batch = max(self.largest_batch, 1)
-        self._ran(batch, self.batches_run)
+        self._pacing.ran(batch, self.batches_run)
         job.future.set_result(result)
         return True
-
-    def _ran(self, batch: list[Job], pass_no: int) -> None:
-        """Note the pass each session's step ran in: sessions that shared it are expected together next."""
-        for job in batch:
-            seen = self._recent.get(id(job.cache))
-            if seen is not None:
-                seen.last_pass = pass_no
-
-    def _locked_compute(self, batch: list[Job]) -> list[WireTensor]:
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
-        try:
-            return self._compute(batch)
-        finally:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     async def _run_batch(self, loop, batch: list[Job], compute) -> None:
         batch = [j for j in batch if not j.future.cancelled()]
@@ -474,7 +293,29 @@ class Scheduler:
                 if not job.future.done():
                     job.future.set_exception(exc)
             return
-        self._ran(batch, pass_no)
+        self._pacing.ran(batch, pass_no)
         for job, result in zip(batch, results, strict=True):
             if not job.future.done():
                 job.future.set_result(result)
+
+    # -- on the executor thread (or, for a lone short step, the event loop) ---------------------
+
+    def _compute(self, batch: list[Job]) -> list[WireTensor]:
+        if len(batch) > 1:
+            return self.backend.step_batch([(j.hidden, j.cache) for j in batch])
+        job = batch[0]
+        if job.kind == FORWARD:
+            return [self.backend.forward(job.hidden)]
+        began = time.perf_counter()
+        out = self.backend.step(job.hidden, job.cache)
+        if job.kind == DECODE:  # how long a lone step holds whichever thread runs it (see _try_inline)
+            took = time.perf_counter() - began
+            self._inline_est = took if self._inline_est is None else 0.8 * self._inline_est + 0.2 * took
+        return [out]
+
+    def _locked_compute(self, batch: list[Job]) -> list[WireTensor]:
+        self._lock.acquire()
+        try:
+            return self._compute(batch)
+        finally:
+            self._lock.release()

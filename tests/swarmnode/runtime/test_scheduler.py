@@ -457,8 +457,8 @@ def test_a_lone_step_with_nobody_else_due_runs_in_its_own_task_without_the_worke
         sched = Scheduler(backend, ThreadPoolExecutor(1, thread_name_prefix="compute"), batch_window=0.5)
         await sched.step(hid(1), "s")  # timed on the executor, through the worker
         taken = []
-        take = sched._take
-        sched._take = lambda: taken.append(1) or take()
+        take = sched._queue.take
+        sched._queue.take = lambda: taken.append(1) or take()
         out = await sched.step(hid(1, 2.0), "s")  # alone and nobody else due: computed right here
         await sched.stop()
         return taken, out
