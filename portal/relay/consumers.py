@@ -18,8 +18,7 @@ from django.conf import settings
 from portal.relay import relaying
 from swarmnode.protocol import Error, ProtocolError, encode
 from swarmnode.protocol import relay as envelope
-from swarmnode.server.relay_hub import check_dial_back
-from swarmnode.server.throttle import TokenBucket, throttle
+from swarmnode.relaying import TokenBucket, check_dial_back, throttle
 from swarmnode.trust.identity import parse_public_key, verify_signature
 from swarmnode.trust.secure_channel import key_id as make_key_id
 from swarmnode.trust.secure_channel import random_bytes

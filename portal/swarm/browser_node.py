@@ -1,7 +1,7 @@
 """What a browser needs to join the swarm as a node: the runtime files and the span ONNX files.
 
 Browsers cannot run PyTorch, so a browser node runs its span as the ONNX graph the ONNX Runtime
-backend exports (``swarmnode.runtime.onnx_backend``), with onnxruntime-web. The portal serves
+backend exports (``swarmnode.browser_span``), with onnxruntime-web. The portal serves
 both itself: the runtime from ``frontend/node_modules`` (installed from the npm registry by
 ``make install``, never a CDN) and the span files it exported, content-addressed by SHA-256 so a
 browser can check every byte before it runs anything.
@@ -20,6 +20,7 @@ from django.conf import settings
 from django.db import transaction
 
 from portal.swarm.models import SpanFile, SwarmModel
+from swarmnode.browser_span import UnsupportedInBrowser, load_browser_span
 
 FRONTEND = settings.BASE_DIR / "frontend"
 BROWSER_BACKEND = "onnxruntime-web"  # what browser nodes announce; the tracker asks them for a span proof
@@ -88,36 +89,29 @@ def file_sha256(path: Path, progress: Callable[[str], None] | None = None, chunk
 def export_span_file(model: str, start: int, end: int, progress: Callable[[str], None] = lambda _: None) -> SpanFile:
     """Export blocks ``[start, end)`` of ``model`` to ONNX once and record the file (idempotent).
 
-    The export is the node's own (``exported_span``, cached in ``$LAYERSWARM_HOME/onnx`` under the weights'
+    The export is the node's own (``swarmnode.browser_span``, cached in ``$LAYERSWARM_HOME/onnx`` under the weights'
     digest), so a Python ONNX node and a browser node of the same span run the same graph.
 
     Raises:
         SpanFileError: unknown model, blocks outside it, or an architecture the ONNX graph cannot express.
     """
-    import torch
-
-    from swarmnode.models import Checkpoint, load_span, resolve_model
-    from swarmnode.runtime.graph import SpanGraph, UnsupportedForGraph
-    from swarmnode.runtime.onnx_backend import OPSET, exported_span, span_digest
-
     swarm_model = SwarmModel.objects.filter(name=model).first()
     if swarm_model is None:
         raise SpanFileError(f"the swarm does not serve a model named {model!r}")
     if not 0 <= start < end <= swarm_model.num_blocks:
         raise SpanFileError(f"blocks {start}:{end} fall outside {model} (blocks 0:{swarm_model.num_blocks})")
     progress(f"loading blocks {start}:{end} of {model}")
-    span = load_span(Checkpoint(resolve_model(model)), start, end, torch.float32, "cpu")
     try:
-        graph = SpanGraph(span)
-    except UnsupportedForGraph as exc:
+        span = load_browser_span(model, start, end)
+    except UnsupportedInBrowser as exc:
         raise SpanFileError(f"{model} cannot run in a browser: {exc}") from None
-    digest = span_digest(span)
+    digest = span.weights_digest
     known = SpanFile.objects.filter(model=swarm_model, start_block=start, end_block=end, weights_digest=digest).first()
     if known is not None and span_file_path(known.sha256):
         progress(f"already exported: {known.sha256}")
         return known
     progress("exporting to ONNX (cached by the weights' digest)")
-    source = exported_span(span)
+    source = span.export()
     sha = file_sha256(source, progress)
     target = span_files_dir() / f"{sha}.onnx"
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -134,9 +128,9 @@ def export_span_file(model: str, start: int, end: int, progress: Callable[[str],
             weights_digest=digest,
             sha256=sha,
             size=target.stat().st_size,
-            num_kv_heads=span.config.num_key_value_heads,
-            head_dim=graph.head_dim,
-            opset=OPSET,
+            num_kv_heads=span.num_kv_heads,
+            head_dim=span.head_dim,
+            opset=span.opset,
         )
     progress(f"exported {target.stat().st_size / 1e6:.0f} MB, sha256 {sha}")
     return record

@@ -17,19 +17,17 @@ a frame size limit and a node capacity.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection
 
-from swarmnode.protocol import Error, Info, InfoReply, ProtocolError, decode, encode
+from swarmnode.protocol import Error, ProtocolError, encode
 from swarmnode.protocol import relay as envelope
-from swarmnode.server.throttle import TokenBucket, throttle
+from swarmnode.relaying import TokenBucket, check_dial_back, throttle
 from swarmnode.trust.identity import parse_public_key, verify_signature
 from swarmnode.trust.secure_channel import key_id as make_key_id
 from swarmnode.trust.secure_channel import random_bytes
@@ -72,25 +70,6 @@ class _Attached:
     frames_bucket: TokenBucket
     clients: dict[int, _Client] = field(default_factory=dict)
     since: float = field(default_factory=time.time)
-
-
-def check_dial_back(url: str, public_key: str, timeout: float) -> Awaitable[bool]:
-    """Whether ``url`` answers ``info`` with ``public_key``: the node there is reachable directly (§9.3)."""
-
-    async def attempt() -> bool:
-        if not url.startswith(("ws://", "wss://")):
-            return False
-        try:
-            async with asyncio.timeout(timeout):
-                async with connect(url, max_size=1 << 20, compression=None, ping_interval=None) as ws:
-                    await ws.send(encode(Info(id=1)))
-                    reply = decode(await ws.recv())
-            return isinstance(reply, InfoReply) and hmac.compare_digest(reply.public_key, public_key)
-        except Exception as exc:  # refused, dropped by a NAT, timed out, answered garbage
-            log.info("dial-back to %s failed: %s %s", url[:200], type(exc).__name__, exc)
-            return False
-
-    return attempt()
 
 
 class RelayHub:

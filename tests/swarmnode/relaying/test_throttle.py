@@ -1,6 +1,6 @@
 """Token buckets behind the relay's rate limits (spec §9.6), on a fake clock."""
 
-from swarmnode.server.throttle import TokenBucket
+from swarmnode.relaying.throttle import TokenBucket
 
 
 class Clock:
