@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from dataclasses import asdict, dataclass
+from typing import Protocol
 
 import msgpack
 
@@ -113,6 +114,45 @@ def result_digest(
         output_sha256=sha256_hex(output.data),
         tail_sha256=sha256_hex(tail_of(output).data) if len(output.shape) == 3 else sha256_hex(output.data),
     )
+
+
+class Signer(Protocol):
+    """Signs bytes with the key a node announces (:class:`~swarmnode.trust.identity.NodeIdentity`, Ed25519).
+
+    A protocol rather than the identity class, so that this module stays free of ``cryptography``.
+    """
+
+    def sign(self, message: bytes) -> bytes:
+        """The raw signature of ``message``."""
+        ...
+
+
+def sign_result(
+    signer: Signer,
+    kind: str,
+    session_id: str,
+    position: int,
+    span: tuple[int, int],
+    inputs: WireTensor,
+    output: WireTensor,
+) -> str:
+    """The wire ``signature`` of a result (spec §11.2): who computed what from what.
+
+    Args:
+        signer: the node's identity.
+        kind: ``"step"`` or ``"forward"``.
+        session_id: the session (``""`` for a forward).
+        position: the cache length before the step (0 for a forward).
+        span: the node's blocks ``(start, end)``, end exclusive.
+        inputs: the hidden states the node received.
+        output: the hidden states it returns.
+
+    Returns:
+        The unpadded base64url signature of :func:`result_digest`'s bytes, as clients check it
+        (:func:`swarmnode.trust.attestation.signed_result`).
+    """
+    digest = result_digest(kind, session_id, position, span[0], span[1], inputs, output)
+    return encode_signature(signer.sign(digest.to_bytes()))
 
 
 def encode_signature(signature: bytes) -> str:

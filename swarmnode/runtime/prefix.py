@@ -18,9 +18,16 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from swarmnode.protocol import WireTensor
+from swarmnode.runtime.cache import SessionState
+from swarmnode.runtime.scheduler import Scheduler, concat_tokens, slice_tokens
+
+# Open sessions together keep at most this many times the store's positions as output rows for it.
+TRACKED_ROWS_FACTOR = 4
 
 
 def chain_hashes(salt: str, hidden: WireTensor, after: bytes | None = None) -> list[bytes]:
@@ -114,3 +121,103 @@ class PrefixStore:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class PrefixTracker:
+    """A node's prompt-prefix reuse (spec §4.9): runs its sessions' steps, reusing and keeping prefixes.
+
+    A first prompt starts from the longest prefix an earlier session with the same salt sent and is
+    kept for later ones. Later steps of the session extend its chain of input hashes and output rows
+    (*tracking*), so that the whole session is kept when it closes: a chat's next turn starts with
+    this one. Without a store (a bit-exact backend, or ``--prefix-cache-tokens 0``) it only runs steps.
+
+    Args:
+        scheduler: runs the steps on the span.
+        backend: the span's backend (``import_prefix`` / ``export_prefix`` of its caches).
+        store: where prefixes are kept; ``None``: no reuse.
+        sessions: the node's open sessions (its pool's), to recount the rows they track.
+    """
+
+    def __init__(
+        self, scheduler: Scheduler, backend: Any, store: PrefixStore | None, sessions: Mapping[str, SessionState]
+    ) -> None:
+        self.scheduler = scheduler
+        self.backend = backend
+        self.store = store
+        self.sessions = sessions
+        # Output rows that open sessions keep for the store; sessions that end without a close are not
+        # subtracted as they go, so the count is an upper bound (recounted in _room_to_track).
+        self.tracked_rows = 0
+
+    async def step(self, state: SessionState, hidden: WireTensor) -> tuple[WireTensor, int]:
+        """Run one step of a session; a first prompt reuses the longest known prefix of its salt.
+
+        Args:
+            state: the session (its cache is appended to).
+            hidden: the step's inputs ``(B, T, H)``.
+
+        Returns:
+            The output ``(B, T, H)`` and how many leading positions were reused (``cached_tokens``).
+        """
+        fresh = state.position == 0
+        store = self.store
+        # Only a single sequence's first prompt of two or more rows can share a prefix: at least one
+        # position is always computed.
+        if not (fresh and store is not None and state.prefix_salt and hidden.shape[0] == 1 and hidden.shape[1] > 1):
+            out = await self.scheduler.step(hidden, state.cache, fresh=fresh)
+            self._track(state, hidden, out)
+            return out, 0
+        hashes = chain_hashes(state.prefix_salt, hidden)
+        found = store.longest(hashes, hidden.shape[1] - 1)
+        if found is None:
+            out, reused = await self.scheduler.step(hidden, state.cache, fresh=True), 0
+        else:
+            entry, reused = found
+            self.backend.import_prefix(state.cache, entry.kv, reused)
+            rest = await self.scheduler.step(slice_tokens(hidden, reused, hidden.shape[1]), state.cache)
+            out = concat_tokens([slice_tokens(entry.output, 0, reused), rest])
+        store.add(Prefix(hashes, self.backend.export_prefix(state.cache, hidden.shape[1]), out))
+        if self._room_to_track(len(hashes)):  # continued by later steps (_track)
+            state.prefix_hashes, state.prefix_outputs = hashes, [out]
+            self.tracked_rows += len(hashes)
+        return out, reused
+
+    def keep(self, state: SessionState) -> None:
+        """Keep a closing session's positions as a prefix for later sessions with its salt (spec §4.9).
+
+        Call it before the session's cache is freed.
+        """
+        hashes = state.prefix_hashes
+        if hashes is None:
+            return
+        self.tracked_rows = max(0, self.tracked_rows - len(hashes))
+        state.prefix_hashes, state.prefix_outputs, outputs = None, [], state.prefix_outputs
+        if len(outputs) < 2 or state.busy or len(hashes) != state.position:
+            return  # nothing beyond its first prompt (kept already), or a step still running
+        self.store.add(Prefix(hashes, self.backend.export_prefix(state.cache, len(hashes)), concat_tokens(outputs)))
+
+    def _track(self, state: SessionState, hidden: WireTensor, out: WireTensor) -> None:
+        """Extend a tracked session's chain of input hashes and its output rows by a later step."""
+        if state.prefix_hashes is None:
+            return
+        new = hidden.shape[1]
+        if (
+            hidden.shape[0] != 1
+            or len(state.prefix_hashes) + new > self.store.max_tokens  # would not fit the store
+            or not self._room_to_track(new)
+        ):
+            self.tracked_rows = max(0, self.tracked_rows - len(state.prefix_hashes))
+            state.prefix_hashes, state.prefix_outputs = None, []  # stop tracking this session
+            return
+        state.prefix_hashes.extend(chain_hashes(state.prefix_salt, hidden, after=state.prefix_hashes[-1]))
+        state.prefix_outputs.append(out)
+        self.tracked_rows += new
+
+    def _room_to_track(self, rows: int) -> bool:
+        """Whether all sessions together may track ``rows`` more output rows: at most
+        :data:`TRACKED_ROWS_FACTOR` x the store's positions, so a crowd of long sessions cannot fill the
+        memory. Near the limit the count is recomputed from the open sessions."""
+        limit = TRACKED_ROWS_FACTOR * self.store.max_tokens
+        if self.tracked_rows + rows > limit:
+            self.tracked_rows = sum(len(s.prefix_hashes or ()) for s in self.sessions.values())
+        return self.tracked_rows + rows <= limit

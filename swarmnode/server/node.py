@@ -8,7 +8,6 @@ import logging
 import os
 import signal
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -18,29 +17,7 @@ from websockets.http11 import Request, Response
 from swarmnode import __version__
 from swarmnode.models import Checkpoint, load_span, resolve_model
 from swarmnode.models.registry import model_name
-from swarmnode.protocol import (
-    DTYPE_SIZES,
-    CloseSession,
-    Error,
-    Forward,
-    ForwardResult,
-    Info,
-    InfoReply,
-    Message,
-    OpenSession,
-    ProtocolError,
-    SessionClosed,
-    SessionOpened,
-    Step,
-    StepResult,
-    WireTensor,
-    check_hidden,
-    check_open_session,
-    decode,
-    encode,
-    result_digest,
-)
-from swarmnode.protocol.signing import encode_signature
+from swarmnode.protocol import Error, InfoReply, Message, ProtocolError, Step, decode, encode
 from swarmnode.runtime import CachePool
 from swarmnode.runtime.planning import (
     TORCH_DTYPES,
@@ -52,18 +29,18 @@ from swarmnode.runtime.planning import (
     resolve_device,
     resolve_precision,
 )
-from swarmnode.runtime.prefix import Prefix, PrefixStore, chain_hashes
-from swarmnode.runtime.scheduler import Scheduler, concat_tokens, slice_tokens
+from swarmnode.runtime.prefix import PrefixStore, PrefixTracker
+from swarmnode.runtime.scheduler import Scheduler
 from swarmnode.server.announce import start_announcer
 from swarmnode.server.config import WS_PATH, NodeConfig, parse_blocks
 from swarmnode.server.corruption import Corruptor
+from swarmnode.server.handlers import HANDLERS
 from swarmnode.server.push import PushRelay
 from swarmnode.server.receipts import ReceiptOutbox, start_outbox
 from swarmnode.server.relay_hub import RELAY_SUFFIX, RelayHub, RelayLimits
 from swarmnode.server.secure_conn import SecureConnection
 from swarmnode.server.throughput import Throughput, node_throughput
 from swarmnode.trust.identity import NodeIdentity
-from swarmnode.trust.receipts import ReceiptError, countersign
 from swarmnode.trust.secure_channel import ChannelError, is_handshake_frame
 
 log = logging.getLogger("swarmnode.node")
@@ -73,8 +50,6 @@ log = logging.getLogger("swarmnode.node")
 SHUTDOWN_GRACE_S = 5.0
 # Longest lone decoding step a node runs on its event loop instead of its compute thread (Scheduler.inline_s).
 INLINE_S = 0.02
-# Open sessions together keep at most this many times --prefix-cache-tokens output rows for the prefix store.
-TRACKED_ROWS_FACTOR = 4
 
 
 class Node:
@@ -128,12 +103,13 @@ class Node:
             # hold up every relayed frame for as long as the step takes.
             inline_s=0.0 if config.relay_capacity > 0 else INLINE_S,
         )
-        # Recent first prompts, reused by later sessions with the same salt (spec §4.9; backends that can).
-        self.prefixes = (
+        # Runs sessions' steps, reusing recent prompts of sessions with the same salt (spec §4.9; backends that can).
+        store = (
             PrefixStore(config.prefix_cache_tokens)
             if config.prefix_cache_tokens > 0 and hasattr(self.backend, "import_prefix")
             else None
         )
+        self.prefixes = PrefixTracker(self.scheduler, self.backend, store, self.pool.sessions)
         # Signs what the node serves and agrees session keys (announced as Info.public_key).
         self.identity = NodeIdentity.load_or_create(config.identity) if config.identity else NodeIdentity.generate()
         self.url = ""
@@ -155,7 +131,6 @@ class Node:
         self.relay_link = None
         self._stopped: asyncio.Future | None = None
         self._stop_requested = False
-        self._tracked_rows = 0  # output rows sessions keep for the prefix store (see _track)
 
     def _choose_blocks(self) -> tuple[int, int]:
         """The span to serve: ``--blocks``, or ``--num-blocks`` from block 0, within ``--max-memory``."""
@@ -212,7 +187,15 @@ class Node:
         )
 
     async def handle_frame(self, frame: bytes | str, owner: object) -> Message | None:
-        """Turn one incoming frame into exactly one reply (none for a pushed step); never raises for peer input."""
+        """Turn one incoming frame into exactly one reply; never raises for peer input.
+
+        Args:
+            frame: one websocket message (spec §2).
+            owner: the connection it came on (sessions belong to it, §1.3).
+
+        Returns:
+            The reply; ``None`` for a pushed step, which answers on its own (§7).
+        """
         request_id = 0
         session_id = ""
         try:
@@ -224,12 +207,7 @@ class Node:
                 if refused is None:  # runs on its own: the link's next frames must not wait for it
                     self.push.start(msg)
                 return refused
-            if isinstance(msg, OpenSession) and self.state == "draining":
-                raise ProtocolError("out_of_cache", "this node is draining (about to move): open the session elsewhere")
-            reply = await self._dispatch(msg, owner)
-            if isinstance(msg, OpenSession) and msg.push_key:
-                self.push.register(msg.session_id, msg.push_key, owner)
-            return reply
+            return await self._dispatch(msg, owner)
         except ProtocolError as exc:
             return Error(id=request_id, code=exc.code, message=exc.message, session_id=session_id)
         except Exception as exc:  # a bug or a backend failure: this session's cache is suspect
@@ -239,166 +217,11 @@ class Node:
             return Error(id=request_id, code="internal", message=f"{type(exc).__name__}: {exc}", session_id=session_id)
 
     async def _dispatch(self, msg: Message, owner: object) -> Message:
-        if isinstance(msg, Step):
-            state = self.pool.get(msg.session_id, owner)
-            hidden = check_hidden(msg.hidden, self.hidden_size, self.limits)
-            if state.busy:  # pushed steps run concurrently (spec §7): one step per session at a time
-                raise ProtocolError(
-                    "bad_position", f"step at position {msg.position} while another step of the session runs"
-                )
-            if msg.position != state.position:
-                raise ProtocolError(
-                    "bad_position",
-                    f"step at position {msg.position} but the session's cache holds {state.position}",
-                )
-            new_len = state.position + hidden.shape[1]
-            if new_len > state.max_length:
-                raise ProtocolError(
-                    "session_full",
-                    f"{new_len} tokens would exceed the session's max_length {state.max_length}",
-                )
-            started = time.perf_counter()
-            state.busy = True
-            try:
-                out, cached = await self._run_step(state, hidden)
-            finally:
-                state.busy = False
-            if self.corruptor is not None:
-                out = self.corruptor.maybe_perturb(out)
-            state.position = new_len
-            state.served_tokens += hidden.shape[0] * hidden.shape[1]  # B x T (spec §8.2)
-            compute_us = int((time.perf_counter() - started) * 1e6)
-            # Signing costs ~0.1-0.3 ms a hop: only for clients that check signatures (audits, §11.2).
-            signature = self._sign("step", msg.session_id, msg.position, hidden, out) if not msg.skip_signature else ""
-            return StepResult(
-                id=msg.id,
-                session_id=msg.session_id,
-                position=new_len,
-                hidden=out,
-                compute_us=compute_us,
-                signature=signature,
-                cached_tokens=cached,
-            )
-        if isinstance(msg, OpenSession):
-            check_open_session(msg, self.limits)
-            if msg.dtype not in DTYPE_SIZES:
-                raise ProtocolError("bad_dtype", f"dtype {msg.dtype!r} not allowed")
-            if msg.max_length > self.max_session_length:
-                raise ProtocolError(
-                    "bad_field", f"max_length {msg.max_length} exceeds this node's {self.max_session_length}"
-                )
-            state = self.pool.open(msg.session_id, msg.max_length, self.backend.new_cache(), owner)
-            state.prefix_salt = msg.prefix_salt
-            self.scheduler.opened(state.cache)
-            return SessionOpened(id=msg.id, session_id=msg.session_id, cache_tokens_left=self.pool.tokens_left)
-        if isinstance(msg, Forward):
-            hidden = check_hidden(msg.hidden, self.hidden_size, self.limits)
-            started = time.perf_counter()
-            out = await self.scheduler.forward(hidden)
-            compute_us = int((time.perf_counter() - started) * 1e6)
-            return ForwardResult(
-                id=msg.id, hidden=out, compute_us=compute_us, signature=self._sign("forward", "", 0, hidden, out)
-            )
-        if isinstance(msg, CloseSession):
-            state = self.pool.get(msg.session_id, owner)
-            served = state.served_tokens
-            self._keep_session(state)
-            self.pool.close(msg.session_id)
-            signature, why = self._countersign(msg, served) if msg.receipt else ("", "")
-            return SessionClosed(
-                id=msg.id, session_id=msg.session_id, tokens=served, node_signature=signature, receipt_error=why
-            )
-        if isinstance(msg, Info):
-            return self.info(msg.id)
-        raise ProtocolError("unexpected_message", f"a node does not accept {msg.TYPE!r} messages")
-
-    def _countersign(self, msg: CloseSession, served: int) -> tuple[str, str]:
-        """Spec §8.3: ``(node_signature, "")`` for a receipt this node stands by, else ``("", why)``."""
-        try:
-            signed = countersign(
-                self.identity,
-                msg.receipt,
-                msg.client_signature,
-                session_id=msg.session_id,
-                model=self.model_name,
-                start_block=self.start,
-                end_block=self.end,
-                served=served,
-            )
-        except ReceiptError as exc:
-            log.info("not countersigning the receipt of session %s: %s", msg.session_id, exc)
-            return "", str(exc)
-        if self.receipts is not None:
-            self.receipts.put(signed)
-        return signed.node_signature, ""
-
-    async def _run_step(self, state, hidden: WireTensor) -> tuple[WireTensor, int]:
-        """Run a step; a first prompt starts from the longest prefix an earlier session with the same salt
-        sent (spec §4.9) and is kept for later ones. Returns the output and the positions reused."""
-        fresh = state.position == 0
-        store = self.prefixes
-        if not (fresh and store is not None and state.prefix_salt and hidden.shape[0] == 1 and hidden.shape[1] > 1):
-            out = await self.scheduler.step(hidden, state.cache, fresh=fresh)
-            self._track(state, hidden, out)
-            return out, 0
-        hashes = chain_hashes(state.prefix_salt, hidden)
-        found = store.longest(hashes, hidden.shape[1] - 1)  # at least one position is computed
-        if found is None:
-            out, reused = await self.scheduler.step(hidden, state.cache, fresh=True), 0
-        else:
-            entry, reused = found
-            self.backend.import_prefix(state.cache, entry.kv, reused)
-            rest = await self.scheduler.step(slice_tokens(hidden, reused, hidden.shape[1]), state.cache)
-            out = concat_tokens([slice_tokens(entry.output, 0, reused), rest])
-        store.add(Prefix(hashes, self.backend.export_prefix(state.cache, hidden.shape[1]), out))
-        if self._room_to_track(len(hashes)):  # continued by later steps (_track)
-            state.prefix_hashes, state.prefix_outputs = hashes, [out]
-            self._tracked_rows += len(hashes)
-        return out, reused
-
-    def _track(self, state, hidden: WireTensor, out: WireTensor) -> None:
-        """Extend a session's chain of input hashes and its output rows by a later step, so that the
-        whole session can be kept as a prefix when it closes (a chat's next turn starts with this one)."""
-        if state.prefix_hashes is None:
-            return
-        new = hidden.shape[1]
-        if (
-            hidden.shape[0] != 1
-            or len(state.prefix_hashes) + new > self.prefixes.max_tokens  # would not fit the store
-            or not self._room_to_track(new)
-        ):
-            self._tracked_rows = max(0, self._tracked_rows - len(state.prefix_hashes))
-            state.prefix_hashes, state.prefix_outputs = None, []  # stop tracking this session
-            return
-        state.prefix_hashes.extend(chain_hashes(state.prefix_salt, hidden, after=state.prefix_hashes[-1]))
-        state.prefix_outputs.append(out)
-        self._tracked_rows += new
-
-    def _room_to_track(self, rows: int) -> bool:
-        """Whether all sessions together may track ``rows`` more output rows (at most
-        :data:`TRACKED_ROWS_FACTOR` x the prefix store's positions, so a crowd of long sessions cannot
-        fill the memory). The count is recomputed from the open sessions when it nears the limit (sessions
-        that ended without a close are not subtracted as they go)."""
-        limit = TRACKED_ROWS_FACTOR * self.prefixes.max_tokens
-        if self._tracked_rows + rows > limit:
-            self._tracked_rows = sum(len(s.prefix_hashes or ()) for s in self.pool.sessions.values())
-        return self._tracked_rows + rows <= limit
-
-    def _keep_session(self, state) -> None:
-        """Keep a closing session's positions as a prefix for later sessions with its salt (spec §4.9)."""
-        hashes = state.prefix_hashes
-        if hashes is None:
-            return
-        self._tracked_rows = max(0, self._tracked_rows - len(hashes))
-        state.prefix_hashes, state.prefix_outputs, outputs = None, [], state.prefix_outputs
-        if len(outputs) < 2 or state.busy or len(hashes) != state.position:
-            return  # nothing beyond its first prompt (kept already), or a step still running
-        self.prefixes.add(Prefix(hashes, self.backend.export_prefix(state.cache, len(hashes)), concat_tokens(outputs)))
-
-    def _sign(self, kind: str, session_id: str, position: int, inputs, output) -> str:
-        """Sign the digest of a result (spec §11): who computed what from what."""
-        digest = result_digest(kind, session_id, position, self.start, self.end, inputs, output)
-        return encode_signature(self.identity.sign(digest.to_bytes()))
+        """The reply of the handler for ``msg``'s type (pushed steps, already accepted, come here too)."""
+        handler = HANDLERS.get(type(msg))
+        if handler is None:  # a reply sent as a request (spec §4.6)
+            raise ProtocolError("unexpected_message", f"a node does not accept {msg.TYPE!r} messages")
+        return await handler(self, msg, owner)
 
     # -- networking -----------------------------------------------------------------------
 

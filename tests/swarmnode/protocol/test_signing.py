@@ -5,7 +5,7 @@ import pytest
 
 from swarmnode.protocol import ForwardResult, StepResult, decode, encode, tensor_from_numpy
 from swarmnode.protocol.compare import relative_errors, tolerance_for
-from swarmnode.protocol.signing import ResultDigest, encode_signature, result_digest
+from swarmnode.protocol.signing import ResultDigest, encode_signature, result_digest, sign_result
 from swarmnode.trust.attestation import SignedResult, signed_result
 from swarmnode.trust.identity import NodeIdentity
 
@@ -50,6 +50,17 @@ def test_it_verifies_a_nodes_signature_and_refuses_tampering():
     _, z = _tensors(seed=1)
     assert not signed_result("step", "s", 0, (0, 10), x, z, sig).verify(node.public_key)
     assert not signed_result("step", "s", 0, (0, 10), x, y, sig).verify("not a key")
+
+
+def test_a_node_signs_results_the_way_clients_check_them():
+    """§11.2: what a node attaches to a step or forward verifies against its announced key."""
+    node = NodeIdentity.generate()
+    x, y = _tensors()
+    sig = sign_result(node, "step", "s", 3, (0, 10), x, y)
+    assert signed_result("step", "s", 3, (0, 10), x, y, sig).verify(node.public_key)
+    assert not signed_result("step", "s", 3, (0, 11), x, y, sig).verify(node.public_key)
+    forward = sign_result(node, "forward", "", 0, (0, 10), x, y)
+    assert signed_result("forward", "", 0, (0, 10), x, y, forward).verify(node.public_key)
 
 
 def test_it_parses_signed_results_from_json_strictly():
