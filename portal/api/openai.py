@@ -17,13 +17,10 @@ from django.conf import settings
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from portal import generation
 from portal.accounts.models import ApiKey
-from portal.chat import spending
-from portal.chat.calls import GatewayCall, GatewayTimeout
-from portal.chat.conversations import Owner
-from portal.chat.protocol import BadRequest, GenerationRequest
+from portal.generation import BadRequest, GatewayCall, GatewayTimeout, GenerationRequest, Requester
 from portal.swarm.health import swarm_health
-from portal.swarm.models import SwarmModel
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "insufficient_quota",
                404: "invalid_request_error", 405: "invalid_request_error", 413: "invalid_request_error",
@@ -166,20 +163,18 @@ def _request(body: dict, **prompt) -> GenerationRequest:
 
 @sync_to_async
 def _admit(user, request: GenerationRequest, ip: str) -> None:
-    if not SwarmModel.objects.filter(name=request.model).exists():
-        raise ApiError(404, f"the model {request.model!r} does not exist (GET /v1/models lists them)",
-                       "model_not_found", "model")  # fmt: skip
-    request.prefix_salt = Owner(user.pk).prefix_salt
     try:
-        request.token_budget = spending.tokens_allowed(Owner(user.pk), ip)
-    except spending.OutOfCredits as exc:
+        generation.admit(Requester(user.pk), request, ip)
+    except generation.UnknownModel:
+        raise ApiError(404, f"the model {request.model!r} does not exist (GET /v1/models lists them)",
+                       "model_not_found", "model") from None  # fmt: skip
+    except generation.OutOfCredits as exc:
         raise ApiError(402, str(exc), "insufficient_quota") from None
 
 
 @sync_to_async
 def _charge(user, ip: str, event: dict, request_id: str) -> None:
-    usage = event.get("usage") or {}
-    spending.charge(Owner(user.pk), ip, int(usage.get("total_tokens", 0)), f"api:{request_id}")
+    generation.settle(Requester(user.pk), ip, event.get("usage"), f"api:{request_id}")
 
 
 async def _complete(request, body: dict, *, chat: bool, **prompt):
@@ -193,17 +188,17 @@ async def _complete(request, body: dict, *, chat: bool, **prompt):
     await _admit(request.api_user, gen, ip)
     shape = _Shape(chat, gen.model, gen.id)
     call = GatewayCall(gen)
-    await call.__aenter__()
+    await call.open()
     try:
         first = await _first(call)  # the status code depends on it: refusals come before any text
     except BaseException:
-        await call.__aexit__()
+        await call.close()
         raise
     if not stream:
         try:
             done = await _rest(call, first)
         finally:
-            await call.__aexit__()
+            await call.close()
         await _charge(request.api_user, ip, done, gen.id)
         return JsonResponse(shape.whole(done))
 
@@ -227,7 +222,7 @@ async def _complete(request, body: dict, *, chat: bool, **prompt):
             yield shape.sse({"error": {"message": str(exc), "type": "service_unavailable", "param": None,
                                        "code": "gateway_unavailable"}})  # fmt: skip
         finally:
-            await call.__aexit__()  # a client that went away mid-stream cancels the generation
+            await call.close()  # a client that went away mid-stream cancels the generation
 
     response = StreamingHttpResponse(events(), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"

@@ -20,26 +20,34 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
-from portal.chat import conversations, spending
+from portal.chat import turns
 from portal.chat.conversations import NotFound, Owner
-from portal.chat.gateway import ensure_embedded_gateway
-from portal.chat.protocol import CONTROL_GROUP, BadRequest, GenerationRequest, cancel_message
-from portal.chat.spending import OutOfCredits
+from portal.generation import (
+    BadRequest,
+    GatewayCall,
+    GatewayTimeout,
+    GenerationRequest,
+    OutOfCredits,
+    ensure_embedded_gateway,
+)
 
 
 @dataclass
 class _Active:
-    """The generation this socket is waiting for."""
+    """One generation this socket asked for, and what the browser has been shown of it."""
 
-    request: GenerationRequest
+    call: GatewayCall
     conversation_id: int
     sent_at: float = field(default_factory=time.monotonic)
-    started: bool = False
     first_token_s: float = 0.0
     text: str = ""
     dropped: int = 0  # old messages not even sent to the gateway (over the request limits)
     messages: int = 0  # token messages received (the browser test checks the answer streamed)
-    watchdog: asyncio.Task | None = None
+    stopped: asyncio.Future | None = None  # Stop pressed: the stored partial answer's id, once stored
+
+    @property
+    def request(self) -> GenerationRequest:
+        return self.call.request
 
 
 class ChatConsumer(AsyncJsonWebsocketConsumer):
@@ -49,12 +57,16 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         session = self.scope.get("session")
         self.owner = Owner.of(self.scope.get("user"), getattr(session, "session_key", None))
         self.active: _Active | None = None
-        self.stopped: dict[str, int] = {}  # request id -> answer id, until the gateway reports its usage
+        self.follows: set[asyncio.Task] = set()  # a task per generation still to hear from
         await self.accept()
         ensure_embedded_gateway()
 
     async def disconnect(self, code: int) -> None:
-        await self._cancel()
+        active, self.active = self.active, None
+        if active is not None:
+            await active.call.cancel()
+        for task in list(self.follows):
+            task.cancel()
 
     async def receive(self, text_data=None, bytes_data=None, **kwargs) -> None:
         """Parse one browser message; anything malformed gets an ``error`` reply, never a crash."""
@@ -94,65 +106,75 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 top_p=options.get("top_p", 1.0),
                 seed=options.get("seed"),
                 truncate=True,
-                reply_to=self.channel_name,
             )
-            conversation, question, history, dropped, allowed = await _store_question(
-                self.owner, content.get("conversation"), request.model, text, regenerate, self._client_ip()
+            question = await database_sync_to_async(turns.ask)(
+                self.owner, content.get("conversation"), request, text, regenerate, self._client_ip()
             )
         except (BadRequest, NotFound, OutOfCredits) as exc:
             return await self._error(_code(exc), str(exc))
-        request.messages = history
-        request.token_budget = allowed
-        request.prefix_salt = self.owner.prefix_salt
-        self.active = _Active(request, conversation.pk, dropped=dropped)
+        conversation = question.conversation
+        call = GatewayCall(request, token_timeout=None)  # no stall limit: the user has a Stop button
+        active = self.active = _Active(call, conversation.pk, dropped=question.dropped)
         await self.send_json(
             {
                 "type": "accepted",
                 "conversation": {"id": conversation.pk, "title": conversation.title, "model": conversation.model},
-                "question": question.as_dict() if question else None,
+                "question": question.message.as_dict() if question.message else None,
             }
         )
-        await self.channel_layer.send(settings.CHAT_GATEWAY_CHANNEL, request.to_message())
-        self.active.watchdog = asyncio.create_task(self._watch(request.id))
+        await active.call.open()
+        task = asyncio.create_task(self._follow(active))
+        self.follows.add(task)
+        task.add_done_callback(self.follows.discard)
 
-    async def _watch(self, request_id: str) -> None:
-        """No gateway took the request in time (none running, or all busy for too long): say so."""
-        await asyncio.sleep(settings.CHAT_GATEWAY_TIMEOUT)
-        if self.active is not None and self.active.request.id == request_id and not self.active.started:
-            await self._cancel()
-            await self._error("gateway_unavailable", "no gateway answered: the chat service is down or overloaded")
+    async def _follow(self, active: _Active) -> None:
+        """Hand the gateway's replies for ``active`` to the browser, until the final one."""
+        try:
+            while not active.call.finished:
+                event = await active.call.next_event()
+                await self._on_reply(active, event)
+        except GatewayTimeout as exc:  # no gateway took the request in time (none running, or all busy)
+            await active.call.close()  # cancelled before the browser hears of it
+            if self.active is active:
+                self.active = None
+                await self._error("gateway_unavailable", str(exc))
+        finally:
+            await active.call.close()
 
     def _client_ip(self) -> str:
         client = self.scope.get("client") or ("", 0)
         return str(client[0])
 
     async def _stop(self) -> None:
-        active = self.active
-        if active is None:
-            return
-        await self._cancel()
-        message = await self._finish(active, {"text": active.text, "finish_reason": "cancelled", "usage": None})
-        self.stopped = {**dict(list(self.stopped.items())[-8:]), active.request.id: message.pk}
-
-    async def _cancel(self) -> None:
         active, self.active = self.active, None
         if active is None:
             return
-        if active.watchdog is not None and active.watchdog is not asyncio.current_task():
-            active.watchdog.cancel()
-        await self.channel_layer.group_send(CONTROL_GROUP, cancel_message(active.request.id))
+        active.stopped = asyncio.get_running_loop().create_future()
+        await active.call.cancel()
+        message = await self._finish(active, {"text": active.text, "finish_reason": "cancelled", "usage": None})
+        active.stopped.set_result(message.pk)
 
-    def _mine(self, event: dict) -> _Active | None:
-        active = self.active
-        return active if active is not None and event.get("id") == active.request.id else None
-
-    # -- replies from the gateway (late ones for a stopped request are ignored) -----------------
-
-    async def gateway_started(self, event: dict) -> None:
-        """The gateway took the request and built the prompt."""
-        if (active := self._mine(event)) is None:
+    async def _on_reply(self, active: _Active, event: dict) -> None:
+        """One reply of the gateway; late ones of a stopped request only report its usage."""
+        kind = event.get("type")
+        if active.stopped is not None:
+            if kind == "gateway.done":
+                message_id = await active.stopped
+                await database_sync_to_async(turns.record_stopped_usage)(
+                    self.owner, self._client_ip(), message_id, active.request.id, event.get("usage")
+                )
             return
-        active.started = True
+        handler = {
+            "gateway.started": self._started,
+            "gateway.token": self._token,
+            "gateway.done": self._done,
+            "gateway.error": self._failed,
+        }.get(kind)
+        if handler is not None and self.active is active:
+            await handler(active, event)
+
+    async def _started(self, active: _Active, event: dict) -> None:
+        """The gateway took the request and built the prompt."""
         await self.send_json(
             {
                 "type": "started",
@@ -162,37 +184,26 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             }
         )
 
-    async def gateway_token(self, event: dict) -> None:
+    async def _token(self, active: _Active, event: dict) -> None:
         """New text of the answer."""
-        if (active := self._mine(event)) is None:
-            return
         if not active.first_token_s:
             active.first_token_s = time.monotonic() - active.sent_at
         active.text += event.get("text", "")
         active.messages += 1
         await self.send_json({"type": "token", "conversation": active.conversation_id, "text": event.get("text", "")})
 
-    async def gateway_done(self, event: dict) -> None:
+    async def _done(self, active: _Active, event: dict) -> None:
         """The answer is complete (EOS, stop string, length, or cancelled)."""
-        if (message_id := self.stopped.pop(event.get("id"), None)) is not None:
-            return await _charge_stopped(self.owner, self._client_ip(), message_id, event)
-        if (active := self._mine(event)) is None:
-            return
         self.active = None
-        if active.watchdog is not None:
-            active.watchdog.cancel()
         await self._finish(active, event)
 
-    async def gateway_error(self, event: dict) -> None:
+    async def _failed(self, active: _Active, event: dict) -> None:
         """The gateway could not serve the request."""
-        if (active := self._mine(event)) is None:
-            return
         self.active = None
-        if active.watchdog is not None:
-            active.watchdog.cancel()
         await self._error(event.get("code", "error"), event.get("message", "the request failed"))
 
     async def _finish(self, active: _Active, event: dict):
+        """Store the answer, charge it and show it (also the partial answer when the user pressed Stop)."""
         usage = event.get("usage") or {}
         stats = {
             "finish_reason": event.get("finish_reason", "stop"),
@@ -202,7 +213,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             "dropped_messages": active.dropped + int(event.get("dropped_messages", 0) or 0),
         }
         text = event.get("text", active.text) if stats["finish_reason"] != "cancelled" else active.text
-        message = await _store_answer(self.owner, self._client_ip(), active, text, stats)
+        message = await database_sync_to_async(turns.answer)(
+            self.owner, self._client_ip(), active.conversation_id, active.request.id, text, usage, **stats
+        )
         await self.send_json(
             {
                 "type": "done",
@@ -217,46 +230,6 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def _error(self, code: str, message: str) -> None:
         await self.send_json({"type": "error", "code": code, "message": message})
-
-
-@database_sync_to_async
-def _store_question(owner: Owner, conversation_id, model: str, text, regenerate: bool, ip: str):
-    from portal.swarm.models import SwarmModel
-
-    if not SwarmModel.objects.filter(name=model).exists():
-        raise BadRequest(f"unknown model {model!r}", "model", "model_not_found", 404)
-    allowed = spending.tokens_allowed(owner, ip)
-    if regenerate:
-        conversation = conversations.prepare_regenerate(owner, conversation_id)
-        question = None
-    else:
-        if conversation_id is not None and not isinstance(conversation_id, int):
-            raise NotFound("no such conversation")
-        conversation, question = conversations.add_question(owner, conversation_id, model, text)
-    history, dropped = conversations.history(conversation, settings.CHAT_MAX_MESSAGES, settings.CHAT_MAX_INPUT_CHARS)
-    return conversation, question, history, dropped, allowed
-
-
-@database_sync_to_async
-def _store_answer(owner: Owner, ip: str, active: _Active, text: str, stats: dict):
-    from portal.chat.models import Conversation
-
-    conversation = Conversation.objects.get(pk=active.conversation_id)
-    message = conversations.add_answer(conversation, text, **stats)
-    tokens = stats["prompt_tokens"] + stats["completion_tokens"]
-    spending.charge(owner, ip, tokens, f"chat:{active.request.id}")
-    return message
-
-
-@database_sync_to_async
-def _charge_stopped(owner: Owner, ip: str, message_id: int, event: dict) -> None:
-    """The gateway's usage report of an answer the user stopped: record the counts and charge them."""
-    from portal.chat.models import Message
-
-    usage = event.get("usage") or {}
-    prompt, completion = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
-    Message.objects.filter(pk=message_id).update(prompt_tokens=prompt, completion_tokens=completion)
-    spending.charge(owner, ip, prompt + completion, f"chat:{event.get('id')}")
 
 
 def _code(exc: Exception) -> str:

@@ -2,45 +2,19 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from dataclasses import dataclass
 
-from django.conf import settings
 from django.db import transaction
 
 from portal.chat.models import Conversation, Message
+from portal.generation import Requester
 
 TITLE_CHARS = 60
 
 
 @dataclass(frozen=True)
-class Owner:
-    """Whoever is chatting: a user, or an anonymous browser session."""
-
-    user_id: int | None
-    session_key: str = ""
-
-    @classmethod
-    def of(cls, user, session_key: str | None) -> Owner:
-        """The owner for a request's or a websocket scope's user and session."""
-        if user is not None and user.is_authenticated:
-            return cls(user.pk)
-        return cls(None, session_key or "")
-
-    @property
-    def prefix_salt(self) -> str:
-        """This owner's salt for the nodes' prompt-prefix reuse (spec §4.9): an owner's chats reuse each
-        other's prompt beginnings on a node; different owners never share (no timing hints across users)."""
-        if not self.known:
-            return ""
-        key = f"user:{self.user_id}" if self.user_id is not None else f"session:{self.session_key}"
-        return hmac.new(settings.SECRET_KEY.encode(), f"prefix-salt:{key}".encode(), hashlib.sha256).hexdigest()[:32]
-
-    @property
-    def known(self) -> bool:
-        """A user or a session we can keep conversations for."""
-        return self.user_id is not None or bool(self.session_key)
+class Owner(Requester):
+    """Whoever is chatting (a user, or an anonymous browser session), and the conversations they own."""
 
     def conversations(self):
         """This owner's conversations, newest first."""

@@ -7,7 +7,7 @@ from django.http import Http404
 from django.shortcuts import render
 
 from portal.chat.conversations import NotFound, Owner, get_conversation
-from portal.chat.spending import OutOfCredits, tokens_allowed
+from portal.generation import OutOfCredits, tokens_allowed
 from portal.swarm.health import swarm_health
 
 

@@ -10,7 +10,7 @@ import openai
 import pytest
 import torch
 
-from portal.chat.prompts import chat_prompt
+from portal.generation.prompts import chat_prompt
 from portal.processes import create_user_with_node_token, live_portal, manage
 from swarmnode.client import AutoDistributedModelForCausalLM
 from swarmnode.launcher import LocalSwarm

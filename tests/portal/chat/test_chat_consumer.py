@@ -11,7 +11,7 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 
 from portal.chat.models import Conversation, Message
-from portal.chat.prompts import chat_prompt
+from portal.generation.prompts import chat_prompt
 from portal.ledger.books import balance_of
 from swarmnode.client import AutoDistributedModelForCausalLM
 from swarmnode.testing.polling import wait_until

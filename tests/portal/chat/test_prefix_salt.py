@@ -3,7 +3,7 @@
 import pytest
 
 from portal.chat.conversations import Owner
-from portal.chat.protocol import BadRequest, GenerationRequest
+from portal.generation import BadRequest, GenerationRequest
 
 
 def test_an_owner_keeps_one_salt_and_no_two_owners_share_one(settings):

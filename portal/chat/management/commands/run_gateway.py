@@ -14,7 +14,7 @@ import signal
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from portal.chat.gateway import Gateway, shared_pool
+from portal.generation import Gateway, shared_pool
 
 
 class Command(BaseCommand):
@@ -25,7 +25,7 @@ class Command(BaseCommand):
         parser.add_argument("--preload", action="append", default=[], help="load this model's client parts now")
 
     def handle(self, *args, concurrency: int, preload: list[str], **options):
-        logging.getLogger("portal.chat").setLevel(logging.INFO)
+        logging.getLogger("portal.generation").setLevel(logging.INFO)
         if settings.CHANNEL_LAYERS["default"]["BACKEND"].endswith("InMemoryChannelLayer"):
             self.stderr.write(
                 "warning: the channel layer is in memory, so only this process can reach this gateway; "

@@ -3,8 +3,8 @@
 Run it as its own process (``manage.py run_gateway``: one or more per machine, sharing the work
 over Redis) or, in the embedded demo (in-memory channel layer), inside the daphne process
 (:func:`ensure_embedded_gateway`). Either way the same :class:`Gateway` runs: an asyncio loop that
-reads requests and cancels, and a thread per running generation (the swarm client is synchronous).
-Message formats: :mod:`portal.chat.protocol`.
+reads requests and cancels, and a thread per running generation (the swarm client is synchronous)
+that runs :func:`portal.generation.streaming.serve_request`. Message formats: :mod:`portal.generation.protocol`.
 """
 
 from __future__ import annotations
@@ -22,40 +22,14 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connections
 
-from portal.chat.engine import Cancelled, ModelPool, SwarmUnavailable, build_prompt, run_generation
-from portal.chat.protocol import CONTROL_GROUP, BadRequest, GenerationRequest
+from portal.generation.pool import ModelPool, SwarmUnavailable, shared_pool
+from portal.generation.protocol import CONTROL_GROUP, BadRequest, GenerationRequest
+from portal.generation.streaming import Cancelled, cancelled_before_start, error_reply, serve_request
 
-log = logging.getLogger("portal.chat.gateway")
+log = logging.getLogger("portal.generation.gateway")
 
 EARLY_CANCEL_TTL_S = 300.0  # remember cancels of requests not received yet this long
 SEND_TIMEOUT_S = 10.0
-
-
-def online_peers(model: str) -> list[str]:
-    """URLs of the nodes the tracker lists as online for ``model``, plus ``CHAT_SWARM_PEERS``."""
-    from django.db import close_old_connections
-
-    from portal.swarm.models import Node
-
-    close_old_connections()
-    try:
-        urls = list(
-            Node.objects.visible()
-            .filter(model__name=model, state=Node.State.ONLINE, relay=False)
-            .exclude(url="")
-            .values_list("url", flat=True)
-        )
-    finally:
-        # Generation threads run for seconds to minutes: hand the connection back to the pool now, or
-        # more concurrent generations than DATABASE_POOL_MAX would starve each other.
-        connections.close_all()
-    return urls + [u for u in settings.CHAT_SWARM_PEERS if u not in urls]
-
-
-@functools.cache
-def shared_pool() -> ModelPool:
-    """This process's model pool (client parts are loaded once per process, whatever runs them)."""
-    return ModelPool(online_peers)
 
 
 class Gateway:
@@ -128,23 +102,24 @@ class Gateway:
                 log.warning("dropped a request without reply_to/id: %r", {k: message.get(k) for k in ("type", "id")})
                 return
             if self.early_cancels.pop(request_id, None) is not None:
-                await self._send(reply_to, "gateway.done", request_id, **_cancelled_before_start())
+                await self._send(reply_to, "gateway.done", request_id, **cancelled_before_start())
                 return
             cancelled = self.running.setdefault(request_id, threading.Event())
             try:
                 request = GenerationRequest.from_message(message)
                 await self.loop.run_in_executor(self.executor, self._generate, request, cancelled)
             except BadRequest as exc:
-                error = _error(exc.code, str(exc), exc.status, exc.param)
+                error = error_reply(exc.code, str(exc), exc.status, exc.param)
                 await self._send(reply_to, "gateway.error", request_id, **error)
             except SwarmUnavailable as exc:
-                await self._send(reply_to, "gateway.error", request_id, **_error("swarm_unavailable", str(exc), 503))
+                error = error_reply("swarm_unavailable", str(exc), 503)
+                await self._send(reply_to, "gateway.error", request_id, **error)
             except Cancelled:
                 pass  # the requester is gone: nobody to tell
             except Exception as exc:
                 log.exception("generation %s failed", request_id)
                 text = f"the swarm failed during generation: {type(exc).__name__}: {exc}"
-                await self._send(reply_to, "gateway.error", request_id, **_error("swarm_error", text, 502))
+                await self._send(reply_to, "gateway.error", request_id, **error_reply("swarm_error", text, 502))
             finally:
                 self.running.pop(request_id, None)
                 self.served += 1
@@ -154,31 +129,12 @@ class Gateway:
             self.slots.release()
 
     def _generate(self, request: GenerationRequest, cancelled: threading.Event) -> None:
-        """Runs in a worker thread: load/route, build the prompt, stream the answer, say how it ended."""
+        """Runs in a worker thread: the whole generation, its replies handed to the event loop."""
+        emit = functools.partial(self._send_from_thread, request.reply_to, request.id, cancelled)
         try:
-            self._generate_in_thread(request, cancelled)
+            serve_request(self.pool, request, emit, cancelled)
         finally:
             connections.close_all()  # this thread's database connection (the tracker lookup)
-
-    def _generate_in_thread(self, request: GenerationRequest, cancelled: threading.Event) -> None:
-        model = self.pool.get(request.model)
-        prompt = build_prompt(self.pool, model, request)
-        emit = functools.partial(self._send_from_thread, request.reply_to, request.id, cancelled)
-        emit("gateway.started", prompt_tokens=len(prompt.ids), dropped_messages=prompt.dropped_messages)
-        outcome = run_generation(model, request, prompt, lambda text: emit("gateway.token", text=text), cancelled)
-        emit(
-            "gateway.done",
-            text=outcome.text,
-            finish_reason=outcome.finish_reason,
-            usage={
-                "prompt_tokens": outcome.prompt_tokens,
-                "completion_tokens": outcome.completion_tokens,
-                "total_tokens": outcome.prompt_tokens + outcome.completion_tokens,
-            },
-            dropped_messages=outcome.dropped_messages,
-            ttft_s=round(outcome.ttft_s, 4),
-            tokens_per_s=round(outcome.tokens_per_s, 2),
-        )
 
     def _send_from_thread(self, reply_to: str, request_id: str, cancelled: threading.Event, kind: str, **fields):
         if self.loop.is_closed():
@@ -193,15 +149,6 @@ class Gateway:
 
     async def _send(self, reply_to: str, kind: str, request_id: str, **fields) -> None:
         await self.layer.send(reply_to, {"type": kind, "id": request_id, **fields})
-
-
-def _error(code: str, message: str, status: int, param: str | None = None) -> dict:
-    return {"code": code, "message": message, "status": status, "param": param}
-
-
-def _cancelled_before_start() -> dict:
-    usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-    return {"text": "", "finish_reason": "cancelled", "usage": usage, "dropped_messages": 0, "tokens_per_s": 0}
 
 
 _embedded: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -1,4 +1,8 @@
-"""One generation requested over the channel layer by code that is not a consumer (the OpenAI API views)."""
+"""The requester's side of one generation: send the request to the gateways, read the replies, cancel.
+
+Both the chat consumer and the OpenAI API views use it, so a request that no gateway takes, or that
+goes silent, ends the same way everywhere (:class:`GatewayTimeout`), and leaving early always cancels.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,8 @@ import asyncio
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from portal.chat.gateway import ensure_embedded_gateway
-from portal.chat.protocol import CONTROL_GROUP, GenerationRequest, cancel_message
+from portal.generation.gateway import ensure_embedded_gateway
+from portal.generation.protocol import CONTROL_GROUP, GenerationRequest, cancel_message
 
 FINAL = ("gateway.done", "gateway.error")
 
@@ -21,21 +25,35 @@ class GatewayCall:
     """``async with GatewayCall(request) as call: event = await call.next_event()``.
 
     Sends ``request`` with a fresh reply channel; leaving the block before the final event (an error,
-    a client that disconnected mid-stream) cancels the generation.
+    a client that disconnected mid-stream) cancels the generation. Without a block: ``open()`` ...
+    ``close()``.
+
+    Args:
+        request: the admitted request (its ``reply_to`` is set here).
+        token_timeout: seconds a started generation may stay silent; None: no limit (the chat page,
+            where the user has a Stop button).
     """
 
-    def __init__(self, request: GenerationRequest, token_timeout: float = 120.0) -> None:
+    def __init__(self, request: GenerationRequest, token_timeout: float | None = 120.0) -> None:
         self.request = request
         self.token_timeout = token_timeout
         self.finished = False
         self.started = False
+        self.cancelled = False
 
     async def __aenter__(self) -> GatewayCall:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        """Send the request to whichever gateway is free (starting the embedded one if need be)."""
         self.layer = get_channel_layer()
-        self.request.reply_to = await self.layer.new_channel("api-reply.")
+        self.request.reply_to = await self.layer.new_channel("gateway-reply.")
         ensure_embedded_gateway()
         await self.layer.send(settings.CHAT_GATEWAY_CHANNEL, self.request.to_message())
-        return self
 
     async def next_event(self) -> dict:
         """The next reply for this request (``gateway.started``, ``.token``, ``.done`` or ``.error``).
@@ -59,6 +77,12 @@ class GatewayCall:
             self.finished = event.get("type") in FINAL
             return event
 
-    async def __aexit__(self, *exc) -> None:
-        if not self.finished:
+    async def cancel(self) -> None:
+        """Stop the generation wherever it runs (or before it starts); its final event still comes."""
+        if not self.cancelled and not self.finished:
+            self.cancelled = True
             await asyncio.shield(self.layer.group_send(CONTROL_GROUP, cancel_message(self.request.id)))
+
+    async def close(self) -> None:
+        """Done with this call: a generation that has not finished is cancelled."""
+        await self.cancel()

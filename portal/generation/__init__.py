@@ -1,0 +1,44 @@
+"""The generation service: answers from the swarm for the chat page and the OpenAI-compatible API.
+
+This package is its public API; ``portal.chat`` and ``portal.api`` import only from here.
+
+Requester side (daphne), in the order a request goes:
+
+1. :class:`GenerationRequest` validates what a browser or an API client may set (:class:`BadRequest`).
+2. :func:`admit` checks the model and gives the request the requester's token budget and prompt salt
+   (:class:`UnknownModel`, :class:`OutOfCredits`).
+3. :class:`GatewayCall` sends it to whichever gateway is free and reads the replies
+   (``gateway.started``, ``gateway.token``..., ``gateway.done`` or ``gateway.error``); leaving it early
+   cancels the generation; :class:`GatewayTimeout` when no gateway answers.
+4. :func:`settle` charges the usage that ``gateway.done`` reports (:func:`tokens_allowed`: what is left).
+
+Gateway side (``manage.py run_gateway``, or embedded in daphne: :func:`ensure_embedded_gateway`):
+:class:`Gateway` (``gateway.py``: channel layer, slots, cancels, worker threads) runs each request
+with ``streaming.serve_request``: ``pool.py`` (the model's client pointed at the online nodes) ->
+``prompts.py`` (token ids fitted to the context and budget) -> ``decoding.py`` (the token loop),
+replying as it goes.
+"""
+
+from portal.generation.admission import UnknownModel, admit
+from portal.generation.calls import GatewayCall, GatewayTimeout
+from portal.generation.gateway import Gateway, ensure_embedded_gateway
+from portal.generation.pool import shared_pool
+from portal.generation.protocol import BadRequest, GenerationRequest
+from portal.generation.requesters import Requester
+from portal.generation.spending import OutOfCredits, settle, tokens_allowed
+
+__all__ = [
+    "BadRequest",
+    "Gateway",
+    "GatewayCall",
+    "GatewayTimeout",
+    "GenerationRequest",
+    "OutOfCredits",
+    "Requester",
+    "UnknownModel",
+    "admit",
+    "ensure_embedded_gateway",
+    "settle",
+    "shared_pool",
+    "tokens_allowed",
+]

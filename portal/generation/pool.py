@@ -1,0 +1,150 @@
+"""Routing on the gateway: each model's client parts loaded once, pointed at the nodes the tracker lists.
+
+The swarm client (:mod:`swarmnode.client`) is synchronous; one :class:`ModelPool` per gateway
+process holds one ``DistributedModelForCausalLM`` per model (tokenizer, embeddings, LM head) that
+every generation thread shares. Each generation opens its own swarm sessions; the client batches
+concurrent sessions' LM-head rows itself.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections.abc import Callable
+
+import torch
+from django.conf import settings
+from django.db import connections
+
+from portal.generation.protocol import BadRequest
+from swarmnode.client.failover import FailoverPolicy
+
+# A gateway runs many sessions at once, so a node's queue (and its step times) grows with the gateway's
+# own load: the client's default adaptive step timeout (8x the smoothed step time, at least 2 s) would
+# read a busy node as a dead one and ban it for every session. Wait longer before failing over.
+GATEWAY_FAILOVER = FailoverPolicy(min_step_timeout_s=20.0, step_timeout_factor=50.0)
+
+REFRESH_EVERY_S = 15.0  # ask the tracker again for nodes at most this often (and whenever routing fails)
+
+
+class SwarmUnavailable(Exception):
+    """No chain of reachable nodes covers the model (the OpenAI API answers 503)."""
+
+
+def online_peers(model: str) -> list[str]:
+    """URLs of the nodes the tracker lists as online for ``model``, plus ``CHAT_SWARM_PEERS``."""
+    from django.db import close_old_connections
+
+    from portal.swarm.models import Node
+
+    close_old_connections()
+    try:
+        urls = list(
+            Node.objects.visible()
+            .filter(model__name=model, state=Node.State.ONLINE, relay=False)
+            .exclude(url="")
+            .values_list("url", flat=True)
+        )
+    finally:
+        # Generation threads run for seconds to minutes: hand the connection back to the pool now, or
+        # more concurrent generations than DATABASE_POOL_MAX would starve each other.
+        connections.close_all()
+    return urls + [u for u in settings.CHAT_SWARM_PEERS if u not in urls]
+
+
+def point_at(model, urls: list[str]) -> None:
+    """Make the swarm client ``model`` use exactly the nodes at ``urls`` (asking them what they serve).
+
+    The one place the portal writes the client's ``urls``/``peers`` fields: switch it to the client's
+    own method for this once ``swarmnode.client.model`` has one.
+    """
+    model.urls = urls
+    model.discover()
+    model.peers = [p for p in model.peers if p.url in urls]  # nodes that left are not used any more
+
+
+class ModelPool:
+    """Client parts of each model, loaded on first use and kept.
+
+    Args:
+        peers_for: model name -> node URLs the tracker knows (online nodes).
+        context_cap: if positive, a context smaller than the model's; None: ``settings.CHAT_CONTEXT_TOKENS``.
+        timeout: seconds to wait for any node reply.
+    """
+
+    def __init__(
+        self, peers_for: Callable[[str], list[str]], context_cap: int | None = None, timeout: float = 30.0
+    ) -> None:
+        self.peers_for = peers_for
+        self.context_cap = context_cap
+        self.timeout = timeout
+        self._models: dict = {}
+        self._refreshed: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str):
+        """The loaded client of ``name`` with a fresh enough view of the swarm.
+
+        Raises:
+            BadRequest: the gateway has no checkpoint of that model (404).
+            SwarmUnavailable: the nodes do not cover it.
+        """
+        from swarmnode.client.routing import SwarmNotCovering
+
+        urls = self.peers_for(name)
+        if not urls:
+            raise SwarmUnavailable(f"no node serves {name} right now")
+        with self._lock:
+            model = self._models.get(name)
+            if model is None:
+                model = self._models[name] = self._load(name)
+            stale = time.monotonic() - self._refreshed.get(name, 0.0) > REFRESH_EVERY_S
+            stale = stale or set(urls) != set(model.urls)  # the tracker saw nodes join or leave
+        try:
+            if stale:
+                self._refresh(model, urls)
+            try:
+                model.chain()
+            except SwarmNotCovering:
+                self._refresh(model, self.peers_for(name))
+                model.chain()
+        except SwarmNotCovering as exc:
+            raise SwarmUnavailable(f"the swarm does not cover {name} right now: {exc}") from None
+        return model
+
+    def _load(self, name: str):
+        from portal.ledger.receipts import gateway_identity
+        from swarmnode.client.model import DistributedModelForCausalLM
+        from swarmnode.models import Checkpoint, resolve_model
+
+        try:
+            checkpoint = Checkpoint(resolve_model(name))
+        except Exception as exc:
+            message = f"the gateway cannot load model {name!r}: {exc}"
+            raise BadRequest(message, "model", "model_not_found", 404) from None
+        # Sessions close with usage receipts signed by the gateway's system key (spec §8): the
+        # nodes get paid from system:rewards, the chat/API users were charged by charge_usage.
+        identity = gateway_identity()
+        return DistributedModelForCausalLM(
+            name, checkpoint, [], torch.float32, self.timeout, identity=identity, failover=GATEWAY_FAILOVER
+        )
+
+    def _refresh(self, model, urls: list[str]) -> None:
+        point_at(model, urls)
+        self._refreshed[model.name] = time.monotonic()
+
+    def context_limit(self, model) -> int:
+        """Tokens a session may hold: the model's positions, the nodes' session limit, the cap."""
+        limits = [getattr(model.config, "max_position_embeddings", 0) or 0]
+        limits += [p.max_session_length for p in model.chain()]
+        cap = settings.CHAT_CONTEXT_TOKENS if self.context_cap is None else self.context_cap
+        if cap > 0:
+            limits.append(cap)
+        return min(x for x in limits if x > 0)
+
+
+@functools.cache
+def shared_pool() -> ModelPool:
+    """This process's model pool (client parts are loaded once per process, whatever runs them)."""
+    return ModelPool(online_peers)
