@@ -8,7 +8,8 @@ from urllib.parse import urlsplit
 from rest_framework import serializers
 
 from portal.swarm.models import Node, SwarmModel
-from portal.swarm.tracker import Beat, Registration
+from portal.swarm.tracker import Beat
+from swarmnode.discovery import PeerInfo
 from swarmnode.protocol.relay import relay_key_id
 from swarmnode.trust.secure_channel import key_id
 
@@ -83,9 +84,9 @@ class RegistrationSerializer(serializers.Serializer):
             raise serializers.ValidationError({"url": "required unless relay is true"})
         return attrs
 
-    def to_registration(self) -> Registration:
-        """The validated payload as the tracker's :class:`Registration`."""
-        return Registration(**{k: v for k, v in self.validated_data.items() if k != "span_proof"})
+    def to_registration(self) -> PeerInfo:
+        """The validated payload as the node's announced :class:`~swarmnode.discovery.PeerInfo`."""
+        return PeerInfo(**{k: v for k, v in self.validated_data.items() if k != "span_proof"})
 
 
 class HeartbeatSerializer(serializers.Serializer):
@@ -133,7 +134,7 @@ class NodeSerializer(serializers.ModelSerializer):
 
 
 class SpanSerializer(serializers.ModelSerializer):
-    """A node as clients see it: enough to route (``swarmnode.client.remote.PeerInfo`` fields and more)."""
+    """A node as clients see it: enough to route (``swarmnode.discovery.PeerInfo`` fields and more)."""
 
     model = serializers.CharField(source="model.name")
     num_blocks = serializers.IntegerField(source="model.num_blocks")

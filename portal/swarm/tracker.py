@@ -6,7 +6,6 @@ leaves the database as it was.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -17,6 +16,7 @@ from django.utils import timezone
 from portal.accounts.models import NodeToken
 from portal.swarm.live import health_changed
 from portal.swarm.models import Heartbeat, Node, SwarmModel
+from swarmnode.discovery import ANNOUNCED_FIELDS, PeerInfo
 
 
 class TrackerError(Exception):
@@ -35,26 +35,6 @@ class TrackerError(Exception):
 
 
 @dataclass(frozen=True)
-class Registration:
-    """What a node announces about itself (already type-checked by the API serializer)."""
-
-    model: str
-    start_block: int
-    end_block: int
-    backend: str
-    device: str
-    dtype: str
-    version: str
-    url: str = ""
-    relay: bool = False
-    relay_capacity: int = 0  # the node also relays for this many nodes behind NAT
-    throughput: float = 0.0
-    cache_tokens_left: int = 0
-    max_session_length: int = 8192
-    public_key: str = ""
-
-
-@dataclass(frozen=True)
 class Beat:
     """What a heartbeat reports."""
 
@@ -63,7 +43,7 @@ class Beat:
     open_sessions: int = 0
 
 
-def register_node(token: NodeToken, reg: Registration, now: datetime | None = None) -> tuple[Node, bool]:
+def register_node(token: NodeToken, reg: PeerInfo, now: datetime | None = None) -> tuple[Node, bool]:
     """Register a node of ``token``'s machine, or refresh the same node after a restart.
 
     The same token, model, span and URL updates the existing record (a restarted node, even one already
@@ -91,7 +71,7 @@ def register_node(token: NodeToken, reg: Registration, now: datetime | None = No
             .first()
         )
         _refuse_conflicts(token, model, reg, same)
-        fields = {f.name: getattr(reg, f.name) for f in dataclasses.fields(Registration) if f.name != "model"}
+        fields = {name: getattr(reg, name) for name in ANNOUNCED_FIELDS if name != "model"}
         fields.update(state=Node.State.JOINING, last_seen_at=now)
         if same is not None:
             if same.banned:
@@ -106,7 +86,7 @@ def register_node(token: NodeToken, reg: Registration, now: datetime | None = No
         return node, created
 
 
-def _model_for(reg: Registration) -> SwarmModel:
+def _model_for(reg: PeerInfo) -> SwarmModel:
     try:
         model = SwarmModel.objects.get(name=reg.model)
     except SwarmModel.DoesNotExist:
@@ -120,7 +100,7 @@ def _model_for(reg: Registration) -> SwarmModel:
     return model
 
 
-def _refuse_conflicts(token: NodeToken, model: SwarmModel, reg: Registration, same: Node | None) -> None:
+def _refuse_conflicts(token: NodeToken, model: SwarmModel, reg: PeerInfo, same: Node | None) -> None:
     mine = Node.objects.active().filter(token=token, model=model)
     overlapping = mine.filter(start_block__lt=reg.end_block, end_block__gt=reg.start_block)
     if same is not None:

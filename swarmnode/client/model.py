@@ -23,7 +23,7 @@ from swarmnode.client.latency import RttTable, ping_all
 from swarmnode.client.remote import PeerInfo, RemoteSpan
 from swarmnode.client.routing import RoutingPolicy, SwarmNotCovering, find_chain
 from swarmnode.client.session import AuditRollback, AuditStats, FailoverEvent, InferenceSession
-from swarmnode.client.tracker import fetch_spans
+from swarmnode.discovery import fetch_spans
 from swarmnode.models import Checkpoint, resolve_model
 from swarmnode.models.registry import model_name
 from swarmnode.models.wire import tensor_to_wire, wire_to_tensor

@@ -6,10 +6,10 @@ import dataclasses
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TypeVar
 
 from swarmnode.client.wsclient import BlockingWebSocket
+from swarmnode.discovery.peers import PeerInfo
 from swarmnode.protocol import Error, Info, InfoReply, Limits, Message, ProtocolError, decode, encode
 from swarmnode.protocol.relay import relay_key_id
 from swarmnode.trust.secure_channel import ChannelError, SecureChannel, client_handshake, finish_handshake, key_id
@@ -33,43 +33,6 @@ class RemoteError(Exception):
         self.url = url
         self.code = code
         self.message = message
-
-
-@dataclass(frozen=True)
-class PeerInfo:
-    """What a node said it serves, plus where it is."""
-
-    url: str
-    model: str
-    start_block: int
-    end_block: int
-    num_blocks: int
-    hidden_size: int
-    dtype: str
-    cache_tokens_left: int
-    max_session_length: int
-    throughput: float = 0.0  # tokens/s of one-token steps through the whole span; 0 = unknown
-    prefill_throughput: float = 0.0  # tokens/s of a long prefill through the span; 0 = unknown
-    state: str = "online"  # "draining": serves its sessions but takes no new ones
-    relay: bool = False  # reachable only through a relay (an extra hop)
-    public_key: str = ""  # "ed25519:...,x25519:..." (spec §1.4): names the node in usage receipts (§8),
-    # agrees end-to-end session keys (§10), checks its signed results (§11)
-    node_id: int = 0  # the tracker's id of the node (0: not from a tracker); evidence reports name it
-    reputation: float | None = None  # the tracker's score in [0, 1]; None: unknown (no tracker)
-    backend: str = ""  # the node's compute backend ("torch", "onnxruntime"); "" when not told
-
-    @property
-    def length(self) -> int:
-        """Number of blocks served."""
-        return self.end_block - self.start_block
-
-    @classmethod
-    def from_reply(cls, url: str, reply: InfoReply) -> PeerInfo:
-        """Build from an :class:`InfoReply`."""
-        names = {f.name for f in dataclasses.fields(cls)} & {f.name for f in dataclasses.fields(reply)}
-        return cls(
-            url=url, relay=relay_key_id(url) is not None, **{n: getattr(reply, n) for n in names - {"id", "relay"}}
-        )
 
 
 class RemoteSpan:

@@ -22,7 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from swarmnode.client.remote import POOL, PeerInfo, RemoteError, RemoteSpan
+from swarmnode import discovery
+from swarmnode.client.remote import POOL, RemoteSpan
+from swarmnode.discovery import PeerInfo
 
 
 class SwarmNotCovering(Exception):
@@ -292,11 +294,12 @@ def find_chain(
 
 
 def probe_peers(urls: list[str], timeout: float = 10.0) -> tuple[list[PeerInfo], dict[str, str]]:
-    """Ask each URL what it serves; return the answers and the errors of those that failed."""
-    infos, errors = [], {}
-    for url in urls:
-        try:
-            infos.append(POOL.use(url, timeout, RemoteSpan.info))  # the connection stays open for a session
-        except RemoteError as exc:
-            errors[url] = str(exc)
-    return infos, errors
+    """Ask each URL what it serves; return the answers and the errors of those that failed.
+
+    Through the client's connection pool: the connection stays open for the session that follows.
+    """
+    return discovery.probe_peers(urls, timeout, ask=_pooled_info)
+
+
+def _pooled_info(url: str, timeout: float) -> PeerInfo:
+    return POOL.use(url, timeout, RemoteSpan.info)

@@ -16,6 +16,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from swarmnode.discovery import PeerInfo
 from swarmnode.server.blocking import run_blocking
 
 log = logging.getLogger("swarmnode.announce")
@@ -115,23 +116,14 @@ class Announcer:
 
     def registration(self) -> dict[str, Any]:
         """The registration payload, from the node's own :meth:`Node.info`."""
-        info = self.node.info()
+        record = PeerInfo.from_reply(getattr(self.node, "address", self.node.url), self.node.info())
         return {
-            "model": info.model,
-            "start_block": info.start_block,
-            "end_block": info.end_block,
-            "url": getattr(self.node, "address", self.node.url),  # a relay address while relayed (spec §9)
+            **record.announcement(),
+            # A relay address while relayed (spec §9), whatever the URL looks like.
             "relay": getattr(self.node, "relay_link", None) is not None,
             # A directly reachable node started with --relay-capacity also relays for nodes behind NAT (§9).
             "relay_capacity": self._relay_capacity(),
-            "backend": info.backend,
-            "device": info.device,
-            "dtype": info.dtype,
             "throughput": self.throughput,
-            "cache_tokens_left": info.cache_tokens_left,
-            "max_session_length": info.max_session_length,
-            "version": info.version,
-            "public_key": info.public_key,
         }
 
     def _relay_capacity(self) -> int:

@@ -6,43 +6,10 @@ import logging
 import random
 import statistics
 
+from swarmnode.discovery import swarm_view
 from swarmnode.server.selection import Placement, block_throughput, choose_span, placement_from_span
 
 log = logging.getLogger("swarmnode.placement")
-
-
-def swarm_view(model: str, portal: str | None, peers: list[str], exclude_url: str = "", probe_limit: int = 32) -> list:
-    """The nodes serving ``model`` that the tracker lists and that the given peers say they are.
-
-    When the tracker lists at most ``probe_limit`` nodes, each is asked directly and the silent ones dropped.
-
-    Returns:
-        :class:`~swarmnode.client.remote.PeerInfo` objects (a tracker or peer that fails is skipped).
-    """
-    from swarmnode.client.routing import probe_peers
-    from swarmnode.client.tracker import TrackerError, fetch_spans
-
-    found = {}
-    if portal:
-        try:
-            for p in fetch_spans(portal, model):
-                found[p.url] = p
-        except TrackerError as exc:
-            log.warning("cannot read the swarm from the tracker: %s", exc)
-    if 0 < len(found) <= probe_limit:
-        # The tracker lists a node until its heartbeats have been missing for a while; in a small
-        # swarm asking each node is cheap and tells a dead one apart at once.
-        alive, _ = probe_peers(list(found), timeout=3.0)
-        found = {p.url: p for p in alive if p.model == model}
-    urls = [u for u in peers if u and u not in found]
-    if urls:
-        infos, errors = probe_peers(urls, timeout=5.0)
-        for u, e in errors.items():
-            log.info("peer %s did not answer: %s", u, e)
-        for p in infos:
-            if p.model == model:
-                found[p.url] = p
-    return [p for u, p in found.items() if u != exclude_url and p.state != "draining"]
 
 
 def placements(view: list, default_rate: float | None = None) -> list[Placement]:

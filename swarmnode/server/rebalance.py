@@ -15,9 +15,10 @@ import logging
 import random
 import time
 
+from swarmnode.discovery import swarm_view
 from swarmnode.server.blocking import run_blocking
 from swarmnode.server.links import probe_links
-from swarmnode.server.placement import placements, swarm_view
+from swarmnode.server.placement import placements
 from swarmnode.server.selection import MoveDecision, Placement, rebalance
 
 log = logging.getLogger("swarmnode.rebalance")

@@ -15,7 +15,7 @@ import torch
 
 from portal.processes import create_user_with_node_token, live_portal
 from swarmnode.client import AutoDistributedModelForCausalLM
-from swarmnode.client.tracker import fetch_spans
+from swarmnode.discovery.tracker import fetch_spans
 from swarmnode.launcher import start_node, start_relay
 from swarmnode.testing.polling import wait_until
 

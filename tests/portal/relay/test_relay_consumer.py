@@ -11,7 +11,7 @@ from portal.accounts.models import NodeToken
 from portal.asgi import application
 from portal.relay.models import RelayedNode
 from portal.swarm import tracker
-from portal.swarm.tracker import Registration
+from swarmnode.discovery import PeerInfo
 from swarmnode.protocol import decode
 from swarmnode.protocol import relay as envelope
 from swarmnode.trust.identity import NodeIdentity
@@ -144,7 +144,7 @@ def test_it_refuses_a_node_posing_as_another_nodes_key(token, other, smollm2):
 
     _run(scenario)
     other_token = NodeToken.create_for(other, "bob's gpu")[0]
-    reg = Registration(
+    reg = PeerInfo(
         model="smollm2", start_block=0, end_block=10, url="ws://127.0.0.1:9/x", backend="torch", device="cpu",
         dtype="float32", version="0.1.0", public_key=victim.public_key,
     )  # fmt: skip

@@ -4,11 +4,12 @@ from portal.accounts.models import NodeToken
 from portal.relay.models import RelayedNode
 from portal.swarm import tracker
 from portal.swarm.models import Node
-from portal.swarm.tracker import Beat, Registration
+from portal.swarm.tracker import Beat
+from swarmnode.discovery import PeerInfo
 
 
 def _node(token, start, end, url, relay_capacity=0):
-    reg = Registration(
+    reg = PeerInfo(
         model="smollm2", start_block=start, end_block=end, url=url, backend="torch", device="cpu",
         dtype="float32", version="0.1.0", relay_capacity=relay_capacity,
     )  # fmt: skip

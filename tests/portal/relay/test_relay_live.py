@@ -9,7 +9,7 @@ import pytest
 
 from portal.processes import create_user_with_node_token, live_portal
 from swarmnode.client.remote import RemoteSpan
-from swarmnode.client.tracker import fetch_spans
+from swarmnode.discovery.tracker import fetch_spans
 from swarmnode.launcher import start_node
 from swarmnode.protocol import CloseSession, OpenSession, Step, tensor_from_numpy
 from swarmnode.testing.polling import wait_until

@@ -8,11 +8,12 @@ from channels.testing import WebsocketCommunicator
 from portal.accounts.models import NodeToken
 from portal.asgi import application
 from portal.swarm import tracker
-from portal.swarm.tracker import Beat, Registration
+from portal.swarm.tracker import Beat
+from swarmnode.discovery import PeerInfo
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-SPAN = Registration(
+SPAN = PeerInfo(
     model="smollm2", start_block=0, end_block=10, url="ws://127.0.0.1:1/x", backend="torch", device="cpu",
     dtype="float32", version="0.1.0",
 )  # fmt: skip

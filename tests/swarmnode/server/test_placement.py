@@ -2,8 +2,8 @@
 
 import random
 
-from swarmnode.client import PeerInfo
-from swarmnode.server.placement import auto_blocks, placements, swarm_view
+from swarmnode.discovery import PeerInfo
+from swarmnode.server.placement import auto_blocks, placements
 
 
 def peer(url, start, end, tps=0.0, state="online"):
@@ -14,13 +14,6 @@ def test_it_gives_nodes_of_unknown_speed_the_median_rate():
     view = [peer("a", 0, 10, tps=10.0), peer("b", 10, 20, tps=30.0), peer("c", 20, 30)]
     rates = [p.rate for p in placements(view)]
     assert rates[:2] == [100.0, 300.0] and rates[2] == 200.0
-
-
-def test_it_learns_the_swarm_from_peers_and_skips_the_dead(tiny_node):
-    dead = "ws://127.0.0.1:9/layerswarm/v1"
-    view = swarm_view("llama", None, [tiny_node.url, dead])
-    assert [(p.url, p.start_block, p.end_block) for p in view] == [(tiny_node.url, 0, 6)]
-    assert swarm_view("other-model", None, [tiny_node.url]) == []
 
 
 def test_it_joins_a_swarm_it_can_read(tiny_node):

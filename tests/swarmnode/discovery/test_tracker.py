@@ -4,7 +4,7 @@ import socket
 
 import pytest
 
-from swarmnode.client.tracker import TrackerError, fetch_spans, spans_url
+from swarmnode.discovery.tracker import TrackerError, fetch_spans, spans_url
 
 
 def test_it_builds_the_spans_url():

@@ -7,7 +7,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from swarmnode.client.remote import PeerInfo
+from swarmnode.discovery.peers import PeerInfo
 
 
 class TrackerError(ValueError):
@@ -46,25 +46,6 @@ def fetch_spans(portal: str, model: str, timeout: float = 10.0) -> list[PeerInfo
     except (OSError, ValueError) as exc:
         raise TrackerError(f"cannot ask the tracker at {portal}: {exc}") from None
     try:
-        return [
-            PeerInfo(
-                url=str(s["url"]),
-                model=str(s["model"]),
-                start_block=int(s["start_block"]),
-                end_block=int(s["end_block"]),
-                num_blocks=int(s["num_blocks"]),
-                hidden_size=int(s["hidden_size"]),
-                dtype=str(s["dtype"]),
-                cache_tokens_left=int(s["cache_tokens_left"]),
-                max_session_length=int(s["max_session_length"]),
-                throughput=float(s.get("throughput") or 0.0),
-                relay=bool(s.get("relay")),
-                public_key=str(s.get("public_key") or ""),
-                node_id=int(s.get("id") or 0),
-                reputation=float(s["reputation"]) if s.get("reputation") is not None else None,
-            )
-            for s in body["spans"]
-            if s.get("url")
-        ]
-    except (KeyError, TypeError, ValueError) as exc:
+        return [PeerInfo.from_tracker(s) for s in body["spans"] if s.get("url")]
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise TrackerError(f"the tracker at {portal} sent a malformed span list ({exc!r})") from None
