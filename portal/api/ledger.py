@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from django.db.models import Q
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import extend_schema, inline_serializer
-from rest_framework import serializers, status
+from drf_spectacular.utils import extend_schema, extend_schema_view, inline_serializer
+from rest_framework import generics, serializers, status
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
@@ -26,6 +26,24 @@ _ERROR = inline_serializer("LedgerError", {"error": serializers.CharField(), "de
 
 def _refused(exc) -> Response:
     return Response({"error": exc.code, "detail": exc.detail}, status=status.HTTP_400_BAD_REQUEST)
+
+
+class _CreateOrRefuse:
+    """For a ``ListCreateAPIView`` whose serializer's ``create`` calls a domain function: its refusals
+    (``refusals``, with ``code`` and ``detail``) answer 400 ``{"error", "detail"}``."""
+
+    refusals: tuple[type[Exception], ...] = ()
+
+    def create(self, request, *args, **kwargs):
+        """DRF's create (201 with the new object), or the domain's refusal as a 400."""
+        try:
+            return super().create(request, *args, **kwargs)
+        except self.refusals as exc:
+            return _refused(exc)
+
+    def perform_create(self, serializer) -> None:
+        """The new object belongs to the caller."""
+        serializer.save(user=self.request.user)
 
 
 class SignedReceiptSerializer(serializers.Serializer):
@@ -61,17 +79,24 @@ class ReceiptSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class Receipts(APIView):
+class Receipts(generics.ListAPIView):
     """``POST``: submit a doubly-signed receipt (a node with its node token, or a client); ``GET``: your receipts."""
 
     authentication_classes = [NodeTokenAuthentication, ApiKeyAuthentication, SessionAuthentication]
     permission_classes = [IsAuthenticated]
+    serializer_class = ReceiptSerializer
+
+    def get_queryset(self):
+        """The latest 200 receipts the caller earned (as a node owner) or paid (with a client key)."""
+        user = self.request.user
+        return Receipt.objects.filter(Q(earner=user) | Q(client_key__user=user)).order_by("-id")[:200]
 
     @extend_schema(
         request=SignedReceiptSerializer,
         responses={200: ReceiptSerializer, 201: ReceiptSerializer, 400: _ERROR},
     )
     def post(self, request):
+        """Submit a receipt: 201 when new, 200 when it was already stored, 400 when refused."""
         ser = SignedReceiptSerializer(data=request.data)
         ser.is_valid(raise_exception=True)
         try:
@@ -80,11 +105,6 @@ class Receipts(APIView):
             return _refused(exc)
         code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
         return Response(ReceiptSerializer(receipt).data, status=code)
-
-    @extend_schema(responses={200: ReceiptSerializer(many=True)})
-    def get(self, request):
-        mine = Receipt.objects.filter(Q(earner=request.user) | Q(client_key__user=request.user)).order_by("-id")[:200]
-        return Response(ReceiptSerializer(mine, many=True).data)
 
 
 class Balance(APIView):
@@ -106,45 +126,35 @@ class Balance(APIView):
         }
     )
     def get(self, request):
+        """The caller's statement summary."""
         body = statements.summary(request.user)
         body["tokens_affordable"] = tokens_affordable(request.user)
         return Response(body)
 
 
-class Transactions(APIView):
+class EntrySerializer(serializers.ModelSerializer):
+    """One entry of your account, with its transaction's kind, memo and reference."""
+
+    at = serializers.DateTimeField(source="created_at")
+    kind = serializers.CharField(source="transaction.kind")
+    memo = serializers.CharField(source="transaction.memo")
+    reference = serializers.CharField(source="transaction.reference")
+
+    class Meta:
+        model = Entry
+        fields = ["at", "kind", "memo", "reference", "amount"]
+        read_only_fields = fields
+
+
+class Transactions(generics.ListAPIView):
     """The latest 100 entries of your account."""
 
-    @extend_schema(
-        responses={
-            200: inline_serializer(
-                "Entry",
-                {
-                    "at": serializers.DateTimeField(),
-                    "kind": serializers.CharField(),
-                    "memo": serializers.CharField(),
-                    "reference": serializers.CharField(),
-                    "amount": serializers.IntegerField(),
-                },
-                many=True,
-            )
-        }
-    )
-    def get(self, request):
-        entries = (
-            Entry.objects.filter(account=user_account(request.user)).select_related("transaction").order_by("-id")[:100]
-        )
-        return Response(
-            [
-                {
-                    "at": e.created_at,
-                    "kind": e.transaction.kind,
-                    "memo": e.transaction.memo,
-                    "reference": e.transaction.reference,
-                    "amount": e.amount,
-                }
-                for e in entries
-            ]
-        )
+    serializer_class = EntrySerializer
+
+    def get_queryset(self):
+        """The caller's account entries, newest first."""
+        account = user_account(self.request.user)
+        return Entry.objects.filter(account=account).select_related("transaction").order_by("-id")[:100]
 
 
 class ClientKeySerializer(serializers.ModelSerializer):
@@ -155,23 +165,21 @@ class ClientKeySerializer(serializers.ModelSerializer):
         fields = ["id", "name", "key", "created_at", "revoked_at"]
         read_only_fields = ["id", "created_at", "revoked_at"]
 
+    def create(self, validated_data) -> ClientKey:
+        """Register the key for ``user`` (raises ``ReceiptRefused``)."""
+        return receipts.register_client_key(validated_data["user"], validated_data["key"], validated_data["name"])
 
-class ClientKeys(APIView):
+
+@extend_schema_view(post=extend_schema(responses={201: ClientKeySerializer, 400: _ERROR}))
+class ClientKeys(_CreateOrRefuse, generics.ListCreateAPIView):
     """``GET``: your client keys; ``POST {name, key}``: register one (its receipts are paid from your account)."""
 
-    @extend_schema(responses={200: ClientKeySerializer(many=True)})
-    def get(self, request):
-        return Response(ClientKeySerializer(ClientKey.objects.filter(user=request.user), many=True).data)
+    serializer_class = ClientKeySerializer
+    refusals = (receipts.ReceiptRefused,)
 
-    @extend_schema(request=ClientKeySerializer, responses={201: ClientKeySerializer, 400: _ERROR})
-    def post(self, request):
-        ser = ClientKeySerializer(data=request.data)
-        ser.is_valid(raise_exception=True)
-        try:
-            key = receipts.register_client_key(request.user, ser.validated_data["key"], ser.validated_data["name"])
-        except receipts.ReceiptRefused as exc:
-            return _refused(exc)
-        return Response(ClientKeySerializer(key).data, status=status.HTTP_201_CREATED)
+    def get_queryset(self):
+        """The caller's client keys."""
+        return ClientKey.objects.filter(user=self.request.user)
 
 
 class RevokeClientKey(APIView):
@@ -179,6 +187,7 @@ class RevokeClientKey(APIView):
 
     @extend_schema(request=None, responses={200: ClientKeySerializer})
     def post(self, request, pk: int):
+        """Revoke the key; it stays listed, with ``revoked_at``."""
         key = get_object_or_404(ClientKey, pk=pk, user=request.user)
         receipts.revoke_client_key(key)
         return Response(ClientKeySerializer(key).data)
@@ -201,22 +210,18 @@ class PayoutSerializer(serializers.ModelSerializer):
         ]
         read_only_fields = ["id", "status", "requested_at", "reviewed_at", "external_reference", "reason"]
 
+    def create(self, validated_data) -> Payout:
+        """Request the payout for ``user`` (raises ``PayoutRefused``)."""
+        return payouts.request_payout(validated_data["user"], validated_data["amount"], validated_data["destination"])
 
-class Payouts(APIView):
+
+@extend_schema_view(post=extend_schema(responses={201: PayoutSerializer, 400: _ERROR}))
+class Payouts(_CreateOrRefuse, generics.ListCreateAPIView):
     """``GET``: your payouts; ``POST {amount, destination}``: request one (earned credits only)."""
 
-    @extend_schema(responses={200: PayoutSerializer(many=True)})
-    def get(self, request):
-        return Response(PayoutSerializer(Payout.objects.filter(user=request.user), many=True).data)
+    serializer_class = PayoutSerializer
+    refusals = (payouts.PayoutRefused,)
 
-    @extend_schema(request=PayoutSerializer, responses={201: PayoutSerializer, 400: _ERROR})
-    def post(self, request):
-        ser = PayoutSerializer(data=request.data)
-        ser.is_valid(raise_exception=True)
-        try:
-            payout = payouts.request_payout(
-                request.user, ser.validated_data["amount"], ser.validated_data["destination"]
-            )
-        except payouts.PayoutRefused as exc:
-            return _refused(exc)
-        return Response(PayoutSerializer(payout).data, status=status.HTTP_201_CREATED)
+    def get_queryset(self):
+        """The caller's payouts."""
+        return Payout.objects.filter(user=self.request.user)
