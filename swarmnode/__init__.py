@@ -7,7 +7,7 @@ Serve a span of a model's blocks with ``swarmnode serve``, or generate through a
     model.generate(input_ids, max_new_tokens=32)
 """
 
-__version__ = "0.1.0"
+from swarmnode.version import __version__
 
 __all__ = ["AutoDistributedModelForCausalLM", "DistributedModelForCausalLM", "__version__"]
 

@@ -14,7 +14,6 @@ import torch
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request, Response
 
-from swarmnode import __version__
 from swarmnode.models import Checkpoint, load_span, resolve_model
 from swarmnode.models.registry import model_name
 from swarmnode.protocol import Error, InfoReply, Message, ProtocolError, Step, decode, encode
@@ -42,6 +41,7 @@ from swarmnode.server.secure_conn import SecureConnection
 from swarmnode.server.throughput import Throughput, node_throughput
 from swarmnode.trust.identity import NodeIdentity
 from swarmnode.trust.secure_channel import ChannelError, is_handshake_frame
+from swarmnode.version import __version__
 
 log = logging.getLogger("swarmnode.node")
 
