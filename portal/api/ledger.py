@@ -28,11 +28,18 @@ def _refused(exc) -> Response:
     return Response({"error": exc.code, "detail": exc.detail}, status=status.HTTP_400_BAD_REQUEST)
 
 
-class _CreateOrRefuse:
-    """For a ``ListCreateAPIView`` whose serializer's ``create`` calls a domain function: its refusals
-    (``refusals``, with ``code`` and ``detail``) answer 400 ``{"error", "detail"}``."""
+class _OwnObjects(generics.ListCreateAPIView):
+    """``GET``: the caller's objects of the serializer's model; ``POST``: create one for the caller.
+
+    The serializer's ``create`` calls a domain function; its refusals (``refusals``, with ``code`` and
+    ``detail``) answer 400 ``{"error", "detail"}``.
+    """
 
     refusals: tuple[type[Exception], ...] = ()
+
+    def get_queryset(self):
+        """The caller's objects (nobody else's are listed)."""
+        return self.get_serializer_class().Meta.model.objects.filter(user=self.request.user)
 
     def create(self, request, *args, **kwargs):
         """DRF's create (201 with the new object), or the domain's refusal as a 400."""
@@ -171,15 +178,11 @@ class ClientKeySerializer(serializers.ModelSerializer):
 
 
 @extend_schema_view(post=extend_schema(responses={201: ClientKeySerializer, 400: _ERROR}))
-class ClientKeys(_CreateOrRefuse, generics.ListCreateAPIView):
+class ClientKeys(_OwnObjects):
     """``GET``: your client keys; ``POST {name, key}``: register one (its receipts are paid from your account)."""
 
     serializer_class = ClientKeySerializer
     refusals = (receipts.ReceiptRefused,)
-
-    def get_queryset(self):
-        """The caller's client keys."""
-        return ClientKey.objects.filter(user=self.request.user)
 
 
 class RevokeClientKey(APIView):
@@ -216,12 +219,8 @@ class PayoutSerializer(serializers.ModelSerializer):
 
 
 @extend_schema_view(post=extend_schema(responses={201: PayoutSerializer, 400: _ERROR}))
-class Payouts(_CreateOrRefuse, generics.ListCreateAPIView):
+class Payouts(_OwnObjects):
     """``GET``: your payouts; ``POST {amount, destination}``: request one (earned credits only)."""
 
     serializer_class = PayoutSerializer
     refusals = (payouts.PayoutRefused,)
-
-    def get_queryset(self):
-        """The caller's payouts."""
-        return Payout.objects.filter(user=self.request.user)
