@@ -73,7 +73,7 @@ def _measurer(kind: str, model: str, new_tokens: int):
         # The reference the ratios stand for: transformers' own generate (PyTorch fp32 eager).
         from transformers import AutoModelForCausalLM
 
-        local = AutoModelForCausalLM.from_pretrained(checkpoint.path, dtype=torch.float32).eval()
+        local = AutoModelForCausalLM.from_pretrained(checkpoint.path, dtype=torch.float32, local_files_only=True).eval()
         opts = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
 
         def run(count: int = new_tokens):

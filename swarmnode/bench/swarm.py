@@ -101,7 +101,7 @@ def run_bench(
     opts = dict(max_new_tokens=new_tokens, do_sample=False, eos_token_id=None)
 
     if backend in ("auto", "torch"):
-        local = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        local = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True)
         local.eval()
 
         def run_local(streamer):

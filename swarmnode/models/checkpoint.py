@@ -25,7 +25,7 @@ class Checkpoint:
         self.path = Path(path)
         if not (self.path / "config.json").is_file():
             raise FileNotFoundError(f"{self.path} has no config.json")
-        self.config = AutoConfig.from_pretrained(self.path)
+        self.config = AutoConfig.from_pretrained(self.path, local_files_only=True)
         self._files: dict[str, Path] = {}
         index = self.path / "model.safetensors.index.json"
         if index.is_file():
@@ -69,4 +69,4 @@ class Checkpoint:
         """The checkpoint's tokenizer (local files only)."""
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(self.path)
+        return AutoTokenizer.from_pretrained(self.path, local_files_only=True)

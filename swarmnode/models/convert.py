@@ -41,8 +41,10 @@ def _convert_into(gguf_path: Path, tmp: Path, out_dir: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     print(f"converting {gguf_path.name} to a safetensors checkpoint (one time only)...", flush=True)
-    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32, local_files_only=True
+    )
     # A GGUF-loaded model refuses save_pretrained (it carries a 'quantized with gguf' marker);
     # the dequantized weights are ordinary fp32 tensors, so write them directly.
     config = model.config
