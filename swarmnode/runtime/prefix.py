@@ -20,11 +20,14 @@ import hashlib
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from swarmnode.protocol import WireTensor
 from swarmnode.runtime.cache import SessionState
-from swarmnode.runtime.scheduler import Scheduler, concat_tokens, slice_tokens
+from swarmnode.runtime.chunks import concat_tokens, slice_tokens
+
+if TYPE_CHECKING:
+    from swarmnode.runtime.scheduler import Scheduler
 
 # Open sessions together keep at most this many times the store's positions as output rows for it.
 TRACKED_ROWS_FACTOR = 4
