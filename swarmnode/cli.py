@@ -86,17 +86,8 @@ def _relay(args: argparse.Namespace) -> None:
         pass
 
 
-def _prompt_ids(tokenizer, prompt: str, chat: bool, system: str | None):
-    if chat:
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-        return tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-        )["input_ids"]
-    return tokenizer(prompt, return_tensors="pt")["input_ids"]
-
-
 def _identity(args: argparse.Namespace) -> None:
-    from swarmnode.trust.identity import NodeIdentity
+    from swarmnode.trust.identity import NodeIdentity  # cryptography: ~0.4 s that --help does not need
     from swarmnode.trust.receipts import key_of
 
     identity = NodeIdentity.load_or_create(args.file)
@@ -104,42 +95,23 @@ def _identity(args: argparse.Namespace) -> None:
 
 
 def _generate(args: argparse.Namespace) -> None:
-    import torch
+    import torch  # torch (~10 s) loads only for the commands that compute
 
     from swarmnode.client import AutoDistributedModelForCausalLM
+    from swarmnode.client.generation import complete, prompt_ids
 
     peers = [p for p in (args.peers or "").split(",") if p]
     if not peers and not args.portal:
         raise ValueError("give --peers URL,... or --portal URL")
-    from swarmnode.client.routing import RoutingPolicy
-
-    routing = RoutingPolicy(mode=args.routing, rtt_weight=0.5 if args.push else 1.0)
-    identity = None
-    if args.identity:  # sign usage receipts (spec §8) with a key registered on the portal's credits page
-        from swarmnode.trust.identity import NodeIdentity
-
-        identity = NodeIdentity.load_or_create(args.identity)
-    from swarmnode.client.audit import AuditPolicy, EvidenceReporter
-
-    rate = args.audit_rate or (0.05 if args.verified else 0.0)
-    audit = AuditPolicy(rate=rate, mode="verified" if args.verified else "sample") if rate else None
-    api_key = args.api_key or os.environ.get("LAYERSWARM_API_KEY")
-    reporter = EvidenceReporter(args.portal, api_key) if audit and args.portal and api_key else None
-    model = AutoDistributedModelForCausalLM.from_pretrained(
-        args.model,
-        peers=peers,
-        portal=args.portal,
-        routing=routing,
-        push=args.push,
-        identity=identity,
-        audit=audit,
-        reporter=reporter,
-        secure=args.secure or None,
-    )
-    tok = model.tokenizer
-    ids = _prompt_ids(tok, args.prompt, args.chat, args.system)
+    config = _client_config(args)
+    model = AutoDistributedModelForCausalLM.from_pretrained(args.model, peers=peers, config=config)
+    ids = prompt_ids(model.tokenizer, args.prompt, args.chat, args.system)
     generator = torch.Generator().manual_seed(args.seed) if args.seed is not None else None
-    opts = dict(
+    result = complete(
+        model,
+        ids,
+        on_text=None if args.json else _write,
+        generator=generator,
         max_new_tokens=args.max_new_tokens,
         do_sample=not args.greedy and args.temperature > 0,
         temperature=args.temperature if args.temperature > 0 else 1.0,
@@ -148,25 +120,15 @@ def _generate(args: argparse.Namespace) -> None:
         repetition_penalty=args.repetition_penalty,
         stop_strings=args.stop or None,
     )
-    new_ids: list[int] = []
-    printed = ""
-    for token in model.stream(ids, generator=generator, **opts):
-        new_ids.append(int(token[0]))
-        text = tok.decode(new_ids, skip_special_tokens=True)
-        if not args.json:
-            sys.stdout.write(text[len(printed) :])
-            sys.stdout.flush()
-        printed = text
-    text = _cut_at_stop(printed, args.stop or [])
-    if reporter is not None:
-        reporter.flush()
+    if config.reporter is not None:
+        config.reporter.flush()
     stats = model.last_stats
     if args.json:
         print(
             json.dumps(
                 {
-                    "text": text,
-                    "token_ids": new_ids,
+                    "text": result.text,
+                    "token_ids": result.token_ids,
                     "ttft_s": round(stats.ttft_s, 4),
                     "tokens_per_s": round(stats.tokens_per_s, 2),
                     "receipts": [r.receipt.receipt_id for r in model.receipts],  # countersigned (spec §8)
@@ -175,14 +137,37 @@ def _generate(args: argparse.Namespace) -> None:
         )
     else:
         print(
-            f"\n[{len(new_ids)} tokens, first after {stats.ttft_s:.2f}s, {stats.tokens_per_s:.1f} tokens/s]",
+            f"\n[{len(result.token_ids)} tokens, first after {stats.ttft_s:.2f}s, {stats.tokens_per_s:.1f} tokens/s]",
             file=sys.stderr,
         )
 
 
-def _cut_at_stop(text: str, stops: list[str]) -> str:
-    cuts = [text.index(s) for s in stops if s in text]
-    return text[: min(cuts)] if cuts else text
+def _client_config(args: argparse.Namespace):
+    """The client options ``generate``'s flags ask for (a ``ClientConfig``)."""
+    from swarmnode.client.audit import AuditPolicy, EvidenceReporter
+    from swarmnode.client.config import ClientConfig  # torch, via the client package
+    from swarmnode.client.routing import RoutingPolicy
+    from swarmnode.trust.identity import NodeIdentity
+
+    # --identity: sign usage receipts (spec §8) with a key registered on the portal's credits page.
+    identity = NodeIdentity.load_or_create(args.identity) if args.identity else None
+    rate = args.audit_rate or (0.05 if args.verified else 0.0)
+    audit = AuditPolicy(rate=rate, mode="verified" if args.verified else "sample") if rate else None
+    api_key = args.api_key or os.environ.get("LAYERSWARM_API_KEY")
+    return ClientConfig(
+        portal=args.portal,
+        routing=RoutingPolicy(mode=args.routing, rtt_weight=0.5 if args.push else 1.0),
+        push=args.push,
+        identity=identity,
+        audit=audit,
+        reporter=EvidenceReporter(args.portal, api_key) if audit and args.portal and api_key else None,
+        secure=args.secure or None,
+    )
+
+
+def _write(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
 
 
 def _bench(args: argparse.Namespace) -> None:
