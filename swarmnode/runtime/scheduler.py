@@ -23,6 +23,9 @@ Classes: decoding steps, then prompt (prefill) chunks, then cache-less forwards;
 first within a class; a job that waited longer than ``aging_s`` is promoted ahead of every
 class (oldest first) so nothing starves. Long prompts are cut into chunks of
 ``prefill_chunk`` tokens so they cannot block everyone's decoding.
+
+This module holds the scheduler's API and its worker; the queue order and how batches form are in
+:mod:`swarmnode.runtime.jobs`, each session's pace and who shared a pass in :mod:`swarmnode.runtime.pacing`.
 """
 
 from __future__ import annotations
