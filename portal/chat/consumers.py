@@ -47,6 +47,7 @@ class _Active:
 
     @property
     def request(self) -> GenerationRequest:
+        """The request as sent to the gateways."""
         return self.call.request
 
 
@@ -54,6 +55,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     """One browser tab's chat: one generation at a time; Stop and a dropped socket cancel it."""
 
     async def connect(self) -> None:
+        """Accept the socket for the scope's user or session (and start the embedded gateway, if any)."""
         session = self.scope.get("session")
         self.owner = Owner.of(self.scope.get("user"), getattr(session, "session_key", None))
         self.active: _Active | None = None
@@ -62,6 +64,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         ensure_embedded_gateway()
 
     async def disconnect(self, code: int) -> None:
+        """Cancel the running generation and stop listening for the stopped ones' usage reports."""
         active, self.active = self.active, None
         if active is not None:
             await active.call.cancel()
