@@ -1,12 +1,20 @@
-"""The ``swarmnode`` command: serve | generate | bench | models | demo."""
+"""The ``swarmnode`` command: serve | generate | bench | models | demo.
+
+Each command imports what it runs inside its function: the server, the client, the models and the
+benchmarks load torch (~10 s), and ``swarmnode --help`` or ``swarmnode identity`` must not wait for it.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import logging
 import os
 import sys
 import time
+
+from swarmnode.launcher import LocalSwarm
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -14,8 +22,8 @@ def _serve(args: argparse.Namespace) -> None:
     # workers that spin after each op would steal the cores the next node is computing on.
     # Must be set before torch (and its OpenMP runtime) loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from swarmnode.protocol import Limits
-    from swarmnode.server import NodeConfig, run_node
+    from swarmnode.protocol import Limits  # after OMP_WAIT_POLICY, as torch below
+    from swarmnode.server import NodeConfig, run_node  # torch
 
     limits = Limits(
         max_frame_bytes=args.max_frame_bytes,
@@ -61,10 +69,7 @@ def _serve(args: argparse.Namespace) -> None:
 
 
 def _relay(args: argparse.Namespace) -> None:
-    import asyncio
-    import logging
-
-    from swarmnode.server.relay_hub import RelayLimits, serve_relay
+    from swarmnode.server.relay_hub import RelayLimits, serve_relay  # torch, via the server package
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     limits = RelayLimits(
@@ -88,7 +93,7 @@ def _relay(args: argparse.Namespace) -> None:
 
 def _identity(args: argparse.Namespace) -> None:
     from swarmnode.trust.identity import NodeIdentity  # cryptography: ~0.4 s that --help does not need
-    from swarmnode.trust.receipts import key_of
+    from swarmnode.trust.receipts import key_of  # cryptography too
 
     identity = NodeIdentity.load_or_create(args.file)
     print(json.dumps({"client_key": key_of(identity), "public_key": identity.public_key}))
@@ -97,8 +102,8 @@ def _identity(args: argparse.Namespace) -> None:
 def _generate(args: argparse.Namespace) -> None:
     import torch  # torch (~10 s) loads only for the commands that compute
 
-    from swarmnode.client import AutoDistributedModelForCausalLM
-    from swarmnode.client.generation import complete, prompt_ids
+    from swarmnode.client import AutoDistributedModelForCausalLM  # torch
+    from swarmnode.client.generation import complete, prompt_ids  # torch, transformers
 
     peers = [p for p in (args.peers or "").split(",") if p]
     if not peers and not args.portal:
@@ -144,10 +149,10 @@ def _generate(args: argparse.Namespace) -> None:
 
 def _client_config(args: argparse.Namespace):
     """The client options ``generate``'s flags ask for (a ``ClientConfig``)."""
-    from swarmnode.client.audit import AuditPolicy, EvidenceReporter
-    from swarmnode.client.config import ClientConfig  # torch, via the client package
-    from swarmnode.client.routing import RoutingPolicy
-    from swarmnode.trust.identity import NodeIdentity
+    from swarmnode.client.audit import AuditPolicy, EvidenceReporter  # torch, via the client package
+    from swarmnode.client.config import ClientConfig  # torch
+    from swarmnode.client.routing import RoutingPolicy  # torch, via the client package
+    from swarmnode.trust.identity import NodeIdentity  # cryptography
 
     # --identity: sign usage receipts (spec §8) with a key registered on the portal's credits page.
     identity = NodeIdentity.load_or_create(args.identity) if args.identity else None
@@ -172,7 +177,7 @@ def _write(text: str) -> None:
 
 def _bench(args: argparse.Namespace) -> None:
     if args.sessions:
-        from swarmnode.bench.sessions import run_bench_sessions
+        from swarmnode.bench.sessions import run_bench_sessions  # torch, as every benchmark
 
         levels = tuple(int(x) for x in args.sessions.split(","))
         backend = args.backend or "auto"
@@ -191,26 +196,26 @@ def _bench(args: argparse.Namespace) -> None:
         print(json.dumps(rows) if args.json else json.dumps(rows, indent=2))
         return
     if args.relay:
-        from swarmnode.bench.relay import run_bench_relay
+        from swarmnode.bench.relay import run_bench_relay  # torch
 
         result = run_bench_relay(args.model, args.nodes, args.new_tokens, args.runs, backend=args.backend or "auto")
         print(json.dumps(result) if args.json else json.dumps(result, indent=2))
         return
-    from swarmnode.bench.swarm import run_bench
+    from swarmnode.bench.swarm import run_bench  # torch
 
     result = run_bench(args.model, args.nodes, args.new_tokens, args.runs, backend=args.backend or "auto")
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
 
 
 def _bench_backends(args: argparse.Namespace) -> None:
-    from swarmnode.bench.backends import run_bench_backends
+    from swarmnode.bench.backends import run_bench_backends  # torch
 
     result = run_bench_backends(args.model, args.new_tokens, args.runs)
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
 
 
 def _bench_audit(args: argparse.Namespace) -> None:
-    from swarmnode.bench.audit import run_bench_audit
+    from swarmnode.bench.audit import run_bench_audit  # torch
 
     result = run_bench_audit(
         args.model,
@@ -229,7 +234,7 @@ def _bench_audit(args: argparse.Namespace) -> None:
 
 
 def _models(args: argparse.Namespace) -> None:
-    from swarmnode.models import KNOWN_MODELS, fetch_model, layerswarm_home
+    from swarmnode.models import KNOWN_MODELS, fetch_model, layerswarm_home  # torch
 
     if args.models_command == "fetch":
         path = fetch_model(args.name)
@@ -241,8 +246,7 @@ def _models(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from swarmnode.launcher import LocalSwarm
-    from swarmnode.models import Checkpoint, resolve_model
+    from swarmnode.models import Checkpoint, resolve_model  # torch
 
     checkpoint = Checkpoint(resolve_model(args.model))
     print(f"starting {args.nodes} nodes for {args.model} ({checkpoint.num_blocks} blocks)...", flush=True)

@@ -114,3 +114,14 @@ def test_it_refuses_bad_settings(remote, bad):
 def test_it_names_uncovered_blocks(two_nodes, tiny_models):
     with pytest.raises(SwarmNotCovering, match="3-5"):
         AutoDistributedModelForCausalLM.from_pretrained(str(tiny_models["llama"]), peers=[two_nodes[0].url])
+
+
+def test_set_peers_makes_the_client_use_exactly_those_nodes(two_nodes, tiny_models):
+    urls = [n.url for n in two_nodes]
+    model = AutoDistributedModelForCausalLM.from_pretrained(str(tiny_models["llama"]), peers=urls)
+    model.set_peers(urls[:1])
+    assert model.urls == urls[:1] and [p.url for p in model.peers] == urls[:1]
+    with pytest.raises(SwarmNotCovering):
+        model.chain()
+    assert sorted(p.url for p in model.set_peers(urls)) == sorted(urls)
+    assert [p.url for p in model.chain()] == urls
