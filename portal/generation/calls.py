@@ -51,7 +51,10 @@ class GatewayCall:
     async def open(self) -> None:
         """Send the request to whichever gateway is free (starting the embedded one if need be)."""
         self.layer = get_channel_layer()
-        self.request.reply_to = await self.layer.new_channel("gateway-reply.")
+        # The default prefix on purpose: on Redis, each prefix is one list that a single receive at a time
+        # blocks on for seconds, so replies on a prefix of their own would wait behind the websocket
+        # consumers' receive; on theirs ("specific"), that one receive fetches them too.
+        self.request.reply_to = await self.layer.new_channel()
         ensure_embedded_gateway()
         await self.layer.send(settings.CHAT_GATEWAY_CHANNEL, self.request.to_message())
 
