@@ -53,17 +53,6 @@ def online_peers(model: str) -> list[str]:
     return urls + [u for u in settings.CHAT_SWARM_PEERS if u not in urls]
 
 
-def point_at(model, urls: list[str]) -> None:
-    """Make the swarm client ``model`` use exactly the nodes at ``urls`` (asking them what they serve).
-
-    The one place the portal writes the client's ``urls``/``peers`` fields: switch it to the client's
-    own method for this once ``swarmnode.client.model`` has one.
-    """
-    model.urls = urls
-    model.discover()
-    model.peers = [p for p in model.peers if p.url in urls]  # nodes that left are not used any more
-
-
 class ModelPool:
     """Client parts of each model, loaded on first use and kept.
 
@@ -131,7 +120,7 @@ class ModelPool:
         )
 
     def _refresh(self, model, urls: list[str]) -> None:
-        point_at(model, urls)
+        model.set_peers(urls)
         self._refreshed[model.name] = time.monotonic()
 
     def context_limit(self, model) -> int:
