@@ -105,8 +105,8 @@ def direct(portal: str, questions: list[str], new_tokens: int) -> dict:
 
     import torch
 
-    from portal.chat.engine import GATEWAY_FAILOVER
-    from portal.chat.prompts import chat_prompt
+    from portal.generation.pool import GATEWAY_FAILOVER
+    from portal.generation.prompts import chat_prompt
     from swarmnode.client import AutoDistributedModelForCausalLM
 
     # The gateway's failover policy: with the client's default one, 20 sessions at once on a busy 2-core
