@@ -24,8 +24,8 @@ import time
 
 import numpy as np
 
-from swarmnode.client.remote import PeerInfo
 from swarmnode.client.routing import PeerIndex, RoutingPolicy, route
+from swarmnode.discovery import PeerInfo
 from swarmnode.server.selection import Placement, choose_span, rebalance_tput
 
 

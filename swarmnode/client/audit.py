@@ -39,7 +39,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from swarmnode.client.remote import PeerInfo, RemoteError, RemoteSpan
+from swarmnode.client.remote import RemoteError, RemoteSpan
+from swarmnode.discovery import PeerInfo
 from swarmnode.protocol import Forward, ForwardResult, WireTensor, all_finite
 from swarmnode.protocol.compare import TOLERANCE, relative_errors, to_float32, tolerance_for
 from swarmnode.trust.attestation import SignedResult, signed_result

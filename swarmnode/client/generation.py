@@ -88,7 +88,7 @@ class SamplingParams:
 def generation_config_of(checkpoint) -> GenerationConfig:
     """The checkpoint's ``generation_config.json``, or defaults from its model config."""
     try:
-        return GenerationConfig.from_pretrained(checkpoint.path)
+        return GenerationConfig.from_pretrained(checkpoint.path, local_files_only=True)
     except OSError:
         return GenerationConfig.from_model_config(checkpoint.config)
 

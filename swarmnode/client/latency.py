@@ -7,7 +7,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from swarmnode.client.remote import POOL, PeerInfo, RemoteError, RemoteSpan
+from swarmnode.client.remote import POOL, RemoteError, RemoteSpan
+from swarmnode.discovery import PeerInfo
 
 
 @dataclass

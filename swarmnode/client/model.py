@@ -31,9 +31,10 @@ from swarmnode.client.generation import (
 from swarmnode.client.head import load_client_head
 from swarmnode.client.latency import RttTable
 from swarmnode.client.probing import probe_swarm
-from swarmnode.client.remote import PeerInfo, RemoteSpan
+from swarmnode.client.remote import RemoteSpan
 from swarmnode.client.routing import RoutingPolicy, SwarmNotCovering, find_chain
 from swarmnode.client.session import AuditRollback, InferenceSession
+from swarmnode.discovery import PeerInfo
 from swarmnode.models import Checkpoint, resolve_model
 from swarmnode.models.registry import model_name
 from swarmnode.models.wire import tensor_to_wire, wire_to_tensor

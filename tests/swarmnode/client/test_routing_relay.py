@@ -1,7 +1,7 @@
 """Relayed hops (spec §9) are priced by the extra latency measured through their relay."""
 
-from swarmnode.client.remote import PeerInfo
 from swarmnode.client.routing import RoutingPolicy, route
+from swarmnode.discovery import PeerInfo
 
 
 def node(url, relay=False):

@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from swarmnode.client import PeerInfo
+from swarmnode.discovery import PeerInfo
 from swarmnode.server.links import neighbours, probe_node
 from swarmnode.testing.delay_proxy import DelayProxy, LinkShape
 from swarmnode.testing.wan import node_port

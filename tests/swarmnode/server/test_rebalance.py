@@ -5,7 +5,8 @@ import time
 
 import pytest
 
-from swarmnode.client import PeerInfo, RemoteSpan
+from swarmnode.client import RemoteSpan
+from swarmnode.discovery import PeerInfo
 from swarmnode.launcher import start_node
 from swarmnode.protocol import Error, Info, OpenSession, SessionOpened, decode, encode
 from swarmnode.server.config import NodeConfig

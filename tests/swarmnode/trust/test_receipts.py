@@ -12,8 +12,8 @@ import pytest
 import torch
 from websockets.sync.client import connect
 
-from swarmnode.client.remote import PeerInfo
 from swarmnode.client.session import InferenceSession
+from swarmnode.discovery import PeerInfo
 from swarmnode.protocol import (
     CloseSession,
     Info,
