@@ -1,4 +1,8 @@
-"""The node: loads its span and serves it over a websocket (spec §2-§6)."""
+"""The node: loads its span and serves it over a websocket (spec §2-§6).
+
+The node decodes frames and routes each request to its handler (:mod:`swarmnode.server.handlers`);
+prompt-prefix reuse lives in :class:`~swarmnode.runtime.prefix.PrefixTracker`.
+"""
 
 from __future__ import annotations
 
