@@ -22,22 +22,14 @@ from swarmnode.models import Checkpoint, load_span, resolve_model
 from swarmnode.models.registry import model_name
 from swarmnode.protocol import Error, InfoReply, Message, ProtocolError, Step, decode, encode
 from swarmnode.runtime import CachePool
-from swarmnode.runtime.planning import (
-    TORCH_DTYPES,
-    DoesNotFit,
-    build_backend,
-    default_memory_budget,
-    parse_bytes,
-    plan_memory,
-    resolve_device,
-    resolve_precision,
-)
+from swarmnode.runtime.planning import TORCH_DTYPES, build_backend, resolve_device, resolve_precision
 from swarmnode.runtime.prefix import PrefixStore, PrefixTracker
 from swarmnode.runtime.scheduler import Scheduler
 from swarmnode.server.announce import start_announcer
-from swarmnode.server.config import WS_PATH, NodeConfig, parse_blocks
+from swarmnode.server.config import WS_PATH, NodeConfig
 from swarmnode.server.corruption import Corruptor
 from swarmnode.server.handlers import HANDLERS
+from swarmnode.server.placement import choose_blocks
 from swarmnode.server.push import PushRelay
 from swarmnode.server.receipts import ReceiptOutbox, start_outbox
 from swarmnode.server.relay_hub import RELAY_SUFFIX, RelayHub, RelayLimits
@@ -73,7 +65,9 @@ class Node:
         self.model_name = model_name(config.model)
         self.device = resolve_device(config.device)
         self.precision, precision_reason = resolve_precision(self.device, config.dtype)
-        self.start, self.end = self._choose_blocks()
+        self.start, self.end, self.capacity = choose_blocks(
+            config, self.checkpoint, self.model_name, self.device, self.precision
+        )
         self.hidden_size = self.checkpoint.hidden_size
         load_dtype = TORCH_DTYPES.get(self.precision, torch.float32)  # int8 spans load fp32, then quantize
         span = load_span(self.checkpoint, self.start, self.end, load_dtype, self.device)
@@ -136,31 +130,6 @@ class Node:
         self._stopped: asyncio.Future | None = None
         self._stop_requested = False
 
-    def _choose_blocks(self) -> tuple[int, int]:
-        """The span to serve: ``--blocks``, or ``--num-blocks`` from block 0, within ``--max-memory``."""
-        config, num = self.config, self.checkpoint.num_blocks
-        plan = None
-        if config.max_memory or config.num_blocks == "auto":
-            budget = parse_bytes(config.max_memory) if config.max_memory else default_memory_budget(self.device)
-            # Prompt prefixes kept for reuse (§4.9) take room like cache tokens (ONNX Runtime on CPU only).
-            reuse = config.prefix_cache_tokens if self.device == "cpu" and config.backend != "torch" else 0
-            plan = plan_memory(self.checkpoint, self.precision, budget, config.cache_tokens + reuse)
-        self.capacity = min(num, plan.max_blocks if plan else int(config.num_blocks or num))
-        if config.blocks == "auto" or (not config.blocks and (config.portal or config.peers)):
-            from swarmnode.server.placement import auto_blocks
-
-            start, end = auto_blocks(self.model_name, num, self.capacity, config.portal, list(config.peers))
-        elif config.blocks:
-            start, end = parse_blocks(config.blocks, num)
-        elif config.num_blocks:
-            count = plan.max_blocks if config.num_blocks == "auto" else int(config.num_blocks)
-            start, end = 0, min(num, count)
-        else:
-            start, end = 0, num
-        if plan is not None and end - start > plan.max_blocks:
-            raise DoesNotFit(f"blocks {start}:{end} do not fit: {plan.explain(end - start)}")
-        return start, end
-
     @property
     def address(self) -> str:
         """Where clients reach this node: its relay address while relayed (spec §9; "" while between relays)."""
@@ -211,7 +180,7 @@ class Node:
                 if refused is None:  # runs on its own: the link's next frames must not wait for it
                     self.push.start(msg)
                 return refused
-            return await self._dispatch(msg, owner)
+            return await self.dispatch(msg, owner)
         except ProtocolError as exc:
             return Error(id=request_id, code=exc.code, message=exc.message, session_id=session_id)
         except Exception as exc:  # a bug or a backend failure: this session's cache is suspect
@@ -220,7 +189,7 @@ class Node:
                 self.pool.close(session_id)
             return Error(id=request_id, code="internal", message=f"{type(exc).__name__}: {exc}", session_id=session_id)
 
-    async def _dispatch(self, msg: Message, owner: object) -> Message:
+    async def dispatch(self, msg: Message, owner: object) -> Message:
         """The reply of the handler for ``msg``'s type (pushed steps, already accepted, come here too)."""
         handler = HANDLERS.get(type(msg))
         if handler is None:  # a reply sent as a request (spec §4.6)

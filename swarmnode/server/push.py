@@ -32,7 +32,7 @@ class PushRelay:
     """The push side of one node.
 
     Args:
-        node: the serving :class:`~swarmnode.server.node.Node` (its ``_dispatch`` runs the steps).
+        node: the serving :class:`~swarmnode.server.node.Node` (its ``dispatch`` runs the steps).
         connect_timeout: seconds to reach the next node.
     """
 
@@ -79,7 +79,7 @@ class PushRelay:
         if entry is None:  # closed since it was accepted
             return None
         try:
-            reply = await self.node._dispatch(dataclasses.replace(msg, push_key="", route=()), entry.owner)
+            reply = await self.node.dispatch(dataclasses.replace(msg, push_key="", route=()), entry.owner)
         except ProtocolError as exc:
             await self._tell(
                 entry.owner, Error(id=msg.id, code=exc.code, message=exc.message, session_id=msg.session_id)

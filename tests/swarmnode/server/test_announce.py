@@ -2,8 +2,8 @@
 
 import asyncio
 import socket
-from types import SimpleNamespace
 
+from swarmnode.protocol import InfoReply
 from swarmnode.server.announce import Announcer, PortalRejected, post_json
 
 
@@ -23,7 +23,7 @@ class _FakeNode:
 
     def info(self):
         self.info_calls += 1
-        return SimpleNamespace(
+        return InfoReply(
             model="smollm2",
             start_block=0,
             end_block=10,
