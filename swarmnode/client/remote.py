@@ -8,9 +8,10 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from swarmnode.client.wsclient import BlockingWebSocket
+from swarmnode.client.wsclient import BlockingWebSocket, MessageTooBig
 from swarmnode.discovery.peers import PeerInfo
 from swarmnode.protocol import Error, Info, InfoReply, Limits, Message, ProtocolError, decode, encode
+from swarmnode.protocol.framing import message_bound
 from swarmnode.protocol.relay import relay_key_id
 from swarmnode.trust.secure_channel import ChannelError, SecureChannel, client_handshake, finish_handshake, key_id
 
@@ -62,10 +63,13 @@ class RemoteSpan:
         self._next_id = 1
         self._channel: SecureChannel | None = None
         self.key_id = relay_key_id(url)
-        # Replies from a node we chose are still checked, but can be large (a long prefill).
-        self._limits = Limits(max_frame_bytes=1 << 30)
+        # A reply is as big as the request that caused it (the same hidden states' shape), and a request
+        # over the protocol's default frame limit is refused by a default node: a bigger reply is never
+        # read (spec §6.4).
+        self._limits = Limits()
         try:
-            self._ws = BlockingWebSocket(url, open_timeout=timeout)
+            max_size = message_bound(self._limits.max_frame_bytes)
+            self._ws = BlockingWebSocket(url, open_timeout=timeout, max_size=max_size)
         except Exception as exc:
             raise RemoteError(url, "unavailable", f"cannot connect ({type(exc).__name__}: {exc})") from None
         if secure if secure is not None else self.key_id is not None:
@@ -118,10 +122,12 @@ class RemoteSpan:
             frame = self._ws.recv(timeout=self.timeout)
         except TimeoutError:
             raise RemoteError(self.url, "timeout", "no secure_ready in time") from None
+        except MessageTooBig as exc:
+            raise RemoteError(self.url, "bad_reply", f"reply refused unread: {exc}") from None
         except Exception as exc:
             raise RemoteError(self.url, "unavailable", f"connection lost ({type(exc).__name__})") from None
         try:
-            return finish_handshake(pending, frame)
+            return finish_handshake(pending, frame, max_plaintext=self._limits.max_frame_bytes)
         except ChannelError as exc:
             raise RemoteError(self.url, exc.code, exc.message) from None
 
@@ -142,6 +148,8 @@ class RemoteSpan:
             frame = self._ws.recv(timeout=self.timeout if timeout is None else timeout)
         except TimeoutError:
             raise RemoteError(self.url, "timeout", "no reply in time") from None
+        except MessageTooBig as exc:
+            raise RemoteError(self.url, "bad_reply", f"reply refused unread: {exc}") from None
         except Exception as exc:
             raise RemoteError(self.url, "unavailable", f"connection lost ({type(exc).__name__})") from None
         self._clean = True
@@ -176,6 +184,8 @@ class RemoteSpan:
             frame = self._ws.recv(timeout=timeout)
         except TimeoutError:
             return None
+        except MessageTooBig as exc:
+            raise RemoteError(self.url, "bad_reply", f"frame refused unread: {exc}") from None
         except Exception as exc:
             raise RemoteError(self.url, "unavailable", f"connection lost ({type(exc).__name__})") from None
         return self._parse(frame)

@@ -22,7 +22,7 @@ import time
 import weakref
 
 from websockets.client import ClientProtocol
-from websockets.exceptions import InvalidHandshake
+from websockets.exceptions import InvalidHandshake, PayloadTooBig
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 from websockets.protocol import State
@@ -35,6 +35,10 @@ class ConnectionLost(ConnectionError):
     """The connection closed (by either side) or broke."""
 
 
+class MessageTooBig(ConnectionLost):
+    """The peer sent a message over ``max_size``: the connection was closed (code 1009) without reading it."""
+
+
 class BlockingWebSocket:
     """One client websocket; every call blocks its caller. One thread at a time uses it (a lock
     enforces that; the keepalive thread only reads while nobody else does).
@@ -42,7 +46,8 @@ class BlockingWebSocket:
     Args:
         url: ``ws://`` or ``wss://`` URL.
         open_timeout: seconds for the TCP connection, TLS and the opening handshake.
-        max_size: largest message accepted (``None``: no limit).
+        max_size: largest message accepted (``None``: no limit); a bigger one is never read into
+            memory: it fails the connection, and :meth:`recv` raises :class:`MessageTooBig`.
 
     Raises:
         OSError, TimeoutError: the connection could not be opened.
@@ -135,7 +140,9 @@ class BlockingWebSocket:
                 data = b"".join(self._fragments)
                 self._messages.append(data.decode() if self._fragment_text else data)
                 self._fragments = []
-        if self._protocol.state is State.CLOSED:
+        # A failed connection (a message over max_size, a protocol violation) is done at once: the
+        # protocol discards what else arrives, and a peer that never closes must not keep us waiting.
+        if self._protocol.state is State.CLOSED or self._protocol.parser_exc is not None:
             self._closed = True
         try:
             self._flush()
@@ -166,12 +173,15 @@ class BlockingWebSocket:
 
         Raises:
             TimeoutError: nothing arrived in time.
+            MessageTooBig: the next message was over ``max_size``.
             ConnectionLost: the connection closed before a message arrived.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             while not self._messages:
                 if self._closed:
+                    if isinstance(self._protocol.parser_exc, PayloadTooBig):
+                        raise MessageTooBig(str(self._protocol.parser_exc))
                     raise ConnectionLost("the connection is closed")
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0 and not self._read(0.0):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 import msgpack
 
 from swarmnode.protocol.errors import ProtocolError
+from swarmnode.protocol.framing import unpack
 from swarmnode.protocol.tensors import WireTensor, tensor_from_wire
 
 PROTOCOL_VERSION = 1
@@ -20,7 +21,8 @@ PROTOCOL_VERSION = 1
 
 @dataclass(frozen=True)
 class Limits:
-    """Hard limits a node enforces on what peers send (spec §6)."""
+    """Hard limits a node enforces on what peers send (spec §6); what one frame's msgpack may hold is
+    in :mod:`swarmnode.protocol.framing`."""
 
     max_frame_bytes: int = 64 * 1024 * 1024  # whole frame, envelope included
     max_tokens_per_step: int = 4096  # sequence positions in one Step/Forward
@@ -212,10 +214,6 @@ def encode(message: Message) -> bytes:
     return msgpack.packb(body, use_bin_type=True)
 
 
-def _refuse_ext(code: int, data: bytes) -> object:
-    raise ProtocolError("bad_frame", "msgpack extension types are not allowed")
-
-
 def decode(frame: bytes | str, limits: Limits | None = None) -> Message:
     """Parse and type-check one frame.
 
@@ -230,12 +228,7 @@ def decode(frame: bytes | str, limits: Limits | None = None) -> Message:
         raise ProtocolError(
             "frame_too_large", f"frame of {len(frame)} bytes exceeds the limit of {limits.max_frame_bytes}"
         )
-    try:
-        body = msgpack.unpackb(frame, raw=False, strict_map_key=True, ext_hook=_refuse_ext)
-    except ProtocolError:
-        raise
-    except Exception as exc:  # msgpack raises several unrelated types on garbage
-        raise ProtocolError("bad_frame", f"not a msgpack frame ({type(exc).__name__})") from None
+    body = unpack(frame, max_bin_bytes=limits.max_frame_bytes)  # bounded while it unpacks (§6.2)
     if not isinstance(body, dict):
         raise ProtocolError("bad_frame", "a frame must be a msgpack map")
     if body.get("v") != PROTOCOL_VERSION:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import msgpack
 
 from swarmnode.protocol.errors import ProtocolError
+from swarmnode.protocol.framing import unpack as unpack_bounded
 
 # type -> {field: python type}; every field is required unless listed in _OPTIONAL.
 SCHEMAS: dict[str, dict[str, type]] = {
@@ -60,10 +61,6 @@ def pack_data(conn: int, data: bytes) -> bytes:
     return msgpack.packb({"v": 1, "type": "relay_data", "conn": conn, "data": data}, use_bin_type=True)
 
 
-def _no_ext(code: int, data: bytes) -> object:
-    raise ProtocolError("bad_frame", "msgpack extension types are not allowed")
-
-
 def unpack(frame: bytes | str, max_frame_bytes: int, allowed: frozenset[str] | set[str] | None = None) -> dict:
     """Parse one relay frame and check its fields' types.
 
@@ -80,12 +77,7 @@ def unpack(frame: bytes | str, max_frame_bytes: int, allowed: frozenset[str] | s
         raise ProtocolError("bad_frame", "relay frames must be binary msgpack, not text")
     if len(frame) > max_frame_bytes:
         raise ProtocolError("frame_too_large", f"frame of {len(frame)} bytes exceeds the limit of {max_frame_bytes}")
-    try:
-        body = msgpack.unpackb(frame, raw=False, strict_map_key=True, ext_hook=_no_ext)
-    except ProtocolError:
-        raise
-    except Exception as exc:
-        raise ProtocolError("bad_frame", f"not a msgpack frame ({type(exc).__name__})") from None
+    body = unpack_bounded(frame, max_bin_bytes=max_frame_bytes)  # bounded while it unpacks (§6.2)
     if not isinstance(body, dict):
         raise ProtocolError("bad_frame", "a frame must be a msgpack map")
     if body.get("v") != 1:

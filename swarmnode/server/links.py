@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import msgpack
 from websockets.asyncio.client import connect
 
-from swarmnode.protocol import PROTOCOL_VERSION, Info, InfoReply, decode, encode
+from swarmnode.protocol import PROTOCOL_VERSION, Info, InfoReply, Limits, decode, encode
+from swarmnode.protocol.framing import message_bound
 from swarmnode.server.blocking import run_blocking
 
 log = logging.getLogger("swarmnode.links")
@@ -37,7 +38,9 @@ async def probe_node(url: str, count: int = 3, payload_bytes: int = 256 * 1024, 
         OSError, TimeoutError, websockets errors: the node cannot be reached.
     """
     async with asyncio.timeout(timeout):
-        async with connect(url, max_size=None, compression=None, ping_interval=None) as ws:
+        # A node answers with info_reply frames: nothing bigger than a default frame is read (§6.3).
+        max_size = message_bound(Limits().max_frame_bytes)
+        async with connect(url, max_size=max_size, compression=None, ping_interval=None) as ws:
             best = float("inf")
             for i in range(max(1, count)):
                 started = time.perf_counter()

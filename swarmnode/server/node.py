@@ -21,6 +21,7 @@ from websockets.http11 import Request, Response
 from swarmnode.models import Checkpoint, load_span, resolve_model
 from swarmnode.models.registry import model_name
 from swarmnode.protocol import Error, InfoReply, Message, ProtocolError, Step, decode, encode
+from swarmnode.protocol.framing import message_bound
 from swarmnode.runtime import CachePool
 from swarmnode.runtime.planning import TORCH_DTYPES, build_backend, resolve_device, resolve_precision
 from swarmnode.runtime.prefix import PrefixStore, PrefixTracker
@@ -209,7 +210,7 @@ class Node:
                 if conn is not ws:
                     frame = conn.open(frame)
                 elif is_handshake_frame(frame):
-                    conn = await SecureConnection.accept(ws, self.identity, frame) or ws
+                    conn = await SecureConnection.accept(ws, self.identity, frame, self.limits.max_frame_bytes) or ws
                     continue
                 reply = await self.handle_frame(frame, conn)
                 if reply is not None:
@@ -249,8 +250,8 @@ class Node:
             self._connection,
             self.config.host,
             self.config.port,
-            # Frames between 1x and 2x get a clear Error reply; + 1 KiB for a relay envelope (spec §9).
-            max_size=2 * self.limits.max_frame_bytes + 1024,
+            # A frame plus room for a seal and a relay envelope; bigger messages are never read (§6.3).
+            max_size=message_bound(self.limits.max_frame_bytes),
             compression=None,  # float bytes do not compress; deflate would only cost CPU
             process_request=self._check_path,
             ping_interval=20,

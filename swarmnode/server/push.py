@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from websockets.asyncio.client import ClientConnection, connect
 
 from swarmnode.protocol import Error, ProtocolError, Step, StepResult, decode, encode
+from swarmnode.protocol.framing import message_bound
 
 log = logging.getLogger("swarmnode.push")
 
@@ -127,8 +128,9 @@ class PushRelay:
         link = self._links.get(url)
         if link is not None and link.state.name == "OPEN":
             return link
+        max_size = message_bound(self.node.limits.max_frame_bytes)  # the next node only sends errors back (§7.3)
         link = await asyncio.wait_for(
-            connect(url, max_size=None, compression=None, ping_interval=None), self.connect_timeout
+            connect(url, max_size=max_size, compression=None, ping_interval=None), self.connect_timeout
         )
         self._links[url] = link
         self._readers[url] = asyncio.create_task(self._read_errors(url, link))

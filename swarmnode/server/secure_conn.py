@@ -22,10 +22,13 @@ class SecureConnection:
         self._lock = asyncio.Lock()  # sequence numbers must go out in the order they were given
 
     @classmethod
-    async def accept(cls, ws, identity: NodeIdentity, frame: bytes) -> SecureConnection | None:
-        """Answer a ``secure_hello``; ``None`` (after an ``error`` reply) if it was malformed."""
+    async def accept(cls, ws, identity: NodeIdentity, frame: bytes, max_frame_bytes: int) -> SecureConnection | None:
+        """Answer a ``secure_hello``; ``None`` (after an ``error`` reply) if it was malformed.
+
+        Sealed frames that would open to more than ``max_frame_bytes`` are later refused unopened (§6.3).
+        """
         try:
-            reply, channel = node_accept(identity, frame)
+            reply, channel = node_accept(identity, frame, max_plaintext=max_frame_bytes)
         except ChannelError as exc:
             await ws.send(encode(Error(code=exc.code, message=exc.message)))
             return None
@@ -36,7 +39,7 @@ class SecureConnection:
         """The plaintext frame inside a sealed one.
 
         Raises:
-            ChannelError: tampered, replayed, reordered or not sealed (the connection must end).
+            ChannelError: tampered, replayed, reordered, not sealed or too large (the connection must end).
         """
         return self.channel.open(frame)
 

@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass, fields
 
 import msgpack
 
+from swarmnode.protocol import ProtocolError
+from swarmnode.protocol.framing import unpack
 from swarmnode.trust.identity import NodeIdentity, parse_public_key, verify_signature
 
 __all__ = [
@@ -187,11 +189,9 @@ class UsageReceipt:
         if not isinstance(data, bytes | bytearray) or len(data) > MAX_RECEIPT_BYTES:
             raise ReceiptError(f"a receipt is at most {MAX_RECEIPT_BYTES} bytes of msgpack")
         try:
-            body = msgpack.unpackb(bytes(data), raw=False, strict_map_key=True, ext_hook=_refuse_ext)
-        except ReceiptError:
-            raise
-        except Exception as exc:  # msgpack raises several unrelated types on garbage
-            raise ReceiptError(f"not msgpack ({type(exc).__name__})") from None
+            body = unpack(bytes(data), max_bin_bytes=MAX_RECEIPT_BYTES)  # bounded while it unpacks (§6.2)
+        except ProtocolError as exc:
+            raise ReceiptError(f"not msgpack ({exc.message})") from None
         names = {f.name for f in fields(cls)}
         if not isinstance(body, dict) or set(body) != names:
             raise ReceiptError(f"a receipt is a map with exactly the keys {sorted(names)}")
@@ -239,10 +239,6 @@ class UsageReceipt:
     def from_text(cls, text: str) -> UsageReceipt:
         """Parse :meth:`to_text` output. Raises :class:`ReceiptError`."""
         return cls.decode(_unb64(text, "receipt"))
-
-
-def _refuse_ext(code: int, data: bytes) -> object:
-    raise ReceiptError("msgpack extension types are not allowed in receipts")
 
 
 @dataclass(frozen=True)

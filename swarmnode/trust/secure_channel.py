@@ -27,6 +27,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from swarmnode.protocol import Limits, ProtocolError
+from swarmnode.protocol.framing import unpack
 from swarmnode.trust.identity import NodeIdentity, PublicKeys, parse_public_key
 
 __all__ = [
@@ -47,13 +49,17 @@ HKDF_INFO = b"layerswarm secure channel v1"
 READY_TEXT = b"layerswarm secure ready"
 MAX_HELLO_BYTES = 1024  # a secure_hello is ~150 bytes; bigger frames are never checked for one
 MAX_SEQ = 2**62
+TAG_BYTES = 16  # both suites append a 16-byte tag to the ciphertext
+#: What sealing adds to a frame: the tag and the ``sealed`` map around the box (59 bytes with the
+#: largest ``seq``), rounded up. A sealed frame over the plaintext limit plus this is refused unopened.
+SEAL_OVERHEAD = 64
 
 
 class ChannelError(Exception):
     """A sealed frame did not open (tampered, replayed, reordered) or a handshake frame is malformed.
 
     Attributes:
-        code: ``bad_seal`` (frame failed to open) or ``bad_handshake``.
+        code: ``bad_seal`` (frame failed to open), ``frame_too_large`` (refused unopened) or ``bad_handshake``.
     """
 
     def __init__(self, code: str, message: str) -> None:
@@ -87,14 +93,25 @@ class SecureChannel:
         send_key, recv_key: 32-byte direction keys.
         send_seq, recv_seq: the next sequence numbers (both sides start the node->client direction at 1,
             since the handshake's ``secure_ready`` used 0).
+        max_plaintext: the largest frame :meth:`open` returns (the receiver's frame limit, §6);
+            bigger sealed frames are refused before they are parsed or decrypted.
     """
 
-    def __init__(self, suite: str, send_key: bytes, recv_key: bytes, send_seq: int = 0, recv_seq: int = 0) -> None:
+    def __init__(
+        self,
+        suite: str,
+        send_key: bytes,
+        recv_key: bytes,
+        send_seq: int = 0,
+        recv_seq: int = 0,
+        max_plaintext: int = Limits().max_frame_bytes,
+    ) -> None:
         self.suite = suite
         self._send = SUITES[suite](send_key)
         self._recv = SUITES[suite](recv_key)
         self.send_seq = send_seq
         self.recv_seq = recv_seq
+        self.max_plaintext = max_plaintext
         self.dead = False
 
     def seal(self, plaintext: bytes) -> bytes:
@@ -110,12 +127,17 @@ class SecureChannel:
         """The plaintext of a ``sealed`` frame.
 
         Raises:
-            ChannelError: ``bad_seal`` for anything but the next frame, intact; the channel is then dead.
+            ChannelError: ``bad_seal`` for anything but the next frame, intact, or ``frame_too_large``
+                for a frame over :attr:`max_plaintext` sealed (§6.3); the channel is then dead.
         """
         if self.dead:
             raise ChannelError("bad_seal", "the channel failed earlier")
         try:
-            seq, box = _parse_sealed(frame)
+            if len(frame) > self.max_plaintext + SEAL_OVERHEAD:
+                raise ChannelError(
+                    "frame_too_large", f"sealed frame of {len(frame)} bytes: frames are at most {self.max_plaintext}"
+                )
+            seq, box = _parse_sealed(frame, self.max_plaintext + TAG_BYTES)
             if seq != self.recv_seq:
                 what = "replayed" if seq < self.recv_seq else "out of order (frames missing)"
                 raise ChannelError("bad_seal", f"frame {seq} {what}; expected {self.recv_seq}")
@@ -130,26 +152,20 @@ class SecureChannel:
         return plaintext
 
 
-def _unpack_map(frame: bytes | str, what: str) -> dict:
+def _unpack_map(frame: bytes | str, what: str, max_bin_bytes: int = MAX_HELLO_BYTES) -> dict:
     if isinstance(frame, str):
         raise ChannelError("bad_seal", f"{what} must be binary")
     try:
-        body = msgpack.unpackb(frame, raw=False, strict_map_key=True, ext_hook=_no_ext)
-    except ChannelError:
-        raise
-    except Exception:
-        raise ChannelError("bad_seal", f"{what} is not msgpack") from None
+        body = unpack(frame, max_bin_bytes)  # bounded while it unpacks (§6.2)
+    except ProtocolError as exc:
+        raise ChannelError("bad_seal", f"{what} is not msgpack: {exc.message}") from None
     if not isinstance(body, dict) or body.get("v") != 1:
         raise ChannelError("bad_seal", f"{what} is not a version 1 map")
     return body
 
 
-def _no_ext(code: int, data: bytes) -> object:
-    raise ChannelError("bad_seal", "msgpack extension types are not allowed")
-
-
-def _parse_sealed(frame: bytes | str) -> tuple[int, bytes]:
-    body = _unpack_map(frame, "a sealed frame")
+def _parse_sealed(frame: bytes | str, max_box_bytes: int) -> tuple[int, bytes]:
+    body = _unpack_map(frame, "a sealed frame", max_box_bytes)
     seq, box = body.get("seq"), body.get("box")
     if body.get("type") == "error":  # the peer gave up on the channel and says why, in the clear
         raise ChannelError(str(body.get("code", "bad_seal"))[:64], str(body.get("message", ""))[:500])
@@ -178,8 +194,11 @@ def client_handshake(public_key: str, suite: str = DEFAULT_SUITE, request_id: in
     return msgpack.packb(hello, use_bin_type=True), (suite, c2n, n2c)
 
 
-def finish_handshake(pending: object, frame: bytes | str) -> SecureChannel:
-    """Check the node's ``secure_ready`` (proof that it holds the announced key); return the channel.
+def finish_handshake(
+    pending: object, frame: bytes | str, max_plaintext: int = Limits().max_frame_bytes
+) -> SecureChannel:
+    """Check the node's ``secure_ready`` (proof that it holds the announced key); return the channel
+    (which opens frames of up to ``max_plaintext`` bytes, see :class:`SecureChannel`).
 
     Raises:
         ChannelError: an error reply, or a ready frame that does not authenticate.
@@ -197,7 +216,7 @@ def finish_handshake(pending: object, frame: bytes | str) -> SecureChannel:
         raise ChannelError("bad_handshake", "the node does not hold the announced key") from None
     if text != READY_TEXT:
         raise ChannelError("bad_handshake", "unexpected confirmation")
-    return SecureChannel(suite, send_key=c2n, recv_key=n2c, send_seq=0, recv_seq=1)
+    return SecureChannel(suite, send_key=c2n, recv_key=n2c, send_seq=0, recv_seq=1, max_plaintext=max_plaintext)
 
 
 def is_handshake_frame(frame: bytes | str) -> bool:
@@ -205,8 +224,11 @@ def is_handshake_frame(frame: bytes | str) -> bool:
     return isinstance(frame, bytes) and len(frame) <= MAX_HELLO_BYTES and b"secure_hello" in frame
 
 
-def node_accept(identity: NodeIdentity, frame: bytes) -> tuple[bytes, SecureChannel]:
-    """The node's side of the handshake: parse ``secure_hello``, derive keys.
+def node_accept(
+    identity: NodeIdentity, frame: bytes, max_plaintext: int = Limits().max_frame_bytes
+) -> tuple[bytes, SecureChannel]:
+    """The node's side of the handshake: parse ``secure_hello``, derive keys; the channel opens
+    frames of up to ``max_plaintext`` bytes (the node's frame limit, see :class:`SecureChannel`).
 
     Returns:
         The ``secure_ready`` frame to send back and the node's channel.
@@ -232,7 +254,7 @@ def node_accept(identity: NodeIdentity, frame: bytes) -> tuple[bytes, SecureChan
     c2n, n2c = _derive(shared, suite, eph_pub, identity.public)
     confirm = SUITES[suite](n2c).encrypt(_nonce(0), READY_TEXT, None)
     reply = {"v": 1, "type": "secure_ready", "id": body.get("id", 0), "suite": suite, "confirm": confirm}
-    channel = SecureChannel(suite, send_key=n2c, recv_key=c2n, send_seq=1, recv_seq=0)
+    channel = SecureChannel(suite, send_key=n2c, recv_key=c2n, send_seq=1, recv_seq=0, max_plaintext=max_plaintext)
     return msgpack.packb(reply, use_bin_type=True), channel
 
 

@@ -108,8 +108,9 @@ def test_it_answers_nans_and_keeps_the_session_usable(good, bad):
 
 
 def test_it_answers_oversized_messages(good, bad):
-    # The node was started with --max-frame-bytes 200000.
-    big = tensor_from_numpy(np.zeros((1, 1000, H), np.float32))  # 256 kB
+    # The node was started with --max-frame-bytes 200000; its websocket reads messages of up to that
+    # plus 1 KiB (§6.3, a bigger one closes the connection: tests/swarmnode/server/test_frame_memory.py).
+    big = tensor_from_numpy(np.zeros((1, 782, H), np.float32))  # 200.2 kB
     assert_error(bad.send(Step(id=1, session_id="x", position=0, hidden=big)), "frame_too_large")
     bad.send(OpenSession(id=2, session_id="big", max_length=400))
     assert_error(bad.send(Step(id=3, session_id="big", position=0, hidden=hidden(300))), "too_many_tokens")
