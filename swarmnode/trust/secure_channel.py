@@ -137,7 +137,11 @@ class SecureChannel:
                 raise ChannelError(
                     "frame_too_large", f"sealed frame of {len(frame)} bytes: frames are at most {self.max_plaintext}"
                 )
-            seq, box = _parse_sealed(frame, self.max_plaintext + TAG_BYTES)
+            seq, box = _parse_sealed(frame, self.max_plaintext + SEAL_OVERHEAD)
+            if len(box) > self.max_plaintext + TAG_BYTES:
+                raise ChannelError(
+                    "frame_too_large", f"sealed box of {len(box)} bytes: frames are at most {self.max_plaintext}"
+                )
             if seq != self.recv_seq:
                 what = "replayed" if seq < self.recv_seq else "out of order (frames missing)"
                 raise ChannelError("bad_seal", f"frame {seq} {what}; expected {self.recv_seq}")

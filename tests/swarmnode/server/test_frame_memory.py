@@ -6,8 +6,9 @@ nested arrays that stays within every per-container limit, and an oversized seal
 secure handshake. Each attack must cost the node less than 256 MiB of peak RSS, get a protocol
 error or a closed connection, and leave the node serving normal requests on new connections.
 
-Measured before the limits existed (peak RSS growth of the node): the empty maps ~1.1 GB, the
-array tree ~1.2 GB, the 100 MiB sealed frame ~0.4 GB.
+Peak RSS growth of the node, measured with this file against the code before the limits existed:
+empty maps +1189 MiB, array tree +1177 MiB, 100 MiB sealed frame +300 MiB (and the 256 kB frame got a
+reply instead of a close); with the limits: +33 MiB, +33 MiB, +0 MiB.
 """
 
 import msgpack
