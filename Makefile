@@ -16,11 +16,23 @@ $(STAMP): requirements/node.txt requirements/portal.txt requirements/dev.txt pyp
 # The in-page node's runtime (onnxruntime-web, msgpack) comes from the npm registry, pinned by the lock file;
 # the portal serves these files itself (no CDN).
 NPM_STAMP := frontend/node_modules/.installed-stamp
-$(NPM_STAMP): frontend/package.json frontend/package-lock.json
+$(NPM_STAMP): frontend/package.json frontend/package-lock.json | system-packages
 	cd frontend && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
 	touch $(NPM_STAMP)
 
 install: $(STAMP) $(NPM_STAMP)
+
+# System packages the tests drive: Debian's chromium (browser tests), npm (the browser node's runtime),
+# iptables (the NAT test). Installed with apt when missing (as root, or through sudo); otherwise one line says how.
+SYSTEM_PACKAGES := chromium npm iptables
+.PHONY: system-packages
+system-packages:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $$missing; \
+	  elif command -v sudo >/dev/null 2>&1; then sudo apt-get update -qq && sudo apt-get install -y -qq $$missing; \
+	  else echo "missing system packages:$$missing -- run: sudo apt-get install -y$$missing" >&2; exit 1; fi; \
+	fi
 
 ## Fetch the default model (SmolLM2-135M-Instruct) into $LAYERSWARM_HOME (~/.cache/layerswarm).
 model: install
@@ -37,7 +49,7 @@ PORTAL_REDIS ?= redis://127.0.0.1:6379/0
 ON_SERVICES  := DATABASE_URL=$(PORTAL_PG) REDIS_URL=$(PORTAL_REDIS)
 
 ## The whole test suite (CI calls exactly this): everything embedded, then the portal tests on PostgreSQL + Redis.
-test: model
+test: model system-packages
 	$(PY) -m pytest -q
 	$(ON_SERVICES) $(PY) -m pytest -q tests/portal
 
