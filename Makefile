@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install model demo test test-fast lint format bench bench-portal clean
+.PHONY: install model demo test test-fast lint format bench bench-portal clean fuzz audit
 
 $(STAMP): requirements/node.txt requirements/portal.txt requirements/dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -57,6 +57,26 @@ test: model system-packages
 test-fast: model
 	$(PY) -m pytest -q -m "not slow"
 	$(ON_SERVICES) $(PY) -m pytest -q -m "not slow" tests/portal
+
+## The long protocol fuzz run: >= 100,000 generated frames through the frame decoder, relay envelope and
+## secure channel (the normal suite runs a short version of the same tests).
+fuzz: install
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-100000} $(PY) -m pytest -q -m fuzz tests/fuzz
+
+## Known vulnerabilities in the pinned Python requirements (pip-audit) and the frontend lock file (npm audit).
+## Reports; exits 0 when the advisory services cannot be reached (no network), non-zero on a finding.
+audit: install
+	@status=0; \
+	for req in requirements/node.txt requirements/portal.txt requirements/dev.txt; do \
+	  echo "== pip-audit $$req"; out=$$($(VENV)/bin/pip-audit --no-deps --disable-pip --progress-spinner off -r $$req 2>&1); rc=$$?; \
+	  echo "$$out" | grep -v '^WARNING:pip_audit._cli'; \
+	  if [ $$rc -ne 0 ]; then if echo "$$out" | grep -qiE 'connection|resolve|timed out|unreachable|network'; then \
+	    echo "   (advisory service unreachable: not counted)"; else status=1; fi; fi; \
+	done; \
+	echo "== npm audit frontend/package-lock.json"; out=$$(cd frontend && npm audit --omit=dev 2>&1); rc=$$?; echo "$$out"; \
+	if [ $$rc -ne 0 ]; then if echo "$$out" | grep -qiE 'ENOTFOUND|ECONNREFUSED|ETIMEDOUT|EAI_AGAIN|network|audit endpoint'; then \
+	  echo "   (advisory service unreachable: not counted)"; else status=1; fi; fi; \
+	exit $$status
 
 lint: install
 	$(VENV)/bin/ruff check .
