@@ -196,6 +196,11 @@ REST_FRAMEWORK = {
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
     "EXCEPTION_HANDLER": "portal.api.errors.api_exception_handler",
 }
+CHAT_GATEWAY_HEARTBEAT = env_float("CHAT_GATEWAY_HEARTBEAT", 5.0)  # s between a gateway's "alive" per generation
+CHAT_GATEWAY_DEADLINE = env_float("CHAT_GATEWAY_DEADLINE", 30.0)  # no word from a gateway this long: it died
+CHAT_MAX_GENERATIONS_PER_USER = env_int("CHAT_MAX_GENERATIONS_PER_USER", 4)  # at once, per user or visitor
+CHAT_MAX_GENERATIONS_PER_IP = env_int("CHAT_MAX_GENERATIONS_PER_IP", 8)  # at once, per client address
+CHAT_RESERVATION_TTL = env_float("CHAT_RESERVATION_TTL", 3600.0)  # an unsettled hold on credits expires after
 SPECTACULAR_SETTINGS = {
     "TITLE": "Layerswarm portal API",
     "DESCRIPTION": "The swarm tracker (nodes register and heartbeat; clients find spans) and swarm health.",

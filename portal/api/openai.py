@@ -3,8 +3,9 @@
 Any OpenAI SDK pointed at ``base_url=<portal>/v1`` with a Layerswarm API key works unchanged:
 streaming answers are server-sent events (``data: {chunk}`` ... ``data: [DONE]``), errors are
 ``{"error": {"message", "type", "param", "code"}}`` with the usual statuses (400 bad parameters or
-context too long, 401 bad key, 402 out of credits, 404 unknown model, 503 the swarm does not
-cover the model or no gateway answers). The answers come from the same gateway as the chat page.
+context too long, 401 bad key, 402 out of credits, 404 unknown model, 429 too many generations at once,
+503 the swarm does not cover the model or no gateway answers). The answers come from the same gateway as
+the chat page, which charges every token it generates, also for a client that leaves mid-stream.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from portal.swarm.health import swarm_health
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "insufficient_quota",
                404: "invalid_request_error", 405: "invalid_request_error", 413: "invalid_request_error",
-               502: "server_error", 503: "service_unavailable"}  # fmt: skip
+               429: "rate_limit_error", 502: "server_error", 503: "service_unavailable"}  # fmt: skip
 FINISH = {"stop": "stop", "length": "length", "cancelled": "stop"}
 
 
@@ -170,11 +171,8 @@ def _admit(user, request: GenerationRequest, ip: str) -> None:
                        "model_not_found", "model") from None  # fmt: skip
     except generation.OutOfCredits as exc:
         raise ApiError(402, str(exc), "insufficient_quota") from None
-
-
-@sync_to_async
-def _charge(user, ip: str, event: dict, request_id: str) -> None:
-    generation.settle(Requester(user.pk), ip, event.get("usage"), f"api:{request_id}")
+    except BadRequest as exc:  # too_many_generations (429)
+        raise ApiError(exc.status, str(exc), exc.code, exc.param) from None
 
 
 async def _complete(request, body: dict, *, chat: bool, **prompt):
@@ -196,10 +194,9 @@ async def _complete(request, body: dict, *, chat: bool, **prompt):
         raise
     if not stream:
         try:
-            done = await _rest(call, first)
+            done = await _rest(call, first)  # the gateway charged the usage before it said done
         finally:
             await call.close()
-        await _charge(request.api_user, ip, done, gen.id)
         return JsonResponse(shape.whole(done))
 
     async def events():
@@ -213,12 +210,12 @@ async def _complete(request, body: dict, *, chat: bool, **prompt):
                     yield shape.sse({"error": _error_body(event)})
                     return
                 event = await call.next_event()
-            await _charge(request.api_user, ip, event, gen.id)
             yield shape.sse(shape.chunk(finish=FINISH.get(event.get("finish_reason"), "stop")))
             if include_usage:
                 yield shape.sse(shape.chunk(usage=event.get("usage")))
             yield b"data: [DONE]\n\n"
         except GatewayTimeout as exc:
+            await call.give_up()
             yield shape.sse({"error": {"message": str(exc), "type": "service_unavailable", "param": None,
                                        "code": "gateway_unavailable"}})  # fmt: skip
         finally:
@@ -234,6 +231,7 @@ async def _first(call: GatewayCall) -> dict:
     try:
         event = await call.next_event()
     except GatewayTimeout as exc:
+        await call.give_up()
         raise ApiError(503, str(exc), "gateway_unavailable") from None
     if event["type"] == "gateway.error":
         raise ApiError(int(event.get("status") or 502), event.get("message", "failed"), event.get("code"),
@@ -248,6 +246,7 @@ async def _rest(call: GatewayCall, event: dict) -> dict:
                 raise ApiError(int(event.get("status") or 502), event.get("message", "failed"), event.get("code"))
             event = await call.next_event()
     except GatewayTimeout as exc:
+        await call.give_up()
         raise ApiError(503, str(exc), "gateway_unavailable") from None
     return event
 

@@ -6,7 +6,9 @@ Browser -> server (JSON):
 - ``{"type": "stop"}``
 Server -> browser: ``accepted`` (the stored question, the conversation id), ``started`` (prompt
 size, oldest messages dropped), ``token`` (new text), ``done`` (the stored answer, usage, speed) or
-``error`` (``code``, ``message``). Settings: ``temperature``, ``top_p``, ``max_new_tokens``.
+``error`` (``code``, ``message``; ``answer``: the partial answer stored when the gateway died or the swarm
+failed mid-answer, code ``gateway_unavailable`` or the gateway's). Settings: ``temperature``, ``top_p``,
+``max_new_tokens``. The gateway charges every token it generates (also after Stop or a dropped socket).
 """
 
 from __future__ import annotations
@@ -136,13 +138,25 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             while not active.call.finished:
                 event = await active.call.next_event()
                 await self._on_reply(active, event)
-        except GatewayTimeout as exc:  # no gateway took the request in time (none running, or all busy)
-            await active.call.close()  # cancelled before the browser hears of it
+        except GatewayTimeout as exc:  # no gateway took the request in time, or its gateway died mid-answer
+            await active.call.give_up()  # released, or charged for what the replies said was generated
             if self.active is active:
                 self.active = None
-                await self._error("gateway_unavailable", str(exc))
+                partial = await self._store_partial(active, "error") if active.call.started else None
+                await self._error("gateway_unavailable", str(exc), answer=partial)
         finally:
             await active.call.close()
+
+    async def _store_partial(self, active: _Active, reason: str) -> dict | None:
+        """Store what the browser was shown of an answer that ended early; None when nothing was."""
+        if not active.text:
+            return None
+        call = active.call
+        usage = {"prompt_tokens": call.prompt_tokens, "completion_tokens": call.completion_tokens}
+        message = await database_sync_to_async(turns.answer)(
+            active.conversation_id, active.text, finish_reason=reason, **usage, dropped_messages=active.dropped
+        )
+        return message.as_dict()
 
     def _client_ip(self) -> str:
         client = self.scope.get("client") or ("", 0)
@@ -163,9 +177,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if active.stopped is not None:
             if kind == "gateway.done":
                 message_id = await active.stopped
-                await database_sync_to_async(turns.record_stopped_usage)(
-                    self.owner, self._client_ip(), message_id, active.request.id, event.get("usage")
-                )
+                await database_sync_to_async(turns.record_stopped_usage)(message_id, event.get("usage"))
             return
         handler = {
             "gateway.started": self._started,
@@ -201,12 +213,13 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         await self._finish(active, event)
 
     async def _failed(self, active: _Active, event: dict) -> None:
-        """The gateway could not serve the request."""
+        """The gateway could not serve the request (or the swarm failed mid-answer: the part shown is kept)."""
         self.active = None
-        await self._error(event.get("code", "error"), event.get("message", "the request failed"))
+        partial = await self._store_partial(active, "error")
+        await self._error(event.get("code", "error"), event.get("message", "the request failed"), answer=partial)
 
     async def _finish(self, active: _Active, event: dict):
-        """Store the answer, charge it and show it (also the partial answer when the user pressed Stop)."""
+        """Store the answer and show it (also the partial answer when the user pressed Stop)."""
         usage = event.get("usage") or {}
         stats = {
             "finish_reason": event.get("finish_reason", "stop"),
@@ -216,9 +229,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             "dropped_messages": active.dropped + int(event.get("dropped_messages", 0) or 0),
         }
         text = event.get("text", active.text) if stats["finish_reason"] != "cancelled" else active.text
-        message = await database_sync_to_async(turns.answer)(
-            self.owner, self._client_ip(), active.conversation_id, active.request.id, text, usage, **stats
-        )
+        message = await database_sync_to_async(turns.answer)(active.conversation_id, text, **stats)
         await self.send_json(
             {
                 "type": "done",
@@ -231,8 +242,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         )
         return message
 
-    async def _error(self, code: str, message: str) -> None:
-        await self.send_json({"type": "error", "code": code, "message": message})
+    async def _error(self, code: str, message: str, **extra) -> None:
+        extra = {k: v for k, v in extra.items() if v is not None}
+        await self.send_json({"type": "error", "code": code, "message": message, **extra})
 
 
 def _code(exc: Exception) -> str:

@@ -4,6 +4,35 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
+
+
+class Reservation(models.Model):
+    """Tokens held for one generation from admission until the gateway settles what it generated.
+
+    Kept by ``portal.generation.reservations`` (which looks the model up by name: nothing imports ``chat``).
+    """
+
+    class State(models.TextChoices):
+        OPEN = "open"  # admitted, no gateway has it yet
+        RUNNING = "running"  # a gateway claimed it
+        SETTLED = "settled"  # charged ``used`` tokens (0: released)
+
+    reference = models.CharField(max_length=80, unique=True)  # the charge's idempotency key
+    user_id = models.IntegerField(null=True, blank=True, db_index=True)
+    session_key = models.CharField(max_length=64, blank=True, db_index=True)
+    ip = models.CharField(max_length=64, blank=True, db_index=True)
+    tokens = models.PositiveIntegerField()  # held: the request's token budget
+    used = models.PositiveIntegerField(default=0)  # charged at settlement
+    state = models.CharField(max_length=8, choices=State.choices, default=State.OPEN)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    settled_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["state", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.reference}: {self.used}/{self.tokens} {self.state}"
 
 
 class Conversation(models.Model):

@@ -8,11 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.db import transaction
 
 from portal.chat import conversations
 from portal.chat.conversations import NotFound, Owner
 from portal.chat.models import Conversation, Message
-from portal.generation import GenerationRequest, admit, settle
+from portal.generation import GenerationRequest, admit
 
 
 @dataclass
@@ -25,37 +26,39 @@ class Question:
 
 
 def ask(owner: Owner, conversation_id, request: GenerationRequest, text, regenerate: bool, ip: str) -> Question:
-    """Admit ``request`` for ``owner``, store the question (or drop the answer to regenerate) and fill in
-    ``request.messages`` with the conversation's history.
+    """Store the question (or drop the answer to regenerate), fill in ``request.messages`` with the
+    conversation's history and admit it for ``owner`` (which holds the credits it may use).
 
     Raises:
-        UnknownModel, OutOfCredits: from :func:`portal.generation.admit` (nothing is stored).
+        UnknownModel, OutOfCredits, TooManyGenerations: from :func:`portal.generation.admit` (nothing is stored).
         NotFound: not the owner's conversation, or nothing to regenerate.
     """
-    admit(owner, request, ip)
-    if regenerate:
-        conversation = conversations.prepare_regenerate(owner, conversation_id)
-        question = None
-    else:
-        if conversation_id is not None and not isinstance(conversation_id, int):
-            raise NotFound("no such conversation")
-        conversation, question = conversations.add_question(owner, conversation_id, request.model, text)
-    history, dropped = conversations.history(conversation, settings.CHAT_MAX_MESSAGES, settings.CHAT_MAX_INPUT_CHARS)
-    request.messages = history
+    with transaction.atomic():  # a refused admission stores nothing
+        if regenerate:
+            conversation = conversations.prepare_regenerate(owner, conversation_id)
+            question = None
+        else:
+            if conversation_id is not None and not isinstance(conversation_id, int):
+                raise NotFound("no such conversation")
+            conversation, question = conversations.add_question(owner, conversation_id, request.model, text)
+        limits = (settings.CHAT_MAX_MESSAGES, settings.CHAT_MAX_INPUT_CHARS)
+        request.messages, dropped = conversations.history(conversation, *limits)
+        admit(owner, request, ip)  # after the history: the hold covers the prompt actually sent
     return Question(conversation, question, dropped)
 
 
-def answer(owner: Owner, ip: str, conversation_id: int, request_id: str, text: str, usage: dict | None, **stats):
-    """Store the answer (a partial one when the user pressed Stop) and charge the usage the gateway reported."""
+def answer(conversation_id: int, text: str, **stats):
+    """Store the answer (a partial one when the user pressed Stop or the gateway died).
+
+    The gateway charges what it generated (``portal.generation.reservations``), whether or not anyone is
+    still there to store the answer.
+    """
     conversation = Conversation.objects.get(pk=conversation_id)
-    message = conversations.add_answer(conversation, text, **stats)
-    settle(owner, ip, usage, f"chat:{request_id}")
-    return message
+    return conversations.add_answer(conversation, text, **stats)
 
 
-def record_stopped_usage(owner: Owner, ip: str, message_id: int, request_id: str, usage: dict | None) -> None:
-    """The gateway's usage report of an answer the user stopped: record the counts and charge them."""
+def record_stopped_usage(message_id: int, usage: dict | None) -> None:
+    """The gateway's usage report of an answer the user stopped: record the counts on the stored answer."""
     usage = usage or {}
     prompt, completion = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
     Message.objects.filter(pk=message_id).update(prompt_tokens=prompt, completion_tokens=completion)
-    settle(owner, ip, usage, f"chat:{request_id}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from portal.generation.protocol import BadRequest, GenerationRequest
 from portal.generation.requesters import Requester
-from portal.generation.spending import tokens_allowed
+from portal.generation.reservations import reserve
 
 
 class UnknownModel(BadRequest):
@@ -16,17 +16,19 @@ class UnknownModel(BadRequest):
 
 
 def admit(requester: Requester, request: GenerationRequest, ip: str) -> None:
-    """Make ``request`` ready to send for ``requester``: its token budget and prompt-prefix salt.
+    """Make ``request`` ready to send for ``requester``: its prompt-prefix salt, and the credits or quota it
+    may use held for it (its ``token_budget`` and ``reservation``: call with the request's final messages).
 
     Runs in a sync context (database access): callers in async code wrap it in ``sync_to_async``.
 
     Raises:
         UnknownModel: no such model in the tracker.
-        OutOfCredits: the requester cannot pay for a single token.
+        OutOfCredits: the requester cannot pay for a single token (beyond what its running generations hold).
+        TooManyGenerations: the requester or its address already runs its limit of generations (429).
     """
     from portal.swarm.models import SwarmModel
 
     if not SwarmModel.objects.filter(name=request.model).exists():
         raise UnknownModel(request.model)
     request.prefix_salt = requester.prefix_salt
-    request.token_budget = tokens_allowed(requester, ip)
+    reserve(requester, ip, request)

@@ -1,20 +1,27 @@
 """The requester's side of one generation: send the request to the gateways, read the replies, cancel.
 
-Both the chat consumer and the OpenAI API views use it, so a request that no gateway takes, or that
-goes silent, ends the same way everywhere (:class:`GatewayTimeout`), and leaving early always cancels.
+Both the chat consumer and the OpenAI API views use it, so a request that no gateway takes, or whose
+gateway dies (no ``gateway.alive`` heartbeat for ``CHAT_GATEWAY_DEADLINE`` seconds), ends the same way
+everywhere (:class:`GatewayTimeout`, then :meth:`GatewayCall.give_up` settles the reservation with what
+was seen), and leaving early always cancels (the gateway then charges what it generated).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 
+from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
+from portal.generation import reservations
 from portal.generation.gateway import ensure_embedded_gateway
 from portal.generation.protocol import CONTROL_GROUP, GenerationRequest, cancel_message
 
 FINAL = ("gateway.done", "gateway.error")
+NOT_TAKEN = "no gateway answered: the chat service is down or overloaded"
+DIED = "the gateway stopped answering mid-answer (it died or lost its link)"
 
 
 class GatewayTimeout(Exception):
@@ -38,8 +45,10 @@ class GatewayCall:
         self.request = request
         self.token_timeout = token_timeout
         self.finished = False
-        self.started = False
+        self.started = False  # a gateway answered (a heartbeat counts)
         self.cancelled = False
+        self.prompt_tokens = 0  # what the replies said was used so far: charged if the gateway dies
+        self.completion_tokens = 0
 
     async def __aenter__(self) -> GatewayCall:
         await self.open()
@@ -61,24 +70,58 @@ class GatewayCall:
     async def next_event(self) -> dict:
         """The next reply for this request (``gateway.started``, ``.token``, ``.done`` or ``.error``).
 
+        Heartbeats (``gateway.alive``) are not returned: they only keep the call from timing out.
+
         Raises:
-            GatewayTimeout: nothing came in time.
+            GatewayTimeout: no gateway took the request in time, the gateway went silent for
+                ``CHAT_GATEWAY_DEADLINE`` (died), or no text came for ``token_timeout``.
         """
-        timeout = self.token_timeout if self.started else settings.CHAT_GATEWAY_TIMEOUT
+        progress = time.monotonic()
         while True:
+            if not self.started:
+                timeout, why = (
+                    settings.CHAT_GATEWAY_TIMEOUT,
+                    "no gateway answered: the chat service is down or overloaded",
+                )
+            else:
+                timeout, why = (
+                    settings.CHAT_GATEWAY_DEADLINE,
+                    "the gateway stopped answering (it died or lost its link)",
+                )
+                if self.token_timeout is not None:
+                    left = self.token_timeout - (time.monotonic() - progress)
+                    timeout, why = (left, "the generation stalled") if left < timeout else (timeout, why)
             try:
-                event = await asyncio.wait_for(self.layer.receive(self.request.reply_to), timeout)
+                event = await asyncio.wait_for(self.layer.receive(self.request.reply_to), max(0.0, timeout))
             except TimeoutError:
-                raise GatewayTimeout(
-                    "no gateway answered: the chat service is down or overloaded"
-                    if not self.started
-                    else "the generation stalled"
-                ) from None
+                raise GatewayTimeout(why) from None
             if event.get("id") != self.request.id:
                 continue
             self.started = True
+            if event.get("type") == "gateway.alive":
+                continue
+            self._count(event)
             self.finished = event.get("type") in FINAL
             return event
+
+    def _count(self, event: dict) -> None:
+        kind = event.get("type")
+        if kind == "gateway.started" and isinstance(event.get("prompt_tokens"), int):
+            self.prompt_tokens = event["prompt_tokens"]
+        elif kind == "gateway.token" and isinstance(event.get("completion_tokens"), int):
+            self.completion_tokens = max(self.completion_tokens, event["completion_tokens"])
+
+    @property
+    def tokens_seen(self) -> int:
+        """Prompt and answer tokens the gateway reported using so far."""
+        return self.prompt_tokens + self.completion_tokens
+
+    async def give_up(self) -> int:
+        """The gateway is gone (:class:`GatewayTimeout`): cancel, and settle the reservation with the tokens
+        seen (a request no gateway took is released). Returns the tokens charged."""
+        await self.cancel()
+        reference = self.request.reservation
+        return await sync_to_async(reservations.abandon)(reference, self.tokens_seen) if reference else 0
 
     async def cancel(self) -> None:
         """Stop the generation wherever it runs (or before it starts); its final event still comes."""

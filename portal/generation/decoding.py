@@ -18,6 +18,20 @@ from portal.generation.protocol import GenerationRequest
 
 
 @dataclass
+class Usage:
+    """Tokens a generation has used so far: kept up to date token by token, so that whatever ends the
+    generation (Stop, a requester gone, a swarm error) the gateway charges every token generated."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total(self) -> int:
+        """Prompt and answer tokens."""
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass
 class Outcome:
     """How a generation ended."""
 
@@ -34,10 +48,12 @@ def run_generation(
     model,
     request: GenerationRequest,
     prompt: Prompt,
-    emit: Callable[[str], None],
+    emit: Callable[[str, int], None],
     cancelled: threading.Event,
+    usage: Usage | None = None,
 ) -> Outcome:
-    """Generate the answer, calling ``emit(text)`` with each new piece of text as it is decoded.
+    """Generate the answer, calling ``emit(text, completion_tokens)`` with each new piece of text as it is
+    decoded (and the tokens generated so far); ``usage.completion_tokens`` counts every token as it comes.
 
     Stops at EOS, a stop string (which is not part of the answer), ``max_new_tokens`` or as soon as
     ``cancelled`` is set; in every case the swarm sessions are closed before returning.
@@ -67,6 +83,7 @@ def run_generation(
     finish = "length"
     eos_ids = model.generation_config.eos_token_id
     eos = set(eos_ids) if isinstance(eos_ids, list) else {eos_ids}
+    usage = usage if usage is not None else Usage(len(prompt.ids))
     try:
         for token in stream:
             if cancelled.is_set():
@@ -74,6 +91,7 @@ def run_generation(
                 break
             tid = int(token[0])
             new_ids.append(tid)
+            usage.completion_tokens = len(new_ids)
             if not ttft:
                 ttft = time.perf_counter() - started
             if tid in eos:
@@ -87,7 +105,7 @@ def run_generation(
                 break
             ready = len(text) - hold
             if ready > sent:
-                emit(text[sent:ready])
+                emit(text[sent:ready], len(new_ids))
                 sent = ready
         else:
             if cancelled.is_set():
@@ -99,7 +117,7 @@ def run_generation(
         text = text[:cut]
         finish = "cancelled" if finish == "cancelled" else "stop"
     if len(text) > sent:
-        emit(text[sent:])
+        emit(text[sent:], len(new_ids))
     total = time.perf_counter() - started
     decode_s = total - ttft
     return Outcome(

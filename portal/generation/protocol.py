@@ -6,7 +6,11 @@
   request stops it, the others ignore it (a gateway also remembers cancels of requests it has not
   received yet, so a request stopped while still queued never starts).
 - Replies go to the requester's own channel (``reply_to``), in order: ``gateway.started``, any
-  number of ``gateway.token``, then exactly one ``gateway.done`` or ``gateway.error``.
+  number of ``gateway.token`` (``text``, and ``completion_tokens`` generated so far), then exactly one
+  ``gateway.done`` or ``gateway.error``; ``gateway.alive`` comes every ``CHAT_GATEWAY_HEARTBEAT``
+  seconds in between, so a requester that hears nothing for ``CHAT_GATEWAY_DEADLINE`` knows the gateway died.
+- The gateway settles the request's reservation (what it generated is charged) before ``gateway.done``,
+  and also when the generation is stopped, the requester leaves or the swarm fails.
 
 :class:`GenerationRequest` validates everything a browser or an API client can set, so the
 consumer, the API and the gateway all refuse the same bad input with the same message.
@@ -59,6 +63,7 @@ class GenerationRequest:
     token_budget: int = 0  # >0: prompt + answer may not exceed this (what the requester can pay for)
     truncate: bool = False  # drop the oldest turns to fit the context (the chat page) instead of refusing
     prefix_salt: str = ""  # the requester's salt for the nodes' prompt-prefix reuse (§4.9 of the wire spec)
+    reservation: str = ""  # what admission held for it (portal.generation.reservations); the gateway settles it
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     reply_to: str = ""
 
@@ -106,6 +111,8 @@ class GenerationRequest:
             raise BadRequest("seed must be a non-negative integer", "seed")
         if not isinstance(self.prefix_salt, str) or len(self.prefix_salt) > 128:
             raise BadRequest("prefix_salt must be a string of at most 128 characters", "prefix_salt")
+        if not isinstance(self.reservation, str) or len(self.reservation) > 80:
+            raise BadRequest("reservation must be a string of at most 80 characters", "reservation")
         if not _is_int(self.token_budget) or self.token_budget < 0:
             raise BadRequest("token_budget must be a non-negative integer", "token_budget")
         if isinstance(self.stop, str):

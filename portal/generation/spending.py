@@ -1,9 +1,10 @@
 """What an answer costs: signed-in users pay credits (``portal.ledger``), anonymous visitors use a free quota.
 
-Before a generation, :func:`tokens_allowed` says how many tokens the requester can still pay for (the
-answer's ``max_new_tokens`` is capped to it); after it, :func:`charge` books prompt + answer tokens,
-once per request id (:func:`settle`: from the gateway's usage report). An anonymous visitor is counted
-by browser session *and* by IP address, so clearing cookies does not reset the quota.
+Before a generation, :func:`tokens_allowed` says how many tokens the requester can still pay for
+(``reservations.reserve`` holds part of it for the request); after it, :func:`charge` books prompt +
+answer tokens, once per reference (``reservations.settle``: by the gateway, for every token it generated).
+An anonymous visitor is counted by browser session *and* by IP address, so clearing cookies does not reset
+the quota.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ class OutOfCredits(Exception):
     """Nothing left to pay for another answer."""
 
 
-def _anonymous_keys(requester: Requester, ip: str) -> list[str]:
+def anonymous_keys(requester: Requester, ip: str) -> list[str]:
+    """What an anonymous requester's quota is counted by: its session and its address."""
     return [k for k in (requester.session_key, f"ip:{ip}" if ip else "") if k]
 
 
@@ -33,10 +35,18 @@ def tokens_allowed(requester: Requester, ip: str) -> int:
         if left <= 0:
             raise OutOfCredits("you are out of credits: contribute a GPU to the swarm to earn more")
         return left
-    left = min(ledger.anonymous_tokens_left(k) for k in _anonymous_keys(requester, ip))
+    left = min(ledger.anonymous_tokens_left(k) for k in anonymous_keys(requester, ip))
     if left <= 0:
         raise OutOfCredits("anonymous visitors get a small free quota per day and it is used up: log in or sign up")
     return left
+
+
+def lock_payer(requester: Requester, ip: str) -> None:
+    """Inside a transaction: serialize the admissions of one payer (see :func:`portal.ledger.spending.lock_payer`)."""
+    if requester.user_id is not None:
+        ledger.lock_payer(user=requester.user_id)
+    else:
+        ledger.lock_payer(keys=tuple(anonymous_keys(requester, ip)))
 
 
 def charge(requester: Requester, ip: str, tokens: int, reference: str) -> None:
@@ -55,18 +65,6 @@ def charge(requester: Requester, ip: str, tokens: int, reference: str) -> None:
             if (affordable := ledger.tokens_affordable(user)) > 0:
                 ledger.charge_usage(user, tokens=affordable, reference=reference)
         return
-    for key in _anonymous_keys(requester, ip):
+    for key in anonymous_keys(requester, ip):
         left = ledger.anonymous_tokens_left(key)
         ledger.charge_anonymous(key, tokens=min(tokens, left), reference=f"{reference}:{key}")
-
-
-def settle(requester: Requester, ip: str, usage: dict | None, reference: str) -> int:
-    """Charge the prompt and answer tokens of a gateway usage report (``gateway.done``'s ``usage``).
-
-    Returns:
-        the tokens charged for (0 when nothing was generated).
-    """
-    usage = usage or {}
-    tokens = int(usage.get("prompt_tokens", 0) or 0) + int(usage.get("completion_tokens", 0) or 0)
-    charge(requester, ip, tokens, reference)
-    return tokens

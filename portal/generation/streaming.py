@@ -2,7 +2,7 @@
 
 The replies go through ``emit(kind, **fields)``, which the gateway provides (it hands them to its
 event loop); their order is the protocol's (:mod:`portal.generation.protocol`): ``gateway.started``,
-``gateway.token`` for each new piece of text, then ``gateway.done`` with the usage to charge.
+``gateway.token`` for each new piece of text; the gateway itself settles the usage and sends ``gateway.done``.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from portal.generation.decoding import Outcome, run_generation
+from portal.generation.decoding import Outcome, Usage, run_generation
 from portal.generation.pool import ModelPool
 from portal.generation.prompts import fit_prompt
 from portal.generation.protocol import GenerationRequest
@@ -22,8 +22,12 @@ class Cancelled(Exception):
     """The requester stopped the generation or went away."""
 
 
-def serve_request(pool: ModelPool, request: GenerationRequest, emit: Emit, cancelled: threading.Event) -> None:
+def serve_request(
+    pool: ModelPool, request: GenerationRequest, emit: Emit, cancelled: threading.Event, usage: Usage
+) -> Outcome:
     """Answer ``request`` with the swarm, replying through ``emit``; stop early once ``cancelled`` is set.
+
+    ``usage`` counts the tokens as they are used (also when this raises): what the gateway charges.
 
     Raises:
         BadRequest: unknown model, context too long, prompt over the token budget.
@@ -33,9 +37,13 @@ def serve_request(pool: ModelPool, request: GenerationRequest, emit: Emit, cance
     """
     model = pool.get(request.model)
     prompt = fit_prompt(model.tokenizer, request, pool.context_limit(model))
+    usage.prompt_tokens = len(prompt.ids)  # the nodes compute the prompt from here on
     emit("gateway.started", prompt_tokens=len(prompt.ids), dropped_messages=prompt.dropped_messages)
-    outcome = run_generation(model, request, prompt, lambda text: emit("gateway.token", text=text), cancelled)
-    emit("gateway.done", **done_reply(outcome))
+
+    def token(text: str, completion_tokens: int) -> None:
+        emit("gateway.token", text=text, completion_tokens=completion_tokens)
+
+    return run_generation(model, request, prompt, token, cancelled, usage)
 
 
 def done_reply(outcome: Outcome) -> dict:

@@ -23,7 +23,7 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from portal.ledger.books import InsufficientCredits, balance_of, post, system_account, user_account
-from portal.ledger.models import AnonymousUsage, Transaction
+from portal.ledger.models import Account, AnonymousUsage, Transaction
 
 __all__ = [
     "InsufficientCredits",
@@ -32,6 +32,7 @@ __all__ = [
     "charge_anonymous",
     "charge_usage",
     "credits_for_tokens",
+    "lock_payer",
     "tokens_affordable",
 ]
 
@@ -98,6 +99,16 @@ def _lock_key(digest: str) -> None:
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [int(digest[:15], 16)])
+
+
+def lock_payer(user=None, keys: tuple[str, ...] = ()) -> None:
+    """Inside a transaction: wait for, then hold until it ends, the lock of a payer (a user, or the
+    anonymous ``keys``), so that checking what it can pay and holding it is one step for concurrent requests.
+    """
+    if user is not None:
+        list(Account.objects.select_for_update().filter(pk=user_account(user).pk).values_list("pk"))
+    for digest in sorted(_key_digest(k) for k in keys):
+        _lock_key(digest)
 
 
 def _used(digest: str) -> int:
