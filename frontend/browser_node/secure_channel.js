@@ -5,7 +5,8 @@ import { decode as msgpackDecode, encode as msgpackEncode } from "../msgpack/ind
 import { chacha20poly1305 } from "../noble/chacha.js";
 
 export const SUITES = ["x25519-chacha20poly1305", "x25519-aes256gcm"];
-const HKDF_INFO = new TextEncoder().encode("layerswarm secure channel v1");
+const HKDF_INFO = new TextEncoder().encode("layerswarm secure channel v2");
+const SIGN_CONTEXT = new TextEncoder().encode("layerswarm secure ready v2");
 const READY_TEXT = new TextEncoder().encode("layerswarm secure ready");
 const MAX_HELLO_BYTES = 1024;
 const HELLO_MARK = new TextEncoder().encode("secure_hello");
@@ -142,19 +143,26 @@ export async function nodeAccept(keys, frame) {
   if (nodeKey !== undefined && nodeKey !== null && !(nodeKey instanceof Uint8Array && nodeKey.every((b, i) => b === keys.x25519[i]) && nodeKey.length === 32)) {
     throw new ChannelError("bad_handshake", "secure_hello addressed to another node key (stale announcement?)");
   }
-  let shared;
+  // A fresh ephemeral key per connection (forward secrecy, §10.2), signed by the identity together with the client's.
+  const nodeEph = await crypto.subtle.generateKey({ name: "X25519" }, false, ["deriveBits"]);
+  const nodeEphPub = new Uint8Array(await crypto.subtle.exportKey("raw", nodeEph.publicKey));
+  let ephemeral, statik;
   try {
     const peer = await crypto.subtle.importKey("raw", eph, { name: "X25519" }, false, []);
-    shared = new Uint8Array(await crypto.subtle.deriveBits({ name: "X25519", public: peer }, keys.agreement.privateKey, 256));
+    statik = new Uint8Array(await crypto.subtle.deriveBits({ name: "X25519", public: peer }, keys.agreement.privateKey, 256));
+    ephemeral = new Uint8Array(await crypto.subtle.deriveBits({ name: "X25519", public: peer }, nodeEph.privateKey, 256));
   } catch {
     throw new ChannelError("bad_handshake", "the ephemeral key is invalid");
   }
-  const info = concat(HKDF_INFO, new Uint8Array([0]), new TextEncoder().encode(suite), new Uint8Array([0]), eph, keys.x25519, keys.ed25519);
-  const ikm = await crypto.subtle.importKey("raw", shared, "HKDF", false, ["deriveBits"]);
+  const transcript = concat(new TextEncoder().encode(suite), new Uint8Array([0]), eph, nodeEphPub, keys.x25519, keys.ed25519);
+  const info = concat(HKDF_INFO, new Uint8Array([0]), transcript);
+  const ikm = await crypto.subtle.importKey("raw", concat(ephemeral, statik), "HKDF", false, ["deriveBits"]);
   const okm = new Uint8Array(await crypto.subtle.deriveBits({ name: "HKDF", hash: "SHA-256", salt: new Uint8Array(0), info }, ikm, 512));
   const toNode = await aead(suite, okm.slice(0, 32));
   const toClient = await aead(suite, okm.slice(32, 64));
   const confirm = await toClient.seal(0, READY_TEXT);
-  const reply = msgpackEncode({ v: 1, type: "secure_ready", id: body.id ?? 0, suite, confirm }, { useBigInt64: true });
+  const sig = new Uint8Array(await crypto.subtle.sign({ name: "Ed25519" }, keys.signing.privateKey, concat(SIGN_CONTEXT, new Uint8Array([0]), transcript)));
+  const id = Number.isInteger(body.id) || typeof body.id === "bigint" ? body.id : 0;
+  const reply = msgpackEncode({ v: 1, type: "secure_ready", id, suite, key: nodeEphPub, sig, confirm }, { useBigInt64: true });
   return { reply, channel: new SecureChannel(suite, toClient, toNode, 1, 0) };
 }

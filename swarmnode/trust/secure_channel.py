@@ -1,8 +1,12 @@
 """End-to-end encrypted channel between a client and a node (spec §10), so a relay forwards ciphertext.
 
-The client makes an ephemeral X25519 key, agrees a secret with the node's announced static X25519
-key (§1.4) and derives two direction keys with HKDF-SHA256 over a transcript that binds both
-public keys and the cipher suite. Every frame after the handshake is sealed with an AEAD under a
+Both sides make an ephemeral X25519 key per connection. The keys come from two agreements: the
+client's ephemeral key with the node's ephemeral key (forward secrecy: once both ephemeral secrets
+are dropped, not even the node's long-term keys, leaked later, re-derive them) and with the node's
+announced static X25519 key (§1.4: only the holder of that key gets the session keys). The node
+signs both ephemeral keys with its Ed25519 identity, so a man in the middle that substitutes either
+is refused. HKDF-SHA256 derives two direction keys over a transcript that binds all the public keys
+and the cipher suite. Every frame after the handshake is sealed with an AEAD under a
 per-direction sequence number used as the nonce: a frame that was altered, replayed, dropped or
 reordered fails to open, and the channel is dead from then on (the peer closes the connection).
 
@@ -29,7 +33,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from swarmnode.protocol import Limits, ProtocolError
 from swarmnode.protocol.framing import unpack
-from swarmnode.trust.identity import NodeIdentity, PublicKeys, parse_public_key
+from swarmnode.trust.identity import NodeIdentity, PublicKeys, parse_public_key, verify_signature
 
 __all__ = [
     "SUITES",
@@ -45,8 +49,9 @@ __all__ = [
 
 SUITES = {"x25519-chacha20poly1305": ChaCha20Poly1305, "x25519-aes256gcm": AESGCM}
 DEFAULT_SUITE = "x25519-chacha20poly1305"
-HKDF_INFO = b"layerswarm secure channel v1"
+HKDF_INFO = b"layerswarm secure channel v2"  # v2: the node's ephemeral key joined the key agreement
 READY_TEXT = b"layerswarm secure ready"
+SIGN_CONTEXT = b"layerswarm secure ready v2"  # what the node's Ed25519 signature over the ephemeral keys starts with
 MAX_HELLO_BYTES = 1024  # a secure_hello is ~150 bytes; bigger frames are never checked for one
 MAX_SEQ = 2**62
 TAG_BYTES = 16  # both suites append a 16-byte tag to the ciphertext
@@ -79,9 +84,25 @@ def _nonce(seq: int) -> bytes:
     return b"\x00\x00\x00\x00" + seq.to_bytes(8, "big")
 
 
-def _derive(shared: bytes, suite: str, client_eph: bytes, node: PublicKeys) -> tuple[bytes, bytes]:
-    info = HKDF_INFO + b"\x00" + suite.encode() + b"\x00" + client_eph + node.x25519 + node.ed25519
-    okm = HKDF(algorithm=hashes.SHA256(), length=64, salt=None, info=info).derive(shared)
+def _raw(public: X25519PublicKey) -> bytes:
+    return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def _transcript(suite: str, client_eph: bytes, node_eph: bytes, node: PublicKeys) -> bytes:
+    return suite.encode() + b"\x00" + client_eph + node_eph + node.x25519 + node.ed25519
+
+
+def _signed_text(suite: str, client_eph: bytes, node_eph: bytes, node: PublicKeys) -> bytes:
+    return SIGN_CONTEXT + b"\x00" + _transcript(suite, client_eph, node_eph, node)
+
+
+def _derive(
+    ephemeral: bytes, static: bytes, suite: str, client_eph: bytes, node_eph: bytes, node: PublicKeys
+) -> tuple[bytes, bytes]:
+    # Both secrets feed the KDF: the ephemeral one for forward secrecy, the static one so that the
+    # keys still belong only to the holder of the announced X25519 key.
+    info = HKDF_INFO + b"\x00" + _transcript(suite, client_eph, node_eph, node)
+    okm = HKDF(algorithm=hashes.SHA256(), length=64, salt=None, info=info).derive(ephemeral + static)
     return okm[:32], okm[32:]  # client -> node, node -> client
 
 
@@ -182,7 +203,8 @@ def client_handshake(public_key: str, suite: str = DEFAULT_SUITE, request_id: in
     """Start a channel to the node that announced ``public_key``.
 
     Returns:
-        The ``secure_hello`` frame to send, and a pending state for :func:`finish_handshake`.
+        The ``secure_hello`` frame to send, and a pending state for :func:`finish_handshake`
+        (it holds the ephemeral secret: drop it with the channel).
 
     Raises:
         ValueError: malformed public key or unknown suite.
@@ -191,29 +213,42 @@ def client_handshake(public_key: str, suite: str = DEFAULT_SUITE, request_id: in
         raise ValueError(f"unknown suite {suite!r}; one of {sorted(SUITES)}")
     node = parse_public_key(public_key)
     eph = X25519PrivateKey.generate()
-    eph_pub = eph.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    shared = eph.exchange(X25519PublicKey.from_public_bytes(node.x25519))
-    c2n, n2c = _derive(shared, suite, eph_pub, node)
+    eph_pub = _raw(eph.public_key())
     hello = {"v": 1, "type": "secure_hello", "id": request_id, "suite": suite, "key": eph_pub, "node_key": node.x25519}
-    return msgpack.packb(hello, use_bin_type=True), (suite, c2n, n2c)
+    return msgpack.packb(hello, use_bin_type=True), (suite, node, eph, eph_pub)
 
 
 def finish_handshake(
     pending: object, frame: bytes | str, max_plaintext: int = Limits().max_frame_bytes
 ) -> SecureChannel:
-    """Check the node's ``secure_ready`` (proof that it holds the announced key); return the channel
-    (which opens frames of up to ``max_plaintext`` bytes, see :class:`SecureChannel`).
+    """Check the node's ``secure_ready`` (its ephemeral key signed by its identity, and proof that it
+    holds the announced X25519 key); return the channel (which opens frames of up to
+    ``max_plaintext`` bytes, see :class:`SecureChannel`).
 
     Raises:
         ChannelError: an error reply, or a ready frame that does not authenticate.
     """
-    suite, c2n, n2c = pending  # type: ignore[misc]
+    suite, node, eph, eph_pub = pending  # type: ignore[misc]
     body = _unpack_map(frame, "the secure_ready reply")
     if body.get("type") == "error":
         raise ChannelError(str(body.get("code", "bad_handshake"))[:64], str(body.get("message", ""))[:500])
-    confirm = body.get("confirm")
+    confirm, node_eph, sig = body.get("confirm"), body.get("key"), body.get("sig")
     if body.get("type") != "secure_ready" or not isinstance(confirm, bytes):
         raise ChannelError("bad_handshake", "expected secure_ready")
+    if body.get("suite", suite) != suite:
+        raise ChannelError("bad_handshake", "secure_ready names another suite")
+    if not isinstance(node_eph, bytes) or len(node_eph) != 32 or not isinstance(sig, bytes):
+        raise ChannelError("bad_handshake", "secure_ready lacks the node's ephemeral key (a node without §10.2 v2?)")
+    if not verify_signature(node, sig, _signed_text(suite, eph_pub, node_eph, node)):
+        raise ChannelError(
+            "bad_handshake", "the ephemeral keys are not signed by the node's identity (man in the middle?)"
+        )
+    try:
+        ephemeral = eph.exchange(X25519PublicKey.from_public_bytes(node_eph))
+        static = eph.exchange(X25519PublicKey.from_public_bytes(node.x25519))
+    except ValueError:
+        raise ChannelError("bad_handshake", "the node's ephemeral key is invalid") from None
+    c2n, n2c = _derive(ephemeral, static, suite, eph_pub, node_eph, node)
     try:
         text = SUITES[suite](n2c).decrypt(_nonce(0), confirm, None)
     except InvalidTag:
@@ -251,13 +286,28 @@ def node_accept(
         raise ChannelError("bad_handshake", "key must be 32 raw bytes")
     if node_key is not None and node_key != identity.public.x25519:
         raise ChannelError("bad_handshake", "secure_hello addressed to another node key (stale announcement?)")
+    node_eph = X25519PrivateKey.generate()  # this connection's only: forgotten with the channel
+    node_eph_pub = _raw(node_eph.public_key())
     try:
-        shared = identity.shared_secret(eph_pub)
+        static = identity.shared_secret(eph_pub)
+        ephemeral = node_eph.exchange(X25519PublicKey.from_public_bytes(eph_pub))
     except ValueError:
         raise ChannelError("bad_handshake", "the ephemeral key is invalid") from None
-    c2n, n2c = _derive(shared, suite, eph_pub, identity.public)
+    c2n, n2c = _derive(ephemeral, static, suite, eph_pub, node_eph_pub, identity.public)
     confirm = SUITES[suite](n2c).encrypt(_nonce(0), READY_TEXT, None)
-    reply = {"v": 1, "type": "secure_ready", "id": body.get("id", 0), "suite": suite, "confirm": confirm}
+    sig = identity.sign(_signed_text(suite, eph_pub, node_eph_pub, identity.public))
+    request_id = body.get("id", 0)
+    if not isinstance(request_id, int) or isinstance(request_id, bool):
+        request_id = 0
+    reply = {
+        "v": 1,
+        "type": "secure_ready",
+        "id": request_id,
+        "suite": suite,
+        "key": node_eph_pub,
+        "sig": sig,
+        "confirm": confirm,
+    }
     channel = SecureChannel(suite, send_key=n2c, recv_key=c2n, send_seq=1, recv_seq=0, max_plaintext=max_plaintext)
     return msgpack.packb(reply, use_bin_type=True), channel
 
