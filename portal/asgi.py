@@ -13,6 +13,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from portal.chat.routing import websocket_urlpatterns as chat_ws  # noqa: E402
+from portal.middleware import ForwardedClientASGI  # noqa: E402
 from portal.relay.routing import websocket_urlpatterns as relay_ws  # noqa: E402
 from portal.swarm.routing import websocket_urlpatterns as swarm_ws  # noqa: E402
 
@@ -30,4 +31,5 @@ async def websocket_application(scope, receive, send):
     return await browser_websockets(scope, receive, send)
 
 
-application = ProtocolTypeRouter({"http": django_asgi_app, "websocket": websocket_application})
+# The visitor's address (not the proxy's) in scope["client"] for HTTP and websockets: portal/middleware.py.
+application = ForwardedClientASGI(ProtocolTypeRouter({"http": django_asgi_app, "websocket": websocket_application}))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
 
@@ -21,6 +23,11 @@ def check_swarm_settings(app_configs, **kwargs):
                 id="portal.E002",
             )
         )
+    for cidr in settings.TRUSTED_PROXIES:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            errors.append(Error(f"TRUSTED_PROXIES: {cidr!r} is not an IP network (e.g. 10.0.0.0/8)", id="portal.E004"))
     if settings.API_MAX_JSON_BYTES < 1024:
         errors.append(Error("API_MAX_JSON_BYTES must be at least 1024", id="portal.E003"))
     return errors

@@ -34,11 +34,24 @@ def free_port(preferred: int | None = None, host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def local_env(env: dict[str, str]) -> dict[str, str]:
+    """This process's environment plus ``env``, as a local (loopback) portal process needs it.
+
+    The settings default to production, which refuses to start without ``DJANGO_SECRET_KEY``. Everything
+    started from here listens on 127.0.0.1 (the demo, benchmarks, tests), so unless the caller chose
+    (``DJANGO_DEBUG`` or a key), it runs as a local development portal.
+    """
+    merged = {**os.environ, **env}
+    if "DJANGO_DEBUG" not in merged and not merged.get("DJANGO_SECRET_KEY"):
+        merged["DJANGO_DEBUG"] = "1"
+    return merged
+
+
 def manage(args: list[str], env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
     """Run ``manage.py ARGS`` in a child process with ``env`` (added to this process's environment)."""
     return subprocess.run(
         [sys.executable, str(BASE_DIR / "manage.py"), *args],
-        env={**os.environ, **env},
+        env=local_env(env),
         cwd=BASE_DIR,
         capture_output=True,
         text=True,
@@ -71,7 +84,7 @@ def _spawn(cmd: list[str], env: dict[str, str], log_path: Path | None, pass_fds:
     try:
         return subprocess.Popen(
             cmd,
-            env={**os.environ, **env},
+            env=local_env(env),
             cwd=BASE_DIR,
             stdout=out,
             stderr=subprocess.STDOUT,

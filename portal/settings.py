@@ -7,6 +7,7 @@
   validates the combination (``manage.py check --deploy``).
 """
 
+import os
 from pathlib import Path
 
 import dj_database_url
@@ -17,12 +18,21 @@ from portal.env import env_bool, env_float, env_int, env_list, env_str
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("LAYERSWARM_VAR_DIR", str(BASE_DIR / "var")))
 
-DEBUG = env_bool("DJANGO_DEBUG", True)
+# Production is the default: a portal started with no settings must not run with DEBUG pages and a known key.
+# Local runs say so: `make demo` and portal/processes.py set DJANGO_DEBUG=1; a pytest run (pytest exports
+# PYTEST_VERSION to itself and its children, before pytest-django imports this module) is local too.
+DEBUG = env_bool("DJANGO_DEBUG", "PYTEST_VERSION" in os.environ)
 SECRET_KEY = env_str("DJANGO_SECRET_KEY", "dev-insecure-layerswarm-key" if DEBUG else "")
 if not SECRET_KEY:
-    raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set when DJANGO_DEBUG=0 (a long random value)")
+    raise ImproperlyConfigured(
+        "DJANGO_SECRET_KEY is not set: set it to a long random value (production), "
+        "or set DJANGO_DEBUG=1 for a local demo or development run"
+    )
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost"])
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+# Our reverse proxies (CIDRs, e.g. "127.0.0.1/32,10.0.0.0/8"): only requests from these may name the visitor's
+# address in X-Forwarded-For / X-Real-IP (portal/middleware.py). Empty: the socket's peer is the visitor.
+TRUSTED_PROXIES = env_list("TRUSTED_PROXIES", [])
 
 INSTALLED_APPS = [
     "daphne",
@@ -46,6 +56,7 @@ INSTALLED_APPS = [
 ]
 # Run in sync mode (one thread hand-off per request under ASGI): see portal/middleware.py.
 MIDDLEWARE = [
+    "portal.middleware.ClientAddressMiddleware",  # first: everything after it sees the visitor's address
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -196,11 +207,6 @@ REST_FRAMEWORK = {
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
     "EXCEPTION_HANDLER": "portal.api.errors.api_exception_handler",
 }
-CHAT_GATEWAY_HEARTBEAT = env_float("CHAT_GATEWAY_HEARTBEAT", 5.0)  # s between a gateway's "alive" per generation
-CHAT_GATEWAY_DEADLINE = env_float("CHAT_GATEWAY_DEADLINE", 30.0)  # no word from a gateway this long: it died
-CHAT_MAX_GENERATIONS_PER_USER = env_int("CHAT_MAX_GENERATIONS_PER_USER", 4)  # at once, per user or visitor
-CHAT_MAX_GENERATIONS_PER_IP = env_int("CHAT_MAX_GENERATIONS_PER_IP", 8)  # at once, per client address
-CHAT_RESERVATION_TTL = env_float("CHAT_RESERVATION_TTL", 3600.0)  # an unsettled hold on credits expires after
 SPECTACULAR_SETTINGS = {
     "TITLE": "Layerswarm portal API",
     "DESCRIPTION": "The swarm tracker (nodes register and heartbeat; clients find spans) and swarm health.",

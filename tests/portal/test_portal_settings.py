@@ -19,7 +19,9 @@ PRODUCTION = {
 
 
 def _check(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "DATABASE_", "REDIS_", "SWARM_"))}
+    # PYTEST_VERSION too: the settings treat a pytest run (and its children) as a local one.
+    drop = ("DJANGO_", "DATABASE_", "REDIS_", "SWARM_", "PYTEST_")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
     return subprocess.run(
         [sys.executable, "manage.py", "check", *args], cwd=ROOT, env={**clean, **env}, capture_output=True, text=True
     )
@@ -43,12 +45,30 @@ def test_it_refuses_a_production_start_without_a_secret_key():
     assert result.returncode != 0 and "DJANGO_SECRET_KEY" in result.stderr
 
 
+def test_it_defaults_to_production_and_refuses_to_start_with_no_settings():
+    # An operator who forgets every variable must not get DEBUG pages signed with a public dev key.
+    result = _check({})
+    assert result.returncode != 0
+    assert "DJANGO_SECRET_KEY is not set" in result.stderr and "DJANGO_DEBUG=1" in result.stderr
+    shell = "from django.conf import settings; print(settings.DEBUG)"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "PYTEST_"))}
+    run = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", shell],
+        cwd=ROOT,
+        env={**clean, "DJANGO_SECRET_KEY": secrets.token_urlsafe(50)},
+        capture_output=True,
+        text=True,
+    )
+    assert run.stdout.strip().splitlines()[-1] == "False", run.stderr
+
+
 @pytest.mark.parametrize(
     "env, message",
     [
         ({"DJANGO_DEBUG": "maybe"}, "DJANGO_DEBUG='maybe' is not a boolean"),
-        ({"SWARM_HEARTBEAT_INTERVAL": "ten"}, "SWARM_HEARTBEAT_INTERVAL='ten' is not a number"),
-        ({"SWARM_HEARTBEAT_INTERVAL": "10", "SWARM_HEARTBEAT_TIMEOUT": "15"}, "portal.E002"),
+        ({"DJANGO_DEBUG": "1", "SWARM_HEARTBEAT_INTERVAL": "ten"}, "SWARM_HEARTBEAT_INTERVAL='ten' is not a number"),
+        ({"DJANGO_DEBUG": "1", "SWARM_HEARTBEAT_INTERVAL": "10", "SWARM_HEARTBEAT_TIMEOUT": "15"}, "portal.E002"),
+        ({"DJANGO_DEBUG": "1", "TRUSTED_PROXIES": "nginx"}, "portal.E004"),
     ],
 )
 def test_it_explains_bad_settings(env, message):
