@@ -25,6 +25,8 @@ def _serve(args: argparse.Namespace) -> None:
     from swarmnode.protocol import Limits  # after OMP_WAIT_POLICY, as torch below
     from swarmnode.server import NodeConfig, run_node  # torch
 
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise SystemExit("swarmnode serve: --tls-cert and --tls-key go together")
     limits = Limits(
         max_frame_bytes=args.max_frame_bytes,
         max_tokens_per_step=args.max_tokens_per_step,
@@ -64,6 +66,12 @@ def _serve(args: argparse.Namespace) -> None:
         relay_capacity=args.relay_capacity,
         corrupt_fraction=args.corrupt_fraction,
         corrupt_seed=args.corrupt_seed,
+        max_connections_per_ip=args.max_connections_per_ip,
+        max_sessions_per_connection=args.max_sessions_per_connection,
+        connection_cache_share=args.connection_cache_share,
+        push_private=args.push_private,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
     )
     run_node(config)
 
@@ -345,6 +353,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--relays", help="comma-separated relay URLs (ws://HOST:PORT/layerswarm/v1/relay), best first")
     serve.add_argument("--relay-capacity", type=int, default=0, help="also relay for up to N nodes behind NAT")
+    serve.add_argument("--max-connections-per-ip", type=int, default=256, help="open connections per address (0: any)")
+    serve.add_argument(
+        "--max-sessions-per-connection", type=int, default=32, help="open sessions one connection may hold (0: any)"
+    )
+    serve.add_argument(
+        "--connection-cache-share", type=float, default=0.5, help="most of --cache-tokens one connection may hold"
+    )
+    serve.add_argument(
+        "--push-private",
+        default="auto",
+        choices=["auto", "allow", "refuse"],
+        help="push to private/loopback next hops: auto = only when this node serves on such an address",
+    )
+    serve.add_argument("--tls-cert", help="PEM certificate chain: serve wss:// (with --tls-key)")
+    serve.add_argument("--tls-key", help="PEM private key of --tls-cert")
     # Tests and demos of auditing only: a dishonest node. Hidden from --help, announced nowhere.
     serve.add_argument("--corrupt-fraction", type=float, default=0.0, help=argparse.SUPPRESS)
     serve.add_argument("--corrupt-seed", type=int, default=None, help=argparse.SUPPRESS)

@@ -63,3 +63,15 @@ class NodeConfig:
     corrupt_fraction: float = 0.0  # tests/demos only (hidden flag): perturb this share of step outputs
     corrupt_seed: int | None = None  # RNG seed of the perturbations (None: random)
     measure_throughput: bool = True  # measure (or read from the cache) tokens/s at start, for routing
+    # -- what one stranger may take (spec §6.5): a node on the open network serves people it does not know
+    max_connections_per_ip: int = 256  # open websockets from one address (a gateway opens one per session); 0: no cap
+    max_sessions_per_connection: int = 32  # open sessions one connection may hold at once; 0: no cap
+    connection_cache_share: float = 0.5  # most of the KV budget one connection's sessions may hold (its first
+    # session may always take what is free, so one long context still fits); 1.0: no cap
+    # -- push (spec §7.5): the next hops a node dials for a client's pushed step
+    push_private: str = "auto"  # dial private/loopback next hops: allow, refuse, auto (allow iff we bind to one)
+    push_max_links: int = 64  # open push links to other nodes kept at once (least recently used closed first)
+    push_view_refresh: float = 30.0  # seconds between re-reads of the swarm when a route names an unknown node
+    # -- TLS (spec §1.1): serve wss:// with this certificate chain and key (PEM files); None: plain ws://
+    tls_cert: str | None = None
+    tls_key: str | None = None

@@ -58,12 +58,36 @@ async def open_session(node: Node, msg: OpenSession, owner: object) -> SessionOp
         raise ProtocolError("bad_dtype", f"dtype {msg.dtype!r} not allowed")
     if msg.max_length > node.max_session_length:
         raise ProtocolError("bad_field", f"max_length {msg.max_length} exceeds this node's {node.max_session_length}")
+    _check_connection_share(node, msg, owner)
     state = node.pool.open(msg.session_id, msg.max_length, node.backend.new_cache(), owner)
     state.prefix_salt = msg.prefix_salt
     node.scheduler.opened(state.cache)
     if msg.push_key:  # §7.1: only a session opened with a key ever accepts pushed steps
         node.push.register(msg.session_id, msg.push_key, owner)
     return SessionOpened(id=msg.id, session_id=msg.session_id, cache_tokens_left=node.pool.tokens_left)
+
+
+def _check_connection_share(node: Node, msg: OpenSession, owner: object) -> None:
+    """Spec §6.5: one connection may not hold every session or the whole KV budget (others must still be served).
+
+    Its first session may take whatever is free, so one long context still fits on a quiet node.
+
+    Raises:
+        ProtocolError: ``too_many_sessions`` or ``out_of_cache`` (the connection's share is used up).
+    """
+    cfg = node.config
+    held = [s.max_length for s in node.pool.sessions.values() if s.owner is owner]
+    if cfg.max_sessions_per_connection > 0 and len(held) >= cfg.max_sessions_per_connection:
+        raise ProtocolError(
+            "too_many_sessions",
+            f"this connection already has {len(held)} open sessions (the node's cap): close one or use another node",
+        )
+    share = int(cfg.connection_cache_share * node.pool.budget_tokens)
+    if held and sum(held) + msg.max_length > share:
+        raise ProtocolError(
+            "out_of_cache",
+            f"this connection's sessions hold {sum(held)} of the {share} cache tokens one connection may use",
+        )
 
 
 async def step(node: Node, msg: Step, owner: object) -> StepResult:

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import signal
+import ssl
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
@@ -47,6 +48,8 @@ log = logging.getLogger("swarmnode.node")
 SHUTDOWN_GRACE_S = 5.0
 # Longest lone decoding step a node runs on its event loop instead of its compute thread (Scheduler.inline_s).
 INLINE_S = 0.02
+#: What a peer is told about a failure inside the node (spec §5): the details go to the node's log only.
+INTERNAL_MESSAGE = "internal error on the node (details are in its log)"
 
 
 class Node:
@@ -130,6 +133,7 @@ class Node:
         self.relay_link = None
         self._stopped: asyncio.Future | None = None
         self._stop_requested = False
+        self._connections_by_ip: dict[str, int] = {}  # open direct connections per remote address (§6.5)
 
     @property
     def address(self) -> str:
@@ -184,11 +188,12 @@ class Node:
             return await self.dispatch(msg, owner)
         except ProtocolError as exc:
             return Error(id=request_id, code=exc.code, message=exc.message, session_id=session_id)
-        except Exception as exc:  # a bug or a backend failure: this session's cache is suspect
+        except Exception:  # a bug or a backend failure: this session's cache is suspect
+            # The details (paths, shapes, library versions) stay in our log: a peer learns only the code.
             log.exception("internal error while handling a request")
             if session_id:
                 self.pool.close(session_id)
-            return Error(id=request_id, code="internal", message=f"{type(exc).__name__}: {exc}", session_id=session_id)
+            return Error(id=request_id, code="internal", message=INTERNAL_MESSAGE, session_id=session_id)
 
     async def dispatch(self, msg: Message, owner: object) -> Message:
         """The reply of the handler for ``msg``'s type (pushed steps, already accepted, come here too)."""
@@ -203,6 +208,10 @@ class Node:
         path = getattr(getattr(ws, "request", None), "path", WS_PATH).split("?")[0]
         if self.relay_hub is not None and path.startswith(WS_PATH + RELAY_SUFFIX):
             await self.relay_hub.handle(ws, path[len(WS_PATH + RELAY_SUFFIX) :])
+            return
+        ip = _remote_ip(ws)  # None through a relay: the relay hub bounds its own connections
+        if ip is not None and not self._admit(ip):
+            await self._refuse_connection(ws, ip)
             return
         conn = ws  # becomes a SecureConnection after a secure_hello (spec §10)
         try:
@@ -225,9 +234,37 @@ class Node:
         except Exception as exc:  # a dropped connection must never take the node down
             log.info("connection ended: %s", exc)
         finally:
+            if ip is not None:
+                self._release(ip)
             closed = self.pool.close_owned_by(ws) + (self.pool.close_owned_by(conn) if conn is not ws else 0)
             if closed:
                 log.info("freed %d session(s) of a closed connection", closed)
+
+    def _admit(self, ip: str) -> bool:
+        """Count one more connection from ``ip``; ``False`` (not counted) when it has its share (spec §6.5)."""
+        cap = self.config.max_connections_per_ip
+        held = self._connections_by_ip.get(ip, 0)
+        if cap > 0 and held >= cap:
+            return False
+        self._connections_by_ip[ip] = held + 1
+        return True
+
+    def _release(self, ip: str) -> None:
+        left = self._connections_by_ip.get(ip, 1) - 1
+        if left > 0:
+            self._connections_by_ip[ip] = left
+        else:
+            self._connections_by_ip.pop(ip, None)
+
+    async def _refuse_connection(self, ws, ip: str) -> None:
+        log.warning("refusing a connection from %s: %d already open", ip, self.config.max_connections_per_ip)
+        cap = self.config.max_connections_per_ip
+        error = Error(code="too_many_connections", message=f"this node accepts {cap} connections per address")
+        try:
+            await ws.send(encode(error))
+            await ws.close(1008, "too many connections")
+        except Exception:  # it left already
+            pass
 
     def _check_path(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?")[0]
@@ -246,6 +283,7 @@ class Node:
 
     async def serve(self, ready: asyncio.Future | None = None) -> None:
         """Listen until cancelled; print the ready line once listening."""
+        tls = tls_context(self.config.tls_cert, self.config.tls_key)  # None: plain ws:// (spec §1.1)
         async with serve(
             self._connection,
             self.config.host,
@@ -257,10 +295,11 @@ class Node:
             ping_interval=20,
             ping_timeout=60,
             close_timeout=SHUTDOWN_GRACE_S / 2,  # a client that never answers our close does not hold us up
+            ssl=tls,
         ) as server:
             port = next(iter(server.sockets)).getsockname()[1]
             host = self.config.public_host or self.config.host
-            self.url = f"ws://{host}:{port}{WS_PATH}"
+            self.url = f"{'wss' if tls else 'ws'}://{host}:{port}{WS_PATH}"
             reaper = asyncio.create_task(self._reap())
             line = {
                 "event": "ready",
@@ -327,6 +366,29 @@ class Node:
         self.moving_to = (start, end)
         if self._stopped is not None and not self._stopped.done():
             self._stopped.set_result(None)
+
+
+def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
+    """The server-side TLS context for ``--tls-cert``/``--tls-key`` (PEM files); ``None`` without them.
+
+    Raises:
+        OSError, ssl.SSLError: unreadable or mismatched files.
+    """
+    if not cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    return context
+
+
+def _remote_ip(ws) -> str | None:
+    """The peer's IP address of a direct websocket; ``None`` for a relayed connection (no socket of its own)."""
+    try:
+        address = ws.remote_address
+    except AttributeError:
+        return None
+    return str(address[0]) if address else None
 
 
 def run_node(config: NodeConfig) -> None:

@@ -3,6 +3,11 @@
 A pushed step is one-way. Errors travel to the connection that opened the session on the node
 that noticed them, so the client hears about every failure on one of its own connections; an
 error that a downstream node sends back on a push link is relayed the same way.
+
+A node dials only next hops that :class:`~swarmnode.server.push_routes.PushRoutes` lets through
+(§7.5), seals every frame of a push link to the next node's announced key (§7.6: a relay or anyone
+on the path sees ciphertext), keeps at most ``push_max_links`` links open, and reads what comes
+back on a link within its frame limit (§6.3).
 """
 
 from __future__ import annotations
@@ -11,12 +16,15 @@ import asyncio
 import dataclasses
 import hmac
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from websockets.asyncio.client import ClientConnection, connect
 
 from swarmnode.protocol import Error, ProtocolError, Step, StepResult, decode, encode
 from swarmnode.protocol.framing import message_bound
+from swarmnode.server.push_routes import NextHop, PushRoutes, RouteRefused
+from swarmnode.trust.secure_channel import ChannelError, SecureChannel, client_handshake, finish_handshake
 
 log = logging.getLogger("swarmnode.push")
 
@@ -29,6 +37,63 @@ class _Entry:
     owner: object  # the websocket that opened the session
 
 
+class PushLink:
+    """One node's sealed connection to the next node of push routes (spec §7.6).
+
+    Args:
+        ws: the open websocket to the next node.
+        channel: the secure channel agreed with the key the next node announced.
+    """
+
+    def __init__(self, ws: ClientConnection, channel: SecureChannel) -> None:
+        self.ws = ws
+        self.channel = channel
+        self._lock = asyncio.Lock()  # sealed frames must leave in the order of their sequence numbers
+
+    @classmethod
+    async def open(cls, hop: NextHop, max_frame_bytes: int, timeout: float) -> PushLink:
+        """Dial the checked address of ``hop`` and prove it holds the announced key.
+
+        Raises:
+            OSError, TimeoutError, websockets errors: unreachable.
+            ChannelError: whatever answers does not hold the node's key.
+        """
+        max_size = message_bound(max_frame_bytes)  # the next node only sends errors back (§7.3)
+        async with asyncio.timeout(timeout):
+            # host/port: the address PushRoutes checked; proxy=None: never detour through an environment proxy.
+            ws = await connect(
+                hop.url,
+                host=hop.address,
+                port=hop.port,
+                proxy=None,
+                max_size=max_size,
+                compression=None,
+                ping_interval=None,
+            )
+            try:
+                hello, pending = client_handshake(hop.public_key)
+                await ws.send(hello)
+                channel = finish_handshake(pending, await ws.recv(), max_plaintext=max_frame_bytes)
+            except BaseException:
+                await ws.close()
+                raise
+        return cls(ws, channel)
+
+    @property
+    def is_open(self) -> bool:
+        """Whether frames can still be sent on it."""
+        return self.ws.state.name == "OPEN" and not self.channel.dead
+
+    async def send(self, frame: bytes) -> None:
+        """Seal and send one frame."""
+        async with self._lock:
+            await self.ws.send(self.channel.seal(frame))
+
+    async def close(self) -> None:
+        """Close the websocket."""
+        await self.ws.close()
+
+
 class PushRelay:
     """The push side of one node.
 
@@ -37,11 +102,13 @@ class PushRelay:
         connect_timeout: seconds to reach the next node.
     """
 
-    def __init__(self, node, connect_timeout: float = 5.0) -> None:
+    def __init__(self, node, connect_timeout: float = 5.0, routes: PushRoutes | None = None) -> None:
         self.node = node
         self.connect_timeout = connect_timeout
+        self.routes = routes or PushRoutes(node)
+        self.max_links = max(1, node.config.push_max_links)
         self._sessions: dict[str, _Entry] = {}
-        self._links: dict[str, ClientConnection] = {}
+        self._links: OrderedDict[str, PushLink] = OrderedDict()  # least recently used first
         self._readers: dict[str, asyncio.Task] = {}
         self._tasks: set[asyncio.Task] = set()
 
@@ -86,11 +153,12 @@ class PushRelay:
                 entry.owner, Error(id=msg.id, code=exc.code, message=exc.message, session_id=msg.session_id)
             )
             return None
-        except Exception as exc:  # a backend failure: the cache may be partly written (spec §4.3)
-            log.exception("internal error in a pushed step")
+        except Exception:  # a backend failure: the cache may be partly written (spec §4.3)
+            log.exception("internal error in a pushed step")  # the details stay here; the client gets the code
             self.node.pool.close(msg.session_id)
             await self._tell(
-                entry.owner, Error(id=msg.id, code="internal", message=str(exc)[:500], session_id=msg.session_id)
+                entry.owner,
+                Error(id=msg.id, code="internal", message="internal error on the node", session_id=msg.session_id),
             )
             return None
         assert isinstance(reply, StepResult)
@@ -110,6 +178,10 @@ class PushRelay:
         try:
             link = await self._link(nxt)
             await link.send(encode(forward))
+        except RouteRefused as exc:  # §7.5: never dialled
+            log.info("refusing to push to %s", exc)
+            error = Error(id=msg.id, code="push_refused", message=str(exc), session_id=msg.session_id)
+            await self._tell(entry.owner, error)
         except Exception as exc:
             log.info("push to %s failed: %s", nxt, exc)
             self._drop(nxt)
@@ -122,19 +194,36 @@ class PushRelay:
         except Exception as exc:
             log.info("cannot deliver a pushed step's result: %s", exc)
 
-    async def _link(self, url: str) -> ClientConnection:
-        if not url.startswith(("ws://", "wss://")):
-            raise ValueError(f"not a websocket URL: {url[:100]!r}")
+    async def _link(self, url: str) -> PushLink:
+        """The open link to ``url``, dialled if needed (evicting the least recently used one past the cap).
+
+        Raises:
+            RouteRefused: a next hop this node does not dial (§7.5).
+            OSError, TimeoutError, ChannelError, websockets errors: it cannot be reached or is not that node.
+        """
         link = self._links.get(url)
-        if link is not None and link.state.name == "OPEN":
+        if link is not None and link.is_open:
+            self._links.move_to_end(url)
             return link
-        max_size = message_bound(self.node.limits.max_frame_bytes)  # the next node only sends errors back (§7.3)
-        link = await asyncio.wait_for(
-            connect(url, max_size=max_size, compression=None, ping_interval=None), self.connect_timeout
-        )
+        hop = await self.routes.check(url)
+        link = await PushLink.open(hop, self.node.limits.max_frame_bytes, self.connect_timeout)
+        old = self._links.get(url)
+        if old is not None:  # a concurrent step dialled it too: keep one
+            self._drop(url)
+            self._spawn(old.close())
         self._links[url] = link
         self._readers[url] = asyncio.create_task(self._read_errors(url, link))
+        while len(self._links) > self.max_links:
+            lru = next(iter(self._links))
+            evicted = self._links[lru]
+            self._drop(lru)
+            self._spawn(evicted.close())
         return link
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _drop(self, url: str) -> None:
         self._links.pop(url, None)
@@ -142,14 +231,17 @@ class PushRelay:
         if task is not None:
             task.cancel()
 
-    async def _read_errors(self, url: str, link: ClientConnection) -> None:
+    async def _read_errors(self, url: str, link: PushLink) -> None:
         """Relay errors that the next node sends back on a push link to our own session owner (§7.3)."""
         try:
-            async for frame in link:
+            async for frame in link.ws:
                 try:
-                    msg = decode(frame)
+                    msg = decode(link.channel.open(frame), self.node.limits)
                 except ProtocolError:
                     continue
+                except ChannelError as exc:  # not from the key holder, or out of order: this link is done
+                    log.info("closing the push link to %s: %s", url, exc)
+                    break
                 if isinstance(msg, Error) and msg.session_id in self._sessions:
                     owner = self._sessions[msg.session_id].owner
                     await self._tell(owner, dataclasses.replace(msg, message=f"{url}: {msg.message}"[:4000]))
@@ -158,6 +250,8 @@ class PushRelay:
         finally:
             if self._links.get(url) is link:
                 self._links.pop(url, None)
+                self._readers.pop(url, None)
+                self._spawn(link.close())
 
     async def close(self) -> None:
         """Close every push link (and stop pushed steps still running)."""

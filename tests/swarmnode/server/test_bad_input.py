@@ -129,14 +129,19 @@ def test_it_keeps_other_connections_sessions_private(good, bad):
     assert_error(bad.send(CloseSession(id=2, session_id="good")), "unknown_session")
 
 
-def test_it_answers_positions_lengths_and_budget_errors(good, bad):
+def test_it_answers_positions_lengths_and_budget_errors(tiny_node, good, bad):
     bad.send(OpenSession(id=1, session_id="b4", max_length=3))
     assert_error(bad.send(Step(id=2, session_id="b4", position=5, hidden=hidden(1))), "bad_position")
     assert_error(bad.send(Step(id=3, session_id="b4", position=0, hidden=hidden(4))), "session_full")
     assert_error(bad.send(OpenSession(id=4, session_id="b4", max_length=3)), "session_exists")
-    # The node's budget is 1000 tokens; 'good' sessions hold 21 of them.
-    assert isinstance(bad.send(OpenSession(id=5, session_id="fill", max_length=500)), SessionOpened)
-    assert_error(bad.send(OpenSession(id=5, session_id="huge", max_length=500)), "out_of_cache")
+    # The node's budget is 1000 tokens; 'good' sessions hold 21 of them, and one connection at most half (§6.5).
+    assert isinstance(bad.send(OpenSession(id=5, session_id="fill", max_length=490)), SessionOpened)
+    assert_error(bad.send(OpenSession(id=5, session_id="more", max_length=10)), "out_of_cache")  # its share
+    other = Peer(tiny_node.url)
+    try:
+        assert_error(other.send(OpenSession(id=5, session_id="huge", max_length=500)), "out_of_cache")  # the node's
+    finally:
+        other.close()
     assert_error(bad.send(OpenSession(id=5, session_id="long", max_length=100_000)), "bad_field")
     assert_error(bad.send(OpenSession(id=6, session_id="", max_length=3)), "bad_field")
 
@@ -159,7 +164,10 @@ def _open_soon(url, sid, length):
 
 def test_it_frees_the_cache_of_a_dropped_connection(tiny_node, good):
     for i in range(3):
-        peer, reply = _open_soon(tiny_node.url, f"drop{i}", 500)
+        peer, reply = _open_soon(tiny_node.url, f"drop{i}", 490)
         assert isinstance(reply, SessionOpened), reply
-        assert isinstance(peer.send(OpenSession(id=2, session_id=f"drop{i}b", max_length=450)), SessionOpened)
-        peer.close()  # dropped without CloseSession: both sessions' cache must be freed
+        assert isinstance(peer.send(OpenSession(id=2, session_id=f"drop{i}b", max_length=10)), SessionOpened)
+        second, reply = _open_soon(tiny_node.url, f"drop{i}c", 450)  # one connection holds at most half (§6.5)
+        assert isinstance(reply, SessionOpened), reply
+        peer.close()  # dropped without CloseSession: every session's cache must be freed
+        second.close()

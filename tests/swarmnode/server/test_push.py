@@ -65,13 +65,16 @@ def test_it_refuses_a_wrong_key_or_a_session_without_push(tiny_node, owner):
     assert owner.recv().position == 2  # the session is untouched and still works
 
 
-def test_it_reports_an_unreachable_next_hop_to_the_owner(tiny_node, owner):
-    """§7.3: ``push_failed`` names the next node and goes to the session's owner."""
+def test_it_reports_a_refused_next_hop_to_the_owner(tiny_node, owner):
+    """§7.3 and §7.5: a next hop that is no node of the swarm is never dialled; ``push_refused`` names it
+    and goes to the session's owner (``push_failed`` for a node that cannot be reached:
+    tests/swarmnode/server/test_push_links.py)."""
     _open(owner, "push-3")
     dead = "ws://127.0.0.1:9/layerswarm/v1"
     owner.send(Step(id=9, session_id="push-3", position=0, hidden=hidden(), push_key=KEY, route=(dead,)))
     reply = owner.recv()
-    assert isinstance(reply, Error) and reply.code == "push_failed" and reply.message == dead and reply.id == 9
+    assert isinstance(reply, Error) and reply.code == "push_refused" and reply.message.startswith(dead)
+    assert reply.id == 9
 
 
 def test_it_reports_a_bad_pushed_step_to_the_owner(tiny_node, owner):

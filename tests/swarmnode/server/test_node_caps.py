@@ -1,0 +1,95 @@
+"""What one stranger may take of a node (spec §6.5): connections per address, sessions per connection,
+a share of the KV budget per connection. Refusals are error replies; other clients are still served."""
+
+import time
+
+import numpy as np
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from swarmnode.launcher import start_node
+from swarmnode.protocol import Error, OpenSession, SessionOpened, Step, StepResult, decode, encode, tensor_from_numpy
+
+
+@pytest.fixture(scope="module")
+def capped_node(tiny_models, tmp_path_factory):
+    node = start_node(
+        str(tiny_models["llama"]),
+        "0:6",
+        extra_args=[
+            "--backend",
+            "torch",
+            "--no-measure",
+            "--relay",
+            "never",
+            "--cache-tokens",
+            "1000",
+            "--max-connections-per-ip",
+            "3",
+            "--max-sessions-per-connection",
+            "4",
+            "--connection-cache-share",
+            "0.4",
+        ],
+        log_path=tmp_path_factory.mktemp("caps") / "node.log",
+    )
+    yield node
+    node.process.kill()
+    node.process.wait()
+
+
+class Peer:
+    def __init__(self, url):
+        self.ws = connect(url, compression=None, max_size=None)
+
+    def ask(self, msg):
+        self.ws.send(encode(msg))
+        return decode(self.ws.recv(timeout=60))
+
+    def close(self):
+        self.ws.close()
+
+
+def _error(reply, code):
+    assert isinstance(reply, Error) and reply.code == code, reply
+    return reply
+
+
+def test_one_client_cannot_take_the_whole_node(capped_node):
+    attacker = [Peer(capped_node.url), Peer(capped_node.url)]
+    # Sessions per connection: the fifth is refused, clearly.
+    for i in range(4):
+        assert isinstance(attacker[0].ask(OpenSession(id=i, session_id=f"s{i}", max_length=8)), SessionOpened)
+    reply = _error(attacker[0].ask(OpenSession(id=9, session_id="s9", max_length=8)), "too_many_sessions")
+    assert "4 open sessions" in reply.message
+    # A share of the cache per connection (0.4 x 1000): a first big session fits, more does not.
+    assert isinstance(attacker[1].ask(OpenSession(id=1, session_id="big", max_length=380)), SessionOpened)
+    reply = _error(attacker[1].ask(OpenSession(id=2, session_id="big2", max_length=380)), "out_of_cache")
+    assert "one connection may use" in reply.message
+    # Another client is still served: it opens a session and steps.
+    victim = Peer(capped_node.url)
+    assert isinstance(victim.ask(OpenSession(id=1, session_id="victim", max_length=300)), SessionOpened)
+    x = tensor_from_numpy(np.ones((1, 2, 64), np.float32))
+    assert isinstance(victim.ask(Step(id=2, session_id="victim", position=0, hidden=x)), StepResult)
+    # Connections per address: the fourth from this address gets an error frame and is closed.
+    extra = connect(capped_node.url, compression=None, max_size=None)
+    _error(decode(extra.recv(timeout=30)), "too_many_connections")
+    extra.close()
+    # Once the attacker leaves, its connections and cache are free again.
+    for peer in attacker:
+        peer.close()
+    reply = None
+    for _ in range(50):  # the node learns of closed connections asynchronously
+        again = Peer(capped_node.url)
+        try:
+            reply = again.ask(OpenSession(id=1, session_id="after", max_length=380))
+        except ConnectionClosed:  # refused before our request was read: still too many
+            pass
+        finally:
+            again.close()
+        if isinstance(reply, SessionOpened):
+            break
+        time.sleep(0.1)
+    assert isinstance(reply, SessionOpened), reply
+    victim.close()

@@ -1,0 +1,95 @@
+"""Push is no open proxy (spec §7.5): a node dials only nodes of its swarm, on addresses it may dial."""
+
+import asyncio
+import socket
+
+import numpy as np
+import pytest
+from websockets.sync.client import connect
+
+from swarmnode.protocol import (
+    Error,
+    Info,
+    InfoReply,
+    OpenSession,
+    SessionOpened,
+    Step,
+    decode,
+    encode,
+    tensor_from_numpy,
+)
+from swarmnode.server.push_routes import RouteRefused, allows_private, is_private_host, resolve_address, split_url
+
+KEY = "r" * 32
+
+
+def _hidden():
+    return tensor_from_numpy(np.random.default_rng(1).standard_normal((1, 2, 64)).astype(np.float32))
+
+
+def test_a_client_cannot_make_a_node_dial_a_url_of_its_choosing(tiny_node):
+    """The attack: a stranger opens a push session and names its own listening socket (standing in for
+    an internal service or a victim) as the next hop. The node refuses with ``push_refused`` and the
+    socket never sees a connection; the node keeps serving."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    target = f"ws://127.0.0.1:{listener.getsockname()[1]}/layerswarm/v1"
+    ws = connect(tiny_node.url, compression=None, max_size=None)
+    try:
+        ws.send(encode(OpenSession(id=1, session_id="ssrf", max_length=16, push_key=KEY)))
+        assert isinstance(decode(ws.recv(timeout=30)), SessionOpened)
+        for i in range(3):  # again and again: never dialled, not even once the "view" was re-read
+            ws.send(
+                encode(
+                    Step(id=10 + i, session_id="ssrf", position=2 * i, hidden=_hidden(), push_key=KEY, route=(target,))
+                )
+            )
+            reply = decode(ws.recv(timeout=30))
+            assert isinstance(reply, Error) and reply.code == "push_refused" and reply.id == 10 + i
+            assert target in reply.message and "not a node of this swarm" in reply.message
+        listener.settimeout(1.0)
+        with pytest.raises(TimeoutError):
+            listener.accept()
+        ws.send(encode(Info(id=5)))
+        assert isinstance(decode(ws.recv(timeout=30)), InfoReply)
+    finally:
+        ws.close()
+        listener.close()
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["127.0.0.1", "10.1.2.3", "192.168.0.10", "172.16.5.5", "169.254.169.254", "100.64.0.1", "::1", "fd00::1"],
+)
+def test_it_refuses_private_loopback_and_metadata_addresses_unless_allowed(host):
+    with pytest.raises(RouteRefused, match="private"):
+        asyncio.run(resolve_address(host, 80, private_ok=False))
+    assert asyncio.run(resolve_address(host, 80, private_ok=True)) == host
+
+
+def test_it_dials_the_public_address_it_checked():
+    assert asyncio.run(resolve_address("8.8.8.8", 443, private_ok=False)) == "8.8.8.8"
+
+
+def test_private_hops_are_allowed_only_where_the_operator_says_so():
+    assert allows_private("allow", "203.0.113.7") and not allows_private("refuse", "127.0.0.1")
+    assert allows_private("auto", "127.0.0.1") and allows_private("auto", "localhost")
+    assert allows_private("auto", "10.0.0.5")  # a node on a LAN pushes to its LAN neighbours
+    assert not allows_private("auto", "0.0.0.0") and not allows_private("auto", "node.example.org")
+    assert is_private_host("::1") and not is_private_host("::")
+    with pytest.raises(ValueError):
+        allows_private("sometimes", "127.0.0.1")
+
+
+@pytest.mark.parametrize(
+    "url", ["http://10.0.0.1/", "file:///etc/passwd", "ws://user:pw@node.example.org/", "ws:///nohost", "ws://h:99999/"]
+)
+def test_it_refuses_urls_that_are_not_plain_node_urls(url):
+    with pytest.raises(RouteRefused):
+        split_url(url)
+
+
+def test_it_reads_the_port_of_a_node_url():
+    assert split_url("wss://node.example.org/layerswarm/v1") == ("node.example.org", 443)
+    assert split_url("ws://127.0.0.1:8765/layerswarm/v1") == ("127.0.0.1", 8765)
