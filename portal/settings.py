@@ -145,7 +145,8 @@ REPUTATION_SUSPEND_WINDOW = env_float("REPUTATION_SUSPEND_WINDOW", 24 * 3600.0) 
 REPUTATION_DECAY_EVERY = env_float("REPUTATION_DECAY_EVERY", 300.0)  # seconds between decay runs (history points)
 REPUTATION_HISTORY = env_int("REPUTATION_HISTORY", 90 * 24 * 3600)  # seconds of score history to keep
 # -- the ledger (credits; one credit = one block-token of work) ----------------------------------------
-LEDGER_STARTING_GRANT = env_int("LEDGER_STARTING_GRANT", 300_000)  # credits a new user starts with
+# Credits a new user starts with: spendable, never payable, and what they pay for is never payable (#17).
+LEDGER_STARTING_GRANT = env_int("LEDGER_STARTING_GRANT", 6_000)  # 200 tokens at 30 credits a token
 LEDGER_CREDITS_PER_TOKEN = env_int("LEDGER_CREDITS_PER_TOKEN", 30)  # a chat/API token (a 30-block model's pass)
 LEDGER_ANONYMOUS_QUOTA_TOKENS = env_int("LEDGER_ANONYMOUS_QUOTA_TOKENS", 2_000)  # free tokens per visitor ...
 LEDGER_ANONYMOUS_QUOTA_WINDOW = env_float("LEDGER_ANONYMOUS_QUOTA_WINDOW", 24 * 3600.0)  # ... per this many s
@@ -155,6 +156,12 @@ LEDGER_ESCROW_MIN_AGE = env_float("LEDGER_ESCROW_MIN_AGE", 24 * 3600.0)  # a nod
 LEDGER_ESCROW_RELEASE_SCORE = env_float("LEDGER_ESCROW_RELEASE_SCORE", 0.6)  # ... this old and this reputable
 LEDGER_ESCROW_EVERY = env_float("LEDGER_ESCROW_EVERY", 300.0)  # seconds between escrow release runs
 LEDGER_MIN_PAYOUT = env_int("LEDGER_MIN_PAYOUT", 1_000)  # smallest payout request, in credits
+LEDGER_LINK_WINDOW = env_float("LEDGER_LINK_WINDOW", 600.0)  # owner chatting this close to gateway work: flagged
+LEDGER_PUBLIC_EMAIL_DOMAINS = env_list(  # shared by strangers: a common domain does not link two accounts
+    "LEDGER_PUBLIC_EMAIL_DOMAINS",
+    "gmail.com googlemail.com outlook.com hotmail.com live.com yahoo.com icloud.com me.com proton.me "
+    "protonmail.com gmx.de gmx.net web.de mail.ru yandex.ru qq.com 163.com example.com example.org".split(),
+)
 LEDGER_GATEWAY_IDENTITY = env_str("LEDGER_GATEWAY_IDENTITY", str(VAR_DIR / "gateway.identity"))  # its client key
 
 # -- Relay for nodes behind NAT (portal/relay; spec §9) ---------------------------------------------------

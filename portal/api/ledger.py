@@ -115,7 +115,7 @@ class Receipts(generics.ListAPIView):
 
 
 class Balance(APIView):
-    """Your credits: balance, payable (earned, not yet paid out), earned, in escrow, spent; tokens affordable."""
+    """Your credits: balance, payable (earned, not yet paid out), earned, in escrow, held, spent; tokens affordable."""
 
     @extend_schema(
         responses={
@@ -126,6 +126,7 @@ class Balance(APIView):
                     "payable": serializers.IntegerField(),
                     "earned": serializers.IntegerField(),
                     "escrow": serializers.IntegerField(),
+                    "held": serializers.IntegerField(help_text="earnings that are not payable: unfunded or flagged"),
                     "spent_on_usage": serializers.IntegerField(),
                     "tokens_affordable": serializers.IntegerField(),
                 },

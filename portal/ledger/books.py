@@ -26,6 +26,7 @@ from portal.ledger.models import Account, Entry, Transaction
 # System accounts: (code, what it is for).
 SYSTEM_ACCOUNTS = {
     "system:grants": "starting grants to new users are issued from here",
+    "system:deposits": "credits bought with real value (money received outside the swarm) are issued from here",
     "system:revenue": "chat and API usage is paid into here",
     "system:rewards": "node rewards for receipts paid by the portal gateway are issued from here",
     "system:payouts-in-review": "credits of payout requests while an admin reviews them",
@@ -74,6 +75,32 @@ def user_account(user) -> Account:
             memo="starting grant",
         )
     return account
+
+
+def held_account(user) -> Account:
+    """The user's held account: earnings that are not payable (unfunded, or flagged and not yet reviewed)."""
+    user_id = getattr(user, "pk", user)
+    return _get_or_create(f"held:user:{user_id}", kind=Account.Kind.HELD, user_id=user_id)
+
+
+def deposit(user, amount: int, reference: str, memo: str = "") -> Transaction:
+    """Credit ``amount`` credits the user bought with real value (recorded by whoever received the money).
+
+    Deposits are spendable, not payable themselves, and they are *collected revenue*: what a user spends
+    out of them funds payable node earnings (``portal.ledger.funding``). Idempotent per ``reference``.
+
+    Raises:
+        ValueError: ``amount`` is not positive or ``reference`` is empty.
+    """
+    amount = int(amount)
+    if amount <= 0 or not reference:
+        raise ValueError("a deposit needs a positive amount and a reference (the payment's id)")
+    return post(
+        Transaction.Kind.DEPOSIT,
+        f"deposit:{reference}",
+        [(system_account("system:deposits"), -amount), (user_account(user), amount)],
+        memo=memo or "credits bought",
+    )
 
 
 def escrow_account(node) -> Account:

@@ -15,6 +15,7 @@ def check_ledger_settings(app_configs, **kwargs):
         "LEDGER_CREDITS_PER_TOKEN",
         "LEDGER_ANONYMOUS_QUOTA_TOKENS",
         "LEDGER_ESCROW_MIN_AGE",
+        "LEDGER_LINK_WINDOW",
     ):
         if getattr(settings, name) < 0:
             errors.append(Error(f"{name} must not be negative", id="ledger.E001"))

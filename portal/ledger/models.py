@@ -55,7 +55,8 @@ class Account(models.Model):
     class Kind(models.TextChoices):
         USER = "user"  # a user's spendable balance
         ESCROW = "escrow"  # a new node's earnings, held until the node's reputation is built
-        SYSTEM = "system"  # grants, revenue, rewards, payouts in review, paid out
+        HELD = "held"  # a user's earnings that are not payable: unfunded by real value, or flagged for review
+        SYSTEM = "system"  # grants, deposits, revenue, rewards, payouts in review, paid out
 
     kind = models.CharField(max_length=8, choices=Kind.choices)
     code = models.CharField(max_length=80, unique=True)  # "user:17", "escrow:node:5", "system:revenue"
@@ -88,10 +89,12 @@ class Transaction(AppendOnlyModel):
     """One balanced movement of credits: its entries sum to zero. ``reference`` makes posting idempotent."""
 
     class Kind(models.TextChoices):
-        GRANT = "grant"  # a new user's starting credits
+        GRANT = "grant"  # a new user's starting credits (spendable, never payable, funds nothing payable)
+        DEPOSIT = "deposit"  # credits bought with real value (spendable, not payable themselves, fund earnings)
         USAGE = "usage"  # chat / API tokens a user consumed
         RECEIPT = "receipt"  # a doubly-signed usage receipt settled: payer -> node owner (or escrow)
         ESCROW_RELEASE = "escrow_release"  # a node built reputation: escrow -> owner
+        HELD_RELEASE = "held_release"  # an admin cleared a flagged receipt: held -> owner (funded part only)
         PAYOUT_REQUEST = "payout_request"  # owner -> payouts in review
         PAYOUT_RETURN = "payout_return"  # rejected: payouts in review -> owner
         PAYOUT_PAID = "payout_paid"  # approved: payouts in review -> paid out
@@ -206,6 +209,17 @@ class Receipt(models.Model):
         Transaction, null=True, blank=True, on_delete=models.PROTECT, related_name="receipt"
     )
     refusal = models.CharField(max_length=300, blank=True)
+    # Funding (portal.ledger.funding): the part of block_tokens no real value paid for (the payer's grant, or
+    # gateway work beyond collected revenue). It is credited to the earner's held account, never payable.
+    unfunded_credits = models.BigIntegerField(default=0)
+    # Linked traffic (portal.ledger.linking): why this receipt looks like an account paying itself; while set
+    # and not cleared, the whole receipt sits in the earner's held account until an admin reviews it.
+    flag = models.CharField(max_length=200, blank=True)
+    held_credits = models.BigIntegerField(default=0)  # credited to the held account at settlement
+    cleared_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    cleared_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-submitted_at", "-id"]

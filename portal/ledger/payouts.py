@@ -1,8 +1,11 @@
 """Payouts: owners ask to be paid what they earned; admins approve, reject or hold; every step audited.
 
-Only *earned* credits can leave the swarm (settled receipts and escrow releases, less what earlier
-payouts took): the starting grant and bought usage stay inside. :func:`payable` is that amount,
-capped by the balance.
+Only *earned* credits can leave the swarm (the funded parts of settled receipts, escrow releases and
+reviewed held credits, less what earlier payouts took): the starting grant, deposits and held earnings
+stay inside. :func:`payable` is that amount, capped by the balance.
+
+Four eyes: nobody decides their own payout. :func:`approve`, :func:`reject` and :func:`hold` refuse an
+admin who is the payout's owner (``own_payout``), so an admin account alone cannot pay itself out.
 
 State machine (each transition locks the payout row; a finished payout cannot move again)::
 
@@ -37,7 +40,7 @@ class PayoutRefused(ValueError):
 def earned(user) -> int:
     """Credits the user earned by serving (settled receipts and escrow releases into their account)."""
     account = user_account(user)
-    kinds = [Transaction.Kind.RECEIPT, Transaction.Kind.ESCROW_RELEASE]
+    kinds = [Transaction.Kind.RECEIPT, Transaction.Kind.ESCROW_RELEASE, Transaction.Kind.HELD_RELEASE]
     total = Entry.objects.filter(account=account, amount__gt=0, transaction__kind__in=kinds).aggregate(s=Sum("amount"))
     return total["s"] or 0
 
@@ -89,8 +92,10 @@ def request_payout(user, amount: int, destination: str) -> Payout:
     return payout
 
 
-def _locked_open(payout: Payout) -> Payout:
+def _locked_open(payout: Payout, admin) -> Payout:
     locked = Payout.objects.select_for_update().get(pk=payout.pk)
+    if getattr(admin, "pk", None) is None or admin.pk == locked.user_id:
+        raise PayoutRefused("own_payout", "four eyes: a payout is decided by an admin other than its owner")
     if not locked.open:
         raise PayoutRefused("closed", f"payout #{locked.pk} is {locked.status} already")
     return locked
@@ -100,13 +105,13 @@ def approve(payout: Payout, admin, external_reference: str) -> Payout:
     """Approve: the money was sent outside the swarm under ``external_reference``.
 
     Raises:
-        PayoutRefused: ``no_reference`` or ``closed`` (decided already).
+        PayoutRefused: ``no_reference``, ``own_payout`` (``admin`` is the owner) or ``closed`` (decided already).
     """
     external_reference = (external_reference or "").strip()
     if not external_reference:
         raise PayoutRefused("no_reference", "record the external payment's reference")
     with transaction.atomic():
-        p = _locked_open(payout)
+        p = _locked_open(payout, admin)
         post(
             Transaction.Kind.PAYOUT_PAID,
             f"payout:{p.pk}:paid",
@@ -120,13 +125,13 @@ def reject(payout: Payout, admin, reason: str) -> Payout:
     """Reject with ``reason``: the credits return to the owner.
 
     Raises:
-        PayoutRefused: ``no_reason`` or ``closed``.
+        PayoutRefused: ``no_reason``, ``own_payout`` or ``closed``.
     """
     reason = (reason or "").strip()
     if not reason:
         raise PayoutRefused("no_reason", "say why the payout is rejected")
     with transaction.atomic():
-        p = _locked_open(payout)
+        p = _locked_open(payout, admin)
         post(
             Transaction.Kind.PAYOUT_RETURN,
             f"payout:{p.pk}:return",
@@ -140,10 +145,10 @@ def hold(payout: Payout, admin, reason: str = "") -> Payout:
     """Put the payout on hold (credits stay in review).
 
     Raises:
-        PayoutRefused: ``closed``.
+        PayoutRefused: ``own_payout`` or ``closed``.
     """
     with transaction.atomic():
-        p = _locked_open(payout)
+        p = _locked_open(payout, admin)
         return _decide(p, admin, Payout.Status.HELD, reason=(reason or "").strip()[:500])
 
 

@@ -9,6 +9,11 @@
    owner, or to the node's escrow account while the node is new (:func:`needs_escrow`);
 3. mark the receipt ``settled`` (or ``refused`` when the paying user's balance is short).
 
+Only the **funded** part of a receipt (``portal.ledger.funding``: paid for with real value, not with a
+grant, and for gateway work within collected revenue) goes to the owner or escrow; the unfunded rest
+goes to the owner's held account, never payable. A receipt that looks like linked traffic
+(``portal.ledger.linking``: an account paying its own node) is held in full and flagged for review.
+
 A worker killed anywhere in between leaves nothing half-done (the transaction rolls back, the lock
 goes with the connection) and the receipt still ``pending`` for the next run; a retried or duplicated
 task finds it settled, or collides on the unique reference: no receipt is ever paid twice.
@@ -29,11 +34,13 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
+from portal.ledger import funding, linking
 from portal.ledger.books import (
     InsufficientCredits,
     UnbalancedTransaction,
     balance,
     escrow_account,
+    held_account,
     post,
     system_account,
     user_account,
@@ -71,17 +78,26 @@ def _settle_locked(receipt: Receipt, now: dt.datetime) -> Receipt:
     escrowed = needs_escrow(receipt.node, now)
     to = escrow_account(receipt.node) if escrowed else user_account(receipt.earner_id)
     memo = f"{receipt.block_tokens} block-tokens, {receipt.model} [{receipt.start_block}:{receipt.end_block})"
-    try:
-        txn = post(
-            Transaction.Kind.RECEIPT,
-            f"receipt:{receipt.receipt_id}",
-            [(_payer(receipt), -receipt.block_tokens), (to, receipt.block_tokens)],
-            memo=memo,
-            at=now,
-        )
-    except (InsufficientCredits, UnbalancedTransaction) as exc:  # short, or (defensively) paying itself
+    payer = _payer(receipt)
+    with transaction.atomic():
+        # The funding split reads the payer's spending (or the revenue pool): lock it first, as post() will.
+        if payer.kind == Account.Kind.SYSTEM:
+            unfunded = funding.unfunded_by_gateway(receipt.block_tokens)
+        else:
+            list(Account.objects.select_for_update().filter(pk=payer.pk).values_list("pk"))
+            unfunded = funding.unfunded_by_payer(payer, receipt.block_tokens)
+        flag = linking.receipt_flag(receipt)[:200]
+        held = receipt.block_tokens if flag else unfunded
+        legs = [(payer, -receipt.block_tokens), (to, receipt.block_tokens - held)]
+        if held:
+            legs.append((held_account(receipt.earner_id), held))
+        try:
+            txn = post(Transaction.Kind.RECEIPT, f"receipt:{receipt.receipt_id}", legs, memo=memo, at=now)
+        except (InsufficientCredits, UnbalancedTransaction) as exc:  # short, or (defensively) paying itself
+            txn, refusal = None, f"not payable: {exc}"[:300]
+    if txn is None:
         receipt.status = Receipt.Status.REFUSED
-        receipt.refusal = f"not payable: {exc}"[:300]
+        receipt.refusal = refusal
         receipt.settled_at = now
         receipt.save(update_fields=["status", "refusal", "settled_at"])
         return receipt
@@ -89,7 +105,10 @@ def _settle_locked(receipt: Receipt, now: dt.datetime) -> Receipt:
     receipt.transaction = txn
     receipt.escrowed = escrowed
     receipt.settled_at = now
-    receipt.save(update_fields=["status", "transaction", "escrowed", "settled_at"])
+    receipt.unfunded_credits, receipt.flag, receipt.held_credits = unfunded, flag, held
+    receipt.save(
+        update_fields=["status", "transaction", "escrowed", "settled_at", "unfunded_credits", "flag", "held_credits"]
+    )
     return receipt
 
 

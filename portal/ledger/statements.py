@@ -15,7 +15,7 @@ from django.db.models import Q, Sum
 from django.db.models.functions import TruncDay
 from django.utils import timezone
 
-from portal.ledger.books import balance, escrow_account, user_account
+from portal.ledger.books import balance, escrow_account, held_account, user_account
 from portal.ledger.models import Account, Entry, Receipt, Transaction
 from portal.ledger.payouts import earned, payable
 
@@ -23,7 +23,7 @@ EARNING_KINDS = (Transaction.Kind.RECEIPT, Transaction.Kind.ESCROW_RELEASE)
 
 
 def summary(user) -> dict:
-    """Balance, what is payable, earned in total, held in escrow, spent on usage."""
+    """Balance, what is payable, earned in total, in escrow, held (not payable), spent on usage."""
     account = user_account(user)
     escrow = Account.objects.filter(kind=Account.Kind.ESCROW, user=user)
     held = Entry.objects.filter(account__in=escrow).aggregate(s=Sum("amount"))["s"] or 0
@@ -33,6 +33,7 @@ def summary(user) -> dict:
         "payable": payable(user),
         "earned": earned(user),
         "escrow": held,
+        "held": balance(held_account(user)),
         "spent_on_usage": -(spent["s"] or 0),
     }
 

@@ -8,7 +8,9 @@ import pytest
 from django.utils import timezone
 
 from portal.accounts.models import NodeToken
+from portal.ledger.books import deposit
 from portal.ledger.models import ClientKey
+from portal.ledger.spending import charge_usage
 from portal.swarm.models import Node, SwarmModel
 from swarmnode.trust.identity import NodeIdentity
 from swarmnode.trust.receipts import SignedReceipt, UsageReceipt, key_of
@@ -68,11 +70,31 @@ def owner_node(owner, smollm2):
 
 
 @pytest.fixture
-def client_identity(other):
-    """A client key registered to ``other``: its receipts are paid from other's account."""
+def client_identity(ledger_settings, other):
+    """A client key registered to ``other``: its receipts are paid from other's account.
+
+    Bob already chatted his grant away and bought as many credits instead (his balance is still the
+    grant's 1000), so what his key pays for is funded by real value and may be paid out to the node owner.
+    """
     identity = IDENTITIES[1]
     ClientKey.objects.create(user=other, key=key_of(identity), name="bob's script")
+    grant = ledger_settings.LEDGER_STARTING_GRANT
+    charge_usage(other, tokens=grant // ledger_settings.LEDGER_CREDITS_PER_TOKEN, reference=f"bob-chat:{other.pk}")
+    deposit(other, grant, reference=f"bank:bob:{other.pk}")
     return identity
+
+
+@pytest.fixture
+def revenue(ledger_settings, django_user_model):
+    """Collected revenue of 100,000 credits: carol bought credits and chatted them (and her grant) away.
+
+    It funds up to that many credits of gateway work (paid from ``system:rewards``) as payable earnings.
+    """
+    carol = django_user_model.objects.create_user("carol", "carol@example.org", "pw")
+    deposit(carol, 100_000, reference="bank:carol")
+    grant = ledger_settings.LEDGER_STARTING_GRANT
+    charge_usage(carol, tokens=(100_000 + grant) // ledger_settings.LEDGER_CREDITS_PER_TOKEN, reference="carol-chat")
+    return 100_000
 
 
 @pytest.fixture

@@ -95,7 +95,8 @@ def test_it_hides_the_owners_credits_receipts_and_evidence_from_another_user(oth
         "payable": 0,
         "earned": 0,
         "escrow": 0,
-        "spent_on_usage": 0,
+        "held": 0,
+        "spent_on_usage": 1000,  # his grant, chatted away (see the client_identity fixture)
         "tokens_affordable": 20,
     }
     assert [r["receipt_id"] for r in other_client.get("/api/v1/receipts/").json()] == [receipt.receipt_id]

@@ -5,8 +5,10 @@ Hypothesis draws a sequence of operations; after every sequence (and after every
 - every transaction's entries sum to zero, and all entries together sum to zero;
 - no user or escrow account is below zero;
 - each receipt is paid at most once: one ``receipt:<id>`` transaction per settled receipt, none otherwise;
-- the node owners received exactly the block-tokens of the settled receipts (directly or via escrow);
-- nobody was paid out more than they earned.
+- the node owners received exactly the block-tokens of the settled receipts (directly, via escrow, or into
+  their held account);
+- payable node earnings never exceed collected revenue (what users spent beyond their grants);
+- nobody was paid out more than they earned, and never more than the funded, unflagged part of it.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from django.db.models import Sum
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from portal.ledger import payouts, settlement
-from portal.ledger.books import balance, escrow_account, user_account
+from portal.ledger import funding, payouts, settlement
+from portal.ledger.books import balance, deposit, escrow_account, held_account, user_account
 from portal.ledger.models import Account, Entry, Payout, Receipt, Transaction
 from portal.ledger.receipts import ReceiptRefused, submit_receipt
 from portal.ledger.spending import InsufficientCredits, charge_usage
@@ -35,6 +37,7 @@ OPS = st.one_of(
     st.tuples(st.just("decide"), st.integers(0, 20), st.sampled_from(["approve", "reject", "hold"])),
     st.tuples(st.just("trust"), st.booleans()),
     st.tuples(st.just("release")),
+    st.tuples(st.just("deposit"), st.integers(0, 2), st.integers(1, 2000), st.integers(0, 5)),
 )
 
 
@@ -58,7 +61,10 @@ def check_books() -> None:
     }
     for r in settled:
         assert r.transaction.reference == f"receipt:{r.receipt_id}"
-        assert sorted(e.amount for e in r.transaction.entries.all()) == [-r.block_tokens, r.block_tokens]
+        legs = [e.amount for e in r.transaction.entries.all()]
+        assert [a for a in legs if a < 0] == [-r.block_tokens] and sum(a for a in legs if a > 0) == r.block_tokens
+        assert 0 <= r.unfunded_credits <= r.held_credits <= r.block_tokens
+        assert r.held_credits == (r.block_tokens if r.flag else r.unfunded_credits)
     earned = Entry.objects.filter(transaction__kind=Transaction.Kind.RECEIPT, amount__gt=0).aggregate(s=Sum("amount"))
     assert (earned["s"] or 0) == (settled.aggregate(s=Sum("block_tokens"))["s"] or 0)
     for p in Payout.objects.filter(status=Payout.Status.APPROVED).values("user").annotate(s=Sum("amount")):
@@ -66,6 +72,11 @@ def check_books() -> None:
             s=Sum("block_tokens")
         )["s"]
         assert p["s"] <= (user_earned or 0)
+        funded = Receipt.objects.filter(earner_id=p["user"], status=Receipt.Status.SETTLED).aggregate(
+            s=Sum("block_tokens") - Sum("held_credits")
+        )["s"]
+        assert p["s"] <= (funded or 0)
+    assert funding.funded_earnings() <= funding.collected_revenue()
 
 
 @settings(
@@ -85,6 +96,7 @@ def test_it_keeps_the_books_balanced_under_any_interleaving(
         ledger_settings.LEDGER_ESCROW_MIN_AGE = 0
         ledger_settings.LEDGER_ESCROW_RELEASE_SCORE = 1.0  # nobody is trusted until an op says so
         third = User.objects.create_user("carol")
+        root = User.objects.create_superuser("root", "root@example.com", "pw")  # decides payouts (four eyes)
         users = [owner, other, third]
         nodes = [
             (node_factory(owner, identities[0], blocks=(0, 10)), identities[0]),
@@ -121,7 +133,7 @@ def test_it_keeps_the_books_balanced_under_any_interleaving(
                     pass
             elif kind == "payout":
                 try:
-                    payouts.request_payout(users[op[1]], op[2], "IBAN XX00")
+                    payouts.request_payout(users[op[1]], op[2], f"IBAN XX{op[1]}")
                 except payouts.PayoutRefused as exc:
                     assert exc.code == "not_payable"
             elif kind == "decide":
@@ -130,25 +142,33 @@ def test_it_keeps_the_books_balanced_under_any_interleaving(
                     p = open_[op[1] % len(open_)]
                     try:
                         if op[2] == "approve":
-                            payouts.approve(p, owner, "bank-ref-1")
+                            payouts.approve(p, root, "bank-ref-1")
                         elif op[2] == "reject":
-                            payouts.reject(p, owner, "not verified")
+                            payouts.reject(p, root, "not verified")
                         else:
-                            payouts.hold(p, owner, "checking")
+                            payouts.hold(p, root, "checking")
                     except payouts.PayoutRefused as exc:
                         assert exc.code == "closed" and not p.open
             elif kind == "trust":
                 ledger_settings.LEDGER_ESCROW_RELEASE_SCORE = 0.0 if op[1] else 1.0
             elif kind == "release":
                 settlement.release_escrow()
+            elif kind == "deposit":
+                deposit(users[op[1]], op[2], reference=f"bank-{op[3]}")
             check_books()
         settlement.settle_pending(limit=1000)
         ledger_settings.LEDGER_ESCROW_RELEASE_SCORE = 0.0
         settlement.release_escrow()
         check_books()
-        # With everything settled and released, each owner holds: grant + earned - spent - paid out or in review.
+        # With everything settled and released, each owner holds: grant + bought + funded unflagged earnings - spent
+        # - paid out or in review, and the rest of what they earned sits in their held account.
         for user in users:
-            got = Receipt.objects.filter(earner=user, status="settled").aggregate(s=Sum("block_tokens"))["s"] or 0
+            mine = Receipt.objects.filter(earner=user, status="settled")
+            got = mine.aggregate(s=Sum("block_tokens"))["s"] or 0
+            held = mine.aggregate(s=Sum("held_credits"))["s"] or 0
+            assert balance(held_account(user)) == held
+            deposits = Entry.objects.filter(account=user_account(user), transaction__kind=Transaction.Kind.DEPOSIT)
+            bought = deposits.aggregate(s=Sum("amount"))["s"] or 0
             assert sum(balance(escrow_account(n)) for n, _ in nodes if n.owner == user) == 0
             spent = -(
                 Entry.objects.filter(
@@ -160,7 +180,7 @@ def test_it_keeps_the_books_balanced_under_any_interleaving(
             )
             out = Payout.objects.filter(user=user).exclude(status="rejected").aggregate(s=Sum("amount"))["s"] or 0
             grant = Transaction.objects.get(reference=f"grant:user:{user.pk}").entries.get(amount__gt=0).amount
-            assert balance(user_account(user)) == grant + got - spent - out
+            assert balance(user_account(user)) == grant + bought + got - held - spent - out
         transaction.set_rollback(True)
 
 

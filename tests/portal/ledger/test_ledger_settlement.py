@@ -96,7 +96,9 @@ def test_it_refuses_settling_what_the_paying_user_cannot_afford(
     assert balance_of(owner) == 1000 and balance_of(other) == 1000
 
 
-def test_it_pays_gateway_receipts_from_the_system(ledger_settings, owner, owner_node, gateway_client, receipt_factory):
+def test_it_pays_gateway_receipts_from_the_system(
+    ledger_settings, revenue, owner, owner_node, gateway_client, receipt_factory
+):
     node, node_id = owner_node
     receipt, _ = submit_receipt(receipt_factory(gateway_client, node, node_id, tokens=50).to_json())
     settle_receipt(receipt.pk)
@@ -116,7 +118,7 @@ def test_it_registers_the_gateway_identity_as_a_system_key(
 
 
 def test_it_holds_a_new_nodes_earnings_in_escrow_until_its_reputation_is_built(
-    ledger_settings, owner, gateway_client, receipt_factory, node_factory, identities
+    ledger_settings, revenue, owner, gateway_client, receipt_factory, node_factory, identities
 ):
     ledger_settings.LEDGER_ESCROW_MIN_AGE = 3600
     ledger_settings.LEDGER_ESCROW_RELEASE_SCORE = 0.6
@@ -141,7 +143,7 @@ def test_it_holds_a_new_nodes_earnings_in_escrow_until_its_reputation_is_built(
 
 
 def test_it_releases_the_escrow_of_a_node_deleted_since(
-    ledger_settings, owner, gateway_client, receipt_factory, node_factory, identities
+    ledger_settings, revenue, owner, gateway_client, receipt_factory, node_factory, identities
 ):
     ledger_settings.LEDGER_ESCROW_MIN_AGE = 3600
     young = node_factory(owner, identities[5], blocks=(0, 30), age_s=60)
