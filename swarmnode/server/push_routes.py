@@ -27,7 +27,9 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from swarmnode.discovery import swarm_view
+from swarmnode.protocol.relay import relay_key_id
 from swarmnode.server.blocking import run_blocking
+from swarmnode.trust.secure_channel import key_id
 
 if TYPE_CHECKING:  # the node imports this module through push.py
     from swarmnode.server.node import Node
@@ -120,6 +122,13 @@ async def resolve_address(host: str, port: int, private_ok: bool) -> str:
     return addresses[0]
 
 
+def _key_id_of(public_key: str) -> str | None:
+    try:
+        return key_id(public_key)
+    except ValueError:  # a malformed announced key
+        return None
+
+
 class PushRoutes:
     """The next hops one node may dial (see the module docstring).
 
@@ -170,6 +179,9 @@ class PushRoutes:
             raise RouteRefused(url, "not a node of this swarm (the tracker and this node's peers do not list it)")
         if not key:
             raise RouteRefused(url, "the node announces no public key, so a push link to it cannot be encrypted")
+        wanted = relay_key_id(url)  # §10.5: a relay could answer our probe with keys of its own
+        if wanted is not None and _key_id_of(key) != wanted:
+            raise RouteRefused(url, "the node's keys do not match the key id in its relay address")
         return key
 
     async def _reread(self) -> None:

@@ -5,8 +5,10 @@ import socket
 
 import numpy as np
 import pytest
+from websockets.asyncio.server import serve
 from websockets.sync.client import connect
 
+from swarmnode.discovery import PeerInfo
 from swarmnode.protocol import (
     Error,
     Info,
@@ -18,7 +20,18 @@ from swarmnode.protocol import (
     encode,
     tensor_from_numpy,
 )
-from swarmnode.server.push_routes import RouteRefused, allows_private, is_private_host, resolve_address, split_url
+from swarmnode.server.config import NodeConfig
+from swarmnode.server.push import PushRelay
+from swarmnode.server.push_routes import (
+    PushRoutes,
+    RouteRefused,
+    allows_private,
+    is_private_host,
+    resolve_address,
+    split_url,
+)
+from swarmnode.trust.identity import NodeIdentity
+from swarmnode.trust.secure_channel import key_id, node_accept
 
 KEY = "r" * 32
 
@@ -93,3 +106,80 @@ def test_it_refuses_urls_that_are_not_plain_node_urls(url):
 def test_it_reads_the_port_of_a_node_url():
     assert split_url("wss://node.example.org/layerswarm/v1") == ("node.example.org", 443)
     assert split_url("ws://127.0.0.1:8765/layerswarm/v1") == ("127.0.0.1", 8765)
+
+
+class _Node:
+    """What PushRoutes and PushRelay read of a node: config, URL, identity, model, limits."""
+
+    def __init__(self, **config):
+        self.config = NodeConfig(**config)
+        self.limits = self.config.limits
+        self.url = self.address = "ws://127.0.0.1:1/layerswarm/v1"
+        self.identity = NodeIdentity.generate()
+        self.model_name = "tiny"
+
+
+def _peer(url, public_key):
+    return PeerInfo(url=url, model="tiny", start_block=0, end_block=6, public_key=public_key)
+
+
+def test_a_relay_address_must_carry_the_key_id_of_the_keys_the_node_announced():
+    """§10.5 for push: a relay answering our probe with keys of its own gets no push link."""
+    honest, impostor = NodeIdentity.generate(), NodeIdentity.generate()
+    good = f"ws://127.0.0.1:2/layerswarm/v1/relay/{key_id(honest.public_key)}"
+    forged = f"ws://127.0.0.1:3/layerswarm/v1/relay/{key_id(honest.public_key)}"
+    view = [_peer(good, honest.public_key), _peer(forged, impostor.public_key)]
+    routes = PushRoutes(_Node(peers=("ws://127.0.0.1:2/x",)), view=lambda: view)
+    assert asyncio.run(routes.check(good)).public_key == honest.public_key
+    with pytest.raises(RouteRefused, match="key id"):
+        asyncio.run(routes.check(forged))
+
+
+def test_strangers_naming_unknown_urls_cannot_make_a_node_hammer_its_tracker():
+    reads = []
+    routes = PushRoutes(_Node(peers=("ws://127.0.0.1:2/x",)), view=lambda: reads.append(1) or [])
+
+    async def ask_many():
+        for i in range(20):
+            with pytest.raises(RouteRefused):
+                await routes.check(f"ws://127.0.0.1:{1000 + i}/layerswarm/v1")
+
+    asyncio.run(ask_many())
+    assert len(reads) == 1  # once per push_view_refresh (30 s), however many unknown URLs
+
+
+def test_a_node_keeps_at_most_push_max_links_open(tmp_path):
+    """Links are capped (least recently used closed first): a route cannot pile up connections."""
+    servers = [NodeIdentity.generate() for _ in range(3)]
+    views = []
+
+    async def main():
+        opened, closed = [], []
+
+        def handler_for(identity):
+            async def handler(ws):
+                opened.append(identity)
+                reply, _ = node_accept(identity, await ws.recv())
+                await ws.send(reply)
+                try:
+                    await ws.wait_closed()
+                finally:
+                    closed.append(identity)
+
+            return handler
+
+        running = [await serve(handler_for(i), "127.0.0.1", 0) for i in servers]
+        urls = [f"ws://127.0.0.1:{s.sockets[0].getsockname()[1]}/layerswarm/v1" for s in running]
+        views[:] = [_peer(u, i.public_key) for u, i in zip(urls, servers, strict=True)]
+        relay = PushRelay(_Node(peers=(urls[0],), push_max_links=2), routes=None)
+        relay.routes = PushRoutes(relay.node, view=lambda: views)
+        for url in urls:
+            await relay._link(url)
+        await asyncio.sleep(0.2)
+        assert list(relay._links) == urls[1:]  # the first, least recently used, was closed
+        assert closed == servers[:1] and len(opened) == 3
+        await relay.close()
+        for s in running:
+            s.close()
+
+    asyncio.run(main())
