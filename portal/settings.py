@@ -144,9 +144,14 @@ REPUTATION_SUSPEND_FAILURES = env_int("REPUTATION_SUSPEND_FAILURES", 3)  # faile
 REPUTATION_SUSPEND_WINDOW = env_float("REPUTATION_SUSPEND_WINDOW", 24 * 3600.0)  # ... within this many seconds
 REPUTATION_DECAY_EVERY = env_float("REPUTATION_DECAY_EVERY", 300.0)  # seconds between decay runs (history points)
 REPUTATION_HISTORY = env_int("REPUTATION_HISTORY", 90 * 24 * 3600)  # seconds of score history to keep
+# Client reports (portal/reputation/reporting.py): only from users with receipts from the node in the window,
+# capped per reporter and node and window, scaled by the reporter's standing (account age up to MATURITY).
+REPUTATION_REPORT_WINDOW = env_float("REPUTATION_REPORT_WINDOW", 24 * 3600.0)
+REPUTATION_REPORT_MAX_OK = env_int("REPUTATION_REPORT_MAX_OK", 250)  # served steps counted per window
+REPUTATION_REPORT_MAX_FAILED = env_int("REPUTATION_REPORT_MAX_FAILED", 4)  # failed steps counted per window
+REPUTATION_REPORTER_MATURITY = env_float("REPUTATION_REPORTER_MATURITY", 30 * 24 * 3600.0)  # full weight at
 # -- the ledger (credits; one credit = one block-token of work) ----------------------------------------
-# Credits a new user starts with: spendable, never payable, and what they pay for is never payable (#17).
-LEDGER_STARTING_GRANT = env_int("LEDGER_STARTING_GRANT", 6_000)  # 200 tokens at 30 credits a token
+LEDGER_STARTING_GRANT = env_int("LEDGER_STARTING_GRANT", 300_000)  # credits a new user starts with
 LEDGER_CREDITS_PER_TOKEN = env_int("LEDGER_CREDITS_PER_TOKEN", 30)  # a chat/API token (a 30-block model's pass)
 LEDGER_ANONYMOUS_QUOTA_TOKENS = env_int("LEDGER_ANONYMOUS_QUOTA_TOKENS", 2_000)  # free tokens per visitor ...
 LEDGER_ANONYMOUS_QUOTA_WINDOW = env_float("LEDGER_ANONYMOUS_QUOTA_WINDOW", 24 * 3600.0)  # ... per this many s
@@ -156,12 +161,6 @@ LEDGER_ESCROW_MIN_AGE = env_float("LEDGER_ESCROW_MIN_AGE", 24 * 3600.0)  # a nod
 LEDGER_ESCROW_RELEASE_SCORE = env_float("LEDGER_ESCROW_RELEASE_SCORE", 0.6)  # ... this old and this reputable
 LEDGER_ESCROW_EVERY = env_float("LEDGER_ESCROW_EVERY", 300.0)  # seconds between escrow release runs
 LEDGER_MIN_PAYOUT = env_int("LEDGER_MIN_PAYOUT", 1_000)  # smallest payout request, in credits
-LEDGER_LINK_WINDOW = env_float("LEDGER_LINK_WINDOW", 600.0)  # owner chatting this close to gateway work: flagged
-LEDGER_PUBLIC_EMAIL_DOMAINS = env_list(  # shared by strangers: a common domain does not link two accounts
-    "LEDGER_PUBLIC_EMAIL_DOMAINS",
-    "gmail.com googlemail.com outlook.com hotmail.com live.com yahoo.com icloud.com me.com proton.me "
-    "protonmail.com gmx.de gmx.net web.de mail.ru yandex.ru qq.com 163.com example.com example.org".split(),
-)
 LEDGER_GATEWAY_IDENTITY = env_str("LEDGER_GATEWAY_IDENTITY", str(VAR_DIR / "gateway.identity"))  # its client key
 
 # -- Relay for nodes behind NAT (portal/relay; spec §9) ---------------------------------------------------
@@ -225,6 +224,20 @@ SPECTACULAR_SETTINGS = {
 LOGIN_URL = "accounts:login"
 LOGIN_REDIRECT_URL = "swarm:contribute"
 LOGOUT_REDIRECT_URL = "home"
+# Self-registered accounts confirm their e-mail before they may create node tokens or API keys, and weigh
+# nothing as reporters until then (portal/accounts/verification.py). Off by default only for local runs.
+ACCOUNTS_VERIFY_EMAIL = env_bool("ACCOUNTS_VERIFY_EMAIL", not DEBUG)
+ACCOUNTS_VERIFY_MAX_AGE = env_int("ACCOUNTS_VERIFY_MAX_AGE", 3 * 24 * 3600)  # seconds a link works
+EMAIL_BACKEND = env_str(  # SMTP settings: Django's EMAIL_HOST, EMAIL_PORT, ... (portal/README.md)
+    "DJANGO_EMAIL_BACKEND",
+    "django.core.mail.backends.console.EmailBackend" if DEBUG else "django.core.mail.backends.smtp.EmailBackend",
+)
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "Layerswarm <noreply@localhost>")
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},

@@ -9,6 +9,10 @@ from django.utils import timezone
 from portal.accounts import bearer
 
 
+class Unverified(Exception):
+    """An account that must confirm its e-mail address before it may create keys or tokens (#17)."""
+
+
 class SecretQuerySet(models.QuerySet):
     """Lookups shared by API keys and node tokens."""
 
@@ -50,7 +54,13 @@ class BearerSecret(models.Model):
 
     @classmethod
     def create_for(cls, user, name: str, expires_at=None) -> tuple[BearerSecret, str]:
-        """Create a secret for ``user``; return it and the plain text (shown once)."""
+        """Create a secret for ``user``; return it and the plain text (shown once).
+
+        Raises:
+            Unverified: the user signed up and has not confirmed their e-mail address yet.
+        """
+        if settings.ACCOUNTS_VERIFY_EMAIL and EmailVerification.objects.filter(user_id=user.pk, verified_at=None):
+            raise Unverified("confirm your e-mail address first (we sent you a link)")
         new = bearer.generate(cls.KIND)
         obj = cls.objects.create(user=user, name=name, prefix=new.prefix, digest=new.digest, expires_at=expires_at)
         return obj, new.plain
@@ -87,3 +97,17 @@ class NodeToken(BearerSecret):
 
     KIND = "lsn"
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="node_tokens")
+
+
+class EmailVerification(models.Model):
+    """A self-registered account's e-mail check (``portal.accounts.verification``): done once ``verified_at`` is set.
+
+    Accounts without a row (made by an admin or ``manage.py``) count as verified.
+    """
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="email_verification")
+    sent_at = models.DateTimeField(default=timezone.now)
+    verified_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.user_id}: {'verified' if self.verified_at else 'pending'}"

@@ -3,13 +3,14 @@
 | method, path | who |
 | --- | --- |
 | ``POST /api/v1/reputation/evidence/`` | a signed-in user or API key (a client that audited a node) |
-| ``POST /api/v1/reputation/steps/`` | a signed-in user or API key |
-| ``POST /api/v1/reputation/nodes/{id}/report/`` | a signed-in user or API key |
+| ``POST /api/v1/reputation/steps/`` | a user with receipts from the node (else 403 ``no_dealings``) |
+| ``POST /api/v1/reputation/nodes/{id}/report/`` | a user with receipts from the node (else 403) |
 | ``GET /api/v1/reputation/nodes/{id}/`` | the node's owner or staff (others: 404) |
 """
 
 from __future__ import annotations
 
+from django.db.models import Count, Sum
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
@@ -17,7 +18,8 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from portal.reputation import scoring
+from portal.ledger.models import Receipt
+from portal.reputation import reporting, scoring
 from portal.reputation.evidence import AuditReport, EvidenceError, record_report
 from portal.reputation.models import AuditEvidence, NodeStanding
 from portal.swarm.models import Node
@@ -90,34 +92,81 @@ class ReportEvidence(APIView):
         return Response(EvidenceOut(evidence).data, status=status.HTTP_201_CREATED)
 
 
+def dealings(user, node: Node) -> reporting.Dealings:
+    """The user's sessions with ``node`` in the reporting window: receipts the node countersigned for the
+    user's own client keys (pending or settled; refused ones do not count)."""
+    rows = Receipt.objects.filter(node=node, client_key__user=user, issued_at__gte=reporting.window_start()).exclude(
+        status=Receipt.Status.REFUSED
+    )
+    totals = rows.aggregate(sessions=Count("session_id", distinct=True), tokens=Sum("tokens"))
+    return reporting.Dealings(sessions=totals["sessions"] or 0, tokens=totals["tokens"] or 0)
+
+
+def _refused(exc: reporting.ReportRefused) -> Response:
+    return Response({"error": exc.code, "detail": exc.message}, status=status.HTTP_403_FORBIDDEN)
+
+
 class ReportSteps(APIView):
-    """A client reports steps a node served and failed (step success rate, speed honesty)."""
+    """A client reports steps a node served and failed (step success rate, speed honesty).
+
+    Counts only for a reporter with receipts from the node, within per-reporter caps, scaled by the
+    reporter's standing (``portal/reputation/reporting.py``); the reply says what counted.
+    """
 
     permission_classes = [IsAuthenticated]
+    throttle_scope = "reports"
 
     @extend_schema(
-        request=StepsSerializer, responses={200: inline_serializer("Score", {"score": serializers.FloatField()})}
+        request=StepsSerializer,
+        responses={
+            200: inline_serializer(
+                "StepsCounted",
+                {
+                    "score": serializers.FloatField(),
+                    "counted": serializers.DictField(),
+                    "weight": serializers.FloatField(),
+                },
+            ),
+            403: _ERROR,
+        },
     )
     def post(self, request):
         ser = StepsSerializer(data=request.data)
         ser.is_valid(raise_exception=True)
         d = ser.validated_data
         node = get_object_or_404(Node, pk=d["node"])
-        score = scoring.record_steps(node, d["ok"], d["failed"], d.get("measured_throughput"))
-        return Response({"score": score})
+        try:
+            counted = reporting.record_steps(
+                node, request.user, d["ok"], d["failed"], d.get("measured_throughput"), dealings(request.user, node)
+            )
+        except reporting.ReportRefused as exc:
+            return _refused(exc)
+        return Response(
+            {
+                "score": counted.score,
+                "counted": {"ok": counted.ok, "failed": counted.failed, "speed": counted.speed},
+                "weight": counted.weight,
+            }
+        )
 
 
 class ReportNode(APIView):
-    """A user reports bad output from a node (one report per user, node and day counts)."""
+    """A user reports bad output from a node they used (one report per user, node and window counts)."""
 
     permission_classes = [IsAuthenticated]
+    throttle_scope = "reports"
 
-    @extend_schema(request=UserReportSerializer, responses={201: EvidenceOut, 200: EvidenceOut})
+    @extend_schema(request=UserReportSerializer, responses={201: EvidenceOut, 200: EvidenceOut, 403: _ERROR})
     def post(self, request, pk: int):
         ser = UserReportSerializer(data=request.data)
         ser.is_valid(raise_exception=True)
         node = get_object_or_404(Node, pk=pk)
-        evidence = scoring.record_user_report(node, request.user, ser.validated_data["reason"])
+        try:
+            evidence = reporting.record_user_report(
+                node, request.user, ser.validated_data["reason"], dealings(request.user, node)
+            )
+        except reporting.ReportRefused as exc:
+            return _refused(exc)
         if evidence is None:
             return Response({"detail": "already reported today"}, status=status.HTTP_200_OK)
         return Response(EvidenceOut(evidence).data, status=status.HTTP_201_CREATED)

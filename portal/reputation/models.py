@@ -102,3 +102,36 @@ class AuditEvidence(models.Model):
     def __str__(self) -> str:
         verdict = "passed" if self.passed else "FAILED"
         return f"{self.kind} of node #{self.node_id} {verdict} at {self.created:%Y-%m-%d %H:%M:%S}"
+
+
+class ClientReport(models.Model):
+    """What one user reported about a node, and how much of it counted: the per-reporter caps sum these rows.
+
+    A report counts only as far as the reporter's own dealings with the node allow (receipts the node
+    countersigned for the reporter's client key), within per-reporter caps per window, scaled by the
+    reporter's standing (``portal.reputation.reporting``). Kept as evidence of who said what.
+    """
+
+    class Kind(models.TextChoices):
+        STEPS = "steps", "steps served / failed"
+        USER = "user", "user report of bad output"
+
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="client_reports")
+    reporter = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    created = models.DateTimeField(default=timezone.now)
+    kind = models.CharField(max_length=8, choices=Kind.choices, default=Kind.STEPS)
+    ok = models.PositiveIntegerField(default=0)  # as reported
+    failed = models.PositiveIntegerField(default=0)
+    ok_counted = models.PositiveIntegerField(default=0)  # after the caps
+    failed_counted = models.PositiveIntegerField(default=0)
+    speed_counted = models.BooleanField(default=False)  # the measured throughput was scored
+    weight = models.FloatField(default=0.0)  # the reporter's standing when it reported, in [0, 1]
+
+    class Meta:
+        ordering = ["-created", "-id"]
+        indexes = [models.Index(fields=["node", "reporter", "created"])]
+
+    def __str__(self) -> str:
+        return (
+            f"{self.kind} report on node #{self.node_id} by user #{self.reporter_id} at {self.created:%Y-%m-%d %H:%M}"
+        )

@@ -59,3 +59,39 @@ def admin_client_for(admin_user):
         return client
 
     return make
+
+
+def _receipts(user, node: Node, sessions: int = 1, tokens: int = 100) -> None:
+    """Receipts ``node`` countersigned for ``user``'s client key: the user's sessions with the node."""
+    import secrets
+
+    from django.utils import timezone
+
+    from portal.ledger.models import ClientKey, Receipt
+
+    key, _ = ClientKey.objects.get_or_create(
+        key=f"ed25519:{user.username:_<43}"[:60], defaults={"user": user, "name": f"{user.username}'s client"}
+    )
+    for i in range(sessions):
+        Receipt.objects.create(
+            receipt_id=secrets.token_hex(16),
+            session_id=f"{user.username}-session-{i}",
+            model=node.model.name,
+            start_block=node.start_block,
+            end_block=node.end_block,
+            tokens=tokens,
+            block_tokens=tokens * (node.end_block - node.start_block),
+            client_key=key,
+            node=node,
+            earner=node.owner,
+            issued_at=timezone.now(),
+            receipt="e30",
+            client_signature="sig",
+            node_signature="sig",
+        )
+
+
+@pytest.fixture
+def dealt():
+    """``dealt(user, node, sessions=1, tokens=100)``: give ``user`` countersigned sessions with ``node``."""
+    return _receipts

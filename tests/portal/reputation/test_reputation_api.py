@@ -154,7 +154,8 @@ def test_it_answers_malformed_signed_results_with_400(keys, node, other_node, ot
     assert other_client.post(URL, body, format="json").json()["error"] == "bad_evidence"
 
 
-def test_it_records_step_reports_and_speed_honesty(node, other_client):
+def test_it_records_step_reports_and_speed_honesty(node, other, other_client, dealt):
+    dealt(other, node)
     response = other_client.post(
         "/api/v1/reputation/steps/", {"node": node.pk, "ok": 100, "failed": 0, "measured_throughput": 19.0}, "json"
     )
@@ -168,7 +169,8 @@ def test_it_records_step_reports_and_speed_honesty(node, other_client):
     )
 
 
-def test_it_takes_one_user_report_per_day(node, other_client):
+def test_it_takes_one_user_report_per_day(node, other, other_client, dealt):
+    dealt(other, node)
     url = f"/api/v1/reputation/nodes/{node.pk}/report/"
     assert other_client.post(url, {"reason": "it answered gibberish"}, format="json").status_code == 201
     assert other_client.post(url, {"reason": "again"}, format="json").status_code == 200

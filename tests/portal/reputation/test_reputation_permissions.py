@@ -64,7 +64,8 @@ def test_it_takes_reports_only_from_signed_in_users(url, body, node, anon_client
     assert machine.post(url, body, format="json").status_code in (401, 403)
 
 
-def test_it_takes_reports_from_api_keys(node, other):
+def test_it_takes_reports_from_api_keys(node, other, dealt):
+    dealt(other, node)
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {ApiKey.create_for(other, 'gateway')[1]}")
     response = client.post("/api/v1/reputation/steps/", {"node": node.pk, "ok": 3, "failed": 0}, format="json")
