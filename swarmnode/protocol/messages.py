@@ -233,9 +233,10 @@ def decode(frame: bytes | str, limits: Limits | None = None) -> Message:
         raise ProtocolError("bad_frame", "a frame must be a msgpack map")
     if body.get("v") != PROTOCOL_VERSION:
         raise ProtocolError("bad_version", f"protocol version {body.get('v')!r} not supported; use 1")
-    cls = MESSAGE_TYPES.get(body.get("type"))  # type: ignore[arg-type]
+    kind = body.get("type")
+    cls = MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None  # a list or map is unhashable (found by fuzzing)
     if cls is None:
-        raise ProtocolError("unknown_type", f"unknown message type {body.get('type')!r}")
+        raise ProtocolError("unknown_type", f"unknown message type {str(kind)[:64]!r}")
     kwargs = {}
     for name, expected in _spec(cls):
         if name not in body:

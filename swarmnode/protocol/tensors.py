@@ -52,14 +52,14 @@ def tensor_from_wire(obj: object, *, max_dims: int = 4) -> WireTensor:
     if not isinstance(obj, dict):
         raise ProtocolError("bad_tensor", "tensor must be a map with dtype, shape and data")
     dtype, shape, data = obj.get("dtype"), obj.get("shape"), obj.get("data")
-    if dtype not in DTYPE_SIZES:
-        raise ProtocolError("bad_dtype", f"dtype {dtype!r} not allowed; use one of {sorted(DTYPE_SIZES)}")
+    if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:  # a list or map is unhashable (found by fuzzing)
+        raise ProtocolError("bad_dtype", f"dtype {str(dtype)[:64]!r} not allowed; use one of {sorted(DTYPE_SIZES)}")
     if (
         not isinstance(shape, list | tuple)
         or not 1 <= len(shape) <= max_dims
         or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
     ):
-        raise ProtocolError("bad_shape", f"shape must be 1..{max_dims} non-negative integers, got {shape!r}")
+        raise ProtocolError("bad_shape", f"shape must be 1..{max_dims} non-negative integers, got {str(shape)[:100]}")
     if not isinstance(data, bytes | bytearray | memoryview):
         raise ProtocolError("bad_tensor", "tensor data must be raw bytes")
     tensor = WireTensor(dtype, tuple(shape), bytes(data))
