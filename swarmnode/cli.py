@@ -69,6 +69,7 @@ def _serve(args: argparse.Namespace) -> None:
         max_connections_per_ip=args.max_connections_per_ip,
         max_sessions_per_connection=args.max_sessions_per_connection,
         connection_cache_share=args.connection_cache_share,
+        max_forward_tokens=args.max_forward_tokens,
         push_private=args.push_private,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
@@ -359,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--connection-cache-share", type=float, default=0.5, help="most of --cache-tokens one connection may hold"
+    )
+    serve.add_argument(
+        "--max-forward-tokens", type=int, default=16384, help="rows x positions of one cache-less forward (0: any)"
     )
     serve.add_argument(
         "--push-private",

@@ -66,6 +66,7 @@ class NodeConfig:
     # -- what one stranger may take (spec §6.5): a node on the open network serves people it does not know
     max_connections_per_ip: int = 256  # open websockets from one address (a gateway opens one per session); 0: no cap
     max_sessions_per_connection: int = 32  # open sessions one connection may hold at once; 0: no cap
+    max_forward_tokens: int = 16384  # rows x positions of one cache-less forward (audits, scoring; §6.5); 0: no cap
     connection_cache_share: float = 0.5  # most of the KV budget one connection's sessions may hold (its first
     # session may always take what is free, so one long context still fits); 1.0: no cap
     # -- push (spec §7.5): the next hops a node dials for a client's pushed step

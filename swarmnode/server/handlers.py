@@ -141,6 +141,12 @@ async def step(node: Node, msg: Step, owner: object) -> StepResult:
 async def forward(node: Node, msg: Forward, owner: object) -> ForwardResult:
     """Spec §4.4: run positions ``0..T-1`` without any cache; always signed (§11.2)."""
     hidden = check_hidden(msg.hidden, node.hidden_size, node.limits)
+    cap = node.config.max_forward_tokens
+    if cap > 0 and hidden.shape[0] * hidden.shape[1] > cap:  # §6.5: a forward holds no cache, but costs compute
+        raise ProtocolError(
+            "too_many_tokens",
+            f"a forward of {hidden.shape[0]} x {hidden.shape[1]} positions exceeds this node's {cap}: split it",
+        )
     started = time.perf_counter()
     out = await node.scheduler.forward(hidden)
     compute_us = int((time.perf_counter() - started) * 1e6)

@@ -9,7 +9,18 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from swarmnode.launcher import start_node
-from swarmnode.protocol import Error, OpenSession, SessionOpened, Step, StepResult, decode, encode, tensor_from_numpy
+from swarmnode.protocol import (
+    Error,
+    Forward,
+    ForwardResult,
+    OpenSession,
+    SessionOpened,
+    Step,
+    StepResult,
+    decode,
+    encode,
+    tensor_from_numpy,
+)
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +42,8 @@ def capped_node(tiny_models, tmp_path_factory):
             "4",
             "--connection-cache-share",
             "0.4",
+            "--max-forward-tokens",
+            "64",
         ],
         log_path=tmp_path_factory.mktemp("caps") / "node.log",
     )
@@ -93,3 +106,15 @@ def test_one_client_cannot_take_the_whole_node(capped_node):
         time.sleep(0.1)
     assert isinstance(reply, SessionOpened), reply
     victim.close()
+
+
+def test_a_forward_costs_at_most_max_forward_tokens(capped_node):
+    """A cache-less forward holds no cache, but its compute is bounded too: rows x positions."""
+    peer = Peer(capped_node.url)
+    try:
+        big = tensor_from_numpy(np.ones((2, 40, 64), np.float32))  # 80 > 64
+        assert "split it" in _error(peer.ask(Forward(id=1, hidden=big)), "too_many_tokens").message
+        small = tensor_from_numpy(np.ones((1, 40, 64), np.float32))
+        assert isinstance(peer.ask(Forward(id=2, hidden=small)), ForwardResult)
+    finally:
+        peer.close()
