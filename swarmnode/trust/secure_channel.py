@@ -280,7 +280,7 @@ def node_accept(
     suite, eph_pub, node_key = body.get("suite"), body.get("key"), body.get("node_key")
     if body.get("type") != "secure_hello":
         raise ChannelError("bad_handshake", "expected secure_hello")
-    if suite not in SUITES:
+    if not isinstance(suite, str) or suite not in SUITES:  # a list or map is unhashable (found by fuzzing)
         raise ChannelError("bad_handshake", f"unsupported suite {str(suite)[:64]!r}; one of {sorted(SUITES)}")
     if not isinstance(eph_pub, bytes) or len(eph_pub) != 32:
         raise ChannelError("bad_handshake", "key must be 32 raw bytes")

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 #: The fuzz tests in this folder; FUZZ_EXAMPLES is split between them.
-FUZZ_TESTS = 15
+FUZZ_TESTS = 16
 #: Examples per test without FUZZ_EXAMPLES: the few-second version that ``make test`` runs.
 SHORT_EXAMPLES = 200
 #: What decoding one generated input may allocate at its peak, whatever it declares: generated
