@@ -14,6 +14,7 @@ from channels.db import database_sync_to_async
 from channels.exceptions import ChannelFull
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from django.http.request import split_domain_port, validate_host
 
 from portal.relay import relaying
 from swarmnode.protocol import Error, ProtocolError, encode
@@ -27,11 +28,20 @@ HANDSHAKE_FRAME_BYTES = 64 * 1024
 HANDSHAKE_TIMEOUT_S = 10.0
 
 
-def _relay_base(scope: dict) -> str:
+def _relay_base(scope: dict) -> str | None:
+    """The name this relay signs challenges with (spec §9.2), or ``None`` for a Host that is not ours.
+
+    A name taken from any Host header would let a relay run by an attacker, dialled by a node, open a link
+    here with ``Host: <its own host>``, pass our challenge on as if it were its own and attach as that node.
+    So the name is ``RELAY_PUBLIC_URL``, or a Host the operator lists in ``ALLOWED_HOSTS``.
+    """
     if settings.RELAY_PUBLIC_URL:
         return settings.RELAY_PUBLIC_URL.rstrip("/")
     headers = dict(scope.get("headers") or [])
     host = headers.get(b"host", b"").decode("latin-1") or "localhost"
+    allowed = settings.ALLOWED_HOSTS or (["localhost", "127.0.0.1", "[::1]"] if settings.DEBUG else [])
+    if not validate_host(split_domain_port(host)[0], allowed):
+        return None
     scheme = "wss" if scope.get("scheme") in ("wss", "https") else "ws"
     return f"{scheme}://{host}/ws/relay"
 
@@ -98,8 +108,12 @@ class NodeLinkConsumer(AsyncWebsocketConsumer):
         except relaying.RelayRefusal as exc:
             await self._refuse(exc.code, exc.message)
             return
+        base = _relay_base(self.scope)
+        if base is None:
+            await self._refuse("bad_host", "this relay is not known by that host name (ALLOWED_HOSTS)")
+            return
         self.key_id = kid
-        self.base = _relay_base(self.scope)
+        self.base = base
         self.nonce = random_bytes(32)
         self.stage = "proof"
         await self.send(bytes_data=envelope.pack("relay_challenge", id=hello["id"], nonce=self.nonce, relay=self.base))
@@ -112,7 +126,9 @@ class NodeLinkConsumer(AsyncWebsocketConsumer):
             return
         reachable = "unchecked"
         if self.hello["dial_back"]:
-            ok = await check_dial_back(self.hello["dial_back"], public_key, settings.RELAY_DIAL_BACK_TIMEOUT)
+            peer = (self.scope.get("client") or (None,))[0]  # the visitor behind our proxies (portal.middleware)
+            timeout, private_ok = settings.RELAY_DIAL_BACK_TIMEOUT, settings.ALLOW_PRIVATE_PEERS
+            ok = await check_dial_back(self.hello["dial_back"], public_key, timeout, peer, private_ok)
             reachable = "yes" if ok else "no"
         old = await database_sync_to_async(relaying.attach)(self.key_id, public_key, self.token, self.channel_name)
         if old and old != self.channel_name:  # the same key re-attached: the older link goes

@@ -2,8 +2,23 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
+from django.conf import settings
+
 from portal.relay import relaying
 from portal.swarm.models import Node
+from swarmnode.relaying import serves_privately
+
+
+def _dialable(url: str) -> bool:
+    """Whether nodes may be sent to ``url``: every node behind NAT dials the relays listed here, so a stranger
+    registering a private address (a metadata service, a LAN router) must not get it dialled by all of them."""
+    try:
+        host = urlsplit(url).hostname or ""
+    except ValueError:
+        return False
+    return bool(host) and (settings.ALLOW_PRIVATE_PEERS or not serves_privately(host))
 
 
 def relay_directory(portal_relay_url: str) -> list[dict]:
@@ -21,5 +36,9 @@ def relay_directory(portal_relay_url: str) -> list[dict]:
         .order_by("id")
         .values_list("url", "relay_capacity")[:200]
     )
-    out += [{"url": url.rstrip("/") + "/relay", "kind": "node", "capacity": capacity} for url, capacity in offering]
+    out += [
+        {"url": url.rstrip("/") + "/relay", "kind": "node", "capacity": capacity}
+        for url, capacity in offering
+        if _dialable(url)
+    ]
     return out

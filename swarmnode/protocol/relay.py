@@ -7,6 +7,8 @@ to a relayed node travels inside ``relay_data`` as opaque bytes that the relay n
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 import msgpack
 
 from swarmnode.protocol.errors import ProtocolError
@@ -49,6 +51,22 @@ PROOF_CONTEXT = b"layerswarm relay proof v1\x00"
 def proof_message(nonce: bytes, relay: str, public_key: str) -> bytes:
     """What a node signs with its Ed25519 key to attach to a relay (spec §9.2)."""
     return PROOF_CONTEXT + nonce + b"\x00" + relay.encode() + b"\x00" + public_key.encode()
+
+
+def same_relay(named: str, dialled: str) -> bool:
+    """Whether a challenge's ``relay`` names the relay the node dialled (spec §9.2): same host, port and path.
+
+    The scheme is not compared (a relay behind a TLS-terminating proxy sees ``ws``); an explicit port must match
+    (a missing one matches only a missing one), so one server cannot pass for another on the same host.
+    """
+    try:
+        a, b = urlsplit(named), urlsplit(dialled)
+        a_port, b_port = a.port, b.port
+    except ValueError:
+        return False
+    if not a.hostname or a.hostname != b.hostname or a_port != b_port:
+        return False
+    return a.path.rstrip("/") == b.path.rstrip("/")
 
 
 def pack(kind: str, **fields) -> bytes:

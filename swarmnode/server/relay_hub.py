@@ -22,12 +22,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from websockets.asyncio.server import ServerConnection
 
 from swarmnode.protocol import Error, ProtocolError, encode
 from swarmnode.protocol import relay as envelope
-from swarmnode.relaying import TokenBucket, check_dial_back, throttle
+from swarmnode.relaying import TokenBucket, check_dial_back, serves_privately, throttle
 from swarmnode.trust.identity import parse_public_key, verify_signature
 from swarmnode.trust.secure_channel import key_id as make_key_id
 from swarmnode.trust.secure_channel import random_bytes
@@ -51,6 +52,10 @@ class RelayLimits:
     clients_per_node: int = 256
     handshake_timeout_s: float = 10.0
     dial_back_timeout_s: float = 3.0
+    # Dial back private, loopback and link-local addresses (spec §9.3)? None (auto): only when the relay itself
+    # serves on such an address (a LAN swarm, tests on loopback), as push does (``push_private``). A relay on the
+    # open network then never lets a stranger's node make it probe the relay's own network.
+    allow_private_peers: bool | None = None
 
 
 @dataclass
@@ -102,6 +107,12 @@ class RelayHub:
     def base_url(self) -> str:
         """``R``: nodes attach here; ``R/<key_id>`` reaches an attached node."""
         return self._base() if callable(self._base) else self._base
+
+    def allows_private(self) -> bool:
+        """Whether dial-backs may go to private addresses (``RelayLimits.allow_private_peers``; auto: see there)."""
+        if self.limits.allow_private_peers is not None:
+            return self.limits.allow_private_peers
+        return serves_privately(urlsplit(self.base_url).hostname or "")
 
     def load(self) -> dict:
         """Announced load: attached nodes, capacity, open client connections (spec §9.5)."""
@@ -168,7 +179,10 @@ class RelayHub:
                 return None
         reachable = "unchecked"
         if hello["dial_back"]:
-            ok = await check_dial_back(hello["dial_back"], hello["public_key"], lim.dial_back_timeout_s)
+            peer = (getattr(ws, "remote_address", None) or (None,))[0]  # only this address is dialled back
+            ok = await check_dial_back(
+                hello["dial_back"], hello["public_key"], lim.dial_back_timeout_s, peer, self.allows_private()
+            )
             reachable = "yes" if ok else "no"
         old = self.nodes.get(kid)
         if old is not None:  # the same key re-attached (a reconnect): the newer link wins

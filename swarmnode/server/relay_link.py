@@ -13,14 +13,18 @@ candidate and the node's address changes; the announcer re-registers it, and cli
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 
 from swarmnode.protocol import ProtocolError
 from swarmnode.protocol import relay as envelope
+from swarmnode.relaying import serves_privately
 from swarmnode.server.blocking import run_blocking
 
 log = logging.getLogger("swarmnode.relay_link")
@@ -89,7 +93,10 @@ class RelayLink:
     Args:
         node: the serving :class:`~swarmnode.server.node.Node` (its ``identity``, ``url`` and ``_connection``).
         candidates: returns relay base URLs to try, best first.
-        token: node token sent in ``relay_hello`` (the portal's relay requires it).
+        token: the node token, sent in ``relay_hello`` only to a relay in ``token_relays`` reached over TLS or on
+            loopback (:func:`may_send_token`): any other relay gets an empty token and only the signed proof.
+        token_relays: the portal's own relay URL(s); the token is the node's credential for its owner's account,
+            so a relay run by a stranger must never see it.
         on_address: called with the node's relayed address after each attach, ``""`` after a detach.
         ranked: returns the relays to try at each (re)attach, best first (default: ``candidates()``).
     """
@@ -102,10 +109,12 @@ class RelayLink:
         on_address: Callable[[str], None] | None = None,
         retry_s: float = 1.0,
         ranked: Callable[[], Awaitable[list[str]]] | None = None,
+        token_relays: Collection[str] = (),
     ) -> None:
         self.node = node
         self.candidates = candidates
         self.token = token
+        self.token_relays = {r.rstrip("/") for r in token_relays}  # grows as the portal's directory names its relay
         self.on_address = on_address
         self.retry_s = retry_s
         self.ranked = ranked  # candidates ordered by announced load; None: candidates() as given
@@ -122,7 +131,8 @@ class RelayLink:
             The link and the ``relay_registered`` reply.
 
         Raises:
-            RelayRefused: an ``error`` reply. OSError, TimeoutError, websockets errors: unreachable.
+            RelayRefused: an ``error`` reply, or ``wrong_relay``: the challenge names another relay than ``relay``
+                (we sign nothing). OSError, TimeoutError, websockets errors: unreachable.
         """
         limit = self.node.limits.max_frame_bytes + 1024
         ws = await asyncio.wait_for(
@@ -130,9 +140,13 @@ class RelayLink:
         )
         try:
             public_key = self.node.identity.public_key
-            hello = envelope.pack("relay_hello", id=1, public_key=public_key, token=self.token, dial_back=dial_back)
+            token = self.token if may_send_token(relay, self.token_relays) else ""
+            hello = envelope.pack("relay_hello", id=1, public_key=public_key, token=token, dial_back=dial_back)
             await ws.send(hello)
             challenge = self._expect(relay, await asyncio.wait_for(ws.recv(), 10.0), "relay_challenge")
+            if not envelope.same_relay(challenge["relay"], relay):
+                # A relay passing on another relay's challenge wants our signature to attach as us over there.
+                raise RelayRefused(relay, "wrong_relay", f"the challenge names {challenge['relay'][:200]!r}")
             message = envelope.proof_message(challenge["nonce"], challenge["relay"], public_key)
             await ws.send(envelope.pack("relay_proof", id=1, signature=self.node.identity.sign(message)))
             # The relay may spend its dial-back timeout before it answers.
@@ -263,23 +277,80 @@ class RelayLink:
             await self._ws.close()
 
 
-async def relay_load(relay: str, timeout: float = 3.0) -> float:
-    """The load of ``relay`` as attached nodes / capacity (``relay_status``, §9.5); ``inf`` if it does not answer."""
+def may_send_token(relay: str, token_relays: Collection[str]) -> bool:
+    """Whether the node token may go to ``relay``: it is the portal's own relay, over TLS or on loopback."""
+    if relay.rstrip("/") not in token_relays:
+        return False
+    if relay.startswith("wss://"):
+        return True
+    try:
+        host = urlsplit(relay).hostname or ""
+    except ValueError:
+        return False
+    return host == "localhost" or _is_loopback(host)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+MAX_CLAIMED_CAPACITY = 4096  # a relay claiming more is treated as this big: a huge capacity cannot buy a low load
+LOAD_BANDS = (0.5, 0.9)  # announced loads are only compared by band: below half full, nearly full, (almost) full
+RTT_GRAIN_S = 0.005  # round-trips closer than this count as equal (the given order decides)
+
+
+@dataclass(frozen=True)
+class RelayLoad:
+    """What a relay said about its load (``relay_status``, §9.5) and how long it took us to hear it."""
+
+    load: float  # attached nodes / capacity as announced; inf if it did not answer or answered nonsense
+    rtt_s: float  # measured round-trip of the status request (inf if none)
+
+    def rank(self) -> tuple[int, float]:
+        """Sort key: the band of the announced load first, then the measured round-trip.
+
+        A relay can claim any load, so its claim only sorts it into a coarse band: claiming an empty relay
+        puts it level with every relay under half full, not ahead of them. Within a band, what we measured
+        decides; full or silent relays come last.
+        """
+        band = len(LOAD_BANDS) + 1 if self.load >= 1.0 else sum(self.load >= b for b in LOAD_BANDS)
+        return band, round(self.rtt_s / RTT_GRAIN_S) if self.rtt_s != float("inf") else float("inf")
+
+
+async def measure_relay(relay: str, timeout: float = 3.0) -> RelayLoad:
+    """Ask ``relay`` for its load (``relay_status``, §9.5), timing the round-trip."""
+    loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(timeout):
             async with connect(relay, max_size=1 << 16, compression=None, ping_interval=None) as ws:
+                sent = loop.time()
                 await ws.send(envelope.pack("relay_status", id=1))
                 load = envelope.unpack(await ws.recv(), 1 << 16, {"relay_load"})
+                rtt = loop.time() - sent
     except Exception as exc:
         log.info("relay %s did not say its load: %s", relay, exc)
-        return float("inf")
-    return load["nodes"] / load["capacity"] if load["capacity"] > 0 else float("inf")
+        return RelayLoad(float("inf"), float("inf"))
+    nodes, capacity = load["nodes"], min(load["capacity"], MAX_CLAIMED_CAPACITY)
+    if capacity <= 0 or not 0 <= nodes <= load["capacity"]:
+        return RelayLoad(float("inf"), rtt)  # nonsense (negative, more nodes than room): as good as full
+    return RelayLoad(nodes / capacity, rtt)
+
+
+async def relay_load(relay: str, timeout: float = 3.0) -> float:
+    """The load of ``relay`` as attached nodes / capacity (``relay_status``, §9.5); ``inf`` if it does not answer."""
+    return (await measure_relay(relay, timeout)).load
 
 
 async def order_by_load(relays: list[str]) -> list[str]:
-    """``relays`` from the least to the most loaded (full or silent ones last; ties keep the given order)."""
-    loads = await asyncio.gather(*(relay_load(r) for r in relays))
-    ranked = sorted(range(len(relays)), key=lambda i: (loads[i] >= 1.0, loads[i], i))
+    """``relays`` best first: by band of announced load, then by measured round-trip (full or silent ones last).
+
+    Ties keep the given order. See :meth:`RelayLoad.rank` for why a relay's own claim counts only coarsely.
+    """
+    loads = await asyncio.gather(*(measure_relay(r) for r in relays))
+    ranked = sorted(range(len(relays)), key=lambda i: (*loads[i].rank(), i))
     return [relays[i] for i in ranked]
 
 
@@ -291,17 +362,26 @@ def portal_relay(portal: str) -> str:
     return "ws://" + base.split("://", 1)[-1] + "/ws/relay"
 
 
-def tracker_relays(portal: str, timeout: float = 5.0) -> list[str]:
-    """Relay base URLs the portal lists (its own and nodes started with ``--relay-capacity``); [] on failure."""
+def relay_directory(portal: str, timeout: float = 5.0) -> list[dict]:
+    """The portal's relay list (``GET /api/v1/relays/``: ``[{url, kind, ...}]``, ws(s) URLs only); [] on failure."""
     import urllib.request
 
     try:
         with urllib.request.urlopen(f"{portal.rstrip('/')}/api/v1/relays/", timeout=timeout) as reply:
             body = json.loads(reply.read())
-        return [str(r["url"]) for r in body["relays"] if str(r.get("url", "")).startswith(("ws://", "wss://"))]
+        return [
+            {"url": str(r["url"]).rstrip("/"), "kind": str(r.get("kind", ""))}
+            for r in body["relays"]
+            if str(r.get("url", "")).startswith(("ws://", "wss://"))
+        ]
     except Exception as exc:
         log.info("cannot list the portal's relays: %s", exc)
         return []
+
+
+def tracker_relays(portal: str, timeout: float = 5.0) -> list[str]:
+    """Relay base URLs the portal lists (its own and nodes started with ``--relay-capacity``); [] on failure."""
+    return [r["url"] for r in relay_directory(portal, timeout)]
 
 
 def relay_candidates(config) -> list[str]:
@@ -354,11 +434,21 @@ async def start_relaying(node) -> RelayTask | None:
     async def ranked() -> list[str]:  # every (re)attach: the relays known now, least loaded first
         known = list(candidates)
         if portal:
-            known += [r for r in await run_blocking(tracker_relays, portal) if r not in known and r != node_relay]
+            listed = await run_blocking(relay_directory, portal)
+            # The portal's own relay may have a public URL of its own (RELAY_PUBLIC_URL): it too gets the token.
+            link.token_relays.update(r["url"] for r in listed if r["kind"] == "portal")
+            known += [r["url"] for r in listed if r["url"] not in known and r["url"] != node_relay and dialable(r)]
         return await order_by_load(known)
 
     node_relay = node.url + "/relay"  # never attach to ourselves
-    link = RelayTask(node, lambda: candidates, token=getattr(node.config, "token", None) or "", ranked=ranked)
+    private_ok = serves_privately(urlsplit(node.url).hostname or "")
+
+    def dialable(listed: dict) -> bool:  # a stranger may list a private address as a relay: not for a public node
+        return listed["kind"] == "portal" or private_ok or not serves_privately(urlsplit(listed["url"]).hostname or "")
+
+    token = getattr(node.config, "token", None) or ""
+    own = [portal_relay(portal)] if portal else []
+    link = RelayTask(node, lambda: candidates, token=token, ranked=ranked, token_relays=own)
     if mode == "auto":
         reachable = await link.check_reachable()
         if reachable is None:

@@ -23,6 +23,12 @@ HOST = [(b"host", b"portal.test")]  # no Origin header: nodes and programs send 
 
 
 @pytest.fixture(autouse=True)
+def _portal_test_is_our_host(settings):
+    """The relay names itself only by a host the operator lists (spec §9.2)."""
+    settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "portal.test"]
+
+
+@pytest.fixture(autouse=True)
 def _fresh_channel_layer():
     """Each test runs its own event loop: a Redis channel layer (the services run) must not outlive it."""
     channel_layers.backends.clear()

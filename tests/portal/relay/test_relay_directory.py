@@ -37,3 +37,17 @@ def test_it_lists_the_portal_relay_then_nodes_offering_capacity(owner, smollm2, 
 def test_it_accepts_a_relay_capacity_at_registration(owner_token, register):
     assert register(owner_token, relay_capacity=8).status_code == 201
     assert Node.objects.get().relay_capacity == 8
+
+
+def test_it_lists_no_private_address_for_every_node_to_dial_in_production(owner, smollm2, anon_client, settings):
+    """#17 finding 12: a stranger's node registering 169.254.169.254 or 10.x as a relay is not listed."""
+    token = NodeToken.create_for(owner, "gpu")[0]
+    _node(token, 0, 5, "ws://169.254.169.254/latest", relay_capacity=4)
+    _node(token, 5, 10, "ws://10.0.0.7:31330/layerswarm/v1", relay_capacity=4)
+    _node(token, 10, 15, "ws://relay.example:31330/layerswarm/v1", relay_capacity=4)
+    _node(token, 15, 20, "ws://8.8.4.4:31330/layerswarm/v1", relay_capacity=4)
+    settings.ALLOW_PRIVATE_PEERS = False
+    urls = [r["url"] for r in anon_client.get("/api/v1/relays/").json()["relays"][1:]]
+    assert urls == ["ws://relay.example:31330/layerswarm/v1/relay", "ws://8.8.4.4:31330/layerswarm/v1/relay"]
+    settings.ALLOW_PRIVATE_PEERS = True  # a LAN swarm
+    assert len(anon_client.get("/api/v1/relays/").json()["relays"]) == 5
