@@ -13,6 +13,7 @@ them; :func:`pin_sync_mode` runs from ``PortalConfig.ready``, before any handler
 import ipaddress
 from functools import lru_cache
 
+from csp.middleware import CSPMiddleware
 from django.conf import settings
 from django.contrib.auth.middleware import AuthenticationMiddleware
 from django.contrib.messages.middleware import MessageMiddleware
@@ -30,6 +31,7 @@ SYNC_ONLY = (
     AuthenticationMiddleware,
     MessageMiddleware,
     XFrameOptionsMiddleware,
+    CSPMiddleware,
 )
 
 

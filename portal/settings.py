@@ -64,6 +64,9 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
+    "portal.ratelimits.RateLimitMiddleware",  # after authentication: some limits count per user
+    "portal.accounts.middleware.UnverifiedAccountMiddleware",
 ]
 ROOT_URLCONF = "portal.urls"
 TEMPLATES = [
@@ -108,6 +111,14 @@ if REDIS_URL:
     }
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+# The cache holds rate-limit counters (portal/ratelimits.py): shared through Redis by every worker in production.
+CACHES = {
+    "default": (
+        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL, "KEY_PREFIX": "layerswarm"}
+        if REDIS_URL
+        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "KEY_PREFIX": "layerswarm"}
+    )
+}
 
 # -- Celery: Redis in production; a folder-backed broker when embedded (no server to run) -----------
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL or "filesystem://")
@@ -170,9 +181,6 @@ RELAY_NODE_BYTES_PER_S = env_float("RELAY_NODE_BYTES_PER_S", 64 * 1024 * 1024)  
 RELAY_NODE_FRAMES_PER_S = env_float("RELAY_NODE_FRAMES_PER_S", 2000.0)
 RELAY_MAX_FRAME_BYTES = env_int("RELAY_MAX_FRAME_BYTES", 16 * 1024 * 1024)  # one client frame
 RELAY_DIAL_BACK_TIMEOUT = env_float("RELAY_DIAL_BACK_TIMEOUT", 3.0)  # seconds for the reachability check
-# Dial back (relay reachability checks) private, loopback and link-local addresses too: a LAN swarm, local runs.
-# Off in production, so a stranger's node cannot make the portal probe its own network (docs/security.md).
-ALLOW_PRIVATE_PEERS = env_bool("ALLOW_PRIVATE_PEERS", DEBUG)
 CELERY_BEAT_SCHEDULE = {
     "settle-receipts": {"task": "portal.ledger.tasks.settle_receipts", "schedule": LEDGER_SETTLE_EVERY},
     "release-escrow": {"task": "portal.ledger.tasks.release_escrow", "schedule": LEDGER_ESCROW_EVERY},
@@ -215,7 +223,30 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["portal.api.parsers.LimitedJSONParser"],
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
     "EXCEPTION_HANDLER": "portal.api.errors.api_exception_handler",
+    # Rates: API_THROTTLE_RATES below (read per request: portal/ratelimits.py).
+    "DEFAULT_THROTTLE_CLASSES": [
+        "portal.ratelimits.AnonThrottle",
+        "portal.ratelimits.UserThrottle",
+        "portal.ratelimits.ScopedThrottle",
+    ],
 }
+# -- rate limits (#17; portal/ratelimits.py): "N/s|m|h|d"; a 429 with Retry-After beyond them ------------------
+API_THROTTLE_RATES = {
+    "anon": env_str("API_THROTTLE_ANON", "600/min"),  # /api/ per visitor address (peer lists, health)
+    "user": env_str("API_THROTTLE_USER", "3000/min"),  # /api/ per user: all their nodes' heartbeats, scripts
+    "reports": env_str("API_THROTTLE_REPORTS", "60/min"),  # reputation reports per user
+}
+# Plain views and /v1/: (name, methods, path regex, key: ip|user|bearer|post:<field>, rate).
+RATE_LIMITS = [
+    ("login", "POST", r"^/accounts/login/$", "ip", env_str("RATE_LIMIT_LOGIN", "20/m")),
+    ("login-user", "POST", r"^/accounts/login/$", "post:username", env_str("RATE_LIMIT_LOGIN_USER", "5/m")),
+    ("signup", "POST", r"^/accounts/signup/$", "ip", env_str("RATE_LIMIT_SIGNUP", "5/h")),
+    ("verify-email", "POST", r"^/accounts/verify/resend/$", "user", env_str("RATE_LIMIT_VERIFY_EMAIL", "3/h")),
+    ("api-key", "POST", r"^/accounts/profile/$", "user", env_str("RATE_LIMIT_API_KEY", "20/h")),
+    ("node-token", "POST", r"^/contribute/(browser/token/)?$", "user", env_str("RATE_LIMIT_NODE_TOKEN", "30/h")),
+    ("openai", "GET,POST", r"^/v1/", "bearer", env_str("RATE_LIMIT_OPENAI", "120/m")),
+]
+
 SPECTACULAR_SETTINGS = {
     "TITLE": "Layerswarm portal API",
     "DESCRIPTION": "The swarm tracker (nodes register and heartbeat; clients find spans) and swarm health.",
@@ -258,6 +289,24 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": env_str("DJANGO_LOG_LEVEL", "WARNING")},
+}
+
+# -- Content-Security-Policy (django-csp): the pages load only their own scripts and styles (no inline code);
+# 'wasm-unsafe-eval' lets the in-page node compile onnxruntime-web's wasm; nodes and relays are websockets anywhere.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'", "'wasm-unsafe-eval'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "font-src": ["'self'"],
+        "connect-src": ["'self'", "ws:", "wss:"],
+        "worker-src": ["'self'", "blob:"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
 }
 
 # -- production hardening (all on when DEBUG is off; nginx terminates TLS) ------------------------------

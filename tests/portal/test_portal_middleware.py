@@ -1,6 +1,7 @@
 """Under ASGI the middleware runs in sync mode (one thread hand-off per request), and still runs."""
 
 import json
+import re
 
 import pytest
 from asgiref.sync import async_to_sync
@@ -110,3 +111,26 @@ def test_the_django_middleware_applies_the_same_rule(settings):
     factory = RequestFactory()
     assert middleware(factory.get("/", REMOTE_ADDR="203.0.113.9", HTTP_X_FORWARDED_FOR="1.2.3.4")) == "203.0.113.9"
     assert middleware(factory.get("/", REMOTE_ADDR=PROXY, HTTP_X_FORWARDED_FOR="1.2.3.4")) == "1.2.3.4"
+
+
+# -- Content-Security-Policy (#17 finding 17) ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", ["/", "/chat/", "/swarm/", "/accounts/login/"])
+def test_every_page_carries_a_content_security_policy(client, smollm2, url):
+    policy = client.get(url)["Content-Security-Policy"]
+    directives = dict(d.strip().split(" ", 1) for d in policy.split(";") if d.strip())
+    # An injected <script> or inline handler does not run: scripts only from our origin, no 'unsafe-inline'.
+    assert directives["script-src"] == "'self' 'wasm-unsafe-eval'"
+    assert "unsafe-inline" not in policy and "unsafe-eval'" not in policy.replace("wasm-unsafe-eval'", "")
+    assert directives["object-src"] == "'none'" and directives["frame-ancestors"] == "'none'"
+
+
+def test_the_templates_need_no_inline_code():
+    # What the policy would block: inline <script> bodies, event-handler attributes, style attributes or blocks.
+    from pathlib import Path
+
+    inline = re.compile(r"<script(?![^>]*\bsrc=)(?![^>]*application/json)[^>]*>|\son[a-z]+=|\sstyle=|<style", re.I)
+    templates = Path(__file__).resolve().parents[2] / "portal" / "templates"
+    offenders = [str(p) for p in templates.rglob("*.html") if inline.search(p.read_text())]
+    assert offenders == []
