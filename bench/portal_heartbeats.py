@@ -225,6 +225,7 @@ def run_one(args: argparse.Namespace, workers: int, folder: Path) -> dict:
             "SWARM_HEARTBEAT_INTERVAL": str(args.interval),
             "SWARM_HEARTBEAT_TIMEOUT": str(max(3600.0, 2 * args.interval)),  # nothing expires mid-run
             "SWARM_MAX_NODES_PER_TOKEN": "8",
+            "API_THROTTLE_USER": "1000000000/min",  # measure the tracker, not the per-user rate limit (#17)
         }
         portal = PortalProcesses(env=env, celery=False, log_dir=folder / "logs", workers=workers, access_log=False)
         with portal:
