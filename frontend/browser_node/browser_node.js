@@ -23,6 +23,13 @@ export class NodeKeys {
   get publicKey() {
     return `ed25519:${b64url(this.ed25519)},x25519:${b64url(this.x25519)}`;
   }
+
+  /** Proof for the tracker that this tab holds its key: a signed portal nonce (swarmnode/trust/identity.py
+   * ``key_proof_message``), so nobody who copies the public key can register it and collect its earnings. */
+  async proveKey(nonce) {
+    const message = new TextEncoder().encode(`layerswarm.node-key-proof.v1\0${nonce}\0${this.publicKey}`);
+    return { nonce, signature: b64url(await crypto.subtle.sign({ name: "Ed25519" }, this.signing.privateKey, message)) };
+  }
 }
 
 export class BrowserNode extends EventTarget {
@@ -232,6 +239,7 @@ export class BrowserNode extends EventTarget {
         max_session_length: info.max_session_length,
         version: info.version,
         public_key: this.keys.publicKey,
+        key_proof: await this.keys.proveKey((await this._api("/api/v1/nodes/key-challenge/", {})).nonce),
         span_proof: { sha256: this.spanProof.sha256, nonce: this.spanProof.nonce, proof: this.spanProof.proof },
       };
       const reply = await this._api("/api/v1/nodes/register/", registration);

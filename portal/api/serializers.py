@@ -11,6 +11,7 @@ from portal.swarm.models import Node, SwarmModel
 from portal.swarm.tracker import Beat
 from swarmnode.discovery import PeerInfo
 from swarmnode.protocol.relay import relay_key_id
+from swarmnode.trust.identity import parse_public_key
 from swarmnode.trust.secure_channel import key_id
 
 MAX_BLOCK = 100_000
@@ -36,6 +37,13 @@ class SpanProofSerializer(serializers.Serializer):
     proof = serializers.RegexField(r"^[0-9a-f]{64}$")
 
 
+class KeyProofSerializer(serializers.Serializer):
+    """A node's proof that it holds its announced key (``portal.swarm.node_keys.check_key_proof``)."""
+
+    nonce = serializers.CharField(max_length=512)
+    signature = serializers.RegexField(r"^[A-Za-z0-9_-]{86}={0,2}$")  # base64url of 64 bytes
+
+
 class RegistrationSerializer(serializers.Serializer):
     """What ``swarmnode serve --portal`` announces."""
 
@@ -54,6 +62,15 @@ class RegistrationSerializer(serializers.Serializer):
     version = serializers.CharField(max_length=32)
     public_key = serializers.CharField(max_length=512, required=False, allow_blank=True, default="")
     span_proof = SpanProofSerializer(required=False)  # required of browser nodes (backend onnxruntime-web)
+    key_proof = KeyProofSerializer(required=False)  # required with a public_key
+
+    def validate_public_key(self, value: str) -> str:
+        if not value:
+            return value
+        try:
+            return str(parse_public_key(value))  # canonical: the form receipts and key proofs name
+        except ValueError as exc:
+            raise serializers.ValidationError(f"not an ed25519:...,x25519:... key ({exc})") from None
 
     def validate_url(self, value: str) -> str:
         if not value:
@@ -86,7 +103,7 @@ class RegistrationSerializer(serializers.Serializer):
 
     def to_registration(self) -> PeerInfo:
         """The validated payload as the node's announced :class:`~swarmnode.discovery.PeerInfo`."""
-        return PeerInfo(**{k: v for k, v in self.validated_data.items() if k != "span_proof"})
+        return PeerInfo(**{k: v for k, v in self.validated_data.items() if k not in ("span_proof", "key_proof")})
 
 
 class HeartbeatSerializer(serializers.Serializer):

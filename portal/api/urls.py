@@ -11,6 +11,7 @@ urlpatterns = [
     path("docs/", SpectacularSwaggerView.as_view(url_name="api:schema", permission_classes=[]), name="docs"),
     path("v1/nodes/", views.MyNodes.as_view(), name="nodes"),
     path("v1/nodes/register/", views.RegisterNode.as_view(), name="node_register"),
+    path("v1/nodes/key-challenge/", views.KeyChallenge.as_view(), name="key_challenge"),
     path("v1/nodes/span-challenge/", views.SpanChallenge.as_view(), name="span_challenge"),
     path("v1/nodes/<int:pk>/", views.MyNode.as_view(), name="node"),
     path("v1/nodes/<int:pk>/heartbeat/", views.NodeHeartbeat.as_view(), name="node_heartbeat"),

@@ -31,6 +31,7 @@ from portal.swarm.browser_node import (
 )
 from portal.swarm.health import swarm_health
 from portal.swarm.models import Node, SwarmModel
+from portal.swarm.node_keys import KeyProofError, check_key_proof, issue_key_challenge
 
 _ERROR = inline_serializer("TrackerError", {"error": serializers.CharField(), "detail": serializers.CharField()})
 _STATE = inline_serializer(
@@ -58,13 +59,24 @@ class _NodeTokenView(APIView):
 
 
 class RegisterNode(_NodeTokenView):
-    """A node announces its span (node token). Re-registering the same span and URL refreshes the node."""
+    """A node announces its span (node token). Re-registering the same span and URL refreshes the node.
 
-    @extend_schema(request=RegistrationSerializer, responses={200: _STATE, 201: _STATE, 400: _ERROR, 409: _ERROR})
+    A node announcing a ``public_key`` proves it holds the key (``key_proof``, see :class:`KeyChallenge`);
+    a key proven by another account is refused (409 ``key_taken``).
+    """
+
+    @extend_schema(
+        request=RegistrationSerializer, responses={200: _STATE, 201: _STATE, 400: _ERROR, 403: _ERROR, 409: _ERROR}
+    )
     def post(self, request):
         ser = RegistrationSerializer(data=request.data)
         ser.is_valid(raise_exception=True)
         reg = ser.to_registration()
+        if reg.public_key:  # the key names who gets paid for its receipts: only its holder may announce it
+            try:
+                check_key_proof(request.auth.pk, reg.public_key, ser.validated_data.get("key_proof"))
+            except KeyProofError as exc:
+                return Response({"error": "key_not_proven", "detail": str(exc)}, status=status.HTTP_403_FORBIDDEN)
         if reg.backend == BROWSER_BACKEND:  # a browser node proves it holds the span it claims
             try:
                 check_span_proof(
@@ -93,6 +105,14 @@ class SpanChallenge(_NodeTokenView):
                 {"error": "no_such_span_file", "detail": "no prepared span file with that SHA-256"}, status=404
             )
         return Response({"nonce": issue_span_challenge(request.auth.pk, sha256)})
+
+
+class KeyChallenge(_NodeTokenView):
+    """A nonce a node signs with its identity key to prove, when it registers, that it holds the key."""
+
+    @extend_schema(request=None, responses={200: inline_serializer("KeyChallenge", {"nonce": serializers.CharField()})})
+    def post(self, request):
+        return Response({"nonce": issue_key_challenge(request.auth.pk)})
 
 
 class NodeHeartbeat(_NodeTokenView):

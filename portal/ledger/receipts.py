@@ -2,8 +2,9 @@
 
 :func:`submit_receipt` is what ``POST /api/v1/receipts/`` calls (the node posts every receipt it
 countersigns; a client may post its copy too). It checks both signatures, that the receipt is not
-from the future nor older than ``LEDGER_RECEIPT_MAX_AGE``, finds the node by its announced key and
-the paying account by the client key, and stores the receipt ``pending``. Submitting the same
+from the future nor older than ``LEDGER_RECEIPT_MAX_AGE``, finds the node by the key's proven owner
+(``portal.swarm.node_keys``; never just the newest node announcing the key) and the paying account by
+the client key, and stores the receipt ``pending``. Submitting the same
 receipt again returns the stored one. Settlement (``portal.ledger.settlement``) pays it later.
 
 The portal gateway (the chat and the OpenAI-compatible API) signs with :func:`gateway_identity`,
@@ -21,7 +22,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from portal.ledger.models import ClientKey, Receipt
-from portal.swarm.models import Node
+from portal.swarm.models import Node, NodeKey
 from swarmnode.trust.identity import NodeIdentity
 from swarmnode.trust.receipts import ReceiptError, SignedReceipt, key_of, raw_key
 
@@ -81,10 +82,22 @@ def revoke_client_key(client_key: ClientKey) -> None:
 
 
 def node_for_key(node_key: str, model: str, start_block: int, end_block: int) -> Node | None:
-    """The node that announced ``node_key`` (``ed25519:...``) for this span, newest first."""
+    """The node that served a receipt signed by ``node_key`` (``ed25519:...``) for this span.
+
+    Only the key's proven owner (:class:`~portal.swarm.models.NodeKey`) can be paid: among the nodes
+    announcing the key, only that owner's count (newest first). Another account's node announcing a copy
+    of the key, however new, never receives the earnings. None when nobody owns the key.
+    """
+    owner_id = NodeKey.objects.filter(signing_key=node_key).values_list("owner_id", flat=True).first()
+    if owner_id is None:
+        return None
     return (
         Node.objects.filter(
-            public_key__startswith=node_key + ",", model__name=model, start_block=start_block, end_block=end_block
+            owner_id=owner_id,
+            public_key__startswith=node_key + ",",
+            model__name=model,
+            start_block=start_block,
+            end_block=end_block,
         )
         .select_related("owner")
         .order_by("-registered_at", "-id")

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from django.conf import settings
-from django.db import models
+from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
 from portal.accounts.models import NodeToken
+from swarmnode.trust.receipts import signing_key
 
 
 class SwarmModel(models.Model):
@@ -78,10 +79,62 @@ class Node(models.Model):
     def __str__(self) -> str:
         return f"{self.model_id and self.model.name} [{self.start_block}:{self.end_block}) #{self.pk}"
 
+    def save(self, *args, **kwargs) -> None:
+        """Save, and claim the node's key for its owner if no account owns it yet (see :class:`NodeKey`)."""
+        super().save(*args, **kwargs)
+        fields = kwargs.get("update_fields")
+        if self.public_key and self.owner_id and (fields is None or "public_key" in fields):
+            try:
+                NodeKey.claim(self.owner_id, self.public_key)
+            except ValueError:
+                pass  # a malformed key names nobody: there is nothing to claim
+
     @property
     def connection(self) -> str:
         """``direct`` or ``relay``."""
         return "relay" if self.relay else "direct"
+
+
+class NodeKey(models.Model):
+    """Who owns a node identity key: the first account whose node proved it holds the private key.
+
+    A key has one owner, for ever: another account cannot register a node with it, even after the
+    owner's nodes went offline (so nobody can wait for a node to go quiet and then take over its name
+    and its pending receipts). Usage receipts signed by the key are paid to this owner only
+    (``portal.ledger.receipts.node_for_key``). The tracker claims a key after checking the node's proof
+    (``portal.swarm.node_keys``); a node row saved directly (admin, fixtures) claims its key if nobody has.
+    """
+
+    signing_key = models.CharField(max_length=64, unique=True)  # "ed25519:<base64url>", as receipts name it
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="node_keys")
+    claimed_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"{self.signing_key[:20]}... of user #{self.owner_id}"
+
+    @classmethod
+    def claim(cls, owner_id: int, public_key: str) -> bool:
+        """Make ``owner_id`` the owner of ``public_key`` unless another account owns it.
+
+        Args:
+            owner_id: the claiming user.
+            public_key: the announced ``ed25519:...,x25519:...`` key (only its signing half is owned).
+
+        Returns:
+            Whether ``owner_id`` owns the key now.
+
+        Raises:
+            ValueError: the key is malformed.
+        """
+        key = signing_key(public_key)
+        try:
+            with (
+                transaction.atomic()
+            ):  # a savepoint: a concurrent claim's unique violation leaves the caller's transaction usable
+                row, _ = cls.objects.get_or_create(signing_key=key, defaults={"owner_id": owner_id})
+        except IntegrityError:
+            row = cls.objects.get(signing_key=key)
+        return row.owner_id == owner_id
 
 
 class Heartbeat(models.Model):

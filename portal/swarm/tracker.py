@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from portal.accounts.models import NodeToken
 from portal.swarm.live import health_changed
-from portal.swarm.models import Heartbeat, Node, SwarmModel
+from portal.swarm.models import Heartbeat, Node, NodeKey, SwarmModel
 from swarmnode.discovery import ANNOUNCED_FIELDS, PeerInfo
 
 
@@ -56,7 +56,8 @@ def register_node(token: NodeToken, reg: PeerInfo, now: datetime | None = None) 
     Raises:
         TrackerError: unknown model (400), span outside the model (400), overlap with another active
             node of this token (409), URL held by another account's node (409), too many nodes (409),
-            banned node (403).
+            public key owned by another account (409 ``key_taken``), banned node (403). A malformed
+            public key raises ValueError (the API's serializer refuses it first).
     """
     now = now or timezone.now()
     with transaction.atomic():
@@ -71,6 +72,9 @@ def register_node(token: NodeToken, reg: PeerInfo, now: datetime | None = None) 
             .first()
         )
         _refuse_conflicts(token, model, reg, same)
+        # The caller (the API view) checked that the node holds the key; a key is one account's for ever.
+        if reg.public_key and not NodeKey.claim(token.user_id, reg.public_key):
+            raise TrackerError(409, "key_taken", "this public key belongs to another account's node")
         fields = {name: getattr(reg, name) for name in ANNOUNCED_FIELDS if name != "model"}
         fields.update(state=Node.State.JOINING, last_seen_at=now)
         if same is not None:

@@ -8,6 +8,7 @@ exponential backoff. Only the standard library is used (``urllib`` in a worker t
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import logging
 import statistics
@@ -22,6 +23,8 @@ from swarmnode.server.blocking import run_blocking
 log = logging.getLogger("swarmnode.announce")
 
 REGISTER_PATH = "/api/v1/nodes/register/"
+KEY_CHALLENGE_PATH = "/api/v1/nodes/key-challenge/"
+MAX_INTERVAL = 300.0  # the longest heartbeat interval we accept from a portal (a garbage one must not silence us)
 
 
 class PortalRejected(Exception):
@@ -40,12 +43,13 @@ class PortalRejected(Exception):
 
 
 def post_json(url: str, token: str, body: dict[str, Any] | None, timeout: float) -> dict[str, Any]:
-    """POST ``body`` as JSON with the node token; return the JSON reply.
+    """POST ``body`` as JSON with the node token; return the JSON object the portal answered.
 
     Raises:
         PortalRejected: an HTTP error status.
-        OSError: the portal could not be reached (``urllib.error.URLError`` is an ``OSError``).
-        ValueError: the reply is not JSON.
+        OSError: the portal could not be reached, or broke the HTTP exchange off (a reset connection, a
+            malformed status line or a truncated body are all ``ConnectionError`` here).
+        ValueError: the reply is not a JSON object.
     """
     data = json.dumps(body or {}).encode()
     request = urllib.request.Request(
@@ -56,18 +60,45 @@ def post_json(url: str, token: str, body: dict[str, Any] | None, timeout: float)
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            return json.loads(response.read() or b"{}")
+            reply = json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as exc:
-        raw = exc.read()[:2000].decode("utf-8", "replace")
+        try:
+            raw = exc.read()[:2000].decode("utf-8", "replace")
+        except (OSError, http.client.HTTPException):
+            raw = ""
         try:
             detail = json.loads(raw).get("detail", raw)
         except (ValueError, AttributeError):
             detail = raw
         try:
             retry_after = float(exc.headers.get("Retry-After", 0) or 0)
-        except ValueError:
+        except (ValueError, TypeError):
             retry_after = 0.0
-        raise PortalRejected(exc.code, str(detail), retry_after) from None
+        raise PortalRejected(exc.code, str(detail), min(max(retry_after, 0.0), 3600.0)) from None
+    except http.client.HTTPException as exc:  # not an OSError: BadStatusLine, IncompleteRead, ...
+        raise ConnectionError(f"the portal broke off the HTTP exchange ({exc!r})") from None
+    if not isinstance(reply, dict):
+        raise ValueError(f"the portal answered {type(reply).__name__}, not a JSON object")
+    return reply
+
+
+def prove_key(portal: str, token: str, identity, timeout: float = 10.0) -> dict[str, str]:
+    """Fetch a key challenge from ``portal`` and sign it: the ``key_proof`` a registration with
+    ``identity.public_key`` must carry (the tracker pays a key's receipts only to its proven holder).
+
+    Args:
+        portal: the portal's base URL.
+        token: the node token that will register.
+        identity: the node's :class:`~swarmnode.trust.identity.NodeIdentity`.
+        timeout: seconds for the request.
+
+    Raises:
+        PortalRejected, OSError, ValueError: as :func:`post_json` (ValueError also for a malformed challenge).
+    """
+    nonce = post_json(portal.rstrip("/") + KEY_CHALLENGE_PATH, token, None, timeout).get("nonce")
+    if not isinstance(nonce, str) or not nonce:
+        raise ValueError("the portal's key challenge holds no nonce")
+    return {"nonce": nonce, "signature": identity.prove_key(nonce)}
 
 
 def measure_throughput(node, repeats: int = 5) -> float:
@@ -159,9 +190,13 @@ class Announcer:
             return  # between relays: nowhere to be reached, so nothing to announce
         if self.node_id is None:
             self.registered_url = address
-            reply = await self._post(REGISTER_PATH, self.registration())
+            body = self.registration()
+            if body.get("public_key"):
+                body["key_proof"] = await self._key_proof(body["public_key"])
+            reply = await self._post(REGISTER_PATH, body)
             self.node_id = int(reply["id"])
-            self.interval = max(0.2, float(reply.get("heartbeat_interval", self.interval)))
+            interval = float(reply.get("heartbeat_interval", self.interval))
+            self.interval = min(max(0.2, interval), MAX_INTERVAL) if interval == interval else self.interval  # NaN
             log.info("registered with %s as node %d", self.portal, self.node_id)
         try:
             reply = await self._post(f"/api/v1/nodes/{self.node_id}/heartbeat/", self.heartbeat())
@@ -171,25 +206,43 @@ class Announcer:
             raise
         self.state = str(reply.get("state", "online"))
 
+    async def _key_proof(self, public_key: str) -> dict[str, str]:
+        """Sign a fresh portal challenge with the node's identity key: the tracker pays only the key's holder."""
+        identity = getattr(self.node, "identity", None)
+        if identity is None or identity.public_key != public_key:
+            raise ValueError("the node cannot prove its announced key: it holds no identity for it")
+        return await run_blocking(prove_key, self.portal, self.token, identity, self.timeout)
+
     async def run(self) -> None:
-        """Announce forever; failures are logged and retried with exponential backoff."""
-        measured = float(getattr(self.node.info(), "throughput", 0.0) or 0.0)  # the node's own measurement
+        """Announce forever; failures are logged and retried with exponential backoff.
+
+        Nothing the portal answers ends the task: refusals, resets, garbage and unexpected errors are
+        all logged and retried, so a node keeps announcing through any portal outage.
+        """
+        try:
+            measured = float(getattr(self.node.info(), "throughput", 0.0) or 0.0)  # the node's own measurement
+        except (TypeError, ValueError):
+            measured = 0.0
         self.throughput = measured if measured > 0 else await asyncio.to_thread(measure_throughput, self.node)
         backoff = 1.0
+        at_once = True  # one immediate re-registration after a 404/410; a portal that keeps saying so waits
         while True:
             try:
                 await self.announce_once()
-                backoff = 1.0
+                backoff, at_once = 1.0, True
                 await self._sleep_unless_moved(self.interval)
                 continue
             except PortalRejected as exc:
                 level = logging.WARNING if exc.status in (404, 410) else logging.ERROR
                 log.log(level, "portal %s refused the announcement: %s", self.portal, exc)
-                if exc.status in (404, 410):
-                    continue  # re-register at once
+                if exc.status in (404, 410) and at_once:
+                    at_once = False
+                    continue  # expired or forgotten: re-register at once
                 backoff = max(backoff, min(exc.retry_after, self.max_backoff))
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 log.warning("portal %s unreachable (%s); retrying in %.0fs", self.portal, exc, backoff)
+            except Exception as exc:  # noqa: BLE001 - a bug or a surprise must not end the node's announcing
+                log.exception("announcing to %s failed unexpectedly (%r); retrying in %.0fs", self.portal, exc, backoff)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self.max_backoff)
 

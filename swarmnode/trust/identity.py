@@ -24,7 +24,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-__all__ = ["NodeIdentity", "PublicKeys", "parse_public_key", "verify_signature"]
+__all__ = [
+    "KEY_PROOF_CONTEXT",
+    "NodeIdentity",
+    "PublicKeys",
+    "key_proof_message",
+    "parse_public_key",
+    "verify_key_proof",
+    "verify_signature",
+]
 
 _RAW = serialization.Encoding.Raw
 _RAW_PUB = serialization.PublicFormat.Raw
@@ -82,6 +90,29 @@ def verify_signature(public: PublicKeys | bytes, signature: bytes, message: byte
     return True
 
 
+# Domain separation: a key proof can never be mistaken for (or replayed as) any other signed message.
+KEY_PROOF_CONTEXT = b"layerswarm.node-key-proof.v1\x00"
+
+
+def key_proof_message(nonce: str, public_key: str) -> bytes:
+    """What a node signs to prove to a tracker that it holds ``public_key``'s private half.
+
+    ``nonce`` is the tracker's challenge (it names the node token it was issued to, so a proof made
+    for one account's registration is worthless for another's).
+    """
+    return KEY_PROOF_CONTEXT + nonce.encode() + b"\x00" + public_key.encode()
+
+
+def verify_key_proof(public_key: str, nonce: str, signature: str) -> bool:
+    """True if ``signature`` (base64url) is ``public_key``'s signature of :func:`key_proof_message`."""
+    try:
+        keys = parse_public_key(public_key)
+        raw = _unb64(signature)
+    except (ValueError, TypeError):
+        return False
+    return len(raw) == 64 and verify_signature(keys, raw, key_proof_message(nonce, public_key))
+
+
 class NodeIdentity:
     """A node's private keys. Create with :meth:`generate` or :meth:`load_or_create`."""
 
@@ -132,6 +163,10 @@ class NodeIdentity:
     def sign(self, message: bytes) -> bytes:
         """Ed25519 signature (64 bytes) of ``message``."""
         return self._signing.sign(message)
+
+    def prove_key(self, nonce: str) -> str:
+        """The base64url signature proving this identity holds :attr:`public_key` (see :func:`key_proof_message`)."""
+        return _b64(self.sign(key_proof_message(nonce, self.public_key)))
 
     def shared_secret(self, peer_x25519: bytes) -> bytes:
         """X25519 shared secret with a peer's public key (feed it to a KDF, never use it raw).

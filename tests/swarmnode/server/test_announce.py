@@ -5,6 +5,7 @@ import socket
 
 from swarmnode.protocol import InfoReply
 from swarmnode.server.announce import Announcer, PortalRejected, post_json
+from swarmnode.trust.identity import NodeIdentity
 
 
 def _closed_port() -> int:
@@ -20,6 +21,7 @@ class _FakeNode:
         self.url = "ws://127.0.0.1:1/layerswarm/v1"
         self.hidden_size = 8
         self.info_calls = 0
+        self.identity = NodeIdentity.generate()  # signs the portal's key challenge at registration
 
     def info(self):
         self.info_calls += 1
@@ -34,7 +36,7 @@ class _FakeNode:
             max_session_length=8192,
             version="0.1.0",
             open_sessions=0,
-            public_key="ed25519:x,x25519:y",
+            public_key=self.identity.public_key,
         )
 
 
