@@ -2,7 +2,8 @@
 
 Public: :func:`check_dial_back` (spec §9.3) and :func:`dial_target` / :func:`is_public_address` (which
 address a server may dial on a peer's word), and the token buckets that bound a relay's bandwidth and
-frame rate (:class:`TokenBucket`, :func:`throttle`, spec §9.6). The wire envelope itself is
+frame rate (:class:`TokenBucket`, :func:`throttle`, spec §9.6). A node's choice among relays, and
+which of them may see its token, is :mod:`swarmnode.relaying.choice`. The wire envelope itself is
 ``swarmnode.protocol.relay`` (sans-I/O).
 """
 

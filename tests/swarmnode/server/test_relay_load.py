@@ -7,8 +7,8 @@ import asyncio
 from websockets.asyncio.client import connect
 
 from swarmnode.protocol import relay as envelope
+from swarmnode.relaying.choice import order_by_load, relay_load
 from swarmnode.server.relay_hub import RelayLimits, serve_relay
-from swarmnode.server.relay_link import order_by_load, relay_load
 from swarmnode.trust.identity import NodeIdentity
 
 

@@ -23,8 +23,9 @@ from websockets.asyncio.server import serve
 from swarmnode.launcher import start_node
 from swarmnode.protocol import Limits
 from swarmnode.protocol import relay as envelope
+from swarmnode.relaying.choice import may_send_token, order_by_load
 from swarmnode.server.relay_hub import RelayHub, RelayLimits, serve_relay
-from swarmnode.server.relay_link import RelayLink, RelayRefused, may_send_token, order_by_load
+from swarmnode.server.relay_link import RelayLink, RelayRefused
 from swarmnode.trust.identity import NodeIdentity
 
 TOKEN = "lsn_victim_0123456789abcdef"  # what the node must keep from strangers
