@@ -7,7 +7,8 @@ answered for it, so a restarted node finds every receipt still owed and sends it
 stores each receipt id once, so a resend after a lost acknowledgement is harmless).
 
 Only the standard library (``sqlite3``) is used; the file lives under ``$LAYERSWARM_HOME/receipts/``,
-one per portal and token, so nodes of different swarms on one machine never send each other's receipts.
+one per portal and token, so nodes of different swarms on one machine never send each other's receipts
+(nodes sharing a token share the file: either may deliver a receipt, and the portal stores each id once).
 """
 
 from __future__ import annotations
@@ -97,5 +98,9 @@ class ReceiptStore:
         self._db.execute("DELETE FROM receipts WHERE receipt_id = ?", (receipt_id,))
 
     def close(self) -> None:
-        """Close the file (what is in it stays for the next start)."""
+        """Close the file (what is in it stays for the next start).
+
+        The file is kept even when empty: co-located nodes announcing with the same token share it (SQLite
+        locks it for each statement), and removing it under another node would lose what that node writes.
+        """
         self._db.close()
