@@ -204,6 +204,11 @@ CHAT_GATEWAY_CHANNEL = env_str("CHAT_GATEWAY_CHANNEL", "chat-gateway")  # reques
 CHAT_GATEWAY_CONCURRENCY = env_int("CHAT_GATEWAY_CONCURRENCY", 32)  # generations one gateway runs at once
 CHAT_GATEWAY_TIMEOUT = env_float("CHAT_GATEWAY_TIMEOUT", 60.0)  # no gateway took a request this long -> error
 CHAT_SWARM_PEERS = env_list("CHAT_SWARM_PEERS", [])  # node URLs the gateway uses besides the tracker's
+# The gateway routes only over trusted tracker nodes (portal/generation/trust.py): it replays this share of
+# steps on an independent route (0: never) and records what the audits find as reputation evidence ...
+CHAT_GATEWAY_AUDIT_RATE = env_float("CHAT_GATEWAY_AUDIT_RATE", 0.05)
+# ... and encrypts every hop end to end, pinned to the key the tracker registered (False: plaintext to direct nodes).
+CHAT_GATEWAY_SECURE = env_bool("CHAT_GATEWAY_SECURE", True)
 CHAT_DEFAULT_MODEL = env_str("CHAT_DEFAULT_MODEL", "smollm2")
 CHAT_DEFAULT_MAX_NEW_TOKENS = env_int("CHAT_DEFAULT_MAX_NEW_TOKENS", 256)
 CHAT_MAX_NEW_TOKENS = env_int("CHAT_MAX_NEW_TOKENS", 1024)  # per answer

@@ -15,9 +15,9 @@ from collections.abc import Callable
 
 import torch
 from django.conf import settings
-from django.db import connections
 
 from portal.generation.protocol import BadRequest
+from portal.generation.trust import GatewayModel, TrackedNode, gateway_options, trusted_nodes
 from swarmnode.client.failover import FailoverPolicy
 
 # A gateway runs many sessions at once, so a node's queue (and its step times) grows with the gateway's
@@ -32,38 +32,25 @@ class SwarmUnavailable(Exception):
     """No chain of reachable nodes covers the model (the OpenAI API answers 503)."""
 
 
-def online_peers(model: str) -> list[str]:
-    """URLs of the nodes the tracker lists as online for ``model``, plus ``CHAT_SWARM_PEERS``."""
-    from django.db import close_old_connections
-
-    from portal.swarm.models import Node
-
-    close_old_connections()
-    try:
-        urls = list(
-            Node.objects.visible()
-            .filter(model__name=model, state=Node.State.ONLINE, relay=False)
-            .exclude(url="")
-            .values_list("url", flat=True)
-        )
-    finally:
-        # Generation threads run for seconds to minutes: hand the connection back to the pool now, or
-        # more concurrent generations than DATABASE_POOL_MAX would starve each other.
-        connections.close_all()
-    return urls + [u for u in settings.CHAT_SWARM_PEERS if u not in urls]
-
-
 class ModelPool:
     """Client parts of each model, loaded on first use and kept.
 
+    Routing uses only the nodes ``peers_for`` lists, each pinned to the key the tracker registered, over
+    encrypted channels, with sampled audits whose findings become reputation evidence
+    (:mod:`portal.generation.trust`).
+
     Args:
-        peers_for: model name -> node URLs the tracker knows (online nodes).
+        peers_for: model name -> the nodes to route over (default :func:`~portal.generation.trust.trusted_nodes`:
+            trusted tracker nodes and the static ``CHAT_SWARM_PEERS``); plain URLs count as static peers.
         context_cap: if positive, a context smaller than the model's; None: ``settings.CHAT_CONTEXT_TOKENS``.
         timeout: seconds to wait for any node reply.
     """
 
     def __init__(
-        self, peers_for: Callable[[str], list[str]], context_cap: int | None = None, timeout: float = 30.0
+        self,
+        peers_for: Callable[[str], list[TrackedNode | str]] = trusted_nodes,
+        context_cap: int | None = None,
+        timeout: float = 30.0,
     ) -> None:
         self.peers_for = peers_for
         self.context_cap = context_cap
@@ -81,30 +68,33 @@ class ModelPool:
         """
         from swarmnode.client.routing import SwarmNotCovering
 
-        urls = self.peers_for(name)
-        if not urls:
-            raise SwarmUnavailable(f"no node serves {name} right now")
+        nodes = self._nodes(name)
+        if not nodes:
+            raise SwarmUnavailable(f"no trusted node serves {name} right now")
         with self._lock:
             model = self._models.get(name)
             if model is None:
                 model = self._models[name] = self._load(name)
             stale = time.monotonic() - self._refreshed.get(name, 0.0) > REFRESH_EVERY_S
-            stale = stale or set(urls) != set(model.urls)  # the tracker saw nodes join or leave
+            # The tracker saw nodes join, leave, lose their standing or register another key.
+            stale = stale or set(nodes) != set(model.registered)
         try:
             if stale:
-                self._refresh(model, urls)
+                self._refresh(model, nodes)
             try:
                 model.chain()
             except SwarmNotCovering:
-                self._refresh(model, self.peers_for(name))
+                self._refresh(model, self._nodes(name))
                 model.chain()
         except SwarmNotCovering as exc:
             raise SwarmUnavailable(f"the swarm does not cover {name} right now: {exc}") from None
         return model
 
+    def _nodes(self, name: str) -> list[TrackedNode]:
+        return [TrackedNode(n) if isinstance(n, str) else n for n in self.peers_for(name)]
+
     def _load(self, name: str):
         from portal.ledger.receipts import gateway_identity
-        from swarmnode.client.model import DistributedModelForCausalLM
         from swarmnode.models import Checkpoint, resolve_model
 
         try:
@@ -115,12 +105,19 @@ class ModelPool:
         # Sessions close with usage receipts signed by the gateway's system key (spec §8): the
         # nodes get paid from system:rewards, the chat/API users were charged by charge_usage.
         identity = gateway_identity()
-        return DistributedModelForCausalLM(
-            name, checkpoint, [], torch.float32, self.timeout, identity=identity, failover=GATEWAY_FAILOVER
+        return GatewayModel(
+            name,
+            checkpoint,
+            [],
+            torch.float32,
+            self.timeout,
+            identity=identity,
+            failover=GATEWAY_FAILOVER,
+            **gateway_options(),
         )
 
-    def _refresh(self, model, urls: list[str]) -> None:
-        model.set_peers(urls)
+    def _refresh(self, model: GatewayModel, nodes: list[TrackedNode]) -> None:
+        model.use(nodes)
         self._refreshed[model.name] = time.monotonic()
 
     def context_limit(self, model) -> int:
@@ -136,4 +133,4 @@ class ModelPool:
 @functools.cache
 def shared_pool() -> ModelPool:
     """This process's model pool (client parts are loaded once per process, whatever runs them)."""
-    return ModelPool(online_peers)
+    return ModelPool(trusted_nodes)

@@ -110,3 +110,32 @@ def record_report(report: AuditReport, reporter) -> AuditEvidence:
             )
     except IntegrityError:
         raise EvidenceError(409, "duplicate", "this result was already reported") from None
+
+
+def record_gateway_audit(body: dict) -> AuditEvidence:
+    """Check and store what the portal's own gateway audited (``Evidence.to_json()`` of the swarm client).
+
+    The same checks as a client's report: the gateway is trusted with no more than any client, so a
+    node is blamed only on its own signature over the disputed output. The evidence has no reporter
+    user (``detail["reporter"]`` says ``gateway``).
+
+    Raises:
+        EvidenceError: as :func:`record_report`; a failed audit without the auditor's signed reference
+            (no replay ended where the claim did) is ``bad_evidence``.
+    """
+    for part in ("claim", "reference"):
+        if not isinstance(body.get(part), dict):
+            raise EvidenceError(400, "bad_evidence", f"the gateway's audit has no signed {part}")
+    report = AuditReport(
+        node=int(body["node"]),
+        auditor=int(body["auditor"]),
+        passed=bool(body["passed"]),
+        session_id=str(body["session_id"]),
+        position=int(body["position"]),
+        claim=body["claim"],
+        reference=body["reference"],
+    )
+    evidence = record_report(report, reporter=None)
+    evidence.detail = evidence.detail | {"reporter": "gateway"}
+    evidence.save(update_fields=["detail"])
+    return evidence

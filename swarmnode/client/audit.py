@@ -256,17 +256,21 @@ class ReplayPool:
     Args:
         timeout: seconds per forward.
         policy: the audit policy (signatures of replays are checked the same way).
+        secure: as the session's (``ClientConfig.secure``): a replay carries the session's whole input
+            history, so it is encrypted wherever the session's own steps are, with the key the route lists.
     """
 
-    def __init__(self, policy: AuditPolicy, timeout: float = 60.0) -> None:
+    def __init__(self, policy: AuditPolicy, timeout: float = 60.0, secure: bool | None = None) -> None:
         self.policy = policy
         self.timeout = timeout
+        self.secure = secure
         self._spans: dict[str, RemoteSpan] = {}
 
-    def _span(self, url: str) -> RemoteSpan:
-        span = self._spans.get(url)
+    def _span(self, peer: PeerInfo) -> RemoteSpan:
+        span = self._spans.get(peer.url)
         if span is None:
-            span = self._spans[url] = RemoteSpan(url, timeout=min(self.timeout, 10.0))
+            span = RemoteSpan(peer.url, timeout=min(self.timeout, 10.0), public_key=peer.public_key, secure=self.secure)
+            self._spans[peer.url] = span
         return span
 
     def forward(self, route: list, inputs: WireTensor) -> Replay:
@@ -279,7 +283,7 @@ class ReplayPool:
         signed = None
         for hop in route:
             try:
-                reply = self._span(hop.url).request(Forward(hidden=x), timeout=self.timeout)
+                reply = self._span(hop.peer).request(Forward(hidden=x), timeout=self.timeout)
             except RemoteError:
                 self.drop(hop.url)
                 raise

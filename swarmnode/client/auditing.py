@@ -87,7 +87,7 @@ class SessionAuditor:
         self.on_evidence = on_evidence
         self.stats = AuditStats()
         self._schedule = AuditSchedule(policy)
-        self._replays = ReplayPool(policy, session.timeout) if policy.enabled else None
+        self._replays = ReplayPool(policy, session.timeout, session.secure) if policy.enabled else None
 
     @property
     def enabled(self) -> bool:
