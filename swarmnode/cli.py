@@ -71,6 +71,7 @@ def _serve(args: argparse.Namespace) -> None:
         connection_cache_share=args.connection_cache_share,
         max_forward_tokens=args.max_forward_tokens,
         push_private=args.push_private,
+        push_unlisted=args.push_unlisted,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
     )
@@ -369,6 +370,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         choices=["auto", "allow", "refuse"],
         help="push to private/loopback next hops: auto = only when this node serves on such an address",
+    )
+    serve.add_argument(
+        "--push-unlisted",
+        default="auto",
+        choices=["auto", "allow", "refuse"],
+        help="push to nodes outside the swarm view whose key the route names: auto = only with no --portal/--peers"
+        " on a private address (a local swarm)",
     )
     serve.add_argument("--tls-cert", help="PEM certificate chain: serve wss:// (with --tls-key)")
     serve.add_argument("--tls-key", help="PEM private key of --tls-cert")

@@ -66,6 +66,13 @@ class HopSession:
         return self.hop.url
 
     @property
+    def push_address(self) -> str:
+        """The node as a push ``route`` names it (spec §7.2): its URL, then ``#`` and its announced public key,
+        which the node before it checks the link against (§7.6)."""
+        key = self.hop.peer.public_key
+        return f"{self.url}#{key}" if key else self.url
+
+    @property
     def peer(self) -> PeerInfo:
         """The node as it announced itself."""
         return self.hop.peer

@@ -219,7 +219,7 @@ class InferenceSession:
                     position=self.position,
                     hidden=wire,
                     push_key=self.push_key,
-                    route=tuple(h.url for h in hops[1:]),
+                    route=tuple(h.push_address for h in hops[1:]),
                     skip_signature=True,  # push hides the results an audit would check (no push while auditing)
                 )
             )

@@ -71,6 +71,8 @@ class NodeConfig:
     # session may always take what is free, so one long context still fits); 1.0: no cap
     # -- push (spec §7.5): the next hops a node dials for a client's pushed step
     push_private: str = "auto"  # dial private/loopback next hops: allow, refuse, auto (allow iff we bind to one)
+    push_unlisted: str = "auto"  # dial hops outside the swarm view whose key the route names: allow, refuse,
+    # auto (allow iff the node has no tracker/peers and serves on a private address: a local swarm)
     push_max_links: int = 64  # open push links to other nodes kept at once (least recently used closed first)
     push_view_refresh: float = 30.0  # seconds between re-reads of the swarm when a route names an unknown node
     # -- TLS (spec §1.1): serve wss:// with this certificate chain and key (PEM files); None: plain ws://

@@ -45,9 +45,10 @@ class PushLink:
         channel: the secure channel agreed with the key the next node announced.
     """
 
-    def __init__(self, ws: ClientConnection, channel: SecureChannel) -> None:
+    def __init__(self, ws: ClientConnection, channel: SecureChannel, public_key: str = "") -> None:
         self.ws = ws
         self.channel = channel
+        self.public_key = public_key  # the key the next node proved it holds
         self._lock = asyncio.Lock()  # sealed frames must leave in the order of their sequence numbers
 
     @classmethod
@@ -77,7 +78,7 @@ class PushLink:
             except BaseException:
                 await ws.close()
                 raise
-        return cls(ws, channel)
+        return cls(ws, channel, hop.public_key)
 
     @property
     def is_open(self) -> bool:
@@ -166,6 +167,7 @@ class PushRelay:
             await self._tell_result(entry.owner, reply)
             return None
         nxt = msg.route[0]
+        url = nxt.partition("#")[0]  # an entry may name the node's key after '#' (§7.2)
         forward = Step(
             id=msg.id,
             session_id=msg.session_id,
@@ -183,9 +185,9 @@ class PushRelay:
             error = Error(id=msg.id, code="push_refused", message=str(exc), session_id=msg.session_id)
             await self._tell(entry.owner, error)
         except Exception as exc:
-            log.info("push to %s failed: %s", nxt, exc)
-            self._drop(nxt)
-            await self._tell(entry.owner, Error(id=msg.id, code="push_failed", message=nxt, session_id=msg.session_id))
+            log.info("push to %s failed: %s", url, exc)
+            self._drop(url)
+            await self._tell(entry.owner, Error(id=msg.id, code="push_failed", message=url, session_id=msg.session_id))
         return None
 
     async def _tell_result(self, owner, reply: StepResult) -> None:
@@ -194,18 +196,22 @@ class PushRelay:
         except Exception as exc:
             log.info("cannot deliver a pushed step's result: %s", exc)
 
-    async def _link(self, url: str) -> PushLink:
-        """The open link to ``url``, dialled if needed (evicting the least recently used one past the cap).
+    async def _link(self, entry: str) -> PushLink:
+        """The open link to a route ``entry``'s node, dialled if needed (evicting the least recently used
+        one past the cap).
 
         Raises:
             RouteRefused: a next hop this node does not dial (§7.5).
             OSError, TimeoutError, ChannelError, websockets errors: it cannot be reached or is not that node.
         """
+        url, _, named_key = entry.partition("#")
         link = self._links.get(url)
         if link is not None and link.is_open:
+            if named_key and named_key != link.public_key:
+                raise RouteRefused(url, "the route names other keys than the node this link reaches")
             self._links.move_to_end(url)
             return link
-        hop = await self.routes.check(url)
+        hop = await self.routes.check(entry)
         link = await PushLink.open(hop, self.node.limits.max_frame_bytes, self.connect_timeout)
         old = self._links.get(url)
         if old is not None:  # a concurrent step dialled it too: keep one

@@ -8,6 +8,9 @@ operator's admin ports, a victim's server) and send it large frames. So a node d
   the same model), re-read at most every ``push_view_refresh`` seconds when a route names a node it
   does not know; the hop's announced public key then encrypts the link (§7.6), so only the holder
   of that key can read it, whatever sits in between;
+* or, on a node that has neither a tracker nor peers and serves on its own loopback or private
+  network (``push_unlisted``: ``auto``), a hop whose public key the route names (``URL#key``): a
+  client's local swarm; the link's handshake then proves the key before any step is sent;
 * an address that is public, unless the operator allows private and loopback ones
   (``push_private``: ``auto`` allows them when the node itself serves on one, as on a LAN or in tests).
 
@@ -153,14 +156,24 @@ class PushRoutes:
         """Whether the node can learn of other nodes at all (a tracker or ``--peers``)."""
         return bool(self.node.config.portal or self.node.config.peers)
 
-    async def check(self, url: str) -> NextHop:
-        """The hop ``url`` as it may be dialled.
+    @property
+    def dials_unlisted(self) -> bool:
+        """Whether next hops outside the swarm view may be dialled when the route names their key (§7.5)."""
+        cfg = self.node.config
+        if cfg.push_unlisted not in PUSH_PRIVATE_MODES:
+            raise ValueError(f"push_unlisted must be one of {PUSH_PRIVATE_MODES}, got {cfg.push_unlisted!r}")
+        own_network = allows_private(cfg.push_private, cfg.public_host or cfg.host)
+        return cfg.push_unlisted == "allow" or (cfg.push_unlisted == "auto" and not self.has_sources and own_network)
+
+    async def check(self, entry: str) -> NextHop:
+        """The hop a route ``entry`` (``URL`` or ``URL#public_key``, spec §7.2) names, as it may be dialled.
 
         Raises:
             RouteRefused: not a node of this swarm, or an address this node does not dial.
         """
+        url, _, named_key = entry.partition("#")
         host, port = split_url(url)
-        public_key = await self._public_key(url)
+        public_key = await self._public_key(url, named_key)
         cfg = self.node.config
         private_ok = allows_private(cfg.push_private, cfg.public_host or cfg.host)
         try:
@@ -169,16 +182,21 @@ class PushRoutes:
             raise RouteRefused(url, exc.reason) from None
         return NextHop(url=url, public_key=public_key, address=address, port=port)
 
-    async def _public_key(self, url: str) -> str:
+    async def _public_key(self, url: str, named_key: str) -> str:
         if url in (self.node.url, self.node.address):
-            return self.node.identity.public_key
-        if url not in self._known and self.has_sources:
-            await self._reread()
-        key = self._known.get(url)
+            key = self.node.identity.public_key
+        else:
+            if url not in self._known and self.has_sources:
+                await self._reread()
+            key = self._known.get(url)
         if key is None:
-            raise RouteRefused(url, "not a node of this swarm (the tracker and this node's peers do not list it)")
+            if not (named_key and self.dials_unlisted):
+                raise RouteRefused(url, "not a node of this swarm (the tracker and this node's peers do not list it)")
+            key = named_key  # a swarm without tracker or peers: the handshake proves the named key (§7.6)
         if not key:
             raise RouteRefused(url, "the node announces no public key, so a push link to it cannot be encrypted")
+        if named_key and named_key != key:
+            raise RouteRefused(url, "the route names other keys than this node's view of the swarm")
         wanted = relay_key_id(url)  # §10.5: a relay could answer our probe with keys of its own
         if wanted is not None and _key_id_of(key) != wanted:
             raise RouteRefused(url, "the node's keys do not match the key id in its relay address")

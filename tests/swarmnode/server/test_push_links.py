@@ -14,6 +14,7 @@ from websockets.sync.client import connect
 
 from swarmnode.launcher import start_node
 from swarmnode.protocol import Error, OpenSession, SessionOpened, Step, StepResult, decode, encode, tensor_from_numpy
+from swarmnode.trust.identity import NodeIdentity
 
 KEY = "p" * 32
 
@@ -159,3 +160,31 @@ def test_a_node_of_the_swarm_that_cannot_be_reached_is_reported_as_push_failed(t
     reply = owner.recv()
     assert isinstance(reply, Error) and reply.code == "push_failed" and reply.message == b_url
     owner.close()
+
+
+def test_naming_a_key_does_not_make_a_node_with_a_swarm_view_dial_a_stranger(tapped):
+    """The attack of tests/swarmnode/server/test_push_routes.py, with the stranger also naming a key in the
+    route (``URL#key``, as clients do): a node that knows its swarm (here through ``--peers``) still
+    dials only nodes of that swarm; the stranger's socket sees no connection."""
+    node_a, _, _ = tapped
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    target = f"ws://127.0.0.1:{listener.getsockname()[1]}/layerswarm/v1"
+    forged = f"{target}#{NodeIdentity.generate().public_key}"
+    owner = Peer(node_a.url)
+    try:
+        assert isinstance(
+            owner.ask(OpenSession(id=1, session_id="ssrf-key", max_length=16, push_key=KEY)), SessionOpened
+        )
+        owner.ws.send(
+            encode(Step(id=3, session_id="ssrf-key", position=0, hidden=_x(2), push_key=KEY, route=(forged,)))
+        )
+        reply = owner.recv()
+        assert isinstance(reply, Error) and reply.code == "push_refused" and reply.message.startswith(target)
+        listener.settimeout(1.0)
+        with pytest.raises(TimeoutError):
+            listener.accept()
+    finally:
+        owner.close()
+        listener.close()

@@ -183,3 +183,28 @@ def test_a_node_keeps_at_most_push_max_links_open(tmp_path):
             s.close()
 
     asyncio.run(main())
+
+
+def test_only_a_local_swarm_dials_nodes_it_does_not_list_and_only_by_their_key():
+    """A node with neither tracker nor peers, on loopback (a client's local swarm), dials a hop whose key the
+    route names; a node that knows its swarm, or serves the open network, does not."""
+    other = NodeIdentity.generate().public_key
+    url = "ws://127.0.0.1:5/layerswarm/v1"
+    local = PushRoutes(_Node())
+    assert local.dials_unlisted
+    assert asyncio.run(local.check(f"{url}#{other}")).public_key == other
+    with pytest.raises(RouteRefused, match="not a node of this swarm"):
+        asyncio.run(local.check(url))  # no key named: nothing to prove
+    assert not PushRoutes(_Node(peers=("ws://127.0.0.1:2/x",)), view=lambda: []).dials_unlisted
+    assert not PushRoutes(_Node(host="0.0.0.0")).dials_unlisted
+    assert not PushRoutes(_Node(push_unlisted="refuse")).dials_unlisted
+    assert PushRoutes(_Node(host="0.0.0.0", push_unlisted="allow")).dials_unlisted
+
+
+def test_a_route_cannot_name_other_keys_than_the_swarm_announced():
+    honest, impostor = NodeIdentity.generate(), NodeIdentity.generate()
+    url = "ws://127.0.0.1:6/layerswarm/v1"
+    routes = PushRoutes(_Node(peers=(url,)), view=lambda: [_peer(url, honest.public_key)])
+    assert asyncio.run(routes.check(f"{url}#{honest.public_key}")).url == url
+    with pytest.raises(RouteRefused, match="other keys"):
+        asyncio.run(routes.check(f"{url}#{impostor.public_key}"))
