@@ -160,16 +160,16 @@ class GatewayEvidence:
     def evidence(self, ev: Evidence) -> None:
         """Queue an audit's result (of tracker nodes only: static peers have no standing)."""
         if ev.node.node_id and ev.auditor.node_id:
-            self._queue.put(("audit", ev.to_json()))
+            self._queue.put(ev.to_json())
 
     def steps(self, peer: PeerInfo, ok: int, failed: int, measured_throughput: float | None = None) -> None:
-        """Queue a node's served and failed steps of a session.
+        """Ignored: the gateway's step counts are no evidence.
 
-        The speed the gateway measures is left out: under the gateway's own load it says more about the
-        queue than about the node, and would cost honest nodes reputation (``scoring.record_steps``).
+        Anyone can send the gateway traffic, so counting its served steps would let a stranger raise their own
+        node's score by chatting through it (client step reports are capped per reporter for that reason,
+        ``reputation.reporting``), and its failures and speeds reflect the gateway's own load as much as the node.
         """
-        if peer.node_id:
-            self._queue.put(("steps", {"node": peer.node_id, "ok": ok, "failed": failed}))
+        return None
 
     def flush(self, timeout: float = 30.0) -> None:
         """Wait until everything queued so far was recorded (or refused)."""
@@ -179,26 +179,20 @@ class GatewayEvidence:
 
     def _run(self) -> None:
         while True:
-            kind, body = self._queue.get()
+            body = self._queue.get()
             try:
                 close_old_connections()
-                self._record(kind, body)
+                self._record(body)
                 self.recorded += 1
             except Exception as exc:  # a refused report must never stop the next ones
-                self.errors.append(f"{kind}: {exc}")
-                log.warning("gateway %s evidence not recorded: %s", kind, exc)
+                self.errors.append(str(exc))
+                log.info("gateway audit evidence not recorded: %s", exc)
             finally:
                 connections.close_all()
                 self._queue.task_done()
 
     @staticmethod
-    def _record(kind: str, body: dict) -> None:
-        from portal.reputation import evidence, scoring
-        from portal.swarm.models import Node
+    def _record(body: dict) -> None:
+        from portal.reputation import evidence
 
-        if kind == "audit":
-            evidence.record_gateway_audit(body)
-        else:
-            node = Node.objects.filter(pk=body["node"]).first()
-            if node is not None:
-                scoring.record_steps(node, body["ok"], body["failed"])
+        evidence.record_gateway_audit(body)
