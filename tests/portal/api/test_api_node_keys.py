@@ -184,3 +184,13 @@ async def _sign_with(announcer: Announcer, identity: NodeIdentity) -> dict:
     """The attacker's best effort: a real challenge of its own, signed with the key it holds."""
     reply = await announcer._post("/api/v1/nodes/key-challenge/", None)
     return {"nonce": reply["nonce"], "signature": identity.prove_key(reply["nonce"])}
+
+
+@pytest.mark.parametrize(
+    "proof",
+    ["x", {"nonce": "n"}, {"nonce": "n", "signature": "!" * 86}, {"nonce": ["n"], "signature": "A" * 86}, None],
+)
+def test_it_answers_malformed_key_proofs_with_a_clear_400(owner_token, register, proof):
+    response = register(owner_token, public_key=NodeIdentity.generate().public_key, key_proof=proof)
+    assert response.status_code == 400 and "key_proof" in response.json()
+    assert not Node.objects.exists()

@@ -19,7 +19,8 @@ from swarmnode.trust.receipts import key_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.model]
 
-GRANT = 1_000_000
+GRANT = 0  # grants fund nothing payable (#17 finding 7): the payer pays with bought credits
+DEPOSIT = 1_000_000
 
 
 def _shell(env: dict, code: str) -> str:
@@ -54,7 +55,9 @@ def test_it_credits_the_node_owner_exactly_the_block_tokens_served(tmp_path):
             portal.env,
             "from django.contrib.auth.models import User\n"
             "from portal.ledger.receipts import register_client_key\n"
+            "from portal.ledger.books import deposit\n"
             "payer = User.objects.create_user('payer')\n"
+            f"deposit(payer, {DEPOSIT}, reference='bank:payer')\n"
             f"print(register_client_key(payer, {key_of(client)!r}, 'script').pk)\n",
         )
         swarm = LocalSwarm(
@@ -94,7 +97,7 @@ def test_it_credits_the_node_owner_exactly_the_block_tokens_served(tmp_path):
                 (s.receipt.receipt_id, s.receipt.block_tokens) for s in receipts
             )
             assert after["volunteer"] == GRANT + served
-            assert after["payer"] == GRANT - served
+            assert after["payer"] == GRANT + DEPOSIT - served
 
             # The client posting its own copy again changes nothing (settled once per receipt id).
             api_key = _shell(
