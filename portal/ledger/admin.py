@@ -18,7 +18,7 @@ from django.utils.html import format_html
 from portal.ledger import payouts
 from portal.ledger.books import balance
 from portal.ledger.models import Account, ClientKey, Entry, Payout, PayoutEvent, Receipt, Transaction
-from portal.ledger.review import payout_context
+from portal.ledger.review import clear_receipt, payout_context
 from portal.reputation.charts import history_svg
 
 
@@ -63,12 +63,62 @@ class AccountAdmin(ReadOnlyAdmin):
         return balance(account)
 
 
+class FlaggedFilter(admin.SimpleListFilter):
+    """Receipts that look like linked traffic (an account paying its own node), cleared or not."""
+
+    title = "linked traffic"
+    parameter_name = "flagged"
+
+    def lookups(self, request, model_admin):
+        return [("yes", "flagged, not cleared"), ("cleared", "flagged, cleared"), ("no", "not flagged")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.exclude(flag="").filter(cleared_at__isnull=True)
+        if self.value() == "cleared":
+            return queryset.exclude(flag="").filter(cleared_at__isnull=False)
+        if self.value() == "no":
+            return queryset.filter(flag="")
+        return queryset
+
+
 @admin.register(Receipt)
 class ReceiptAdmin(ReadOnlyAdmin):
-    list_display = ["receipt_id", "status", "earner", "node", "model", "block_tokens", "escrowed", "submitted_at"]
-    list_filter = ["status", "escrowed", "model"]
+    list_display = [
+        "receipt_id",
+        "status",
+        "earner",
+        "node",
+        "model",
+        "block_tokens",
+        "unfunded_credits",
+        "held_credits",
+        "flag",
+        "cleared_by",
+        "escrowed",
+        "submitted_at",
+    ]
+    list_filter = ["status", FlaggedFilter, "escrowed", "model"]
     search_fields = ["receipt_id", "earner__username", "session_id"]
-    list_select_related = ["earner", "node"]
+    list_select_related = ["earner", "node", "cleared_by"]
+    actions = ["clear_flagged"]
+
+    def has_clear_permission(self, request) -> bool:
+        # Receipts stay read-only; clearing moves credits, so it takes the change permission (superusers have it).
+        return request.user.has_perm("ledger.change_receipt")
+
+    @admin.action(description="Clear the selected flagged receipts (reviewed: no self-dealing)", permissions=["clear"])
+    def clear_flagged(self, request, queryset):
+        done = 0
+        for receipt in queryset.exclude(flag="").filter(cleared_at__isnull=True):
+            try:
+                clear_receipt(receipt, request.user)
+                done += 1
+            except payouts.PayoutRefused as exc:
+                self.message_user(
+                    request, f"Receipt {receipt.receipt_id[:8]}: not cleared: {exc.detail}", messages.ERROR
+                )
+        self.message_user(request, f"{done} flagged receipts cleared; their funded parts are payable now.")
 
 
 @admin.register(ClientKey)

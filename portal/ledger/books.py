@@ -18,7 +18,7 @@ from collections.abc import Iterable
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Sum
+from django.db.models import Q, Sum
 from django.utils import timezone
 
 from portal.ledger.models import Account, Entry, Transaction
@@ -32,6 +32,10 @@ SYSTEM_ACCOUNTS = {
     "system:payouts-in-review": "credits of payout requests while an admin reviews them",
     "system:paid-out": "credits of approved payouts (paid outside the swarm)",
 }
+
+
+# What a user spends credits on (debits of their account): usage charges and the receipts their keys sign.
+SPENDING_KINDS = (Transaction.Kind.USAGE, Transaction.Kind.RECEIPT)
 
 
 class InsufficientCredits(Exception):
@@ -129,7 +133,24 @@ def balance_of(user) -> int:
     return balance(user_account(user))
 
 
-def post(kind: str, reference: str, legs: Iterable[tuple[Account, int]], *, memo: str = "", at=None) -> Transaction:
+def grant_left(account: Account) -> int:
+    """Grant credits a user account has not spent yet (spending uses the grant first; see ``funding``)."""
+    row = Entry.objects.filter(account=account).aggregate(
+        spent=Sum("amount", filter=Q(amount__lt=0, transaction__kind__in=SPENDING_KINDS)),
+        granted=Sum("amount", filter=Q(transaction__kind=Transaction.Kind.GRANT)),
+    )
+    return max(0, (row["granted"] or 0) + (row["spent"] or 0))
+
+
+def post(
+    kind: str,
+    reference: str,
+    legs: Iterable[tuple[Account, int]],
+    *,
+    memo: str = "",
+    at=None,
+    funded: int | None = None,
+) -> Transaction:
     """Post one balanced transaction, or return the one already posted under ``reference``.
 
     Args:
@@ -138,6 +159,8 @@ def post(kind: str, reference: str, legs: Iterable[tuple[Account, int]], *, memo
         legs: ``(account, amount)`` pairs; amounts of one account are merged; zero legs are dropped.
         memo: a short note shown in statements.
         at: the transaction's time (default now).
+        funded: the collected revenue it adds or uses (``Transaction.funded``); by default a usage charge adds
+            what its user accounts pay beyond their grants (read under their locks), anything else 0.
 
     Returns:
         The transaction (new, or the earlier one with this reference).
@@ -170,9 +193,17 @@ def post(kind: str, reference: str, legs: Iterable[tuple[Account, int]], *, memo
                 held = balance(accounts[pk])
                 if held + merged[pk] < 0:
                     raise InsufficientCredits(accounts[pk], held, -merged[pk])
+        if funded is None:
+            funded = 0
+            if kind == Transaction.Kind.USAGE:
+                for pk in debited:
+                    if accounts[pk].kind == Account.Kind.USER:
+                        funded += -merged[pk] - min(-merged[pk], grant_left(accounts[pk]))
         try:
             with transaction.atomic():
-                txn = Transaction.objects.create(kind=kind, reference=reference, memo=memo[:300], created_at=at)
+                txn = Transaction.objects.create(
+                    kind=kind, reference=reference, memo=memo[:300], created_at=at, funded=funded
+                )
         except IntegrityError:  # the same reference committed by another process meanwhile
             return Transaction.objects.get(reference=reference)
         Entry.objects.bulk_create(

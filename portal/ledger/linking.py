@@ -25,7 +25,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db.models import Q
 
-from portal.ledger.models import Entry, Payout, Receipt, Transaction
+from portal.ledger.models import Account, Entry, Payout, Receipt, Transaction
 
 
 def normalized_email(email: str) -> str:
@@ -99,10 +99,10 @@ def receipt_flag(receipt: Receipt) -> str:
         return f"payer and node owner linked: {reason}" if reason else ""
     linked = linked_users(earner)
     window = dt.timedelta(seconds=float(settings.LEDGER_LINK_WINDOW))
+    accounts = Account.objects.filter(kind=Account.Kind.USER, user_id__in=list(linked)).values_list("pk", flat=True)
     used = (
         Entry.objects.filter(
-            account__kind="user",
-            account__user_id__in=list(linked),
+            account_id__in=list(accounts),  # the (account, created_at) index: a few rows per linked account
             amount__lt=0,
             transaction__kind=Transaction.Kind.USAGE,
             created_at__gte=receipt.issued_at - window,

@@ -103,9 +103,13 @@ class Transaction(AppendOnlyModel):
     reference = models.CharField(max_length=200, unique=True)  # e.g. "usage:chat:42:7", "receipt:<uuid>"
     memo = models.CharField(max_length=300, blank=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    # Collected revenue this transaction adds (> 0: usage a user paid beyond the grant) or uses (< 0: gateway
+    # work made payable); its sum is what may still fund payable earnings (portal.ledger.funding).
+    funded = models.BigIntegerField(default=0)
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["kind", "funded"], name="ledger_txn_funded", condition=~models.Q(funded=0))]
 
     def __str__(self) -> str:
         return f"{self.kind} {self.reference}"

@@ -10,7 +10,7 @@ from django.db import transaction
 from django.db.models import Sum
 from django.utils import timezone
 
-from portal.ledger import statements
+from portal.ledger import funding, statements
 from portal.ledger.books import balance, held_account, post, user_account
 from portal.ledger.models import Payout, Receipt, Transaction
 from portal.ledger.payouts import PayoutRefused, earned, payable
@@ -59,7 +59,8 @@ def payout_context(payout: Payout, history_days: int = 30) -> dict:
 def clear_receipt(receipt: Receipt, admin) -> Transaction | None:
     """An admin reviewed a flagged receipt and found no self-dealing: its funded part becomes payable.
 
-    The unfunded part (grant-paid, or gateway work beyond collected revenue) stays held. Idempotent:
+    The unfunded part stays held: what the payer paid out of a grant, or, for gateway work, what collected
+    revenue does not cover now (a flagged gateway receipt takes its funding only when cleared). Idempotent:
     clearing twice moves nothing more.
 
     Raises:
@@ -75,8 +76,12 @@ def clear_receipt(receipt: Receipt, admin) -> Transaction | None:
             raise PayoutRefused("not_flagged", f"receipt {r.receipt_id} is not a settled, flagged receipt")
         if r.cleared_at is not None:
             return None
+        uses = 0
+        if r.client_key.user_id is None:  # gateway work: funded now from what is left of collected revenue
+            uses = r.block_tokens - funding.unfunded_by_gateway(r.block_tokens)
+            r.unfunded_credits = r.block_tokens - uses
         r.cleared_by, r.cleared_at = admin, timezone.now()
-        r.save(update_fields=["cleared_by", "cleared_at"])
+        r.save(update_fields=["cleared_by", "cleared_at", "unfunded_credits"])
         amount = r.held_credits - r.unfunded_credits
         if amount <= 0:
             return None
@@ -85,4 +90,5 @@ def clear_receipt(receipt: Receipt, admin) -> Transaction | None:
             f"held-release:{r.receipt_id}",
             [(held_account(r.earner_id), -amount), (user_account(r.earner_id), amount)],
             memo=f"flagged receipt {r.receipt_id[:8]} cleared by {admin}"[:300],
+            funded=-uses,
         )

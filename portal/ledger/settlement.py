@@ -80,19 +80,25 @@ def _settle_locked(receipt: Receipt, now: dt.datetime) -> Receipt:
     memo = f"{receipt.block_tokens} block-tokens, {receipt.model} [{receipt.start_block}:{receipt.end_block})"
     payer = _payer(receipt)
     with transaction.atomic():
+        flag = linking.receipt_flag(receipt)[:200]
+        gateway = payer.kind == Account.Kind.SYSTEM
         # The funding split reads the payer's spending (or the revenue pool): lock it first, as post() will.
-        if payer.kind == Account.Kind.SYSTEM:
+        if gateway and flag:
+            unfunded = receipt.block_tokens  # takes no revenue unless an admin clears it (review.clear_receipt)
+        elif gateway:
             unfunded = funding.unfunded_by_gateway(receipt.block_tokens)
         else:
             list(Account.objects.select_for_update().filter(pk=payer.pk).values_list("pk"))
             unfunded = funding.unfunded_by_payer(payer, receipt.block_tokens)
-        flag = linking.receipt_flag(receipt)[:200]
         held = receipt.block_tokens if flag else unfunded
         legs = [(payer, -receipt.block_tokens), (to, receipt.block_tokens - held)]
         if held:
             legs.append((held_account(receipt.earner_id), held))
         try:
-            txn = post(Transaction.Kind.RECEIPT, f"receipt:{receipt.receipt_id}", legs, memo=memo, at=now)
+            # Gateway work uses collected revenue for its funded part; a user's key paid its own (funded 0).
+            uses = receipt.block_tokens - unfunded if gateway else 0
+            ref = f"receipt:{receipt.receipt_id}"
+            txn = post(Transaction.Kind.RECEIPT, ref, legs, memo=memo, at=now, funded=-uses)
         except (InsufficientCredits, UnbalancedTransaction) as exc:  # short, or (defensively) paying itself
             txn, refusal = None, f"not payable: {exc}"[:300]
     if txn is None:

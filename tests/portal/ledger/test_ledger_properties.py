@@ -76,7 +76,7 @@ def check_books() -> None:
             s=Sum("block_tokens") - Sum("held_credits")
         )["s"]
         assert p["s"] <= (funded or 0)
-    assert funding.funded_earnings() <= funding.collected_revenue()
+    assert funding.gateway_funded() <= funding.collected_revenue()
 
 
 @settings(

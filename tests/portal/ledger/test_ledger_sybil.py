@@ -106,7 +106,7 @@ def test_it_holds_gateway_earnings_beyond_collected_revenue(
     settle_pending()
     second.refresh_from_db()
     assert second.unfunded_credits == 100 and payouts.payable(owner) == 500
-    assert funding.funded_earnings() == funding.collected_revenue() == 500
+    assert funding.gateway_funded() == funding.collected_revenue() == 500
 
 
 def test_it_holds_what_a_second_account_pays_out_of_its_grant_or_while_linked(
@@ -182,3 +182,41 @@ def test_it_refuses_an_admin_deciding_their_own_payout(
     assert payout.status == Payout.Status.REQUESTED and [e.action for e in payout.events.all()] == ["requested"]
     root = User.objects.create_superuser("root", "root@example.com", "root-password-1")
     assert payouts.approve(payout, root, "SEPA-1").status == Payout.Status.APPROVED
+
+
+def test_it_shows_flagged_receipts_in_review_and_clears_them_only_by_another_admin(
+    ledger_settings, revenue, gateway, mallory, node_factory, receipt_factory
+):
+    mallory.is_staff = mallory.is_superuser = True  # even an admin account cannot launder its own traffic
+    mallory.save()
+    node_id = NodeIdentity.generate()
+    node = node_factory(mallory, node_id, blocks=(0, 30))
+    _chat(mallory, 40, "chat:mallory:1")
+    receipt = _post_receipt(mallory, receipt_factory(gateway, node, node_id, tokens=40))
+    settle_pending()
+    receipt.refresh_from_db()
+    # Flagged gateway work takes no revenue (it cannot drain honest nodes' funding) until it is cleared.
+    assert receipt.flag and receipt.unfunded_credits == 1200 and receipt.held_credits == 1200
+    deposit(mallory, 5000, reference="bank:mallory")  # a payout needs something payable: she cannot get one
+    with pytest.raises(payouts.PayoutRefused):
+        payouts.request_payout(mallory, 1000, "IBAN MALLORY")
+
+    action = {"action": "clear_flagged", "_selected_action": [receipt.pk]}
+    own = APIClient()
+    own.force_login(mallory)
+    refused = own.post("/admin/ledger/receipt/?flagged=yes", action, follow=True).content.decode()
+    assert "not cleared: four eyes" in refused
+    receipt.refresh_from_db()
+    assert receipt.cleared_at is None and payouts.payable(mallory) == 0
+
+    root = User.objects.create_superuser("root", "root@example.com", "root-password-1")
+    staff = APIClient()
+    staff.force_login(root)
+    listing = staff.get("/admin/ledger/receipt/?flagged=yes").content.decode()
+    assert receipt.receipt_id in listing and "used the gateway" in listing
+    staff.post("/admin/ledger/receipt/?flagged=yes", action)
+    receipt.refresh_from_db()
+    assert receipt.cleared_by == root and receipt.unfunded_credits == 0 and payouts.payable(mallory) == 1200
+    payout = payouts.request_payout(mallory, 1200, "IBAN MALLORY")
+    review = own.get(f"/admin/ledger/payout/{payout.pk}/review/").content.decode()
+    assert "Four eyes: this is your own payout" in review
