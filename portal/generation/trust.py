@@ -46,7 +46,8 @@ class TrackedNode:
     model: str = ""
     start_block: int = 0
     end_block: int = 0
-    reputation: float | None = None
+    # Not compared: scores move with every audit, and the pool re-probes the swarm whenever its node set changes.
+    reputation: float | None = dataclasses.field(default=None, compare=False)
 
     def matches(self, peer: PeerInfo) -> bool:
         """Whether ``peer`` (what the node at :attr:`url` says of itself) is this registration."""
