@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import urllib.request
 
@@ -94,7 +95,11 @@ def test_it_streams_the_answer_stops_at_once_and_keeps_the_conversation(portal, 
     page.fill("#chat-input", "Write a very long story about a dragon who learns to cook.")
     page.click("#send")
     # (Playwright delivers websocket events while the page is being waited on, so wait on the page.)
-    page.wait_for_function("document.querySelector('.turn.assistant.streaming')?.innerText.length > 30", timeout=60_000)
+    # (A locator wait, not wait_for_function: that evals a string in the page, which the portal's CSP refuses.)
+    from playwright.sync_api import expect
+
+    streaming = page.locator(".turn.assistant.streaming")
+    expect(streaming).to_have_text(re.compile(r"[\s\S]{31}"), use_inner_text=True, timeout=60_000)
     assert _open_sessions(portal.swarm.urls) == [1, 1, 1]
     pressed = time.monotonic()
     page.click("#stop")
