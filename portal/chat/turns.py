@@ -13,7 +13,7 @@ from django.db import transaction
 from portal.chat import conversations
 from portal.chat.conversations import NotFound, Owner
 from portal.chat.models import Conversation, Message
-from portal.generation import GenerationRequest, admit
+from portal.generation import GenerationRequest, admit, retry_when_locked
 
 
 @dataclass
@@ -47,6 +47,7 @@ def ask(owner: Owner, conversation_id, request: GenerationRequest, text, regener
     return Question(conversation, question, dropped)
 
 
+@retry_when_locked
 def answer(conversation_id: int, text: str, **stats):
     """Store the answer (a partial one when the user pressed Stop or the gateway died).
 
@@ -57,6 +58,7 @@ def answer(conversation_id: int, text: str, **stats):
     return conversations.add_answer(conversation, text, **stats)
 
 
+@retry_when_locked
 def record_stopped_usage(message_id: int, usage: dict | None) -> None:
     """The gateway's usage report of an answer the user stopped: record the counts on the stored answer."""
     usage = usage or {}

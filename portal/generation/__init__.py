@@ -26,7 +26,7 @@ from portal.generation.gateway import Gateway, ensure_embedded_gateway
 from portal.generation.pool import shared_pool
 from portal.generation.protocol import BadRequest, GenerationRequest
 from portal.generation.requesters import Requester
-from portal.generation.reservations import TooManyGenerations
+from portal.generation.reservations import TooManyGenerations, retry_when_locked
 from portal.generation.spending import OutOfCredits, tokens_allowed
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "UnknownModel",
     "admit",
     "ensure_embedded_gateway",
+    "retry_when_locked",
     "shared_pool",
     "tokens_allowed",
 ]

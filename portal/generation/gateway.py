@@ -22,6 +22,7 @@ import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 
+from asgiref.sync import sync_to_async
 from channels.exceptions import ChannelFull
 from channels.layers import get_channel_layer
 from django.conf import settings
@@ -184,7 +185,7 @@ class Gateway:
 
     async def _release(self, reference) -> None:
         if isinstance(reference, str) and reference:
-            await self.loop.run_in_executor(self.executor, _settle_and_close, reference, 0)
+            await sync_to_async(reservations.settle, thread_sensitive=False)(reference, 0)
 
     def _generate(self, request: GenerationRequest, cancelled: threading.Event) -> None:
         """Runs in a worker thread: the whole generation, its replies handed to the event loop.
@@ -194,15 +195,19 @@ class Gateway:
         """
         emit = functools.partial(self._send_from_thread, request.reply_to, request.id, cancelled)
         usage = Usage()
+        settled = not request.reservation
         try:
-            if request.reservation and not reservations.claim(request.reservation):
+            if not settled and not reservations.claim(request.reservation):
+                settled = True
                 raise BadRequest("the request was withdrawn before a gateway took it", None, "cancelled", 409)
             outcome = serve_request(self.pool, request, emit, cancelled, usage)
             reservations.settle(request.reservation, usage.total)
+            settled = True
             emit("gateway.done", **done_reply(outcome))
         finally:
             try:
-                reservations.settle(request.reservation, usage.total)  # once: a no-op after the one above
+                if not settled:  # stopped, the requester gone, the swarm failed: charge what was generated
+                    reservations.settle(request.reservation, usage.total)
             except Exception:  # the database is down: the reservation expires (logged, never silent)
                 log.exception("settling %s (%d tokens) failed", request.reservation, usage.total)
             connections.close_all()  # this thread's database connection (the tracker lookup, the ledger)
@@ -224,13 +229,6 @@ class Gateway:
 
 def _backoff(failures: int) -> float:
     return min(RETRY_S[1], RETRY_S[0] * 2 ** max(0, failures - 1))
-
-
-def _settle_and_close(reference: str, tokens: int) -> None:
-    try:
-        reservations.settle(reference, tokens)
-    finally:
-        connections.close_all()
 
 
 _embedded: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

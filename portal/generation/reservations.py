@@ -22,12 +22,14 @@ package needs no app of its own; it is looked up by name, since nothing may impo
 
 from __future__ import annotations
 
+import functools
+import time
 import uuid
 from datetime import timedelta
 
 from django.apps import apps
 from django.conf import settings
-from django.db import transaction
+from django.db import OperationalError, transaction
 from django.db.models import Q, Sum
 from django.utils import timezone
 
@@ -37,6 +39,7 @@ from portal.generation.spending import OutOfCredits, anonymous_keys, charge, loc
 
 TEMPLATE_TOKENS = 64  # chat template around the messages (a default system prompt, the assistant's cue)
 TOKENS_PER_MESSAGE = 16  # role markers around each message
+LOCK_RETRIES = 40  # about 8 s of waiting for SQLite's lock, at most
 
 
 class TooManyGenerations(BadRequest):
@@ -51,6 +54,26 @@ OPEN, RUNNING, SETTLED = "open", "running", "settled"  # chat.Reservation.State
 
 def _reservations():
     return apps.get_model("chat", "Reservation").objects
+
+
+def retry_when_locked(function):
+    """Retry ``function`` (a short transaction) while SQLite says another connection holds the lock.
+
+    The gateway's worker threads settle while the consumers store answers; a file database waits for the
+    lock by itself, SQLite's shared in-memory database (the embedded tests) refuses at once instead.
+    """
+
+    @functools.wraps(function)
+    def retrying(*args, **kwargs):
+        for attempt in range(LOCK_RETRIES):
+            try:
+                return function(*args, **kwargs)
+            except OperationalError as exc:
+                if "locked" not in str(exc) or attempt == LOCK_RETRIES - 1:
+                    raise
+                time.sleep(0.01 * (attempt + 1))
+
+    return retrying
 
 
 def estimate_tokens(request: GenerationRequest) -> int:
@@ -115,6 +138,7 @@ def _held(live, requester: Requester, ip: str) -> int:
     return max(held)
 
 
+@retry_when_locked
 def claim(reference: str) -> bool:
     """The gateway takes the reservation; False: it was released (the requester gave up), do not generate."""
     if not reference:
@@ -122,6 +146,7 @@ def claim(reference: str) -> bool:
     return bool(_reservations().filter(reference=reference, state=OPEN).update(state=RUNNING))
 
 
+@retry_when_locked
 def settle(reference: str, tokens: int) -> int:
     """Charge ``tokens`` (at most the hold) for the reservation and close it; once (later calls charge nothing).
 
@@ -141,6 +166,7 @@ def settle(reference: str, tokens: int) -> int:
     return used
 
 
+@retry_when_locked
 def abandon(reference: str, tokens_seen: int) -> int:
     """The requester gives up on the gateway: release an unclaimed reservation, or settle a claimed one
     with ``tokens_seen`` (what the requester knows was generated). Returns the tokens charged."""

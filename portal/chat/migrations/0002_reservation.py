@@ -5,28 +5,34 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('chat', '0001_initial'),
+        ("chat", "0001_initial"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Reservation',
+            name="Reservation",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('reference', models.CharField(max_length=80, unique=True)),
-                ('user_id', models.IntegerField(blank=True, db_index=True, null=True)),
-                ('session_key', models.CharField(blank=True, db_index=True, max_length=64)),
-                ('ip', models.CharField(blank=True, db_index=True, max_length=64)),
-                ('tokens', models.PositiveIntegerField()),
-                ('used', models.PositiveIntegerField(default=0)),
-                ('state', models.CharField(choices=[('open', 'Open'), ('running', 'Running'), ('settled', 'Settled')], default='open', max_length=8)),
-                ('created_at', models.DateTimeField(db_index=True, default=django.utils.timezone.now)),
-                ('settled_at', models.DateTimeField(blank=True, null=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("reference", models.CharField(max_length=80, unique=True)),
+                ("user_id", models.IntegerField(blank=True, db_index=True, null=True)),
+                ("session_key", models.CharField(blank=True, db_index=True, max_length=64)),
+                ("ip", models.CharField(blank=True, db_index=True, max_length=64)),
+                ("tokens", models.PositiveIntegerField()),
+                ("used", models.PositiveIntegerField(default=0)),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[("open", "Open"), ("running", "Running"), ("settled", "Settled")],
+                        default="open",
+                        max_length=8,
+                    ),
+                ),
+                ("created_at", models.DateTimeField(db_index=True, default=django.utils.timezone.now)),
+                ("settled_at", models.DateTimeField(blank=True, null=True)),
             ],
             options={
-                'indexes': [models.Index(fields=['state', 'created_at'], name='chat_reserv_state_ae0596_idx')],
+                "indexes": [models.Index(fields=["state", "created_at"], name="chat_reserv_state_ae0596_idx")],
             },
         ),
     ]
