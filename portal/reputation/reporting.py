@@ -24,9 +24,10 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, Sum
+from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
+from portal.accounts.verification import is_verified
 from portal.reputation import scoring
 from portal.reputation.models import AuditEvidence, ClientReport
 from portal.swarm.models import Node
@@ -73,16 +74,10 @@ def reporter_weight(user, now: datetime | None = None) -> float:
     """
     if user.is_staff:
         return 1.0
-    if not _verified(user):
+    if not is_verified(user):
         return 0.0
     age = ((now or timezone.now()) - user.date_joined).total_seconds()
     return min(1.0, max(MIN_WEIGHT, age / settings.REPUTATION_REPORTER_MATURITY))
-
-
-def _verified(user) -> bool:
-    from portal.accounts.verification import is_verified
-
-    return is_verified(user)
 
 
 def _check_reporter(node: Node, reporter, dealings: Dealings) -> None:
@@ -117,7 +112,7 @@ def record_steps(
         Node.objects.select_for_update().filter(pk=node.pk).first()
         so_far = ClientReport.objects.filter(
             node=node, reporter=reporter, kind=ClientReport.Kind.STEPS, created__gte=window_start(now)
-        ).aggregate(ok=Sum("ok_counted"), failed=Sum("failed_counted"), speed=Count("pk", filter=_speed()))
+        ).aggregate(ok=Sum("ok_counted"), failed=Sum("failed_counted"), speed=Count("pk", filter=Q(speed_counted=True)))
         ok_room = min(settings.REPUTATION_REPORT_MAX_OK, dealings.tokens) - (so_far["ok"] or 0)
         failed_room = settings.REPUTATION_REPORT_MAX_FAILED - (so_far["failed"] or 0)
         ok_counted, failed_counted = max(0, min(ok, ok_room)), max(0, min(failed, failed_room))
@@ -143,12 +138,6 @@ def record_steps(
             pos, neg = (scoring.HONEST_SPEED, 0.0) if honest else (0.0, scoring.DISHONEST_SPEED)
             score = scoring.record_signal(node, "honesty", weight * pos, weight * neg, now=now)
     return Counted(ok_counted, failed_counted, speed, weight, score)
-
-
-def _speed():
-    from django.db.models import Q
-
-    return Q(speed_counted=True)
 
 
 def record_user_report(
