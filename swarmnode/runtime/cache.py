@@ -1,7 +1,11 @@
-"""Sessions and the node's KV-cache budget, counted in tokens (one token = one position in every block).
+"""Sessions and the node's KV-cache budget, counted in tokens (one token = one position of one row in every block).
 
 A session reserves ``max_length`` tokens when it opens, so a step can never run the node out
-of memory halfway: a session that does not fit is refused up front with ``out_of_cache``.
+of memory halfway: a session that does not fit is refused up front with ``out_of_cache``. A
+session's first step sets how many rows (sequences, ``B``) its cache holds, and each row takes
+``max_length`` tokens of its own: a first step of more rows than the budget holds is refused with
+``out_of_cache`` before anything runs (counting only ``max_length`` would let one 64-row session
+take 64 times what the budget says).
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ from swarmnode.protocol import ProtocolError
 class OutOfCache(ProtocolError):
     """The node's cache budget cannot hold another session of that length."""
 
-    def __init__(self, wanted: int, left: int) -> None:
-        super().__init__("out_of_cache", f"session needs {wanted} cache tokens but only {left} are free")
+    def __init__(self, wanted: int, left: int, rows: int = 1) -> None:
+        of_rows = f" ({rows} rows)" if rows > 1 else ""
+        super().__init__("out_of_cache", f"session needs {wanted} cache tokens{of_rows} but only {left} are free")
 
 
 @dataclass
@@ -25,7 +30,7 @@ class SessionState:
     """One inference session on this node."""
 
     session_id: str
-    max_length: int  # tokens reserved in the budget
+    max_length: int  # positions of each row; rows x max_length tokens are reserved in the budget
     cache: Any  # backend-specific KV cache
     owner: object  # the connection that opened it; its sessions die with it
     position: int = 0  # tokens already in the cache
@@ -36,6 +41,12 @@ class SessionState:
     # Chain hashes and output rows of every position so far, kept when the session closes (§4.9); None: not kept.
     prefix_hashes: list | None = None
     prefix_outputs: list = field(default_factory=list)
+    rows: int = 1  # sequences (B) in the cache: 1 until the first step sets it, then fixed
+
+    @property
+    def reserved(self) -> int:
+        """Tokens of the budget this session holds: ``rows x max_length``."""
+        return self.rows * self.max_length
 
 
 class CachePool:
@@ -54,7 +65,7 @@ class CachePool:
     @property
     def tokens_left(self) -> int:
         """Tokens not reserved by any session."""
-        return self.budget_tokens - sum(s.max_length for s in self.sessions.values())
+        return self.budget_tokens - sum(s.reserved for s in self.sessions.values())
 
     def open(self, session_id: str, max_length: int, cache: Any, owner: object) -> SessionState:
         """Reserve room and register a session.
@@ -70,6 +81,26 @@ class CachePool:
         state = SessionState(session_id, max_length, cache, owner)
         self.sessions[session_id] = state
         return state
+
+    def set_rows(self, state: SessionState, rows: int) -> None:
+        """Reserve ``rows x max_length`` tokens for ``state`` instead of what it holds now.
+
+        Only before its first step has run: the cache's rows are fixed from then on.
+
+        Raises:
+            ProtocolError: ``bad_shape`` when the session's cache already holds another number of rows.
+            OutOfCache: the budget cannot hold that many rows (the session keeps what it had).
+        """
+        if rows == state.rows:
+            return
+        if state.position:
+            raise ProtocolError(
+                "bad_shape", f"a step of {rows} rows, but the session holds {state.rows} (set by its first step)"
+            )
+        left = self.tokens_left + state.reserved  # what this session holds is free for its own resize
+        if rows * state.max_length > left:
+            raise OutOfCache(rows * state.max_length, left, rows)
+        state.rows = rows
 
     def get(self, session_id: str, owner: object) -> SessionState:
         """The session, if this connection owns it.

@@ -50,7 +50,8 @@ async def info(node: Node, msg: Info, owner: object) -> InfoReply:
 
 
 async def open_session(node: Node, msg: OpenSession, owner: object) -> SessionOpened:
-    """Spec §4.1: reserve ``max_length`` tokens of cache for a new session of ``owner``."""
+    """Spec §4.1: reserve ``max_length`` tokens of cache for a new session of ``owner`` (a row: its first step sets
+    how many)."""
     if node.state == "draining":  # §4.8: it still serves the sessions it has, but takes no new ones
         raise ProtocolError("out_of_cache", "this node is draining (about to move): open the session elsewhere")
     check_open_session(msg, node.limits)
@@ -76,18 +77,41 @@ def _check_connection_share(node: Node, msg: OpenSession, owner: object) -> None
         ProtocolError: ``too_many_sessions`` or ``out_of_cache`` (the connection's share is used up).
     """
     cfg = node.config
-    held = [s.max_length for s in node.pool.sessions.values() if s.owner is owner]
+    held = [s.reserved for s in node.pool.sessions.values() if s.owner is owner]
     if cfg.max_sessions_per_connection > 0 and len(held) >= cfg.max_sessions_per_connection:
         raise ProtocolError(
             "too_many_sessions",
             f"this connection already has {len(held)} open sessions (the node's cap): close one or use another node",
         )
-    share = int(cfg.connection_cache_share * node.pool.budget_tokens)
-    if held and sum(held) + msg.max_length > share:
+    _check_share(node, held, msg.max_length)
+
+
+def _check_share(node: Node, held: list[int], wanted: int) -> None:
+    """Refuse ``wanted`` more cache tokens to a connection whose other sessions hold ``held`` (§6.5).
+
+    Raises:
+        ProtocolError: ``out_of_cache``.
+    """
+    share = int(node.config.connection_cache_share * node.pool.budget_tokens)
+    if held and sum(held) + wanted > share:
         raise ProtocolError(
             "out_of_cache",
             f"this connection's sessions hold {sum(held)} of the {share} cache tokens one connection may use",
         )
+
+
+def _reserve_rows(node: Node, state: Any, rows: int, owner: object) -> None:
+    """A session's first step sets its rows; each row holds ``max_length`` tokens of the budget (spec §4.1, §6.5).
+
+    Raises:
+        ProtocolError: ``out_of_cache`` (the budget or the connection's share), ``bad_shape`` (rows changed).
+    """
+    if rows == state.rows:
+        return
+    if not state.position:  # a later step's row change is refused by the pool, whatever the share
+        others = [s.reserved for s in node.pool.sessions.values() if s.owner is owner and s is not state]
+        _check_share(node, others, rows * state.max_length)
+    node.pool.set_rows(state, rows)
 
 
 async def step(node: Node, msg: Step, owner: object) -> StepResult:
@@ -109,6 +133,7 @@ async def step(node: Node, msg: Step, owner: object) -> StepResult:
         raise ProtocolError(
             "session_full", f"{new_len} tokens would exceed the session's max_length {state.max_length}"
         )
+    _reserve_rows(node, state, hidden.shape[0], owner)
     started = time.perf_counter()
     state.busy = True
     try:

@@ -50,3 +50,22 @@ def test_it_evicts_idle_sessions_and_closes_a_dead_connections_sessions():
     pool.open("e", 10, None, owner=4)
     assert pool.close_owned_by(3) == 1
     assert list(pool.sessions) == ["e"]
+
+
+def test_each_row_of_a_session_takes_max_length_tokens():
+    pool = CachePool(1000)
+    wide = pool.open("wide", 100, None, owner=1)
+    with pytest.raises(OutOfCache, match="6400 cache tokens \\(64 rows\\) but only 1000 are free"):
+        pool.set_rows(wide, 64)
+    assert wide.rows == 1 and pool.tokens_left == 900  # a refused resize keeps what the session had
+    pool.set_rows(wide, 10)  # its own reservation counts as free for it: exactly the whole budget
+    assert pool.tokens_left == 0
+    with pytest.raises(OutOfCache):
+        pool.open("b", 1, None, owner=2)
+    pool.set_rows(wide, 4)
+    assert pool.tokens_left == 600
+    wide.position = 1  # after its first step the cache's rows are fixed
+    with pytest.raises(ProtocolError, match="bad_shape"):
+        pool.set_rows(wide, 2)
+    pool.close("wide")
+    assert pool.tokens_left == 1000

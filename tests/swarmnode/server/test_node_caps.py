@@ -10,10 +10,14 @@ from websockets.sync.client import connect
 
 from swarmnode.launcher import start_node
 from swarmnode.protocol import (
+    CloseSession,
     Error,
     Forward,
     ForwardResult,
+    Info,
+    InfoReply,
     OpenSession,
+    SessionClosed,
     SessionOpened,
     Step,
     StepResult,
@@ -118,3 +122,57 @@ def test_a_forward_costs_at_most_max_forward_tokens(capped_node):
         assert isinstance(peer.ask(Forward(id=2, hidden=small)), ForwardResult)
     finally:
         peer.close()
+
+
+def _peer_when_free(url):
+    """A connection, once the node has let go of earlier tests' ones (it learns of closes asynchronously)."""
+    for _ in range(50):
+        peer = Peer(url)
+        try:
+            if isinstance(peer.ask(Info(id=0)), InfoReply):
+                return peer
+        except ConnectionClosed:
+            pass
+        peer.close()
+        time.sleep(0.1)
+    raise AssertionError("the node kept refusing connections")
+
+
+def _rows(b, t=1):
+    return tensor_from_numpy(np.ones((b, t, 64), np.float32))
+
+
+def test_a_many_row_session_costs_rows_times_its_length(capped_node):
+    """Each row of a session's cache holds max_length positions: a 64-row first step of a 100-token session needs
+    6400 tokens of a 1000-token budget. Counting max_length alone let one connection hold 64 times its share."""
+    attacker = _peer_when_free(capped_node.url)
+    victim = _peer_when_free(capped_node.url)
+    try:
+        for _ in range(50):  # earlier tests' sessions are freed when the node sees their connections close
+            if attacker.ask(Info(id=1)).cache_tokens_left == 1000:
+                break
+            time.sleep(0.1)
+        left = 1000
+        assert isinstance(attacker.ask(OpenSession(id=2, session_id="wide", max_length=100)), SessionOpened)
+        reply = _error(attacker.ask(Step(id=3, session_id="wide", position=0, hidden=_rows(64))), "out_of_cache")
+        assert "6400 cache tokens (64 rows)" in reply.message
+        # Refused before anything ran: the session still holds one row, at position 0.
+        assert attacker.ask(Info(id=4)).cache_tokens_left == left - 100
+        # Within the budget but past the connection's share (0.4 x 1000) once another session is held.
+        assert isinstance(attacker.ask(Step(id=5, session_id="wide", position=0, hidden=_rows(2))), StepResult)
+        assert attacker.ask(Info(id=6)).cache_tokens_left == left - 200
+        assert isinstance(attacker.ask(OpenSession(id=7, session_id="wide2", max_length=100)), SessionOpened)
+        reply = _error(attacker.ask(Step(id=8, session_id="wide2", position=0, hidden=_rows(3))), "out_of_cache")
+        assert "one connection may use" in reply.message
+        # A session's rows are fixed by its first step: more rows later are refused, not run into a crash.
+        reply = _error(attacker.ask(Step(id=9, session_id="wide", position=1, hidden=_rows(8))), "bad_shape")
+        assert "set by its first step" in reply.message
+        # Another client is still served, rows and all.
+        assert isinstance(victim.ask(OpenSession(id=1, session_id="v", max_length=100)), SessionOpened)
+        assert isinstance(victim.ask(Step(id=2, session_id="v", position=0, hidden=_rows(3, 2))), StepResult)
+        for peer, sid in ((attacker, "wide"), (attacker, "wide2"), (victim, "v")):
+            assert isinstance(peer.ask(CloseSession(id=10, session_id=sid)), SessionClosed)
+        assert victim.ask(Info(id=11)).cache_tokens_left == left
+    finally:
+        attacker.close()
+        victim.close()
