@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from swarmnode.discovery import swarm_view
+from swarmnode.discovery import addresses, swarm_view
+from swarmnode.discovery.addresses import is_private_host as is_private_host  # the rule lives in discovery now
 from swarmnode.protocol.relay import relay_key_id
 from swarmnode.server.blocking import run_blocking
 from swarmnode.trust.secure_channel import key_id
@@ -39,7 +40,7 @@ if TYPE_CHECKING:  # the node imports this module through push.py
 
 log = logging.getLogger("swarmnode.push")
 
-PUSH_PRIVATE_MODES = ("auto", "allow", "refuse")
+PUSH_PRIVATE_MODES = addresses.PRIVATE_MODES
 
 
 class RouteRefused(Exception):
@@ -61,29 +62,16 @@ class NextHop:
     port: int
 
 
-def is_private_host(host: str) -> bool:
-    """Whether ``host`` (an IP literal or ``localhost``) is a loopback, private, link-local or reserved address.
-
-    ``0.0.0.0`` and ``::`` (every interface) count as public: such a node is on whatever network it sits on.
-    """
-    if host.lower() in ("localhost", "localhost."):
-        return True
-    try:
-        ip = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False  # a name: the node advertises itself under a public name
-    return not ip.is_unspecified and not ip.is_global
-
-
 def allows_private(mode: str, own_host: str) -> bool:
     """Whether private next hops may be dialled under ``push_private`` ``mode`` by a node serving on ``own_host``.
 
     Raises:
         ValueError: an unknown mode.
     """
-    if mode not in PUSH_PRIVATE_MODES:
-        raise ValueError(f"push_private must be one of {PUSH_PRIVATE_MODES}, got {mode!r}")
-    return mode == "allow" or (mode == "auto" and is_private_host(own_host))
+    try:
+        return addresses.allows_private(mode, own_host)
+    except ValueError:
+        raise ValueError(f"push_private must be one of {PUSH_PRIVATE_MODES}, got {mode!r}") from None
 
 
 def split_url(url: str) -> tuple[str, int]:
@@ -149,7 +137,9 @@ class PushRoutes:
 
     def _swarm_view(self) -> list:
         cfg = self.node.config
-        return swarm_view(self.node.model_name, cfg.portal, list(cfg.peers), self.node.url)
+        # The tracker's private URLs: as the operator says for next hops, else when the tracker itself is local.
+        private_ok = {"allow": True, "refuse": False}.get(cfg.push_private)
+        return swarm_view(self.node.model_name, cfg.portal, list(cfg.peers), self.node.url, private_ok=private_ok)
 
     @property
     def has_sources(self) -> bool:
