@@ -181,6 +181,9 @@ RELAY_NODE_BYTES_PER_S = env_float("RELAY_NODE_BYTES_PER_S", 64 * 1024 * 1024)  
 RELAY_NODE_FRAMES_PER_S = env_float("RELAY_NODE_FRAMES_PER_S", 2000.0)
 RELAY_MAX_FRAME_BYTES = env_int("RELAY_MAX_FRAME_BYTES", 16 * 1024 * 1024)  # one client frame
 RELAY_DIAL_BACK_TIMEOUT = env_float("RELAY_DIAL_BACK_TIMEOUT", 3.0)  # seconds for the reachability check
+# Dial back (relay reachability checks) private, loopback and link-local addresses too: a LAN swarm, local runs.
+# Off in production, so a stranger's node cannot make the portal probe its own network (docs/security.md).
+ALLOW_PRIVATE_PEERS = env_bool("ALLOW_PRIVATE_PEERS", DEBUG)
 CELERY_BEAT_SCHEDULE = {
     "settle-receipts": {"task": "portal.ledger.tasks.settle_receipts", "schedule": LEDGER_SETTLE_EVERY},
     "release-escrow": {"task": "portal.ledger.tasks.release_escrow", "schedule": LEDGER_ESCROW_EVERY},
