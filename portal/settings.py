@@ -162,7 +162,8 @@ REPUTATION_REPORT_MAX_OK = env_int("REPUTATION_REPORT_MAX_OK", 250)  # served st
 REPUTATION_REPORT_MAX_FAILED = env_int("REPUTATION_REPORT_MAX_FAILED", 4)  # failed steps counted per window
 REPUTATION_REPORTER_MATURITY = env_float("REPUTATION_REPORTER_MATURITY", 30 * 24 * 3600.0)  # full weight at
 # -- the ledger (credits; one credit = one block-token of work) ----------------------------------------
-LEDGER_STARTING_GRANT = env_int("LEDGER_STARTING_GRANT", 300_000)  # credits a new user starts with
+# Credits a new user starts with: spendable, never payable, and what they pay for is never payable (#17).
+LEDGER_STARTING_GRANT = env_int("LEDGER_STARTING_GRANT", 6_000)  # 200 tokens at 30 credits a token
 LEDGER_CREDITS_PER_TOKEN = env_int("LEDGER_CREDITS_PER_TOKEN", 30)  # a chat/API token (a 30-block model's pass)
 LEDGER_ANONYMOUS_QUOTA_TOKENS = env_int("LEDGER_ANONYMOUS_QUOTA_TOKENS", 2_000)  # free tokens per visitor ...
 LEDGER_ANONYMOUS_QUOTA_WINDOW = env_float("LEDGER_ANONYMOUS_QUOTA_WINDOW", 24 * 3600.0)  # ... per this many s
@@ -172,6 +173,12 @@ LEDGER_ESCROW_MIN_AGE = env_float("LEDGER_ESCROW_MIN_AGE", 24 * 3600.0)  # a nod
 LEDGER_ESCROW_RELEASE_SCORE = env_float("LEDGER_ESCROW_RELEASE_SCORE", 0.6)  # ... this old and this reputable
 LEDGER_ESCROW_EVERY = env_float("LEDGER_ESCROW_EVERY", 300.0)  # seconds between escrow release runs
 LEDGER_MIN_PAYOUT = env_int("LEDGER_MIN_PAYOUT", 1_000)  # smallest payout request, in credits
+LEDGER_LINK_WINDOW = env_float("LEDGER_LINK_WINDOW", 600.0)  # owner chatting this close to gateway work: flagged
+LEDGER_PUBLIC_EMAIL_DOMAINS = env_list(  # shared by strangers: a common domain does not link two accounts
+    "LEDGER_PUBLIC_EMAIL_DOMAINS",
+    "gmail.com googlemail.com outlook.com hotmail.com live.com yahoo.com icloud.com me.com proton.me "
+    "protonmail.com gmx.de gmx.net web.de mail.ru yandex.ru qq.com 163.com example.com example.org".split(),
+)
 LEDGER_GATEWAY_IDENTITY = env_str("LEDGER_GATEWAY_IDENTITY", str(VAR_DIR / "gateway.identity"))  # its client key
 
 # -- Relay for nodes behind NAT (portal/relay; spec §9) ---------------------------------------------------
@@ -206,6 +213,11 @@ CHAT_GATEWAY_EMBEDDED = env_bool("CHAT_GATEWAY_EMBEDDED", not REDIS_URL)
 CHAT_GATEWAY_CHANNEL = env_str("CHAT_GATEWAY_CHANNEL", "chat-gateway")  # requests queue here for any gateway
 CHAT_GATEWAY_CONCURRENCY = env_int("CHAT_GATEWAY_CONCURRENCY", 32)  # generations one gateway runs at once
 CHAT_GATEWAY_TIMEOUT = env_float("CHAT_GATEWAY_TIMEOUT", 60.0)  # no gateway took a request this long -> error
+CHAT_GATEWAY_HEARTBEAT = env_float("CHAT_GATEWAY_HEARTBEAT", 5.0)  # s between a gateway's "alive" per generation
+CHAT_GATEWAY_DEADLINE = env_float("CHAT_GATEWAY_DEADLINE", 30.0)  # no word from a gateway this long: it died
+CHAT_MAX_GENERATIONS_PER_USER = env_int("CHAT_MAX_GENERATIONS_PER_USER", 4)  # at once, per user or visitor
+CHAT_MAX_GENERATIONS_PER_IP = env_int("CHAT_MAX_GENERATIONS_PER_IP", 8)  # at once, per client address
+CHAT_RESERVATION_TTL = env_float("CHAT_RESERVATION_TTL", 3600.0)  # an unsettled hold on credits expires after
 CHAT_SWARM_PEERS = env_list("CHAT_SWARM_PEERS", [])  # node URLs the gateway uses besides the tracker's
 # The gateway routes only over trusted tracker nodes (portal/generation/trust.py): it replays this share of
 # steps on an independent route (0: never) and records what the audits find as reputation evidence ...
@@ -260,6 +272,11 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "The swarm tracker (nodes register and heartbeat; clients find spans) and swarm health.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    # The OpenAI-compatible /v1 endpoints are plain async views (SSE); their part of the schema is written by hand.
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "portal.api.openai_schema.add_openai_paths",
+    ],
 }
 
 # -- auth, static, i18n --------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""A JSON parser with a hard size limit and strict JSON (no NaN/Infinity)."""
+"""A JSON parser with a hard size limit and strict JSON (no NaN/Infinity, an object at the top)."""
 
 from __future__ import annotations
 
@@ -34,6 +34,9 @@ class LimitedJSONParser(JSONParser):
         if len(raw) > limit:
             raise PayloadTooLarge(f"request body exceeds the {limit}-byte limit")
         try:
-            return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+            body = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
         except (ValueError, UnicodeDecodeError) as exc:
             raise ParseError(f"JSON parse error - {exc}") from None
+        if not isinstance(body, dict):  # every endpoint takes an object; views may rely on request.data.get
+            raise ParseError(f"the body must be a JSON object, not {type(body).__name__}")
+        return body

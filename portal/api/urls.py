@@ -1,9 +1,9 @@
 """Routes of the API (``/api/v1/...``) and its schema and docs."""
 
-from django.urls import path
+from django.urls import path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from portal.api import ledger, reputation, views
+from portal.api import errors, ledger, reputation, views
 
 app_name = "api"
 urlpatterns = [
@@ -29,4 +29,5 @@ urlpatterns = [
     path("v1/ledger/client-keys/", ledger.ClientKeys.as_view(), name="ledger_client_keys"),
     path("v1/ledger/client-keys/<int:pk>/revoke/", ledger.RevokeClientKey.as_view(), name="ledger_client_key_revoke"),
     path("v1/ledger/payouts/", ledger.Payouts.as_view(), name="ledger_payouts"),
+    re_path(r"^.*$", errors.not_found),  # last: a JSON 404 for anything else under /api/
 ]
