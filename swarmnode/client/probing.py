@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 from swarmnode.client.latency import RttTable, ping_all
-from swarmnode.discovery import PeerInfo, fetch_spans
+from swarmnode.discovery import PeerInfo, dialable, fetch_spans, pin_to_tracker
 
 
 def probe_swarm(
@@ -22,17 +20,24 @@ def probe_swarm(
     """
     urls = list(urls)
     tracked: list[PeerInfo] = []
+    refused: dict[str, str] = {}
     if portal:  # the tracker says who serves what; probing below confirms each node is alive
         try:
-            tracked = fetch_spans(portal, name)
+            # A stranger registers what URL it likes: only public addresses are dialled (the user's --peers are).
+            tracked, refused = dialable(fetch_spans(portal, name), portal, resolve=True)
             urls += [p.url for p in tracked if p.url not in urls]
         except ValueError:
             if not tracker_optional:
                 raise
     infos, errors = ping_all(urls, rtts, timeout=timeout)
+    errors.update({u: why for u, why in refused.items() if u not in urls})
     by_url = {p.url: p for p in tracked}
     out = []
     for info in infos:
         t = by_url.get(info.url)
-        out.append(dataclasses.replace(info, node_id=t.node_id, reputation=t.reputation) if t else info)
+        pinned = pin_to_tracker(info, t) if t else info  # the tracker's key (proved), not the answer's word
+        if pinned is None:
+            errors[info.url] = "answers with other keys than the tracker registered for it"
+        else:
+            out.append(pinned)
     return out, errors

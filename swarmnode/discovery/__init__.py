@@ -6,7 +6,7 @@ merged (:func:`swarm_view`). Imports nothing of ``server``, ``runtime`` or ``cli
 """
 
 from swarmnode.discovery.peers import ANNOUNCED_FIELDS, PeerInfo
-from swarmnode.discovery.probe import ask_info, probe_peers, swarm_view
+from swarmnode.discovery.probe import ask_info, dialable, pin_to_tracker, probe_peers, swarm_view
 from swarmnode.discovery.tracker import TrackerError, fetch_spans, spans_url
 
 __all__ = [
@@ -14,7 +14,9 @@ __all__ = [
     "PeerInfo",
     "TrackerError",
     "ask_info",
+    "dialable",
     "fetch_spans",
+    "pin_to_tracker",
     "probe_peers",
     "spans_url",
     "swarm_view",

@@ -13,7 +13,13 @@ from collections.abc import Callable
 
 from websockets.sync.client import connect
 
-from swarmnode.discovery.addresses import dial_public, names_private_host, public_address, tracker_is_local
+from swarmnode.discovery.addresses import (
+    PrivateAddress,
+    dial_public,
+    names_private_host,
+    public_address,
+    tracker_is_local,
+)
 from swarmnode.discovery.peers import PeerInfo
 from swarmnode.discovery.tracker import TrackerError, fetch_spans
 from swarmnode.protocol import Info, InfoReply, Limits, ProtocolError, decode, encode
@@ -77,8 +83,13 @@ def _ask_public(ask: Ask) -> Ask:
     return checked
 
 
-def _pinned(answer: PeerInfo, tracked: PeerInfo) -> PeerInfo | None:
-    """A tracked node's own ``answer``, with the tracker's id, score and key; None if it names another key."""
+def pin_to_tracker(answer: PeerInfo, tracked: PeerInfo) -> PeerInfo | None:
+    """A tracked node's own ``answer`` (its info reply), with the tracker's id, score and key.
+
+    Returns:
+        None when the answer names other keys than the tracker registered (and proved, at registration) for that
+        node: whoever answers at the URL could name any key.
+    """
     if tracked.public_key and answer.public_key != tracked.public_key:
         log.warning("%s answers with other keys than the tracker registered for it: left out", answer.url[:200])
         return None
@@ -88,6 +99,36 @@ def _pinned(answer: PeerInfo, tracked: PeerInfo) -> PeerInfo | None:
         node_id=tracked.node_id,
         reputation=tracked.reputation,
     )
+
+
+def dialable(
+    tracked: list[PeerInfo], portal: str | None, private_ok: bool | None = None, resolve: bool = False
+) -> tuple[list[PeerInfo], dict[str, str]]:
+    """The nodes of a tracker's list that may be dialled, and why each other one may not.
+
+    Args:
+        private_ok: dial private addresses too; None: when the tracker at ``portal`` is itself on loopback or a
+            private network (a local swarm).
+        resolve: also resolve names and refuse those with a private address (else only IP literals and
+            ``localhost`` are refused: for a caller that dials with ``ask_info(public_only=True)``).
+    """
+    if private_ok is None:
+        private_ok = tracker_is_local(portal)
+    if private_ok:
+        return list(tracked), {}
+    kept, refused = [], {}
+    for p in tracked:
+        try:
+            if resolve:
+                public_address(p.url)
+            elif names_private_host(p.url):
+                raise PrivateAddress(f"{p.url[:200]} is a private address")
+        except PrivateAddress as exc:
+            log.warning("the tracker lists %s: not dialled (%s)", p.url[:200], exc)
+            refused[p.url] = f"not dialled: {exc}"
+        else:
+            kept.append(p)
+    return kept, refused
 
 
 def swarm_view(
@@ -115,11 +156,7 @@ def swarm_view(
         if private_ok is None:
             private_ok = tracker_is_local(portal)
         try:
-            for p in fetch_spans(portal, model):
-                if private_ok or not names_private_host(p.url):
-                    found[p.url] = p
-                else:
-                    log.warning("the tracker lists %s, a private address: not dialled", p.url[:200])
+            found = {p.url: p for p in dialable(fetch_spans(portal, model), portal, private_ok)[0]}
         except TrackerError as exc:
             log.warning("cannot read the swarm from the tracker: %s", exc)
     if 0 < len(found) <= probe_limit:
@@ -128,7 +165,7 @@ def swarm_view(
         alive, errors = probe_peers(list(found), timeout=3.0, ask=ask if private_ok else _ask_public(ask))
         for u, e in errors.items():
             log.info("tracked node %s did not answer: %s", u[:200], e)
-        pinned = (_pinned(p, found[p.url]) for p in alive if p.model == model)
+        pinned = (pin_to_tracker(p, found[p.url]) for p in alive if p.model == model)
         found = {p.url: p for p in pinned if p is not None}
     urls = [u for u in peers if u and u not in found]
     if urls:

@@ -145,3 +145,29 @@ def test_a_public_only_probe_checks_every_address_before_dialling(fake_node):
         public_address("file:///etc/passwd")
     assert fake_node["connections"] == 0
     assert ask_info(fake_node["url"], 3.0).public_key == REGISTERED_KEY  # not public_only: as typed
+
+
+def test_a_client_reading_a_public_tracker_dials_no_private_url_and_pins_registered_keys(fake_node):
+    """The client (and a gateway built on it) reads the tracker through ``probe_swarm``: the same two rules."""
+    from swarmnode.client.latency import RttTable
+    from swarmnode.client.probing import probe_swarm
+
+    name, address = _own_name()
+    if tracker_is_local(f"http://{name}:1"):
+        pytest.skip(f"this machine's name {name!r} is not a name")
+    named = f"ws://{name}:{fake_node['port']}/layerswarm/v1"  # resolves to this machine: private
+    tracker = _tracker(address, [_span(fake_node["url"]), _span(named, node_id=8)])
+    try:
+        portal = f"http://{name}:{tracker.server_address[1]}"
+        infos, errors = probe_swarm([], portal, MODEL, RttTable(), 3.0, tracker_optional=False)
+        assert infos == [] and set(errors) == {fake_node["url"], named} and fake_node["connections"] == 0
+    finally:
+        tracker.shutdown()
+    fake_node["key"] = "ed25519:someone-else,x25519:someone-else"
+    tracker = _tracker("127.0.0.1", [_span(fake_node["url"])])  # a local tracker: dialled, but the key is wrong
+    try:
+        portal = f"http://127.0.0.1:{tracker.server_address[1]}"
+        infos, errors = probe_swarm([], portal, MODEL, RttTable(), 3.0, tracker_optional=False)
+        assert infos == [] and "other keys" in errors[fake_node["url"]] and fake_node["connections"] >= 1
+    finally:
+        tracker.shutdown()
