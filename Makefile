@@ -41,7 +41,7 @@ model: install
 ## The portal (daphne) + Celery + 3 local nodes (10 blocks each) registered with it, in the foreground:
 ## prints the portal URL and a demo login; Ctrl-C stops everything. (`swarmnode demo` runs the nodes alone.)
 demo: model
-	$(PY) manage.py run_demo --model smollm2 --nodes 3
+	DJANGO_DEBUG=1 $(PY) manage.py run_demo --model smollm2 --nodes 3  # a local demo: DEBUG pages, a dev key
 
 # The portal tests run twice: embedded (SQLite, in-memory channel layer) and on the real services.
 PORTAL_PG    ?= postgres://postgres@127.0.0.1:5432/layerswarm

@@ -29,6 +29,7 @@ from swarmnode.runtime.prefix import PrefixStore, PrefixTracker
 from swarmnode.runtime.scheduler import Scheduler
 from swarmnode.server.announce import start_announcer
 from swarmnode.server.config import WS_PATH, NodeConfig
+from swarmnode.server.connections import ConnectionsPerAddress
 from swarmnode.server.corruption import Corruptor
 from swarmnode.server.handlers import HANDLERS
 from swarmnode.server.placement import choose_blocks
@@ -133,7 +134,7 @@ class Node:
         self.relay_link = None
         self._stopped: asyncio.Future | None = None
         self._stop_requested = False
-        self._connections_by_ip: dict[str, int] = {}  # open direct connections per remote address (§6.5)
+        self.connections = ConnectionsPerAddress(config.max_connections_per_ip)  # direct ones (§6.5)
 
     @property
     def address(self) -> str:
@@ -210,8 +211,8 @@ class Node:
             await self.relay_hub.handle(ws, path[len(WS_PATH + RELAY_SUFFIX) :])
             return
         ip = _remote_ip(ws)  # None through a relay: the relay hub bounds its own connections
-        if ip is not None and not self._admit(ip):
-            await self._refuse_connection(ws, ip)
+        if ip is not None and not self.connections.admit(ip):
+            await self.connections.refuse(ws, ip)
             return
         conn = ws  # becomes a SecureConnection after a secure_hello (spec §10)
         try:
@@ -235,36 +236,10 @@ class Node:
             log.info("connection ended: %s", exc)
         finally:
             if ip is not None:
-                self._release(ip)
+                self.connections.release(ip)
             closed = self.pool.close_owned_by(ws) + (self.pool.close_owned_by(conn) if conn is not ws else 0)
             if closed:
                 log.info("freed %d session(s) of a closed connection", closed)
-
-    def _admit(self, ip: str) -> bool:
-        """Count one more connection from ``ip``; ``False`` (not counted) when it has its share (spec §6.5)."""
-        cap = self.config.max_connections_per_ip
-        held = self._connections_by_ip.get(ip, 0)
-        if cap > 0 and held >= cap:
-            return False
-        self._connections_by_ip[ip] = held + 1
-        return True
-
-    def _release(self, ip: str) -> None:
-        left = self._connections_by_ip.get(ip, 1) - 1
-        if left > 0:
-            self._connections_by_ip[ip] = left
-        else:
-            self._connections_by_ip.pop(ip, None)
-
-    async def _refuse_connection(self, ws, ip: str) -> None:
-        log.warning("refusing a connection from %s: %d already open", ip, self.config.max_connections_per_ip)
-        cap = self.config.max_connections_per_ip
-        error = Error(code="too_many_connections", message=f"this node accepts {cap} connections per address")
-        try:
-            await ws.send(encode(error))
-            await ws.close(1008, "too many connections")
-        except Exception:  # it left already
-            pass
 
     def _check_path(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?")[0]
