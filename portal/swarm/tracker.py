@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -17,6 +18,7 @@ from portal.accounts.models import NodeToken
 from portal.swarm.live import health_changed
 from portal.swarm.models import Heartbeat, Node, NodeKey, SwarmModel
 from swarmnode.discovery import ANNOUNCED_FIELDS, PeerInfo
+from swarmnode.relaying.peer_address import serves_privately
 
 
 class TrackerError(Exception):
@@ -104,7 +106,21 @@ def _model_for(reg: PeerInfo) -> SwarmModel:
     return model
 
 
+def _refuse_private(reg: PeerInfo) -> None:
+    """Every client, node and gateway reading the tracker dials what it lists: a private address there (the cloud
+    metadata service, a LAN admin port) would turn them all into a stranger's probes (#17 finding 12)."""
+    if settings.ALLOW_PRIVATE_PEERS:
+        return
+    try:
+        host = urlsplit(reg.url).hostname or ""  # a relay address names its relay's host the same way
+    except ValueError:
+        host = ""
+    if host and serves_privately(host):
+        raise TrackerError(400, "private_address", f"{reg.url[:200]} is not a public address (this swarm lists none)")
+
+
 def _refuse_conflicts(token: NodeToken, model: SwarmModel, reg: PeerInfo, same: Node | None) -> None:
+    _refuse_private(reg)
     mine = Node.objects.active().filter(token=token, model=model)
     overlapping = mine.filter(start_block__lt=reg.end_block, end_block__gt=reg.start_block)
     if same is not None:
