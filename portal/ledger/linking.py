@@ -95,7 +95,7 @@ def receipt_flag(receipt: Receipt) -> str:
     earner = receipt.earner
     payer_id = receipt.client_key.user_id
     if payer_id is not None:
-        reason = link_reason(get_user_model().objects.get(pk=payer_id), earner)
+        reason = link_reason(receipt.client_key.user, earner)
         return f"payer and node owner linked: {reason}" if reason else ""
     linked = linked_users(earner)
     window = dt.timedelta(seconds=float(settings.LEDGER_LINK_WINDOW))

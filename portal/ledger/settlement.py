@@ -68,7 +68,11 @@ def _payer(receipt: Receipt) -> Account:
 def settle_receipt(pk: int, now: dt.datetime | None = None) -> Receipt:
     """Settle receipt ``pk`` if it is still pending; return it as it stands afterwards."""
     with transaction.atomic():
-        receipt = Receipt.objects.select_for_update(of=("self",)).select_related("client_key", "node").get(pk=pk)
+        receipt = (
+            Receipt.objects.select_for_update(of=("self",))
+            .select_related("client_key__user", "node", "earner")
+            .get(pk=pk)
+        )
         if receipt.status != Receipt.Status.PENDING:
             return receipt
         return _settle_locked(receipt, now or timezone.now())
@@ -129,7 +133,7 @@ def settle_pending(limit: int = 500, now: dt.datetime | None = None) -> int:
         with transaction.atomic():
             receipt = (
                 Receipt.objects.select_for_update(skip_locked=True, of=("self",))
-                .select_related("client_key", "node")
+                .select_related("client_key__user", "node", "earner")
                 .filter(status=Receipt.Status.PENDING)
                 .order_by("id")
                 .first()
