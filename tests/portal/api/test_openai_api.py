@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import openai
 import pytest
@@ -31,7 +32,10 @@ def _covered(url: str) -> bool:
 @pytest.fixture(scope="module")
 def portal(tmp_path_factory):
     folder = tmp_path_factory.mktemp("openai")
-    env = {"CHAT_CONTEXT_TOKENS": "1024"}  # small enough for a 'context too long' test within the input limits
+    env = {
+        "CHAT_CONTEXT_TOKENS": "1024",  # small enough for a 'context too long' test within the input limits
+        "CHAT_MAX_GENERATIONS_PER_USER": "2",  # the 429 test's limit
+    }
     with live_portal(folder, f"layerswarm_openai_{os.getpid()}", celery=False, env=env) as portal:
         token = create_user_with_node_token(portal.env, "volunteer", "volunteer-password-1")
         swarm = LocalSwarm(
@@ -42,6 +46,12 @@ def portal(tmp_path_factory):
             wait_until(lambda: _covered(portal.url), 90, "the tracker to see all 3 nodes")
             portal.swarm = swarm
             portal.key = manage(["create_api_key", "volunteer"], portal.env).stdout.strip().splitlines()[-1]
+            # Every generated token is charged (also of streams left early): enough bought credits for the module.
+            manage(
+                ["shell", "-c", "from django.contrib.auth.models import User; from portal.ledger.books import deposit; "
+                 "deposit(User.objects.get(username='volunteer'), 3_000_000, 'openai-tests')"],
+                portal.env,
+            )  # fmt: skip
             yield portal
 
 
@@ -116,6 +126,60 @@ def test_it_cancels_the_generation_when_a_streaming_client_goes_away(client, por
     wait_until(lambda: open_sessions(portal.swarm.urls) == [0, 0, 0], 5, "the nodes to close the session")
 
 
+def _shell(portal, code: str) -> str:
+    """Run ``code`` in the portal's Django (its database); return the last line it printed."""
+    return manage(["shell", "-c", code], portal.env).stdout.strip().splitlines()[-1]
+
+
+BILL = (
+    "from django.contrib.auth.models import User; from portal.ledger.books import balance_of; "
+    "from portal.chat.models import Reservation as R; u = User.objects.get(username='volunteer'); "
+    "r = R.objects.filter(user_id=u.pk).order_by('-pk').first(); "
+    "print(balance_of(u), r and r.state, r and r.used, r and r.reference)"
+)
+
+
+def test_it_charges_every_generated_token_when_a_streaming_client_leaves_mid_answer(client, portal):
+    # The attack: the key's owner (here also the nodes' owner) streams and hangs up after a few pieces.
+    # Before the fix nothing was charged, while the gateway had generated (and the nodes served) every token.
+    before = int(_shell(portal, BILL).split()[0])
+    ask = dict(model="smollm2", messages=[{"role": "user", "content": "Tell me a long story."}], max_tokens=500)
+    with client.chat.completions.create(**ask, temperature=0, stream=True) as stream:
+        pieces = [chunk for _, chunk in zip(range(8), stream, strict=False)]
+    bill = {}
+
+    def settled() -> bool:
+        balance, state, used, reference = _shell(portal, BILL).split()
+        bill.update(balance=int(balance), used=int(used), reference=reference)
+        return state == "settled"
+
+    wait_until(settled, 30, "the gateway to settle the abandoned stream")
+    assert len(pieces) == 8 and bill["used"] > 7 + 10  # the prompt and at least the pieces read
+    price = int(_shell(portal, "from django.conf import settings; print(settings.LEDGER_CREDITS_PER_TOKEN)"))
+    assert before - bill["balance"] == bill["used"] * price  # exactly what was generated, charged once
+
+
+def test_it_refuses_more_streams_at_once_than_the_per_user_limit_with_429(client):
+    ask = dict(model="smollm2", messages=[{"role": "user", "content": "Tell me a long story."}], max_tokens=300)
+    first = client.chat.completions.create(**ask, stream=True)
+    second = client.chat.completions.create(**ask, stream=True)
+    try:
+        with pytest.raises(openai.RateLimitError) as caught:
+            client.chat.completions.create(**ask, stream=True)
+        assert caught.value.status_code == 429 and caught.value.body["code"] == "too_many_generations"
+    finally:
+        first.close()
+        second.close()
+    deadline = time.monotonic() + 15  # the gateway settles the two cancelled streams: the limit is free again
+    while True:
+        try:
+            assert client.chat.completions.create(**{**ask, "max_tokens": 2}).choices[0].message.content is not None
+            break
+        except openai.RateLimitError:
+            assert time.monotonic() < deadline, "the cancelled streams still count against the limit"
+            time.sleep(0.5)
+
+
 def test_it_samples_reproducibly_with_a_seed(client):
     ask = dict(model="smollm2", messages=QUESTION, max_tokens=12, temperature=0.9, top_p=0.95, seed=7)
     first = client.chat.completions.create(**ask).choices[0].message.content
@@ -170,7 +234,7 @@ def test_it_answers_503_when_the_swarm_does_not_cover_the_model(client, portal):
     )  # fmt: skip
     with pytest.raises(openai.APIStatusError) as caught:
         client.chat.completions.create(model="tinyllama", messages=QUESTION, max_tokens=4)
-    assert caught.value.status_code == 503 and "no node serves tinyllama" in caught.value.body["message"]
+    assert caught.value.status_code == 503 and "node serves tinyllama" in caught.value.body["message"]
 
     last = portal.swarm.nodes[2].process
     last.send_signal(signal.SIGINT)  # blocks 20-29 leave the swarm (the node says goodbye to the tracker)
