@@ -59,13 +59,10 @@ def link_reason(a, b) -> str:
     domain = _private_domain(a.email)
     if domain and domain == _private_domain(b.email):
         return f"same e-mail domain ({domain})"
-    theirs = {_destination(d) for d in Payout.objects.filter(user=b).values_list("destination", flat=True)}
-    shared = [
-        d for d in Payout.objects.filter(user=a).values_list("destination", flat=True) if _destination(d) in theirs
-    ]
-    if shared:
-        return "same payout destination"
-    return ""
+    destinations: dict[int, set[str]] = {a.pk: set(), b.pk: set()}
+    for user_id, d in Payout.objects.filter(user_id__in=[a.pk, b.pk]).values_list("user_id", "destination"):
+        destinations[user_id].add(_destination(d))
+    return "same payout destination" if destinations[a.pk] & destinations[b.pk] else ""
 
 
 def linked_users(user) -> dict[int, str]:
@@ -99,10 +96,10 @@ def receipt_flag(receipt: Receipt) -> str:
         return f"payer and node owner linked: {reason}" if reason else ""
     linked = linked_users(earner)
     window = dt.timedelta(seconds=float(settings.LEDGER_LINK_WINDOW))
-    accounts = Account.objects.filter(kind=Account.Kind.USER, user_id__in=list(linked)).values_list("pk", flat=True)
+    accounts = Account.objects.filter(kind=Account.Kind.USER, user_id__in=list(linked)).values("pk")
     used = (
         Entry.objects.filter(
-            account_id__in=list(accounts),  # the (account, created_at) index: a few rows per linked account
+            account_id__in=accounts,  # one query; the (account, created_at) index: few rows per linked account
             amount__lt=0,
             transaction__kind=Transaction.Kind.USAGE,
             created_at__gte=receipt.issued_at - window,
