@@ -47,6 +47,7 @@ class GatewayCall:
         self.finished = False
         self.started = False  # a gateway answered (a heartbeat counts)
         self.cancelled = False
+        self.withdrawn = False  # the hold was given back (or settled) from this side
         self.prompt_tokens = 0  # what the replies said was used so far: charged if the gateway dies
         self.completion_tokens = 0
 
@@ -121,7 +122,10 @@ class GatewayCall:
         seen (a request no gateway took is released). Returns the tokens charged."""
         await self.cancel()
         reference = self.request.reservation
-        return await sync_to_async(reservations.abandon)(reference, self.tokens_seen) if reference else 0
+        if not reference or self.withdrawn:
+            return 0
+        self.withdrawn = True
+        return await sync_to_async(reservations.abandon)(reference, self.tokens_seen)
 
     async def cancel(self) -> None:
         """Stop the generation wherever it runs (or before it starts); its final event still comes."""
@@ -130,5 +134,9 @@ class GatewayCall:
             await asyncio.shield(self.layer.group_send(CONTROL_GROUP, cancel_message(self.request.id)))
 
     async def close(self) -> None:
-        """Done with this call: a generation that has not finished is cancelled."""
+        """Done with this call: a generation that has not finished is cancelled; a request no gateway has
+        answered yet gives its hold back (a gateway that takes it later finds it withdrawn and skips it)."""
         await self.cancel()
+        if not self.started and not self.finished and self.request.reservation and not self.withdrawn:
+            self.withdrawn = True
+            await asyncio.shield(sync_to_async(reservations.abandon)(self.request.reservation, 0))
