@@ -14,6 +14,7 @@ import datetime as dt
 from django.contrib.auth.models import User
 from django.utils import timezone
 from portal.accounts.models import NodeToken
+from portal.ledger.books import deposit
 from portal.ledger.models import ClientKey
 from portal.ledger.receipts import submit_receipt
 from portal.ledger.settlement import settle_pending
@@ -28,6 +29,7 @@ payer = User.objects.create_user("frank")
 model = SwarmModel.objects.get_or_create(name="smollm2", defaults={"num_blocks": 30, "hidden_size": 576})[0]
 node_id, client = NodeIdentity.generate(), NodeIdentity.generate()
 ClientKey.objects.create(user=payer, key=key_of(client), name="frank")
+deposit(payer, 10_000, reference="bank:frank")  # bought credits (no grant here): what he pays for is payable
 node = Node.objects.create(owner=erin, token=NodeToken.create_for(erin, "gpu")[0], model=model, start_block=0,
     end_block=10, url="ws://127.0.0.1:1/layerswarm/v1", backend="torch", device="cpu", dtype="float32",
     version="0", public_key=node_id.public_key, state="online", registered_at=timezone.now() - dt.timedelta(days=3))
@@ -45,7 +47,12 @@ print("seeded")
 @pytest.fixture(scope="module")
 def portal(tmp_path_factory):
     folder = tmp_path_factory.mktemp("browser-ledger")
-    env = {"LEDGER_ESCROW_MIN_AGE": "0", "LEDGER_ESCROW_RELEASE_SCORE": "0", "LEDGER_MIN_PAYOUT": "100"}
+    env = {
+        "LEDGER_ESCROW_MIN_AGE": "0",
+        "LEDGER_ESCROW_RELEASE_SCORE": "0",
+        "LEDGER_MIN_PAYOUT": "100",
+        "LEDGER_STARTING_GRANT": "0",  # receipts paid from a grant are never payable (#17): frank bought his
+    }
     with live_portal(folder, f"layerswarm_ledger_browser_{os.getpid()}", celery=False, env=env) as portal:
         assert manage(["shell", "-c", SEED], portal.env).stdout.strip().endswith("seeded")
         yield portal
