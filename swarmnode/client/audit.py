@@ -198,6 +198,9 @@ class EvidenceReporter:
         self.timeout = timeout
         self.sent = 0
         self.errors: list[str] = []
+        # Reports the portal declined to count (HTTP 403 with a code, e.g. ``no_dealings``: step reports count only
+        # from clients holding the node's receipts). Not errors: the portal answered, it keeps the report out.
+        self.refused: list[str] = []
         self._queue: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="evidence-reporter", daemon=True)
         self._thread.start()
@@ -228,7 +231,11 @@ class EvidenceReporter:
                 with urllib.request.urlopen(request, timeout=self.timeout) as r:
                     r.read()
                 self.sent += 1
-            except (OSError, urllib.error.HTTPError) as exc:
+            except urllib.error.HTTPError as exc:
+                code = _error_code(exc) if exc.code == 403 else None
+                (self.refused if code else self.errors).append(f"{path}: {code or exc}")
+                log.info("the portal did not take a report: %s", code or exc)
+            except OSError as exc:
                 self.errors.append(f"{path}: {exc}")
                 log.info("could not report to the portal: %s", exc)
             finally:
@@ -239,6 +246,16 @@ class EvidenceReporter:
         done = threading.Event()
         threading.Thread(target=lambda: (self._queue.join(), done.set()), daemon=True).start()
         done.wait(timeout)
+
+
+def _error_code(exc: urllib.error.HTTPError) -> str | None:
+    """The portal's ``{"error": code}`` of a refusal, or None when the body says nothing readable."""
+    try:
+        body = json.loads(exc.read(4096) or b"{}")
+    except (OSError, ValueError):
+        return None
+    code = body.get("error") if isinstance(body, dict) else None
+    return code if isinstance(code, str) else None
 
 
 @dataclass

@@ -119,6 +119,9 @@ def test_it_catches_reports_and_shuns_a_lying_node(swarm):
     assert bad not in [p.url for p in client.chain()]  # this client routes around it at once
     reporter.flush()
     assert not reporter.errors
+    # This client pays with an API key, so it holds no receipts of these nodes: its step counts are not evidence
+    # (#17 finding 6) and the portal says so; the signed audit evidence is what moves the score.
+    assert all(r.endswith("no_dealings") for r in reporter.refused)
 
     listed = _spans(portal.url, model_dir.name)
     assert bad not in listed  # the portal checked the signed evidence: under the threshold, off the list
