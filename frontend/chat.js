@@ -16,6 +16,7 @@ let current = null; // the answer being streamed: { node, text, pieces, firstAt 
 const NOTES = {
   cancelled: "stopped",
   length: "reached the max new tokens",
+  error: "cut short: the swarm or its gateway failed",
 };
 
 function turn(role, text, meta = {}) {
@@ -156,7 +157,9 @@ chat.addEventListener("done", (e) => {
 });
 chat.addEventListener("error", (e) => {
   if (current) {
-    current.node.remove();
+    // The part of the answer that was streamed before the gateway or the swarm failed is stored (and charged): keep it.
+    if (e.detail.answer) finish(current.node, e.detail.answer);
+    else current.node.remove();
     current = null;
   }
   showError(e.detail);
