@@ -122,7 +122,9 @@ async def register_all(port: int, tokens: list[str], concurrency: int) -> list[t
                 "model": "smollm2",
                 "start_block": start,
                 "end_block": random.randrange(start + 1, 31),
-                "url": f"ws://10.{i // 65536}.{i // 256 % 256}.{i % 256}:31337/layerswarm/v1",
+                # A host name, as a node on the internet may announce: the tracker refuses private addresses
+                # (#17 finding 12) and never resolves or dials a name, so no node needs to exist there.
+                "url": f"ws://node{i}.bench.invalid:31337/layerswarm/v1",
                 "backend": "torch",
                 "device": "cuda:0",
                 "dtype": "float16",

@@ -1,5 +1,7 @@
 // The chat page: conversation list, streamed answers rendered as Markdown (safely: see markdown.js),
-// Stop / Regenerate / New conversation, generation settings, and the live decoding speed.
+// Stop / Regenerate / New conversation, a system prompt and generation settings, copy buttons on answers and
+// code blocks, rename / delete / export of the conversation, and the live decoding speed. Screen readers hear
+// each finished answer once (the #announcer live region), not every token.
 import { el } from "./dom.js";
 import { renderMarkdown } from "./markdown.js";
 import { SwarmChat } from "./swarm_chat.js";
@@ -11,7 +13,26 @@ const input = $("chat-input");
 const status = $("chat-status");
 const speed = $("speed");
 let conversation = state.conversation;
-let current = null; // the answer being streamed: { node, text, pieces, firstAt }
+const announcer = $("announcer");
+let current = null; // the answer being streamed: { node, text, pieces, firstAt, frame }
+
+function announce(text) {
+  announcer.textContent = "";
+  requestAnimationFrame(() => (announcer.textContent = text)); // a change, even when the text repeats
+}
+
+async function copy(text, button) {
+  let ok = true;
+  try {
+    await navigator.clipboard.writeText(text);
+  } catch {
+    ok = false;
+  }
+  const label = button.textContent;
+  button.textContent = ok ? "Copied" : "Copy failed";
+  announce(ok ? "Copied to the clipboard" : "Copying failed: select the text and copy it");
+  setTimeout(() => (button.textContent = label), 1500);
+}
 
 const NOTES = {
   cancelled: "stopped",
@@ -31,16 +52,13 @@ function turn(role, text, meta = {}) {
 
 function setText(node, role, text) {
   const body = node.querySelector(".body");
-  if (role === "assistant") body.replaceChildren(renderMarkdown(text));
+  if (role === "assistant") body.replaceChildren(renderMarkdown(text, { copy }));
   else body.replaceChildren(el("p", { class: "plain" }, text));
 }
 
-function note(node, text, cls = "note") {
-  node.append(el("div", { class: cls }, text));
-}
-
-function finish(node, message) {
+function finish(node, message, { live = false } = {}) {
   node.classList.remove("streaming");
+  node.removeAttribute("aria-busy");
   node.dataset.message = message.id;
   node.dataset.finish = message.finish_reason;
   setText(node, "assistant", message.content);
@@ -48,7 +66,24 @@ function finish(node, message) {
   if (NOTES[message.finish_reason]) bits.push(NOTES[message.finish_reason]);
   if (message.completion_tokens) bits.push(`${message.completion_tokens} tokens`);
   if (message.tokens_per_s) bits.push(`${message.tokens_per_s.toFixed(1)} tok/s`);
-  if (bits.length) note(node, bits.join(" · "), "meta");
+  const tools = el("div", { class: "answer-tools" });
+  if (message.content) {
+    const button = el("button", { type: "button", class: "copy copy-answer" }, "Copy answer");
+    button.addEventListener("click", () => copy(message.content, button));
+    tools.append(button);
+  }
+  if (bits.length) tools.append(el("span", { class: "meta" }, bits.join(" · ")));
+  node.append(tools);
+  if (live) announce(`Answer${NOTES[message.finish_reason] ? ` (${NOTES[message.finish_reason]})` : ""}: ${message.content}`);
+}
+
+function showConversationTools(c) {
+  $("conversation-tools").hidden = false;
+  $("rename-form").action = `/chat/${c.id}/rename/`;
+  $("delete-form").action = `/chat/${c.id}/delete/`;
+  $("export-md").href = `/chat/${c.id}/export.md`;
+  $("export-json").href = `/chat/${c.id}/export.json`;
+  $("rename-title").value = c.title;
 }
 
 function droppedNote(node, n) {
@@ -75,7 +110,7 @@ function busy(on) {
 }
 
 function showError(detail) {
-  messages.append(el("div", { class: "turn error", "data-code": detail.code }, detail.message));
+  messages.append(el("div", { class: "turn error", "data-code": detail.code, role: "alert" }, detail.message));
 }
 
 function setup() {
@@ -85,6 +120,7 @@ function setup() {
   $("top-p").value = d.top_p;
   $("max-new-tokens").value = d.max_new_tokens;
   $("max-new-tokens").max = state.defaults.max_new_tokens_limit;
+  $("system-prompt").value = conversation?.system_prompt ?? "";
   for (const m of state.models) {
     const label = m.covered ? m.name : `${m.name} (${m.banner})`;
     const option = el("option", { value: m.name }, label);
@@ -92,6 +128,7 @@ function setup() {
     if (m.name === state.defaults.model) option.selected = true;
     $("model").append(option);
   }
+  if (conversation) showConversationTools(conversation);
   for (const m of state.messages) {
     const node = turn(m.role, m.content, { id: m.id });
     if (m.role === "assistant") {
@@ -115,7 +152,7 @@ chat.addEventListener("close", (e) => {
   status.dataset.live = "false";
   status.textContent = e.detail.reconnectIn !== null ? "connection lost: reconnecting…" : "disconnected";
   if (current) {
-    finish(current.node, { id: "", content: current.text, finish_reason: "cancelled" });
+    finish(current.node, { id: "", content: current.text, finish_reason: "cancelled" }, { live: true });
     current = null;
     busy(false);
   }
@@ -129,12 +166,16 @@ chat.addEventListener("accepted", (e) => {
     const list = $("conversation-list");
     list.querySelector(".empty")?.remove();
     list.querySelectorAll("li.current").forEach((li) => li.classList.remove("current"));
-    list.prepend(el("li", { class: "current" }, el("a", { href: `/chat/${c.id}/`, "data-conversation": c.id }, c.title)));
+    list.querySelectorAll("[aria-current]").forEach((a) => a.removeAttribute("aria-current"));
+    const link = el("a", { href: `/chat/${c.id}/`, "data-conversation": c.id, "aria-current": "page" }, c.title);
+    list.prepend(el("li", { class: "current" }, link));
+    showConversationTools(c);
   }
   if (e.detail.question) turn("user", e.detail.question.content, { id: e.detail.question.id });
   const node = turn("assistant", "");
   node.classList.add("streaming");
-  current = { node, text: "", pieces: 0, firstAt: 0 };
+  node.setAttribute("aria-busy", "true");
+  current = { node, text: "", pieces: 0, firstAt: 0, frame: 0 };
 });
 chat.addEventListener("started", (e) => {
   if (current) droppedNote(current.node, e.detail.dropped_messages);
@@ -146,11 +187,23 @@ chat.addEventListener("token", (e) => {
   const now = performance.now();
   if (!current.firstAt) current.firstAt = now;
   else speed.textContent = `${((current.pieces - 1) / ((now - current.firstAt) / 1000)).toFixed(1)} tok/s`;
-  setText(current.node, "assistant", current.text);
-  current.node.scrollIntoView({ block: "end" });
+  if (current.frame) return; // one Markdown render per animation frame, however fast tokens come
+  const shown = current;
+  shown.frame = requestAnimationFrame(() => {
+    shown.frame = 0;
+    if (current !== shown) return;
+    setText(shown.node, "assistant", shown.text);
+    shown.node.scrollIntoView({ block: "end" });
+  });
 });
+
+function settle() {
+  if (current?.frame) cancelAnimationFrame(current.frame);
+}
+
 chat.addEventListener("done", (e) => {
-  if (current) finish(current.node, e.detail.message);
+  settle();
+  if (current) finish(current.node, e.detail.message, { live: true });
   if (e.detail.message.tokens_per_s) speed.textContent = `${e.detail.message.tokens_per_s.toFixed(1)} tok/s`;
   current = null;
   busy(false);
@@ -158,6 +211,7 @@ chat.addEventListener("done", (e) => {
 chat.addEventListener("error", (e) => {
   if (current) {
     // The part of the answer that was streamed before the gateway or the swarm failed is stored (and charged): keep it.
+    settle();
     if (e.detail.answer) finish(current.node, e.detail.answer);
     else current.node.remove();
     current = null;
@@ -181,12 +235,19 @@ $("chat-form").addEventListener("submit", (e) => {
   const text = input.value;
   if (!text.trim() || current) return;
   input.value = "";
-  ask(chat.send(text, { conversation: conversation?.id ?? null, model: $("model").value, settings: settings() }));
+  const options = { model: $("model").value, settings: settings(), systemPrompt: $("system-prompt").value };
+  ask(chat.send(text, { conversation: conversation?.id ?? null, ...options }));
 });
 input.addEventListener("keydown", (e) => {
   if (e.key === "Enter" && !e.shiftKey) {
     e.preventDefault();
     $("chat-form").requestSubmit();
+  }
+});
+document.addEventListener("keydown", (e) => {
+  if (e.key === "Escape" && current) {
+    e.preventDefault();
+    chat.stop();
   }
 });
 $("stop").addEventListener("click", () => chat.stop());
@@ -196,5 +257,6 @@ $("regenerate").addEventListener("click", () => {
   const last = messages.lastElementChild;
   if (last?.classList.contains("assistant")) last.remove();
   else if (answers.length && last?.classList.contains("error")) last.remove();
-  ask(chat.regenerate(conversation.id, { model: $("model").value, settings: settings() }));
+  const options = { model: $("model").value, settings: settings(), systemPrompt: $("system-prompt").value };
+  ask(chat.regenerate(conversation.id, options));
 });

@@ -53,8 +53,8 @@ function renderModel(m) {
       `${m.model} `,
       el(
         "small",
-        { "data-relayed": relayed },
-        `${m.num_blocks} blocks · ${m.online_nodes} online nodes · ${relayed} relayed`,
+        { "data-relayed": relayed, "data-kind": m.kind },
+        `${m.kind} · ${m.architecture || "?"} · ${m.num_blocks} blocks · ${m.online_nodes} online nodes · ${relayed} relayed`,
       ),
     ),
     banner,

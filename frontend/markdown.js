@@ -1,111 +1,93 @@
-// Markdown for model output, which is untrusted text: the renderer only ever creates elements and text
-// nodes (never innerHTML), so "<script>" or "<img onerror=...>" in an answer shows up as those characters.
-// Supported: paragraphs, line breaks, # headings, - / 1. lists, > quotes, ``` code blocks, `code`,
-// **bold**, *italic*, [links](https://...) (http, https and mailto only).
+// Markdown for model output, which is untrusted text. Maintained libraries do the work, served by the
+// portal from npm (see portal/chat/libraries.py; no CDN): marked (CommonMark + GitHub tables), highlight.js
+// (code), DOMPurify (the last word on what reaches the page).
+// Model output never executes: raw HTML in an answer is shown as the characters it is made of, links work
+// only for http(s) and mailto, images are shown as their Markdown text, and DOMPurify sanitizes the result.
+import { Marked } from "/chat/lib/marked.js";
+import DOMPurify from "/chat/lib/purify.js";
+import hljs from "/chat/lib/highlight.js";
 
-const INLINE = /(`+)([\s\S]*?[^`])\1(?!`)|\*\*([^*\n]+)\*\*|__([^_\n]+)__|\*([^*\s][^*\n]*)\*|_([^_\s][^_\n]*)_|\[([^\]\n]+)\]\(([^)\s]+)\)/g;
 const SAFE_LINK = /^(https?:\/\/|mailto:)/i;
+const ESCAPES = { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" };
+const escape = (text) => String(text).replace(/[&<>"']/g, (c) => ESCAPES[c]);
 
-function inline(parent, text) {
-  let last = 0;
-  for (const m of text.matchAll(INLINE)) {
-    if (m.index > last) parent.append(document.createTextNode(text.slice(last, m.index)));
-    if (m[1]) {
-      const code = document.createElement("code");
-      code.textContent = m[2];
-      parent.append(code);
-    } else if (m[3] || m[4]) {
-      const strong = document.createElement("strong");
-      inline(strong, m[3] || m[4]);
-      parent.append(strong);
-    } else if (m[5] || m[6]) {
-      const em = document.createElement("em");
-      inline(em, m[5] || m[6]);
-      parent.append(em);
-    } else if (SAFE_LINK.test(m[8])) {
-      const a = document.createElement("a");
-      a.href = m[8];
-      a.rel = "noopener noreferrer nofollow";
-      a.target = "_blank";
-      a.textContent = m[7];
-      parent.append(a);
-    } else {
-      parent.append(document.createTextNode(m[0])); // javascript: and friends stay plain text
-    }
-    last = m.index + m[0].length;
+function highlighted(text, lang) {
+  const language = lang && hljs.getLanguage(lang) ? lang : null;
+  try {
+    return language ? hljs.highlight(text, { language, ignoreIllegals: true }) : hljs.highlightAuto(text);
+  } catch {
+    return { value: escape(text), language: null };
   }
-  if (last < text.length) parent.append(document.createTextNode(text.slice(last)));
 }
 
-function lines(parent, rows) {
-  rows.forEach((row, i) => {
-    if (i) parent.append(document.createElement("br"));
-    inline(parent, row);
-  });
-}
+const marked = new Marked({
+  gfm: true,
+  async: false,
+  renderer: {
+    html({ text }) {
+      return escape(text); // raw HTML from the model is text, never markup
+    },
+    link({ href, tokens, raw }) {
+      if (!SAFE_LINK.test(href || "")) return escape(raw); // javascript:, data: and friends stay text
+      return `<a href="${escape(href)}">${this.parser.parseInline(tokens)}</a>`;
+    },
+    image({ raw }) {
+      return escape(raw); // no tracking pixels, no surprises: an image stays its Markdown text
+    },
+    heading({ tokens, depth }) {
+      const level = Math.min(6, depth + 1); // the page owns h1; an answer's headings sit below it
+      return `<h${level}>${this.parser.parseInline(tokens)}</h${level}>\n`;
+    },
+    code({ text, lang }) {
+      const wanted = (lang || "").match(/^[\w+#.-]*/)[0];
+      const result = highlighted(text, wanted);
+      const name = result.language || wanted;
+      const cls = `hljs${name ? ` language-${escape(name)}` : ""}`;
+      return `<pre><code class="${cls}" data-lang="${escape(name || "")}">${result.value}</code></pre>\n`;
+    },
+  },
+});
 
-// Render `text` into a DocumentFragment.
-export function renderMarkdown(text) {
-  const out = document.createDocumentFragment();
-  const rows = String(text).replace(/\r\n?/g, "\n").split("\n");
-  let i = 0;
-  while (i < rows.length) {
-    const row = rows[i];
-    const fence = row.match(/^\s*(```|~~~)\s*([\w+-]*)\s*$/);
-    if (fence) {
-      const body = [];
-      i++;
-      while (i < rows.length && !rows[i].trim().startsWith(fence[1])) body.push(rows[i++]);
-      i++; // the closing fence (or the end of a still-streaming answer)
-      const pre = document.createElement("pre");
-      const code = document.createElement("code");
-      if (fence[2]) code.dataset.lang = fence[2];
-      code.textContent = body.join("\n");
-      pre.append(code);
-      out.append(pre);
-      continue;
-    }
-    const heading = row.match(/^(#{1,6})\s+(.*)$/);
-    if (heading) {
-      const h = document.createElement(`h${Math.min(6, heading[1].length + 2)}`);
-      inline(h, heading[2]);
-      out.append(h);
-      i++;
-      continue;
-    }
-    const item = /^\s*([-*+]|\d+[.)])\s+/;
-    if (item.test(row)) {
-      const ordered = /^\s*\d/.test(row);
-      const list = document.createElement(ordered ? "ol" : "ul");
-      while (i < rows.length && item.test(rows[i]) && /^\s*\d/.test(rows[i]) === ordered) {
-        const li = document.createElement("li");
-        inline(li, rows[i].replace(item, ""));
-        list.append(li);
-        i++;
-      }
-      out.append(list);
-      continue;
-    }
-    if (/^\s*>/.test(row)) {
-      const quote = document.createElement("blockquote");
-      const body = [];
-      while (i < rows.length && /^\s*>/.test(rows[i])) body.push(rows[i++].replace(/^\s*>\s?/, ""));
-      lines(quote, body);
-      out.append(quote);
-      continue;
-    }
-    if (!row.trim()) {
-      i++;
-      continue;
-    }
-    const body = [];
-    while (i < rows.length && rows[i].trim() && !/^(\s*(```|~~~)|#{1,6}\s|\s*([-*+]|\d+[.)])\s|\s*>)/.test(rows[i])) {
-      body.push(rows[i++]);
-    }
-    if (!body.length) body.push(rows[i++]); // a line the block rules above did not take after all
-    const p = document.createElement("p");
-    lines(p, body);
-    out.append(p);
+const PURIFY = {
+  ALLOWED_URI_REGEXP: /^(?:https?:|mailto:)/i,
+  FORBID_TAGS: ["style", "form", "input", "button", "textarea", "select", "img", "svg", "math", "iframe"],
+  FORBID_ATTR: ["style", "id", "name"],
+  RETURN_DOM_FRAGMENT: true,
+};
+
+DOMPurify.addHook("afterSanitizeAttributes", (node) => {
+  if (node.tagName === "A") {
+    node.setAttribute("rel", "noopener noreferrer nofollow");
+    node.setAttribute("target", "_blank");
   }
-  return out;
+});
+
+// Render `text` into a DocumentFragment (code blocks highlighted, each with a copy button when `copy` is given:
+// copy(text, button) is called on click).
+export function renderMarkdown(text, { copy = null } = {}) {
+  const fragment = DOMPurify.sanitize(marked.parse(String(text)), PURIFY);
+  for (const pre of fragment.querySelectorAll("pre")) {
+    const code = pre.querySelector("code");
+    const box = document.createElement("div");
+    box.className = "code-block";
+    pre.replaceWith(box);
+    box.append(pre);
+    if (copy && code) {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "copy copy-code";
+      const lang = code.dataset.lang;
+      button.textContent = "Copy code";
+      if (lang) button.setAttribute("aria-label", `Copy code (${lang})`);
+      button.addEventListener("click", () => copy(code.textContent, button));
+      box.prepend(button);
+    }
+  }
+  for (const table of fragment.querySelectorAll("table")) {
+    const wrap = document.createElement("div");
+    wrap.className = "table-wrap";
+    table.replaceWith(wrap);
+    wrap.append(table);
+  }
+  return fragment;
 }

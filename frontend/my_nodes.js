@@ -3,7 +3,16 @@ import { el, getJSON, poll } from "./dom.js";
 
 const table = document.getElementById("my-nodes");
 
-function render(nodes) {
+const DAY_MS = 24 * 3600 * 1000;
+
+// Nodes offline for more than a day fold into one line (as on the server-rendered page).
+function longGone(n) {
+  return n.state === "offline" && Date.now() - new Date(n.last_seen_at).getTime() > DAY_MS;
+}
+
+function render(all) {
+  const nodes = all.filter((n) => !longGone(n));
+  const folded = all.length - nodes.length;
   const rows = nodes.map((n) =>
     el(
       "tr",
@@ -17,6 +26,10 @@ function render(nodes) {
       el("td", {}, new Date(n.last_seen_at).toLocaleTimeString()),
     ),
   );
+  if (folded) {
+    const line = `${folded} node${folded === 1 ? "" : "s"} offline for more than a day`;
+    rows.push(el("tr", { class: "folded-nodes" }, el("td", { colspan: 7 }, line)));
+  }
   if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 7 }, "No nodes yet: start one with the commands above.")));
   table.tBodies[0].replaceChildren(...rows);
 }

@@ -61,13 +61,14 @@ export class SwarmChat extends EventTarget {
   }
 
   // Ask a question; `conversation` null starts a new one. Resolves with the `done` message.
-  send(content, { conversation = null, model, settings } = {}) {
-    return this.request({ type: "send", conversation, content, model, settings });
+  // `systemPrompt` (optional) replaces the conversation's system prompt ("" clears it).
+  send(content, { conversation = null, model, settings, systemPrompt } = {}) {
+    return this.request({ type: "send", conversation, content, model, settings, system_prompt: systemPrompt });
   }
 
   // Answer the last question of `conversation` again (its last answer is replaced).
-  regenerate(conversation, { model, settings } = {}) {
-    return this.request({ type: "regenerate", conversation, model, settings });
+  regenerate(conversation, { model, settings, systemPrompt } = {}) {
+    return this.request({ type: "regenerate", conversation, model, settings, system_prompt: systemPrompt });
   }
 
   // Stop the answer in progress; the part already received is kept (finish_reason "cancelled").

@@ -10,6 +10,8 @@ class PortalConfig(AppConfig):
 
     def ready(self) -> None:
         from portal import checks  # noqa: F401  (registers the checks)
+        from portal.metrics import connect_signals
         from portal.middleware import pin_sync_mode
 
         pin_sync_mode()
+        connect_signals()  # Prometheus counters of settlements and Celery tasks

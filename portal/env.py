@@ -2,6 +2,12 @@
 
 Every reader takes the variable name and a default, and raises ``ImproperlyConfigured`` with the
 variable's name when the value cannot be parsed, so a typo fails at start-up instead of later.
+
+Why not django-environ (#22, considered December 2026, 0.14): its ``Env.bool`` reads any unknown word
+(``DJANGO_DEBUG=maybe``) as False instead of refusing it, its ``Env.int`` raises a bare ``ValueError`` without
+the variable's name and fails on an empty value instead of using the default. Wrapping it to keep this
+behaviour (tested in tests/portal/test_portal_settings.py) would not remove code; ``DATABASE_URL`` is parsed
+by dj-database-url either way.
 """
 
 from __future__ import annotations

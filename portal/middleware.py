@@ -22,6 +22,7 @@ from django.middleware.clickjacking import XFrameOptionsMiddleware
 from django.middleware.common import CommonMiddleware
 from django.middleware.csrf import CsrfViewMiddleware
 from django.middleware.security import SecurityMiddleware
+from django_prometheus.middleware import PrometheusAfterMiddleware, PrometheusBeforeMiddleware
 
 SYNC_ONLY = (
     SecurityMiddleware,
@@ -32,6 +33,8 @@ SYNC_ONLY = (
     MessageMiddleware,
     XFrameOptionsMiddleware,
     CSPMiddleware,
+    PrometheusBeforeMiddleware,
+    PrometheusAfterMiddleware,
 )
 
 

@@ -4,10 +4,12 @@ and the integration tests use these, so all three run the portal exactly the sam
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -18,6 +20,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+ASGI_APP = "portal.asgi:application"  # what every daphne process serves
 
 
 def free_port(preferred: int | None = None, host: str = "127.0.0.1") -> int:
@@ -133,6 +136,7 @@ class PortalProcesses:
     access_log: bool = True
     gateway: bool = True  # a `run_gateway` worker when the channel layer is Redis (else it runs inside daphne)
     procs: list[subprocess.Popen] = field(default_factory=list)
+    _metrics_tmp: Path | None = field(default=None, repr=False)  # a metrics folder of our own, without log_dir
 
     @property
     def url(self) -> str:
@@ -143,6 +147,7 @@ class PortalProcesses:
         """Migrate, start everything, and wait until the portal answers."""
         if self.log_dir:
             self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._metrics_folder()
         if self.migrate:
             result = manage(["migrate", "--noinput", "-v0"], self.env, check=False)
             if result.returncode:
@@ -151,22 +156,17 @@ class PortalProcesses:
         quiet = [] if self.access_log else ["-v", "0"]
         if self.workers == 1:
             daphne = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), *quiet]
-            self.procs.append(_spawn([*daphne, "portal.asgi:application"], self.env, self._log("daphne")))
+            self.procs.append(_spawn([*daphne, ASGI_APP], self.env, self._log("daphne")))
         else:
             listener = socket.create_server(("127.0.0.1", self.port), backlog=1024)
             listener.set_inheritable(True)
             fd = str(listener.fileno())
             for i in range(self.workers):
-                daphne = [sys.executable, "-m", "daphne", "--fd", fd, *quiet, "portal.asgi:application"]
+                daphne = [sys.executable, "-m", "daphne", "--fd", fd, *quiet, ASGI_APP]
                 self.procs.append(_spawn(daphne, self.env, self._log(f"daphne-{i}"), pass_fds=(listener.fileno(),)))
             listener.close()  # the workers hold it now
-        if self.gateway and self.separate_gateway:
-            gateway = [sys.executable, str(BASE_DIR / "manage.py"), "run_gateway"]
-            self.procs.append(_spawn(gateway, self.env, self._log("gateway")))
-        if self.celery:
-            worker = [sys.executable, "-m", "celery", "-A", "portal", "worker", "--beat", "--pool", "solo"]
-            worker += ["--loglevel", "INFO", "--without-mingle", "--without-gossip"]
-            self.procs.append(_spawn(worker, self.env, self._log("celery")))
+        for name, cmd in self.workers_commands().items():
+            self.procs.append(_spawn(cmd, self.env, self._log(name)))
         try:
             wait_http(self.url + "/api/v1/models/", timeout, self.procs[0])
         except Exception:
@@ -174,11 +174,35 @@ class PortalProcesses:
             raise
         return self
 
+    def workers_commands(self) -> dict[str, list[str]]:
+        """The processes started beside daphne, by log name: the chat gateway (when it runs on its own)
+        and the Celery worker with embedded beat. ``deploy/`` declares the same ones (tests/deploy checks)."""
+        commands = {}
+        if self.gateway and self.separate_gateway:
+            commands["gateway"] = [sys.executable, str(BASE_DIR / "manage.py"), "run_gateway"]
+        if self.celery:
+            worker = [sys.executable, "-m", "celery", "-A", "portal", "worker", "--beat", "--pool", "solo"]
+            commands["celery"] = worker + ["--loglevel", "INFO", "--without-mingle", "--without-gossip"]
+        return commands
+
     @property
     def separate_gateway(self) -> bool:
         """The chat gateway runs as its own process: the channel layer is Redis and daphne does not embed one."""
         env = {**os.environ, **self.env}
         return bool(env.get("REDIS_URL")) and env.get("CHAT_GATEWAY_EMBEDDED", "0").lower() in ("0", "false", "no", "")
+
+    def _metrics_folder(self) -> None:
+        # Every process counts its Prometheus metrics into files here, and daphne's /metrics adds them up
+        # (portal/metrics.py): otherwise the gateway's and Celery's counters would be invisible. Fresh per start.
+        if "PROMETHEUS_MULTIPROC_DIR" in {**os.environ, **self.env}:
+            return
+        if self.log_dir:
+            folder = self.log_dir / "metrics"
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+        else:  # removed again by stop()
+            folder = self._metrics_tmp = Path(tempfile.mkdtemp(prefix="layerswarm-metrics-"))
+        self.env = {**self.env, "PROMETHEUS_MULTIPROC_DIR": str(folder)}
 
     def _log(self, name: str) -> Path | None:
         return self.log_dir / f"{name}.log" if self.log_dir else None
@@ -192,6 +216,10 @@ class PortalProcesses:
         for p in reversed(self.procs):
             stop(p)
         self.procs = []
+        if self._metrics_tmp is not None:
+            shutil.rmtree(self._metrics_tmp, ignore_errors=True)
+            self.env = {k: v for k, v in self.env.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+            self._metrics_tmp = None
 
     def __enter__(self) -> PortalProcesses:
         return self.start()

@@ -45,6 +45,7 @@ INSTALLED_APPS = [
     "channels",
     "rest_framework",
     "drf_spectacular",
+    "django_prometheus",  # request metrics; ours and the /metrics view: portal/metrics.py
     "portal",
     "portal.accounts",
     "portal.swarm",
@@ -56,7 +57,9 @@ INSTALLED_APPS = [
 ]
 # Run in sync mode (one thread hand-off per request under ASGI): see portal/middleware.py.
 MIDDLEWARE = [
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",  # times the whole chain (with the After one)
     "portal.middleware.ClientAddressMiddleware",  # first: everything after it sees the visitor's address
+    "portal.logs.RequestIdMiddleware",  # X-Request-ID, and the id on every log event of the request
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -67,6 +70,7 @@ MIDDLEWARE = [
     "csp.middleware.CSPMiddleware",
     "portal.ratelimits.RateLimitMiddleware",  # after authentication: some limits count per user
     "portal.accounts.middleware.UnverifiedAccountMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",  # last
 ]
 ROOT_URLCONF = "portal.urls"
 TEMPLATES = [
@@ -146,6 +150,8 @@ SWARM_HEARTBEAT_HISTORY = env_int("SWARM_HEARTBEAT_HISTORY", 24 * 3600)  # secon
 SWARM_HEARTBEAT_HISTORY_EVERY = env_float("SWARM_HEARTBEAT_HISTORY_EVERY", 60.0)  # history: a row per node per N s
 API_MAX_JSON_BYTES = env_int("API_MAX_JSON_BYTES", 16 * 1024)  # JSON request body limit (413 above)
 SWARM_MAX_NODES_PER_TOKEN = env_int("SWARM_MAX_NODES_PER_TOKEN", 8)  # active nodes one machine may run
+SWARM_DHT_BOOTSTRAP = env_list("SWARM_DHT_BOOTSTRAP", [])  # DHT multiaddrs to read and publish (#18, docs/dht.md)
+SWARM_TRUSTED_PUBLISHERS = env_list("SWARM_TRUSTED_PUBLISHERS", [])  # ed25519:... model publisher keys (#19)
 # -- reputation (portal/reputation/scoring.py; formula in portal/README.md) ----------------------------
 REPUTATION_PRIOR = env_float("REPUTATION_PRIOR", 0.5)  # score of a node without evidence
 REPUTATION_PRIOR_WEIGHT = env_float("REPUTATION_PRIOR_WEIGHT", 4.0)  # how much evidence the prior is worth
@@ -231,6 +237,9 @@ CHAT_CONTEXT_TOKENS = env_int("CHAT_CONTEXT_TOKENS", 0)  # >0: a context smaller
 CHAT_MAX_INPUT_CHARS = env_int("CHAT_MAX_INPUT_CHARS", 16000)  # prompt / all messages of a request
 CHAT_MAX_MESSAGES = env_int("CHAT_MAX_MESSAGES", 200)  # messages of a request
 CHAT_MAX_WS_MESSAGE_BYTES = env_int("CHAT_MAX_WS_MESSAGE_BYTES", 32 * 1024)
+# -- the OpenAI-compatible API (/v1) --
+OPENAI_BYTES_PER_TOKEN = env_int("OPENAI_BYTES_PER_TOKEN", 32)  # body limit: the context's tokens x this
+OPENAI_CORS_ALLOWED_ORIGINS = env_list("OPENAI_CORS_ALLOWED_ORIGINS", [])  # browser origins allowed; "*": any
 
 # -- API ---------------------------------------------------------------------------------------------
 REST_FRAMEWORK = {
@@ -309,12 +318,36 @@ SERVE_STATIC = env_bool("DJANGO_SERVE_STATIC", DEBUG)  # daphne serves /static/ 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USE_TZ = True
 TIME_ZONE = "UTC"
+# LOG_FORMAT=json: one JSON object per line (python-json-logger), with the request's id (portal/logs.py) and
+# any ids a call passes in extra= (request_id, session_id) as fields.
+LOG_FORMAT = env_str("LOG_FORMAT", "text")
+if LOG_FORMAT not in ("text", "json"):
+    raise ImproperlyConfigured(f"LOG_FORMAT={LOG_FORMAT!r} is not text or json")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "filters": {"request_id": {"()": "portal.logs.RequestIdFilter"}},
+    "formatters": {
+        "text": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "format": "%(asctime)s %(levelname)s %(name)s %(message)s",
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger", "exc_info": "exception"},
+        },
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["request_id"]},
+    },
     "root": {"handlers": ["console"], "level": env_str("DJANGO_LOG_LEVEL", "WARNING")},
+    # Django's own handler would print its events a second time, as plain text: they go to the root's only.
+    "loggers": {"django": {"handlers": [], "level": env_str("DJANGO_LOG_LEVEL", "WARNING"), "propagate": True}},
 }
+
+# -- Prometheus (portal/metrics.py): GET /metrics from these addresses (CIDRs), or with this bearer token --------
+METRICS_ALLOWED_IPS = env_list("METRICS_ALLOWED_IPS", ["127.0.0.1/32", "::1/128"])
+METRICS_TOKEN = env_str("METRICS_TOKEN", "")
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # each process counts into files there; it must exist first
+    Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
 
 # -- Content-Security-Policy (django-csp): the pages load only their own scripts and styles (no inline code);
 # 'wasm-unsafe-eval' lets the in-page node compile onnxruntime-web's wasm; nodes and relays are websockets anywhere.

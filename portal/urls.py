@@ -6,6 +6,7 @@ from django.contrib.staticfiles.views import serve
 from django.urls import include, path, re_path
 
 from portal import views
+from portal.metrics import metrics_view
 
 admin.site.site_header = "Layerswarm admin"
 admin.site.site_title = "Layerswarm"
@@ -21,6 +22,7 @@ urlpatterns = [
     path("api/", include("portal.api.urls")),
     path("v1/", include("portal.api.openai_urls")),  # OpenAI-compatible (base_url=<portal>/v1)
     path("admin/", admin.site.urls),
+    path("metrics", metrics_view, name="metrics"),  # Prometheus; allowed scrapers only (portal/metrics.py)
 ]
 if settings.SERVE_STATIC:  # embedded mode: daphne serves frontend/ itself (nginx does in production)
     # Through the staticfiles finders, so the admin's CSS is served too.

@@ -50,11 +50,12 @@ def load_browser_span(model: str, start: int, end: int) -> BrowserSpan:
 
     from swarmnode.models import Checkpoint, load_span, resolve_model
     from swarmnode.runtime.graph import SpanGraph, UnsupportedForGraph
-    from swarmnode.runtime.onnx_backend import OPSET, span_digest
+    from swarmnode.runtime.onnx_backend import OPSET, OnnxBackend, span_digest
 
     span = load_span(Checkpoint(resolve_model(model)), start, end, torch.float32, "cpu")
     try:
         graph = SpanGraph(span)
+        OnnxBackend(span, fused=False)  # the portable export, checked against PyTorch on a probe
     except UnsupportedForGraph as exc:
         raise UnsupportedInBrowser(str(exc)) from None
     return BrowserSpan(span_digest(span), span.config.num_key_value_heads, graph.head_dim, OPSET, span)

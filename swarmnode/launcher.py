@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,6 +95,37 @@ def start_relay(
     return _start(cmd, "relay", env, log_path, 60.0)
 
 
+def stdout_events(proc: subprocess.Popen, timeout: float) -> Iterator[dict]:
+    """The JSON objects ``proc`` prints one per line on its stdout (other lines skipped), until ``timeout``
+    seconds have passed, its stdout ends or it exits: how a caller waits for a child's ``ready`` line."""
+    # Raw reads, split here: a buffered readline() could swallow a second line (``relayed`` right after
+    # ``ready``) into its buffer, where select() never sees it.
+    fd = proc.stdout.fileno()
+    sel = selectors.DefaultSelector()
+    sel.register(fd, selectors.EVENT_READ)
+    pending = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if not sel.select(timeout=0.5):
+                if proc.poll() is not None:
+                    return
+                continue
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                try:
+                    msg = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(msg, dict):
+                    yield msg
+    finally:
+        sel.close()
+
+
 def _start(
     cmd: list[str], what: str, env: dict | None, log_path: Path | None, timeout: float, until: str = "ready"
 ) -> NodeProcess:
@@ -101,39 +133,14 @@ def _start(
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, env={**os.environ, **(env or {})}, bufsize=0)
     if stderr:
         stderr.close()
-    # Raw reads, split here: a buffered readline() could swallow a second line (``relayed`` right after
-    # ``ready``) into its buffer, where select() never sees it.
-    fd = proc.stdout.fileno()
-    sel = selectors.DefaultSelector()
-    sel.register(fd, selectors.EVENT_READ)
     ready: dict = {}
-    pending = b""
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            if not sel.select(timeout=0.5):
-                if proc.poll() is not None:
-                    break
-                continue
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
-            *lines, pending = (pending + chunk).split(b"\n")
-            for line in lines:
-                try:
-                    msg = json.loads(line)
-                except ValueError:
-                    continue
-                if not isinstance(msg, dict):
-                    continue
-                if msg.get("event") == "ready":
-                    ready = msg
-                if msg.get("event") == "relayed" and ready:  # attached to a relay (--relay always)
-                    ready["relay_address"] = msg["address"]
-                if msg.get("event") == until and ready:
-                    return NodeProcess(proc, ready)
-    finally:
-        sel.close()
+    for msg in stdout_events(proc, timeout):
+        if msg.get("event") == "ready":
+            ready = msg
+        if msg.get("event") == "relayed" and ready:  # attached to a relay (--relay always)
+            ready["relay_address"] = msg["address"]
+        if msg.get("event") == until and ready:
+            return NodeProcess(proc, ready)
     proc.kill()
     raise RuntimeError(f"{what} did not become {until} (exit code {proc.poll()}); see {log_path or 'stderr'}")
 
@@ -148,6 +155,9 @@ class LocalSwarm:
         extra_args: more ``swarmnode serve`` arguments for every node.
         share_machine: the nodes take turns on this machine's cores (``--machine-lock`` on one
             file): what separate machines would give them, instead of every node slowing the others.
+        identity_dir: keep node *i*'s identity key in ``identity_dir/node-<i>.key`` (created on the first
+            run), so each node is the same node again on every start (a portal tracks nodes by key);
+            None: a fresh key per process.
     """
 
     def __init__(
@@ -159,8 +169,10 @@ class LocalSwarm:
         log_dir: Path | None = None,
         env: dict | None = None,
         share_machine: bool = True,
+        identity_dir: Path | None = None,
     ):
         self.model = model
+        self.identity_dir = identity_dir
         self.spans = split_blocks(num_blocks, num_nodes)
         self.extra_args = list(extra_args or [])
         self._lock_dir = None
@@ -185,14 +197,15 @@ class LocalSwarm:
         """Start every node (in parallel) and wait until all are ready."""
         from concurrent.futures import ThreadPoolExecutor
 
-        def launch(span):
+        def launch(index, span):
             log = self.log_dir / f"node-{span[0]}-{span[1]}.log" if self.log_dir else None
-            return start_node(
-                self.model, f"{span[0]}:{span[1]}", extra_args=self.extra_args, env=self.env, log_path=log
-            )
+            extra = list(self.extra_args)
+            if self.identity_dir is not None:
+                extra += ["--identity", str(Path(self.identity_dir) / f"node-{index}.key")]
+            return start_node(self.model, f"{span[0]}:{span[1]}", extra_args=extra, env=self.env, log_path=log)
 
         with ThreadPoolExecutor(len(self.spans)) as pool:
-            futures = [pool.submit(launch, s) for s in self.spans]
+            futures = [pool.submit(launch, i, s) for i, s in enumerate(self.spans)]
             for f in futures:
                 try:
                     self.nodes.append(f.result())

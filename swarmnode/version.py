@@ -1,3 +1,3 @@
-"""The package's version (kept in step with ``pyproject.toml``), importable without the client."""
+"""The package's version (``pyproject.toml`` reads it from here), importable without the client."""
 
 __version__ = "0.1.0"

@@ -30,3 +30,13 @@ def _clear_rate_limits() -> None:
 def _fresh_rate_limits():
     _clear_rate_limits()
     yield
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Every test under ``tests/portal`` carries the ``portal`` marker (the Makefile runs the portal's slow
+    end-to-end tests on PostgreSQL + Redis only: ``-m "not (slow and portal)"`` in the embedded run)."""
+    portal_dir = config.rootpath / "tests" / "portal"
+    for item in items:
+        if portal_dir in item.path.parents:
+            item.add_marker(pytest.mark.portal)

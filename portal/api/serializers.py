@@ -61,6 +61,8 @@ class RegistrationSerializer(serializers.Serializer):
     max_session_length = serializers.IntegerField(min_value=1, max_value=1 << 24, required=False, default=8192)
     version = serializers.CharField(max_length=32)
     public_key = serializers.CharField(max_length=512, required=False, allow_blank=True, default="")
+    manifest = serializers.RegexField(r"^[0-9a-f]{64}$", required=False, allow_blank=True, default="")  # §4.10
+    span_digest = serializers.RegexField(r"^[0-9a-f]{64}$", required=False, allow_blank=True, default="")
     span_proof = SpanProofSerializer(required=False)  # required of browser nodes (backend onnxruntime-web)
     key_proof = KeyProofSerializer(required=False)  # required with a public_key
 
@@ -177,17 +179,21 @@ class SpanSerializer(serializers.ModelSerializer):
             "device",
             "version",
             "public_key",
+            "manifest",
+            "span_digest",
             "reputation",
         ]
         read_only_fields = fields
 
 
 class SwarmModelSerializer(serializers.ModelSerializer):
-    """A model the swarm serves, with how many nodes are online for it."""
+    """A catalogued model, with how many nodes are online for it (where its weights lie on the portal is not shown)."""
 
     online_nodes = serializers.IntegerField(read_only=True)
+    chat = serializers.BooleanField(source="chat_capable", read_only=True)
 
     class Meta:
         model = SwarmModel
-        fields = ["name", "num_blocks", "hidden_size", "description", "online_nodes"]
+        fields = ["name", "kind", "chat", "architecture", "num_blocks", "hidden_size", "size_bytes", "source_kind",
+                  "description", "online_nodes"]  # fmt: skip
         read_only_fields = fields

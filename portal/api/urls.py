@@ -3,7 +3,7 @@
 from django.urls import path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from portal.api import errors, ledger, reputation, views
+from portal.api import bootstrap, errors, ledger, reputation, views
 
 app_name = "api"
 urlpatterns = [
@@ -19,6 +19,7 @@ urlpatterns = [
     path("v1/models/", views.Models.as_view(), name="models"),
     path("v1/models/<slug:model>/spans/", views.ModelSpans.as_view(), name="model_spans"),
     path("v1/swarm/health/", views.SwarmHealth.as_view(), name="swarm_health"),
+    path("v1/swarm/bootstrap/", bootstrap.SwarmBootstrap.as_view(), name="swarm_bootstrap"),
     path("v1/reputation/evidence/", reputation.ReportEvidence.as_view(), name="reputation_evidence"),
     path("v1/reputation/steps/", reputation.ReportSteps.as_view(), name="reputation_steps"),
     path("v1/reputation/nodes/<int:pk>/", reputation.NodeReputation.as_view(), name="reputation_node"),

@@ -12,6 +12,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from portal.accounts.authentication import NodeTokenAuthentication
+from portal.api.dht_spans import dht_only_spans
 from portal.api.permissions import IsNodeToken
 from portal.api.serializers import (
     HeartbeatSerializer,
@@ -59,7 +60,8 @@ class _NodeTokenView(APIView):
 
 
 class RegisterNode(_NodeTokenView):
-    """A node announces its span (node token). Re-registering the same span and URL refreshes the node.
+    """A node announces its span (node token). A node is its identity key: re-registering the key (a restart,
+    a new address, span or token of the same account) refreshes the same node (``portal.swarm.tracker``).
 
     A node announcing a ``public_key`` proves it holds the key (``key_proof``, see :class:`KeyChallenge`);
     a key proven by another account is refused (409 ``key_taken``).
@@ -177,7 +179,10 @@ class Models(APIView):
 
 
 class ModelSpans(APIView):
-    """Online nodes serving spans of one model: what clients route over (public, like a BitTorrent tracker)."""
+    """Online nodes serving spans of one model: what clients route over (public, like a BitTorrent tracker).
+
+    The tracker's nodes first, then those only the portal's DHT client finds (``source: "dht"``, ``id`` null).
+    """
 
     authentication_classes: list = []
     permission_classes = [AllowAny]
@@ -194,12 +199,13 @@ class ModelSpans(APIView):
     )
     def get(self, request, model: str):
         swarm_model = get_object_or_404(SwarmModel, name=model)
-        spans = scoring.with_scores(scoring.trusted(tracker.online_spans(swarm_model.name)))
+        spans = list(scoring.with_scores(scoring.trusted(tracker.online_spans(swarm_model.name))))
+        from_dht = dht_only_spans(swarm_model, spans)  # #18: nodes announced only in the DHT
         return Response(
             {
                 "model": swarm_model.name,
                 "num_blocks": swarm_model.num_blocks,
-                "spans": SpanSerializer(spans, many=True).data,
+                "spans": [*SpanSerializer(spans, many=True).data, *from_dht],
             }
         )
 

@@ -8,3 +8,7 @@ class ChatConfig(AppConfig):
 
     name = "portal.chat"
     label = "chat"
+
+    def ready(self) -> None:
+        """Register the system checks."""
+        from portal.chat import checks  # noqa: F401

@@ -1,8 +1,10 @@
 """``/ws/chat/``: the chat page's websocket. A thin adapter between the browser and the gateway.
 
 Browser -> server (JSON):
-- ``{"type": "send", "conversation": id|null, "content": text, "model": name, "settings": {...}}``
-- ``{"type": "regenerate", "conversation": id, "model": name, "settings": {...}}``
+- ``{"type": "send", "conversation": id|null, "content": text, "model": name, "settings": {...},
+  "system_prompt": text}``
+- ``{"type": "regenerate", "conversation": id, "model": name, "settings": {...}, "system_prompt": text}``
+  (``system_prompt``, optional, replaces the conversation's stored one; "" clears it)
 - ``{"type": "stop"}``
 Server -> browser: ``accepted`` (the stored question, the conversation id), ``started`` (prompt
 size, oldest messages dropped), ``token`` (new text), ``done`` (the stored answer, usage, speed) or
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -32,6 +35,9 @@ from portal.generation import (
     OutOfCredits,
     ensure_embedded_gateway,
 )
+
+log = logging.getLogger("portal.chat")
+DISCONNECT_CLEANUP_S = 10.0
 
 
 @dataclass
@@ -70,8 +76,11 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         active, self.active = self.active, None
         if active is not None:
             await active.call.cancel()
-        for task in list(self.follows):
+        tasks = list(self.follows)
+        for task in tasks:
             task.cancel()
+        if tasks:  # let them give back or settle their holds before the socket is gone (bounded: a slow database)
+            await asyncio.wait(tasks, timeout=DISCONNECT_CLEANUP_S)
 
     async def receive(self, text_data=None, bytes_data=None, **kwargs) -> None:
         """Parse one browser message; anything malformed gets an ``error`` reply, never a crash."""
@@ -113,8 +122,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 truncate=True,
             )
             question = await database_sync_to_async(turns.ask)(
-                self.owner, content.get("conversation"), request, text, regenerate, self._client_ip()
-            )
+                self.owner, content.get("conversation"), request, text, regenerate, self._client_ip(),
+                system_prompt=content.get("system_prompt"),
+            )  # fmt: skip
         except (BadRequest, NotFound, OutOfCredits) as exc:
             return await self._error(_code(exc), str(exc))
         conversation = question.conversation
@@ -123,7 +133,12 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json(
             {
                 "type": "accepted",
-                "conversation": {"id": conversation.pk, "title": conversation.title, "model": conversation.model},
+                "conversation": {
+                    "id": conversation.pk,
+                    "title": conversation.title,
+                    "model": conversation.model,
+                    "system_prompt": conversation.system_prompt,
+                },
                 "question": question.message.as_dict() if question.message else None,
             }
         )
@@ -139,7 +154,10 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 event = await active.call.next_event()
                 await self._on_reply(active, event)
         except GatewayTimeout as exc:  # no gateway took the request in time, or its gateway died mid-answer
-            await active.call.give_up()  # released, or charged for what the replies said was generated
+            try:
+                await active.call.give_up()  # released, or charged for what the replies said was generated
+            except Exception:  # the database is down: the hold expires (CHAT_RESERVATION_TTL); the page still hears
+                log.exception("settling the abandoned request %s failed", active.call.request.id)
             if self.active is active:
                 self.active = None
                 partial = await self._store_partial(active, "error") if active.call.started else None

@@ -36,7 +36,8 @@ class Reservation(models.Model):
 
 
 class Conversation(models.Model):
-    """One chat: a model, a title (the first words of the first question) and its messages in order.
+    """One chat: a model, a title (the first words of the first question, or the owner's), an optional
+    system prompt and its messages in order.
 
     Owned by a user, or, for an anonymous visitor, by the Django session that started it.
     """
@@ -47,6 +48,8 @@ class Conversation(models.Model):
     session_key = models.CharField(max_length=64, blank=True, db_index=True)  # anonymous owner
     model = models.CharField(max_length=64)
     title = models.CharField(max_length=120, blank=True)
+    # Sent to the model as the first (system) message of every request of this conversation; "" for none.
+    system_prompt = models.TextField(blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

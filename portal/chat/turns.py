@@ -11,9 +11,9 @@ from django.conf import settings
 from django.db import transaction
 
 from portal.chat import conversations
-from portal.chat.conversations import NotFound, Owner
+from portal.chat.conversations import InvalidValue, NotFound, Owner
 from portal.chat.models import Conversation, Message
-from portal.generation import GenerationRequest, admit, retry_when_locked
+from portal.generation import BadRequest, GenerationRequest, admit, retry_when_locked
 
 
 @dataclass
@@ -25,22 +25,32 @@ class Question:
     dropped: int
 
 
-def ask(owner: Owner, conversation_id, request: GenerationRequest, text, regenerate: bool, ip: str) -> Question:
+def ask(
+    owner: Owner, conversation_id, request: GenerationRequest, text, regenerate: bool, ip: str, system_prompt=None
+) -> Question:
     """Store the question (or drop the answer to regenerate), fill in ``request.messages`` with the
-    conversation's history and admit it for ``owner`` (which holds the credits it may use).
+    conversation's history (after its system prompt, which ``system_prompt`` replaces unless None) and
+    admit it for ``owner`` (which holds the credits it may use).
 
     Raises:
         UnknownModel, OutOfCredits, TooManyGenerations: from :func:`portal.generation.admit` (nothing is stored).
+        BadRequest: ``system_prompt`` is not text or too long (``param`` "system_prompt").
         NotFound: not the owner's conversation, or nothing to regenerate.
     """
+    try:
+        system_prompt = conversations.clean_system_prompt(system_prompt)
+    except InvalidValue as exc:
+        raise BadRequest(str(exc), "system_prompt") from None
     with transaction.atomic():  # a refused admission stores nothing
         if regenerate:
-            conversation = conversations.prepare_regenerate(owner, conversation_id)
+            conversation = conversations.prepare_regenerate(owner, conversation_id, system_prompt)
             question = None
         else:
             if conversation_id is not None and not isinstance(conversation_id, int):
                 raise NotFound("no such conversation")
-            conversation, question = conversations.add_question(owner, conversation_id, request.model, text)
+            conversation, question = conversations.add_question(
+                owner, conversation_id, request.model, text, system_prompt
+            )
         limits = (settings.CHAT_MAX_MESSAGES, settings.CHAT_MAX_INPUT_CHARS)
         request.messages, dropped = conversations.history(conversation, *limits)
         admit(owner, request, ip)  # after the history: the hold covers the prompt actually sent

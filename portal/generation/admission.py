@@ -15,6 +15,25 @@ class UnknownModel(BadRequest):
         self.model = model
 
 
+def refuse_unsuited(model, request: GenerationRequest) -> None:
+    """A 400 for a request the catalogued ``model`` cannot answer: text from an embedding model, or a
+    conversation from a model without a chat template (a completion model: ``/v1/completions`` only).
+
+    Raises:
+        BadRequest: ``model_not_generative`` or ``model_not_chat`` (400, param ``model``).
+    """
+    if not model.generates:
+        raise BadRequest(
+            f"{model.name} is an embedding model: it does not generate text (use /v1/embeddings)",
+            "model", "model_not_generative", 400,
+        )  # fmt: skip
+    if request.messages is not None and not model.chat_capable:
+        raise BadRequest(
+            f"{model.name} has no chat template: it continues plain prompts (/v1/completions), not conversations",
+            "model", "model_not_chat", 400,
+        )  # fmt: skip
+
+
 def admit(requester: Requester, request: GenerationRequest, ip: str) -> None:
     """Make ``request`` ready to send for ``requester``: its prompt-prefix salt, and the credits or quota it
     may use held for it (its ``token_budget`` and ``reservation``: call with the request's final messages).
@@ -23,12 +42,15 @@ def admit(requester: Requester, request: GenerationRequest, ip: str) -> None:
 
     Raises:
         UnknownModel: no such model in the tracker.
+        BadRequest: the model cannot answer this kind of request (:func:`refuse_unsuited`).
         OutOfCredits: the requester cannot pay for a single token (beyond what its running generations hold).
         TooManyGenerations: the requester or its address already runs its limit of generations (429).
     """
     from portal.swarm.models import SwarmModel
 
-    if not SwarmModel.objects.filter(name=request.model).exists():
+    model = SwarmModel.objects.filter(name=request.model).only("kind").first()
+    if model is None:
         raise UnknownModel(request.model)
+    refuse_unsuited(model, request)
     request.prefix_salt = requester.prefix_salt
     reserve(requester, ip, request)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from portal.generation.logprobs import LogprobRecorder, tokens_within
 from portal.generation.prompts import Prompt
 from portal.generation.protocol import GenerationRequest
 
@@ -48,12 +49,14 @@ def run_generation(
     model,
     request: GenerationRequest,
     prompt: Prompt,
-    emit: Callable[[str, int], None],
+    emit: Callable[..., None],
     cancelled: threading.Event,
     usage: Usage | None = None,
 ) -> Outcome:
     """Generate the answer, calling ``emit(text, completion_tokens)`` with each new piece of text as it is
     decoded (and the tokens generated so far); ``usage.completion_tokens`` counts every token as it comes.
+    With ``request.logprobs``, ``emit(text, completion_tokens, logprobs)`` also gets the entries of the tokens
+    whose text is out by then (:mod:`portal.generation.logprobs`; an EOS token or a stop string's has none).
 
     Stops at EOS, a stop string (which is not part of the answer), ``max_new_tokens`` or as soon as
     ``cancelled`` is set; in every case the swarm sessions are closed before returning.
@@ -64,6 +67,7 @@ def run_generation(
     tokenizer = model.tokenizer
     generator = torch.Generator().manual_seed(request.seed) if request.seed is not None else None
     greedy = request.temperature == 0
+    recorder = LogprobRecorder(tokenizer, request.top_logprobs) if request.logprobs else None
     stream = model.stream(
         torch.tensor([prompt.ids]),
         generator=generator,
@@ -74,10 +78,12 @@ def run_generation(
         top_k=None,  # OpenAI semantics: only temperature and top_p
         stop_strings=request.stop or None,
         prefix_salt=request.prefix_salt,  # "" (no owner known): no reuse across requests
+        on_logits=recorder,
     )
     hold = max((len(s) for s in request.stop), default=1) - 1  # text that may be the start of a stop string
     new_ids: list[int] = []
     sent = 0
+    logged = 0  # tokens whose logprobs went out with a piece of text
     started = time.perf_counter()
     ttft = 0.0
     finish = "length"
@@ -105,7 +111,12 @@ def run_generation(
                 break
             ready = len(text) - hold
             if ready > sent:
-                emit(text[sent:ready], len(new_ids))
+                if recorder is None:
+                    emit(text[sent:ready], len(new_ids))
+                else:
+                    out = tokens_within(tokenizer, new_ids, ready, logged)
+                    emit(text[sent:ready], len(new_ids), recorder.entries(logged, out))
+                    logged = out
                 sent = ready
         else:
             if cancelled.is_set():
@@ -116,7 +127,14 @@ def run_generation(
     if (cut := _stop_at(text, request.stop)) is not None:
         text = text[:cut]
         finish = "cancelled" if finish == "cancelled" else "stop"
-    if len(text) > sent:
+    if recorder is not None:  # the tokens that made the answer (up to the stop string, without EOS)
+        out = tokens_within(tokenizer, new_ids, len(text), logged)
+        if out < len(new_ids) and len(tokenizer.decode(new_ids[:out], skip_special_tokens=True)) < len(text):
+            out += 1  # a token that straddles a stop string: part of it is in the answer
+        out = min(out, len(new_ids) - (1 if new_ids and new_ids[-1] in eos else 0))
+        if len(text) > sent or out > logged:
+            emit(text[sent:], len(new_ids), recorder.entries(logged, out))
+    elif len(text) > sent:
         emit(text[sent:], len(new_ids))
     total = time.perf_counter() - started
     decode_s = total - ttft

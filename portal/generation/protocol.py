@@ -6,7 +6,8 @@
   request stops it, the others ignore it (a gateway also remembers cancels of requests it has not
   received yet, so a request stopped while still queued never starts).
 - Replies go to the requester's own channel (``reply_to``), in order: ``gateway.started``, any
-  number of ``gateway.token`` (``text``, and ``completion_tokens`` generated so far), then exactly one
+  number of ``gateway.token`` (``text``, ``completion_tokens`` generated so far and, when the request asked
+  for ``logprobs``, the ``logprobs`` entries of the tokens since the last piece), then exactly one
   ``gateway.done`` or ``gateway.error``; ``gateway.alive`` comes every ``CHAT_GATEWAY_HEARTBEAT``
   seconds in between, so a requester that hears nothing for ``CHAT_GATEWAY_DEADLINE`` knows the gateway died.
 - The gateway settles the request's reservation (what it generated is charged) before ``gateway.done``,
@@ -26,6 +27,7 @@ from django.conf import settings
 
 CONTROL_GROUP = "chat-gateway-control"
 ROLES = ("system", "user", "assistant")
+MAX_TOP_LOGPROBS = 20  # OpenAI's own limit
 
 
 class BadRequest(ValueError):
@@ -55,11 +57,13 @@ class GenerationRequest:
     model: str
     messages: list[dict] | None = None
     prompt: str | None = None
-    max_new_tokens: int = 256
+    max_new_tokens: int | None = 256  # None: the room the prompt leaves in the context (up to CHAT_MAX_NEW_TOKENS)
     temperature: float = 0.7
     top_p: float = 1.0
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    logprobs: bool = False  # report each answer token's log-probability (of the model, before temperature)
+    top_logprobs: int = 0  # and this many most likely alternatives at each position (0 to MAX_TOP_LOGPROBS)
     token_budget: int = 0  # >0: prompt + answer may not exceed this (what the requester can pay for)
     truncate: bool = False  # drop the oldest turns to fit the context (the chat page) instead of refusing
     prefix_salt: str = ""  # the requester's salt for the nodes' prompt-prefix reuse (§4.9 of the wire spec)
@@ -101,8 +105,16 @@ class GenerationRequest:
         elif len(self.prompt) > limit:
             raise BadRequest(f"prompt is longer than {limit} characters", "prompt", "too_long")
         most = settings.CHAT_MAX_NEW_TOKENS
-        if not _is_int(self.max_new_tokens) or not 1 <= self.max_new_tokens <= most:
+        if self.max_new_tokens is not None and (
+            not _is_int(self.max_new_tokens) or not 1 <= self.max_new_tokens <= most
+        ):
             raise BadRequest(f"max_tokens must be an integer from 1 to {most}", "max_tokens")
+        if not isinstance(self.logprobs, bool):
+            raise BadRequest("logprobs must be true or false", "logprobs")
+        if not _is_int(self.top_logprobs) or not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
+            raise BadRequest(f"top_logprobs must be an integer from 0 to {MAX_TOP_LOGPROBS}", "top_logprobs")
+        if self.top_logprobs and not self.logprobs:
+            raise BadRequest("top_logprobs needs logprobs=true", "top_logprobs")
         if not _is_number(self.temperature) or not 0 <= self.temperature <= 2:
             raise BadRequest("temperature must be a number from 0 to 2", "temperature")
         if not _is_number(self.top_p) or not 0 < self.top_p <= 1:

@@ -83,7 +83,8 @@ def estimate_tokens(request: GenerationRequest) -> int:
         overhead = TEMPLATE_TOKENS + TOKENS_PER_MESSAGE * len(texts)
     else:
         texts, overhead = [request.prompt or ""], 1
-    bound = sum(len(t.encode("utf-8")) for t in texts) + overhead + request.max_new_tokens
+    answer = settings.CHAT_MAX_NEW_TOKENS if request.max_new_tokens is None else request.max_new_tokens
+    bound = sum(len(t.encode("utf-8")) for t in texts) + overhead + answer
     if settings.CHAT_CONTEXT_TOKENS > 0:
         bound = min(bound, settings.CHAT_CONTEXT_TOKENS)
     return bound
@@ -105,6 +106,18 @@ def reserve(requester: Requester, ip: str, request: GenerationRequest) -> None:
         TooManyGenerations: the payer or ``ip`` is at its limit of concurrent generations.
         OutOfCredits: the other open reservations already hold everything the payer can pay.
     """
+    request.reservation, request.token_budget = hold(requester, ip, estimate_tokens(request))
+
+
+def hold(requester: Requester, ip: str, tokens: int, *, exact: bool = False) -> tuple[str, int]:
+    """Hold up to ``tokens`` for ``requester`` (all of them when ``exact``: an embedding's cost is known before);
+    returns ``(reservation reference, tokens held)``; :func:`settle` charges and closes it.
+
+    Raises:
+        TooManyGenerations: the payer or ``ip`` is at its limit of concurrent requests.
+        OutOfCredits: the other open reservations already hold everything the payer can pay (or, ``exact``,
+            what is left does not pay for ``tokens``).
+    """
     with transaction.atomic():
         lock_payer(requester, ip)  # concurrent admissions of one payer queue up here
         live = _reservations().filter(_live())
@@ -118,13 +131,14 @@ def reserve(requester: Requester, ip: str, request: GenerationRequest) -> None:
         left = tokens_allowed(requester, ip) - held
         if left <= 0:
             raise OutOfCredits("your credits are all held by the answers you are generating now: wait for them")
-        tokens = min(left, estimate_tokens(request))
+        if exact and left < tokens:
+            raise OutOfCredits(f"this request costs {tokens} tokens and your credits pay for {left} now")
+        tokens = min(left, tokens)
         reservation = _reservations().create(
             reference=uuid.uuid4().hex, user_id=requester.user_id, session_key=requester.session_key, ip=ip,
             tokens=tokens,
         )  # fmt: skip
-    request.token_budget = tokens
-    request.reservation = reservation.reference
+    return reservation.reference, tokens
 
 
 def _held(live, requester: Requester, ip: str) -> int:

@@ -2,7 +2,8 @@
 
 The replies go through ``emit(kind, **fields)``, which the gateway provides (it hands them to its
 event loop); their order is the protocol's (:mod:`portal.generation.protocol`): ``gateway.started``,
-``gateway.token`` for each new piece of text; the gateway itself settles the usage and sends ``gateway.done``.
+``gateway.token`` for each new piece of text (with its tokens' ``logprobs`` when asked for); the gateway
+itself settles the usage and sends ``gateway.done``.
 """
 
 from __future__ import annotations
@@ -40,8 +41,11 @@ def serve_request(
     usage.prompt_tokens = len(prompt.ids)  # the nodes compute the prompt from here on
     emit("gateway.started", prompt_tokens=len(prompt.ids), dropped_messages=prompt.dropped_messages)
 
-    def token(text: str, completion_tokens: int) -> None:
-        emit("gateway.token", text=text, completion_tokens=completion_tokens)
+    def token(text: str, completion_tokens: int, logprobs: list[dict] | None = None) -> None:
+        if logprobs is None:
+            emit("gateway.token", text=text, completion_tokens=completion_tokens)
+        else:
+            emit("gateway.token", text=text, completion_tokens=completion_tokens, logprobs=logprobs)
 
     return run_generation(model, request, prompt, token, cancelled, usage)
 

@@ -112,12 +112,9 @@ def pin(peers: Iterable[PeerInfo], nodes: Iterable[TrackedNode]) -> list[PeerInf
     return out
 
 
-class GatewayModel(DistributedModelForCausalLM):
-    """The swarm client of the gateway: every (re)discovery keeps only the nodes :func:`pin` accepts.
-
-    Sessions rediscover while failing over (``InferenceSession(discover=...)``), so pinning lives here
-    rather than once in the pool: a node cannot slip back in with another key between two refreshes.
-    """
+class PinnedPeers:
+    """Mixin for a swarm client (causal LM or encoder): it routes only over the nodes the tracker registered,
+    each at its registered key, and every (re)discovery keeps only the nodes :func:`pin` accepts."""
 
     registered: tuple[TrackedNode, ...] = ()
 
@@ -131,6 +128,14 @@ class GatewayModel(DistributedModelForCausalLM):
         super().discover()
         self.peers = pin(self.peers, self.registered)
         return self.peers
+
+
+class GatewayModel(PinnedPeers, DistributedModelForCausalLM):
+    """The swarm client of the gateway: every (re)discovery keeps only the nodes :func:`pin` accepts.
+
+    Sessions rediscover while failing over (``InferenceSession(discover=...)``), so pinning lives here
+    rather than once in the pool: a node cannot slip back in with another key between two refreshes.
+    """
 
 
 def gateway_options() -> dict:

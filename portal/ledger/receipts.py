@@ -86,23 +86,16 @@ def node_for_key(node_key: str, model: str, start_block: int, end_block: int) ->
 
     Only the key's proven owner (:class:`~portal.swarm.models.NodeKey`) can be paid: among the nodes
     announcing the key, only that owner's count (newest first). Another account's node announcing a copy
-    of the key, however new, never receives the earnings. None when nobody owns the key.
+    of the key, however new, never receives the earnings. None when nobody owns the key. A key is one node
+    that may have moved to another span or model since it served the receipt (``portal.swarm.tracker``):
+    a node announcing the key for this very span comes first, else the key's node.
     """
     owner_id = NodeKey.objects.filter(signing_key=node_key).values_list("owner_id", flat=True).first()
     if owner_id is None:
         return None
-    return (
-        Node.objects.filter(
-            owner_id=owner_id,
-            public_key__startswith=node_key + ",",
-            model__name=model,
-            start_block=start_block,
-            end_block=end_block,
-        )
-        .select_related("owner")
-        .order_by("-registered_at", "-id")
-        .first()
-    )
+    nodes = Node.objects.filter(owner_id=owner_id, public_key__startswith=node_key + ",").select_related("owner")
+    served = nodes.filter(model__name=model, start_block=start_block, end_block=end_block)
+    return served.order_by("-registered_at", "-id").first() or nodes.order_by("-last_seen_at", "-id").first()
 
 
 def submit_receipt(

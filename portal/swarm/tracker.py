@@ -17,8 +17,10 @@ from django.utils import timezone
 from portal.accounts.models import NodeToken
 from portal.swarm.live import health_changed
 from portal.swarm.models import Heartbeat, Node, NodeKey, SwarmModel
+from portal.swarm.weights_check import weights_refusal
 from swarmnode.discovery import ANNOUNCED_FIELDS, PeerInfo
 from swarmnode.relaying.peer_address import serves_privately
+from swarmnode.trust.receipts import signing_key
 
 
 class TrackerError(Exception):
@@ -46,10 +48,15 @@ class Beat:
 
 
 def register_node(token: NodeToken, reg: PeerInfo, now: datetime | None = None) -> tuple[Node, bool]:
-    """Register a node of ``token``'s machine, or refresh the same node after a restart.
+    """Register a node of ``token``'s account, or refresh the same node after a restart.
 
-    The same token, model, span and URL updates the existing record (a restarted node, even one already
-    marked offline); any other overlap with one of the token's active nodes is refused, so one machine
+    A node announcing an identity key *is* that key: its row is the owner's node with the key, whatever
+    token, address, span or model it registered with before (a restart, a new port, a new span, a new
+    token for the same machine), so its reputation, receipts, escrow and history stay on one row. The
+    caller (the API view) checked that the node holds the key, and a key belongs to its first proven
+    owner for ever (:class:`~portal.swarm.models.NodeKey`): a stranger's registration with it is refused.
+    A node without a key is the same node when token, model, span and URL are the same (even if it was
+    marked offline). Any other overlap with one of the token's active nodes is refused, so one machine
     cannot pose as several nodes serving the same blocks.
 
     Returns:
@@ -58,38 +65,73 @@ def register_node(token: NodeToken, reg: PeerInfo, now: datetime | None = None) 
     Raises:
         TrackerError: unknown model (400), span outside the model (400), overlap with another active
             node of this token (409), URL held by another account's node (409), too many nodes (409),
-            public key owned by another account (409 ``key_taken``), banned node (403). A malformed
-            public key raises ValueError (the API's serializer refuses it first).
+            public key owned by another account (409 ``key_taken``), blocks other than the model's signed
+            manifest names (409 ``weights_mismatch``, :mod:`portal.swarm.weights_check`), banned node (403).
+            A malformed public key raises ValueError (the API's serializer refuses it first).
     """
     now = now or timezone.now()
     with transaction.atomic():
         # Lock the token row: concurrent registrations of one machine run one after the other.
         NodeToken.objects.select_for_update().filter(pk=token.pk).first()
         model = _model_for(reg)
-        # The same machine, span and address as an earlier registration (live or not): a restart.
-        same = (
-            Node.objects.filter(token=token, model=model, start_block=reg.start_block, end_block=reg.end_block)
-            .filter(url=reg.url, relay=reg.relay)
-            .order_by("-last_seen_at")
-            .first()
-        )
+        if (why := weights_refusal(model, reg)) is not None:  # not the signed manifest's blocks (#19)
+            raise TrackerError(409, "weights_mismatch", why)
+        if reg.public_key:
+            if not NodeKey.claim(token.user_id, reg.public_key):
+                raise TrackerError(409, "key_taken", "this public key belongs to another account's node")
+            same = _node_of_key(token.user_id, reg.public_key)
+        else:  # the same machine, span and address as an earlier registration (live or not): a restart
+            same = (
+                Node.objects.filter(token=token, model=model, start_block=reg.start_block, end_block=reg.end_block)
+                .filter(url=reg.url, relay=reg.relay, public_key="")
+                .order_by("-last_seen_at")
+                .first()
+            )
+        if same is not None and same.banned:
+            raise TrackerError(403, "banned", "this node is banned from the swarm")
+        _retire_predecessors(token, reg, same)
         _refuse_conflicts(token, model, reg, same)
-        # The caller (the API view) checked that the node holds the key; a key is one account's for ever.
-        if reg.public_key and not NodeKey.claim(token.user_id, reg.public_key):
-            raise TrackerError(409, "key_taken", "this public key belongs to another account's node")
         fields = {name: getattr(reg, name) for name in ANNOUNCED_FIELDS if name != "model"}
         fields.update(state=Node.State.JOINING, last_seen_at=now)
         if same is not None:
-            if same.banned:
-                raise TrackerError(403, "banned", "this node is banned from the swarm")
-            Node.objects.filter(pk=same.pk).update(**fields)
+            moved = {same.model.name} if same.model_id != model.pk else set()
+            Node.objects.filter(pk=same.pk).update(token=token, model=model, **fields)
             same.refresh_from_db()
             node, created = same, False
         else:
             node = Node.objects.create(owner=token.user, token=token, model=model, registered_at=now, **fields)
-            created = True
-        health_changed(model.name)
+            created, moved = True, set()
+        for name in {model.name, *moved}:
+            health_changed(name)
         return node, created
+
+
+def _node_of_key(owner_id: int, public_key: str) -> Node | None:
+    """The owner's node with this identity key (its newest, should rows from before keys were identities remain).
+
+    Locks the key's :class:`NodeKey` row first, so two registrations of one key (say, from two tokens of the
+    owner) run one after the other and cannot both create a row.
+    """
+    key = signing_key(public_key)
+    NodeKey.objects.select_for_update().filter(signing_key=key).first()
+    return (
+        Node.objects.select_related("model")
+        .filter(owner_id=owner_id, public_key__startswith=key + ",")
+        .order_by("-last_seen_at", "-id")
+        .first()
+    )
+
+
+def _retire_predecessors(token: NodeToken, reg: PeerInfo, same: Node | None) -> None:
+    """Mark offline this token's other active nodes at the registering address: a process that holds the
+    address now means they are gone (crashed without saying goodbye), and a node restarted with a new key
+    on the same port must not be refused as overlapping its own dead predecessor."""
+    if not reg.url:
+        return
+    gone = Node.objects.active().filter(token=token, url=reg.url)
+    if same is not None:
+        gone = gone.exclude(pk=same.pk)
+    gone.update(state=Node.State.OFFLINE)
 
 
 def _model_for(reg: PeerInfo) -> SwarmModel:

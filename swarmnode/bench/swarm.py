@@ -29,7 +29,12 @@ class _Clock:
 
 
 def chat_prompt_ids(tokenizer, text: str) -> torch.Tensor:
-    """``(1, T)`` token ids of ``text`` as one user turn of the model's chat template, ready to answer."""
+    """``(1, T)`` token ids of ``text`` as one user turn of the model's chat template, ready to answer.
+
+    A base model without a chat template (Gemma 3 270M) gets ``text`` itself, as a completion prompt.
+    """
+    if not tokenizer.chat_template:
+        return tokenizer(text, return_tensors="pt")["input_ids"]
     messages = [{"role": "user", "content": text}]
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     return ids["input_ids"]

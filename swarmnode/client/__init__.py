@@ -1,7 +1,8 @@
-"""Client side: connections to nodes, routing, inference sessions and generation."""
+"""Client side: connections to nodes, routing, inference sessions, generation and (encoders) embeddings."""
 
 from swarmnode.client.audit import AuditPolicy, EvidenceReporter
 from swarmnode.client.config import ClientConfig
+from swarmnode.client.embedding import AutoDistributedModel, DistributedEncoderModel
 from swarmnode.client.model import (
     AutoDistributedModelForCausalLM,
     DistributedModelForCausalLM,
@@ -16,7 +17,9 @@ __all__ = [
     "AuditPolicy",
     "ClientConfig",
     "EvidenceReporter",
+    "AutoDistributedModel",
     "AutoDistributedModelForCausalLM",
+    "DistributedEncoderModel",
     "DistributedModelForCausalLM",
     "GenerationStats",
     "InferenceSession",

@@ -27,13 +27,10 @@ Everything here is synchronous and reuses :class:`RemoteSpan`; the session calls
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import random
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -41,6 +38,7 @@ import numpy as np
 
 from swarmnode.client.remote import RemoteError, RemoteSpan
 from swarmnode.discovery import PeerInfo
+from swarmnode.discovery.portal_http import PortalHTTPError, call_json
 from swarmnode.protocol import Forward, ForwardResult, WireTensor, all_finite
 from swarmnode.protocol.compare import TOLERANCE, relative_errors, to_float32, tolerance_for
 from swarmnode.trust.attestation import SignedResult, signed_result
@@ -222,20 +220,13 @@ class EvidenceReporter:
         while True:
             path, body = self._queue.get()
             try:
-                request = urllib.request.Request(
-                    self.portal + path,
-                    data=json.dumps(body).encode(),
-                    headers={"Content-Type": "application/json", "Authorization": f"Bearer {self.api_key}"},
-                    method="POST",
-                )
-                with urllib.request.urlopen(request, timeout=self.timeout) as r:
-                    r.read()
+                call_json("POST", self.portal + path, token=self.api_key, body=body, timeout=self.timeout)
                 self.sent += 1
-            except urllib.error.HTTPError as exc:
-                code = _error_code(exc) if exc.code == 403 else None
+            except PortalHTTPError as exc:
+                code = exc.code if exc.status == 403 else None
                 (self.refused if code else self.errors).append(f"{path}: {code or exc}")
                 log.info("the portal did not take a report: %s", code or exc)
-            except OSError as exc:
+            except (OSError, ValueError) as exc:
                 self.errors.append(f"{path}: {exc}")
                 log.info("could not report to the portal: %s", exc)
             finally:
@@ -246,16 +237,6 @@ class EvidenceReporter:
         done = threading.Event()
         threading.Thread(target=lambda: (self._queue.join(), done.set()), daemon=True).start()
         done.wait(timeout)
-
-
-def _error_code(exc: urllib.error.HTTPError) -> str | None:
-    """The portal's ``{"error": code}`` of a refusal, or None when the body says nothing readable."""
-    try:
-        body = json.loads(exc.read(4096) or b"{}")
-    except (OSError, ValueError):
-        return None
-    code = body.get("error") if isinstance(body, dict) else None
-    return code if isinstance(code, str) else None
 
 
 @dataclass

@@ -11,6 +11,7 @@ import torch
 from swarmnode.client.audit import AuditPolicy, EvidenceReporter
 from swarmnode.client.failover import FailoverPolicy
 from swarmnode.client.routing import RoutingPolicy
+from swarmnode.store import Manifest
 from swarmnode.trust.identity import NodeIdentity
 from swarmnode.trust.receipts import SignedReceipt
 
@@ -37,8 +38,11 @@ class ClientConfig:
     audit: AuditPolicy | None = None  # how to check the nodes (``client/audit.py``); None: no checks
     reporter: EvidenceReporter | None = None  # sends audit evidence and step reports to the portal
     head_backend: str = "auto"  # final norm + LM head on "torch", "onnxruntime" or "auto" (see the model)
+    dht: tuple[str, ...] = ()  # DHT bootstrap multiaddrs (docs/dht.md): nodes found there join the portal's/peers'
+    manifest: Manifest | None = None  # the model's trusted manifest: nodes whose blocks differ are refused (§4.10)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "dht", tuple(self.dht))  # a list given to from_pretrained(dht=[...])
         if self.head_backend not in HEAD_BACKENDS:
             raise ValueError(f"head_backend must be auto, torch or onnxruntime, not {self.head_backend!r}")
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from swarmnode.client.batching import Participant, RowBatcher
 from swarmnode.models.checkpoint import Checkpoint
-from swarmnode.models.span import load_head_modules
+from swarmnode.models.span import HeadModules, load_head_modules
 
 log = logging.getLogger("swarmnode.client")
 
@@ -24,10 +24,11 @@ class ClientHead(nn.Module):
     a single session always runs alone, so its numbers are unchanged.
     """
 
-    def __init__(self, lm: nn.Module) -> None:
+    def __init__(self, lm: HeadModules) -> None:
         super().__init__()
+        self.parts = lm
         self.embed = lm.get_input_embeddings()
-        self.norm = lm.model.norm
+        self.norm = lm.norm
         self.lm_head = lm.get_output_embeddings()
         self._rows = RowBatcher(self._logits)
         self.onnx = None  # OnnxHead, once enable_onnx() succeeded
@@ -39,13 +40,13 @@ class ClientHead(nn.Module):
         return self.embed.weight.device
 
     @torch.inference_mode()
-    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, T, H)
-        """Embed token ids."""
-        return self.embed(input_ids.to(self.device)).cpu()
+    def embed_tokens(self, input_ids: torch.Tensor, past_length: int = 0) -> torch.Tensor:  # (B, T) -> (B, T, H)
+        """What the first block receives for token ids at positions ``past_length...`` (the model's own input side)."""
+        return self.parts.embed(input_ids.to(self.device), past_length).cpu()
 
     @torch.inference_mode()
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(self.norm(hidden.to(self.device, self.embed.weight.dtype))).cpu()
+        return self.parts.logits(hidden.to(self.device, self.embed.weight.dtype)).cpu()
 
     @contextlib.contextmanager
     def participant(self):
@@ -66,7 +67,13 @@ class ClientHead(nn.Module):
         try:
             from swarmnode.client.onnx_head import OnnxHead
 
-            self.onnx = OnnxHead(self.norm, self.lm_head)
+            onnx = OnnxHead(self.norm, self.lm_head)
+            probe = torch.randn(1, 2, self.parts.hidden_size, generator=torch.Generator().manual_seed(0))
+            ref = self._logits(probe)
+            diff = float((onnx(probe) - ref).abs().max()) / max(float(ref.abs().max()), 1e-6)
+            if diff > 1e-4:  # a norm or logit transform the ONNX head does not express
+                raise ValueError(f"ONNX head differs from PyTorch by {diff:.2g} (relative)")
+            self.onnx = onnx
         except Exception as exc:  # no onnxruntime, or a head the builder cannot express
             log.warning("ONNX Runtime head unavailable (%s); logits stay on PyTorch", exc)
             return False

@@ -57,6 +57,7 @@ class HopSession:
         self.span: RemoteSpan | None = None  # open while the node holds our cache
         self.history: list[WireTensor] = list(history or [])  # inputs sent, in order
         self.tokens = 0  # positions this node ran for us (B x T summed): the usage receipt's count (spec §8.2)
+        self.served: int | None = None  # the node's own count of those positions, from its SessionClosed reply
         # Audits: outputs not yet compared against a replay, as (position, input, output, signature).
         self.unaudited: list[tuple[int, WireTensor, WireTensor, str]] = []
 
@@ -146,6 +147,8 @@ class HopSession:
                 ),
                 timeout=2.0,
             )
+            if isinstance(reply, SessionClosed):
+                self.served = reply.tokens
             if receipt is not None and isinstance(reply, SessionClosed):
                 assert receipts is not None
                 receipts.keep(receipt, signature, reply)

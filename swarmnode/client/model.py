@@ -7,6 +7,7 @@ session per span and sends only the new token's hidden state per step. Its optio
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import secrets
 import time
@@ -30,15 +31,14 @@ from swarmnode.client.generation import (
 )
 from swarmnode.client.head import load_client_head
 from swarmnode.client.latency import RttTable
+from swarmnode.client.parts import SessionsMixin, continued_ids, split_peers
 from swarmnode.client.probing import probe_swarm
-from swarmnode.client.remote import RemoteSpan
 from swarmnode.client.routing import RoutingPolicy, SwarmNotCovering, find_chain
 from swarmnode.client.session import AuditRollback, InferenceSession
+from swarmnode.client.weights import keep_matching
 from swarmnode.discovery import PeerInfo
 from swarmnode.models import Checkpoint, resolve_model
 from swarmnode.models.registry import model_name
-from swarmnode.models.wire import tensor_to_wire, wire_to_tensor
-from swarmnode.protocol import Forward, ForwardResult
 from swarmnode.trust.receipts import SignedReceipt
 
 __all__ = ["AutoDistributedModelForCausalLM", "DistributedModelForCausalLM", "GenerationStats", "tensor_to_wire_dtype"]
@@ -46,8 +46,11 @@ __all__ = ["AutoDistributedModelForCausalLM", "DistributedModelForCausalLM", "Ge
 _OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(ClientConfig))
 
 
-class DistributedModelForCausalLM:
+class DistributedModelForCausalLM(SessionsMixin):
     """Client side of a model served by a swarm. Build it with :class:`AutoDistributedModelForCausalLM`.
+
+    Petals' API is here too (``client/parts.py``): ``inference_session``, ``generate(..., session=)``,
+    ``transformer.word_embeddings``, ``transformer.h``, ``lm_head``.
 
     Args:
         name: the model's name (nodes of other models are skipped).
@@ -141,7 +144,10 @@ class DistributedModelForCausalLM:
         """
         # A tracker that is down is no reason to stop: the nodes we know may still answer.
         timeout = min(self.timeout, 5.0)
-        infos, _ = probe_swarm(self.urls, self.portal, self.name, self.rtts, timeout, tracker_optional=True)
+        infos, _ = probe_swarm(
+            self.urls, self.portal, self.name, self.rtts, timeout, tracker_optional=True, **self._dht_options()
+        )
+        infos = keep_matching(infos, self.client_config.manifest, {})
         if infos:
             self.peers = infos
         self._discovered_at = time.monotonic()
@@ -164,8 +170,11 @@ class DistributedModelForCausalLM:
     def refresh(self, max_age_s: float = 30.0) -> None:
         """Ask the tracker again when the peer list is older than ``max_age_s`` (nodes dropped for low
         reputation disappear from it)."""
-        if self.portal and time.monotonic() - self._discovered_at > max_age_s:
+        if (self.portal or self.client_config.dht) and time.monotonic() - self._discovered_at > max_age_s:
             self.discover()
+
+    def _dht_options(self) -> dict:
+        return {"dht": self.client_config.dht, "num_blocks": self.checkpoint.num_blocks}
 
     # -- sessions ---------------------------------------------------------------------------
 
@@ -218,32 +227,40 @@ class DistributedModelForCausalLM:
 
     def stream(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None,
         attention_mask: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        session: InferenceSession | None = None,
         **kwargs,
     ) -> Iterator[torch.Tensor]:
         """Yield the next token of every sequence, step by step (a ``(B,)`` tensor each time).
 
         Stops at ``max_new_tokens``, when every sequence has produced an EOS token, or when a stop
         string appears in the generated text. Closing the iterator closes the swarm sessions.
+        ``session`` (default: the one of an enclosing :meth:`inference_session` block) is continued and
+        left open: ``input_ids`` (or ``None``) come after the tokens of its earlier calls, and only the
+        tokens its nodes do not hold yet are sent.
+        ``on_logits(k, logits, token)``, if given, sees each step's raw LM-head logits ``(B, V)`` (before any
+        sampling processor) and the ``(B,)`` tokens chosen from them, for new token ``k`` (0-based; a
+        verified-mode rollback calls it again for the same ``k``), e.g. to report log-probabilities.
 
         Raises:
             ValueError: bad settings, padded batches, or a request longer than the nodes allow.
             SwarmNotCovering: no chain of nodes covers the model.
             RemoteError: a node failed.
         """
-        if input_ids.dim() == 1:
-            input_ids = input_ids.unsqueeze(0)
+        session = session or self.current_session
+        input_ids = continued_ids(session, input_ids, kwargs)  # (B, T): earlier calls' tokens first
         if attention_mask is not None and not bool(attention_mask.all()):
             raise ValueError("padded batches are not supported yet: give sequences of equal length")
         prefix_salt = kwargs.pop("prefix_salt", None)
+        on_logits = kwargs.pop("on_logits", None)
         params = sampling_params(self.generation_config, kwargs)
         procs = build_processors(params)
-        chain = self.chain()
+        chain = self.chain() if session is None else session.chain
         max_length = input_ids.shape[1] + params.max_new_tokens
-        limit = min(p.max_session_length for p in chain)
-        if max_length > limit:
+        limit = min(p.max_session_length for p in chain) if session is None else session.max_length + 1
+        if max_length > limit:  # a session never runs its last token, so it holds one token less
             raise ValueError(f"prompt + max_new_tokens = {max_length} tokens exceeds the swarm's limit of {limit}")
         eos = torch.tensor(params.eos_token_id or [], dtype=torch.long)
         finished = torch.zeros(input_ids.shape[0], dtype=torch.bool)
@@ -253,15 +270,20 @@ class DistributedModelForCausalLM:
         prompt_text = self.tokenizer.batch_decode(input_ids) if params.stop_strings else [""] * ids.shape[0]
         # This generation's place among concurrent ones (their logits are batched): registered before its
         # prompt, so that generations started together compute their first logits together.
-        with self.head.participant() as member, self.open_session(max_length, chain, prefix_salt) as session:
+        own = session is None
+        with (
+            self.head.participant() as member,
+            self.open_session(max_length, chain, prefix_salt) if own else contextlib.nullcontext(session) as session,
+        ):
             stats.failovers = session.failovers
             stats.audits = session.audit_stats
             self.active_session = session  # for callers that watch the route (benchmarks, fault tests)
             verified = self.audit.mode == "verified" and self.audit.enabled
             prompt_len = input_ids.shape[1]
             released = 0  # generated tokens already yielded
-            step_input = input_ids
+            step_input = input_ids if own else input_ids[:, session.position :]
             while True:
+                session.output_ids = ids
                 done = ids.shape[1] - prompt_len >= params.max_new_tokens or bool(finished.all())
                 done = done or (params.stop_strings and hit_stop(self.tokenizer, ids, prompt_text, params.stop_strings))
                 try:
@@ -269,7 +291,8 @@ class DistributedModelForCausalLM:
                         if verified and session.verified_position < session.position:
                             session.audit_now()  # release nothing unverified at the end either
                         break
-                    hidden = session.step(self.head.embed_tokens(step_input))  # (B, T, H)
+                    # From the session's position: where the input side embeds positions (GPT-2, OPT) they matter.
+                    hidden = session.step(self.head.embed_tokens(step_input, session.position))  # (B, T, H)
                     if step_input is input_ids:
                         stats.cached_prompt_tokens = min(session.cached_tokens.values(), default=0)
                 except AuditRollback as rollback:  # verified mode: recompute from the verified position
@@ -281,6 +304,8 @@ class DistributedModelForCausalLM:
                 if params.pad_token_id is not None and eos.numel():
                     token = torch.where(finished, torch.tensor(params.pad_token_id), token)
                 ids = torch.cat([ids, token[:, None]], dim=1)
+                if on_logits is not None:
+                    on_logits(ids.shape[1] - prompt_len - 1, logits[:, -1, :], token)
                 if eos.numel():
                     finished |= torch.isin(token, eos)
                 step_input = token[:, None]
@@ -296,56 +321,6 @@ class DistributedModelForCausalLM:
                 stats.released(k, start)
                 yield ids[:, prompt_len + k]
 
-    @torch.inference_mode()
-    def generate(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        streamer=None,
-        generator: torch.Generator | None = None,
-        **kwargs,
-    ) -> torch.Tensor:
-        """Generate like ``transformers``' ``generate``: returns prompt + new tokens, ``(B, T + N)``.
-
-        Args:
-            input_ids: ``(B, T)`` prompt token ids.
-            attention_mask: accepted for compatibility; must be all ones.
-            streamer: a ``transformers`` streamer (``put``/``end``), e.g. ``TextStreamer``.
-            generator: torch RNG for sampling.
-            **kwargs: ``max_new_tokens``, ``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``min_p``,
-                ``repetition_penalty``, ``eos_token_id``, ``pad_token_id``, ``stop_strings``.
-        """
-        if input_ids.dim() == 1:
-            input_ids = input_ids.unsqueeze(0)
-        if streamer is not None:
-            streamer.put(input_ids.cpu())
-        out = [input_ids]
-        for token in self.stream(input_ids, attention_mask, generator=generator, **kwargs):
-            out.append(token[:, None])
-            if streamer is not None:
-                streamer.put(token.cpu())
-        if streamer is not None:
-            streamer.end()
-        return torch.cat(out, dim=1)
-
-    @torch.inference_mode()
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, T, V)
-        """Logits for every position, through the swarm without any cache (scoring)."""
-        if input_ids.dim() == 1:
-            input_ids = input_ids.unsqueeze(0)
-        wire = tensor_to_wire(self.head.embed_tokens(input_ids), self.client_config.wire_dtype)
-        for peer in self.chain():
-            span = RemoteSpan(peer.url, timeout=self.timeout)
-            try:
-                reply = span.request(Forward(hidden=wire))
-            finally:
-                span.close()
-            assert isinstance(reply, ForwardResult) and reply.hidden is not None
-            wire = reply.hidden
-        return self.head.logits(wire_to_tensor(wire, self.dtype))
-
-    __call__ = forward
-
 
 class AutoDistributedModelForCausalLM:
     """Entry point mirroring ``transformers.AutoModelForCausalLM``."""
@@ -355,6 +330,7 @@ class AutoDistributedModelForCausalLM:
         model: str,
         peers: list[str] | None = None,
         *,
+        initial_peers: list[str] | None = None,
         config: ClientConfig | None = None,
         **options,
     ) -> DistributedModelForCausalLM:
@@ -363,25 +339,53 @@ class AutoDistributedModelForCausalLM:
         Args:
             model: a known name (``smollm2``), a checkpoint directory or a ``.gguf`` path.
             peers: node URLs (``ws://host:port/layerswarm/v1``).
+            initial_peers: as in Petals: node URLs and/or one portal URL (``http://host:8000``), added to
+                ``peers``. With neither these nor ``portal``, ``$LAYERSWARM_INITIAL_PEERS`` (the same, comma-
+                separated), so Petals' ``from_pretrained(model_name)`` runs unchanged.
             config: the client's options (:class:`ClientConfig`: dtype, timeout, portal, routing,
                 failover, push, identity, on_receipt, secure, audit, reporter, head_backend).
             **options: :class:`ClientConfig` fields replacing those of ``config``, e.g.
                 ``portal="http://host:8000"`` (a tracker listing the nodes serving ``model``) or
-                ``audit=AuditPolicy(rate=0.05)``.
+                ``audit=AuditPolicy(rate=0.05)``, or ``dht=["/ip4/H/tcp/P/p2p/..."]`` (DHT bootstrap peers, merged
+                with the portal's and the given peers; docs/dht.md).
 
         Raises:
             TypeError: an option that is no :class:`ClientConfig` field.
-            ValueError: neither peers nor portal given; ``TrackerError`` (a ``ValueError``) if the portal fails.
+            ValueError: neither peers nor portal given; ``model`` is encoder-only (use
+                :class:`~swarmnode.client.AutoDistributedModel`); ``TrackerError`` (a ``ValueError``) if the portal
+                fails.
             SwarmNotCovering: the peers that answered do not cover every block.
         """
         config = ClientConfig.build(config, **options)
-        if not peers and not config.portal:
-            raise ValueError("give peers=[...] (node URLs) or portal=URL (a tracker)")
+        extra, portal = split_peers(list(initial_peers or []), config.portal, use_env=not peers)
+        peers, config = [*(peers or []), *extra], dataclasses.replace(config, portal=portal)
+        if not peers and not config.portal and not config.dht:
+            raise ValueError(
+                "give peers=[...] (node URLs), portal=URL (a tracker) or dht=[multiaddr, ...] (DHT bootstrap peers),"
+                " or set $LAYERSWARM_INITIAL_PEERS"
+            )
         checkpoint = Checkpoint(resolve_model(model))
+        from swarmnode.models.encoder import is_encoder_only
+
+        if is_encoder_only(checkpoint.config):
+            raise ValueError(
+                f"{model!r} is an encoder-only model (embeddings, no next-token head): use"
+                " swarmnode.client.AutoDistributedModel.from_pretrained(...).embed(texts)"
+            )
         name = model_name(model)
         rtts = RttTable()
         timeout = min(config.timeout, 10.0)
-        infos, errors = probe_swarm(peers or [], config.portal, name, rtts, timeout, tracker_optional=False)
+        infos, errors = probe_swarm(
+            peers or [],
+            config.portal,
+            name,
+            rtts,
+            timeout,
+            tracker_optional=False,
+            dht=config.dht,
+            num_blocks=checkpoint.num_blocks,
+        )
+        infos = keep_matching(infos, config.manifest, errors)  # nodes whose blocks differ from the trusted manifest
         distributed = DistributedModelForCausalLM(
             name, checkpoint, infos, urls=list(peers or []), rtts=rtts, config=config
         )

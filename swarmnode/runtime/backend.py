@@ -43,11 +43,15 @@ class TorchBackend:
         """An empty per-session KV cache."""
         return self.span.new_cache()
 
-    def _run(self, hidden: WireTensor, cache) -> WireTensor:
+    def _run(self, hidden: WireTensor, cache, lengths: tuple[int, ...] = ()) -> WireTensor:
         x = wire_to_tensor(hidden, self.dtype, self.device)  # (B, T, H)
         if self.device == "cpu":
             small = x.shape[0] * x.shape[1] <= self.small_step_tokens
             torch.set_num_threads(self.small_step_threads if small else self.threads)
+        if lengths:  # an encoder's padded rows: positions past each row's length are masked out (spec §4.4)
+            rows = torch.tensor(lengths, device=x.device)[:, None]  # (B, 1)
+            mask = (torch.arange(x.shape[1], device=x.device)[None, :] < rows).long()  # (B, T)
+            return tensor_to_wire(self.span(x, attention_mask=mask), hidden.dtype)
         # Reply in the dtype the peer sent, whatever this node computes in.
         return tensor_to_wire(self.span(x, cache), hidden.dtype)
 
@@ -55,9 +59,9 @@ class TorchBackend:
         """Run new positions through the span, appending their keys/values to ``cache``."""
         return self._run(hidden, cache)
 
-    def forward(self, hidden: WireTensor) -> WireTensor:
-        """Run positions 0..T-1 through the span without a cache."""
-        return self._run(hidden, None)
+    def forward(self, hidden: WireTensor, lengths: tuple[int, ...] = ()) -> WireTensor:
+        """Run positions 0..T-1 through the span without a cache (``lengths``: rows' real positions, encoders)."""
+        return self._run(hidden, None, lengths)
 
     def step_batch(self, items: list[tuple[WireTensor, object]]) -> list[WireTensor]:
         """Several sessions' steps, one after the other.

@@ -21,6 +21,29 @@ class UnsupportedForGraph(NotImplementedError):
     """The span's architecture has parts :class:`SpanGraph` does not express (e.g. q/k norms)."""
 
 
+_BLOCK_PARTS = {"self_attn", "mlp", "input_layernorm", "post_attention_layernorm"}
+_ATTN_PARTS = {"q_proj", "k_proj", "v_proj", "o_proj"}
+
+
+def check_llama_layout(span: SpanModel) -> None:
+    """Raise :class:`UnsupportedForGraph` unless every block is the pre-norm Llama layout this graph writes
+    (input norm, attention of q/k/v/o projections with rotary tables, post-attention norm, MLP)."""
+    kind = span.config.model_type
+    blocks = getattr(span.inner, "layers", None)
+    if blocks is None or not hasattr(span.inner, "rotary_emb"):
+        raise UnsupportedForGraph(f"{kind}: no 'layers' block list with a 'rotary_emb' table")
+    for block in blocks:
+        parts = {n for n, _ in block.named_children()}
+        if parts != _BLOCK_PARTS:
+            raise UnsupportedForGraph(f"{kind} blocks are not the Llama layout: {sorted(parts ^ _BLOCK_PARTS)}")
+        mlp = {n for n, _ in block.mlp.named_children()}
+        if not {"gate_proj", "up_proj", "down_proj"} <= mlp:
+            raise UnsupportedForGraph(f"{kind} MLP is not gate/up/down projections (e.g. mixture of experts)")
+        attn = {n for n, _ in block.self_attn.named_children()}
+        if not _ATTN_PARTS <= attn:
+            raise UnsupportedForGraph(f"{kind} attention lacks {sorted(_ATTN_PARTS - attn)}")
+
+
 class SpanGraph(nn.Module):
     """``(hidden, past_k, past_v, position_ids, attn_mask) -> (hidden, new_k, new_v)``.
 
@@ -32,8 +55,9 @@ class SpanGraph(nn.Module):
     def __init__(self, span: SpanModel) -> None:
         super().__init__()
         inner = span.inner
-        self.layers = inner.layers
         cfg = span.config
+        check_llama_layout(span)
+        self.layers = inner.layers
         attn = self.layers[0].self_attn
         for name in ("q_norm", "k_norm"):
             if hasattr(attn, name):

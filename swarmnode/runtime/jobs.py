@@ -23,7 +23,7 @@ class Job:
 
     kind: int  # DECODE, PREFILL or FORWARD
     hidden: WireTensor
-    cache: Any  # None for FORWARD
+    cache: Any  # for FORWARD: None, or its rows' lengths (an encoder's padded batch)
     future: asyncio.Future
     seq: int
     enqueued: float = field(default_factory=time.monotonic)

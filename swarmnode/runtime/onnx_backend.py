@@ -18,7 +18,7 @@ from swarmnode.models.span import SpanModel
 from swarmnode.models.wire import array_to_wire
 from swarmnode.protocol import WireTensor
 from swarmnode.protocol.compare import to_float32  # a writable float32 copy, through NumPy
-from swarmnode.runtime.graph import SpanGraph, causal_mask
+from swarmnode.runtime.graph import SpanGraph, UnsupportedForGraph, causal_mask
 from swarmnode.runtime.onnx_buffers import BatchBuffers, OnnxCache, capacity_for
 from swarmnode.runtime.onnx_files import (
     OPSET,
@@ -71,7 +71,12 @@ class OnnxBackend:
         fused: bool | None = None,
     ) -> None:
         self.precision = precision
-        self.path, self.fused = span_file(span, precision, fused)
+        try:
+            self.path, self.fused = span_file(span, precision, fused)
+        except (UnsupportedForGraph, ImportError):
+            raise
+        except Exception as exc:  # an operator the exporter cannot write (e.g. MoE routing's histc)
+            raise UnsupportedForGraph(f"{span.config.model_type}: export failed ({type(exc).__name__}: {exc})") from exc
         cfg = span.config
         self.num_layers = span.end - span.start
         self.num_kv = cfg.num_key_value_heads
@@ -82,6 +87,24 @@ class OnnxBackend:
         self._batch = BatchBuffers(self.num_layers, self.num_kv, self.head_dim)
         self._runner = SpanRunner(self.path, self.num_layers, threads or torch.get_num_threads(), spin)
         self.session = self._runner.session
+        self._check_parity(span)
+
+    def _check_parity(self, span: SpanModel) -> None:
+        """Refuse (:class:`UnsupportedForGraph`) a span whose graph does not compute what PyTorch computes
+        on a probe: the backstop for architectures the graph's layout checks let through."""
+        probe = torch.randn(1, 3, span.config.hidden_size, generator=torch.Generator().manual_seed(0))
+        with torch.inference_mode():
+            expected = span(probe, span.new_cache())
+        got = torch.from_numpy(to_float32(self.step(array_to_wire(probe.numpy(), "float32"), self.new_cache())))
+        expected = expected.float().cpu()
+        diff = float((got - expected).abs().max()) / max(float(expected.abs().max()), 1e-6)
+        # int8 weights drift on a random probe as blocks add up: SmolLM2's 10 blocks 0.026, all 30 blocks 0.26
+        # (the whole model in one process, as bench-backends runs it); a wrong graph is off by ~1.
+        tolerance = 1e-3 if self.precision == "float32" else 0.5
+        if not diff <= tolerance:
+            raise UnsupportedForGraph(
+                f"{span.config.model_type}: ONNX Runtime differs from PyTorch by {diff:.2g} (relative) on a probe"
+            )
 
     @property
     def batches_prompts(self) -> bool:

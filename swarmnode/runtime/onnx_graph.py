@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from swarmnode.models.span import SpanModel
-from swarmnode.runtime.graph import UnsupportedForGraph
+from swarmnode.runtime.graph import UnsupportedForGraph, check_llama_layout
 
 #: Bump when inputs, outputs or maths change: exported files are keyed by it.
 FUSED_GRAPH_VERSION = 1
@@ -51,6 +51,7 @@ def check_supported(span: SpanModel) -> None:
     cfg = span.config
     if span.end == span.start:
         raise UnsupportedForGraph("empty span")
+    check_llama_layout(span)
     attn = span.inner.layers[0].self_attn
     for name in ("q_norm", "k_norm"):
         if hasattr(attn, name):

@@ -7,13 +7,12 @@ result (``backend`` and ``dtype`` in its Info reply).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
-import re
 import time
 from dataclasses import dataclass
 
+import humanfriendly
 import torch
 
 from swarmnode.models.checkpoint import Checkpoint
@@ -62,22 +61,20 @@ def resolve_precision(device: str, precision: str) -> tuple[str, str]:
 
 
 def parse_bytes(text: str) -> int:
-    """``"2GB"``, ``"512MiB"``, ``"1.5G"`` or plain bytes to an integer.
+    """``"2GB"``, ``"512MiB"``, ``"1.5G"`` or plain bytes to an integer (decimal units; ``i`` for binary).
 
     Raises:
         ValueError: not a size.
     """
-    m = re.fullmatch(r"\s*([0-9.]+)\s*([kmgt]?)(i?b?)\s*", text.lower())
-    if not m:
-        raise ValueError(f"not a memory size: {text!r} (try 2GB or 512MiB)")
-    base = 1024 if m.group(3).startswith("i") else 1000
-    power = " kmgt".index(m.group(2) or " ")
-    return int(float(m.group(1)) * base**power)
+    try:
+        return int(humanfriendly.parse_size(text.strip()))
+    except humanfriendly.InvalidSize as exc:
+        raise ValueError(f"not a memory size: {text!r} (try 2GB or 512MiB)") from exc
 
 
 def block_bytes(checkpoint: Checkpoint, precision: str) -> int:
     """Weight bytes of one block at ``precision`` (the largest block, to be safe)."""
-    prefix = family_of(checkpoint.config).layers_prefix
+    prefix = _blocks_prefix(checkpoint)
     sizes: dict[int, int] = {}
     from safetensors import safe_open
 
@@ -94,12 +91,32 @@ def block_bytes(checkpoint: Checkpoint, precision: str) -> int:
     return max(sizes.values()) * BYTES_PER_PARAM[precision]
 
 
+def _blocks_prefix(checkpoint: Checkpoint) -> str:
+    """The blocks' key prefix in the checkpoint: a decoder's, or an encoder's (``encoder.layer.``, ``bert.e...``)."""
+    from swarmnode.models.encoder import encoder_structure
+    from swarmnode.models.structure import UnsupportedArchitecture
+
+    try:
+        return family_of(checkpoint.config).layers_prefix
+    except UnsupportedArchitecture:
+        encoder = encoder_structure(checkpoint.config)
+        if encoder is None:
+            raise
+        marker = encoder.blocks_path + "."
+        key = next((k for k in checkpoint.keys() if k.startswith(marker) or f".{marker}" in k), marker)
+        return key[: key.index(marker) + len(marker)]
+
+
 def kv_bytes_per_token(checkpoint: Checkpoint, precision: str) -> int:
-    """KV-cache bytes per token per block (keys + values; int8 nodes keep an fp32 cache)."""
-    cfg = checkpoint.config
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    """KV-cache bytes per token per block (keys + values; int8 nodes keep an fp32 cache; encoders keep none)."""
+    from swarmnode.models.encoder import is_encoder_only
+    from swarmnode.models.structure import kv_heads_and_dim
+
+    if is_encoder_only(checkpoint.config):
+        return 0
+    kv, head_dim = kv_heads_and_dim(checkpoint.config)
     item = 4 if precision == "int8" else BYTES_PER_PARAM[precision]
-    return 2 * cfg.num_key_value_heads * head_dim * item
+    return 2 * kv * head_dim * item
 
 
 @dataclass(frozen=True)
@@ -139,12 +156,16 @@ def default_memory_budget(device: str) -> int:
     if device.startswith("cuda"):
         free, _ = torch.cuda.mem_get_info(device)
         return int(free * 0.9)
-    try:
-        import os
-
+    try:  # free pages on Linux, as measured since the first release
         pages, size = os.sysconf("SC_AVPHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
         return int(pages * size * 0.8)
-    except (ValueError, OSError, AttributeError):
+    except (ValueError, OSError, AttributeError):  # macOS has no SC_AVPHYS_PAGES, Windows no sysconf
+        pass
+    try:
+        import psutil  # a dependency of accelerate, on every platform
+
+        return int(psutil.virtual_memory().available * 0.8)
+    except ImportError:
         return 8 * 1024**3
 
 
@@ -176,18 +197,25 @@ def _decode_ms(candidates: list, hidden_size: int, past: int = 32, rounds: int =
     return best
 
 
+def decode_step_ms(backend, hidden_size: int, rounds: int = AUTO_ROUNDS) -> float:
+    """Best time of a one-token decoding step on ``backend`` after a 32-position prompt, in ms (``doctor``)."""
+    return _decode_ms([backend], hidden_size, rounds=rounds)[backend.name]
+
+
 @contextlib.contextmanager
 def _machine_turn(lock_path: str | None):
     """Hold the machine lock shared by the nodes of one machine (if any) while measuring."""
     if not lock_path:
         yield
         return
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    from swarmnode.runtime.scheduler import MachineLock  # the same lock the scheduler takes around each pass
+
+    lock = MachineLock(lock_path)
+    lock.acquire()
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
-        os.close(fd)  # releases the lock
+        lock.release()
 
 
 def build_backend(
@@ -213,9 +241,17 @@ def build_backend(
     if backend in ("onnxruntime", "onnx") or precision == "int8":
         if device != "cpu":
             raise ValueError("the onnxruntime backend runs on CPU here; use --backend torch on CUDA")
+        from swarmnode.runtime.graph import UnsupportedForGraph
         from swarmnode.runtime.onnx_backend import OnnxBackend
 
-        return OnnxBackend(span, precision, threads), "requested" if backend != "auto" else "int8 runs on ONNX Runtime"
+        try:
+            reason = "requested" if backend != "auto" else "int8 runs on ONNX Runtime"
+            return OnnxBackend(span, precision, threads), reason
+        except UnsupportedForGraph as exc:  # an architecture the graph does not express: PyTorch runs it
+            if precision == "int8":
+                raise
+            log.warning("ONNX Runtime refused this span (%s); using PyTorch", exc)
+            return torch_backend(), f"ONNX Runtime refused: {exc}"
     if backend != "auto":
         raise ValueError(f"unknown backend {backend!r}; use auto, torch or onnxruntime")
     if device != "cpu":

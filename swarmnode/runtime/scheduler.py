@@ -31,12 +31,12 @@ This module holds the scheduler's API and its worker; the queue order and how ba
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import itertools
 import logging
-import os
 import time
 from concurrent.futures import Executor
+
+from filelock import FileLock, Timeout
 
 from swarmnode.protocol import WireTensor
 from swarmnode.runtime.chunks import concat_tokens, slice_tokens, split_tokens
@@ -52,28 +52,31 @@ __all__ = ["Job", "MachineLock", "Scheduler", "concat_tokens", "slice_tokens", "
 class MachineLock:
     """The file that nodes sharing one machine lock around each pass, so they take turns on its cores.
 
+    A ``filelock`` lock: ``flock`` on POSIX, ``msvcrt`` locking on Windows. It is taken on the executor
+    thread and may be released from the event loop's, so the hold is not tied to one thread.
+
     Args:
         path: the lock file (created if missing).
     """
 
     def __init__(self, path: str) -> None:
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        self._lock = FileLock(path, thread_local=False)
 
     def acquire(self) -> None:
         """Wait for the machine (blocks: call it on the executor thread)."""
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        self._lock.acquire()
 
     def try_acquire(self) -> bool:
         """Take the machine if it is free at once; False if another node holds it."""
         try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            self._lock.acquire(blocking=False)
+        except Timeout:
             return False
         return True
 
     def release(self) -> None:
         """Hand the machine back."""
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        self._lock.release()
 
 
 class Scheduler:
@@ -133,6 +136,12 @@ class Scheduler:
         self._outside = 0  # backend work running in the executor outside the queue (run_exclusive)
         self._serving = False  # the worker is filling or running a batch
         self.largest_batch = 0
+        self.on_batch = None  # called with each pass's jobs before it runs (the node's metrics)
+
+    @property
+    def queue_depth(self) -> int:
+        """Jobs waiting for the worker."""
+        return len(self._queue.jobs)
 
     def start(self) -> None:
         """Start the worker task on the running loop."""
@@ -164,9 +173,9 @@ class Scheduler:
             parts.append(await self._submit(PREFILL, piece, cache, fresh=fresh and i == 0))
         return concat_tokens(parts)
 
-    async def forward(self, hidden: WireTensor) -> WireTensor:
-        """Run a cache-less forward."""
-        return await self._submit(FORWARD, hidden, None)
+    async def forward(self, hidden: WireTensor, lengths: tuple[int, ...] = ()) -> WireTensor:
+        """Run a cache-less forward (``lengths``: each row's real positions, for an encoder's padded batch)."""
+        return await self._submit(FORWARD, hidden, lengths or None)  # a forward's cache slot holds its lengths
 
     async def run_exclusive(self, fn, *args):
         """Run other backend work (e.g. a throughput measurement) on the executor; no step runs on the
@@ -278,6 +287,8 @@ class Scheduler:
                 self._lock.release()
         self.batches_run += 1
         self.largest_batch = max(self.largest_batch, 1)
+        if self.on_batch is not None:
+            self.on_batch(batch)
         self._pacing.ran(batch, self.batches_run)
         job.future.set_result(result)
         return True
@@ -289,6 +300,8 @@ class Scheduler:
         self.batches_run += 1
         pass_no = self.batches_run
         self.largest_batch = max(self.largest_batch, len(batch))
+        if self.on_batch is not None:
+            self.on_batch(batch)
         try:
             results = await loop.run_in_executor(self.executor, compute, batch)
         except Exception as exc:  # each waiter gets the failure; the worker keeps going
@@ -308,7 +321,7 @@ class Scheduler:
             return self.backend.step_batch([(j.hidden, j.cache) for j in batch])
         job = batch[0]
         if job.kind == FORWARD:
-            return [self.backend.forward(job.hidden)]
+            return [self.backend.forward(job.hidden, job.cache) if job.cache else self.backend.forward(job.hidden)]
         began = time.perf_counter()
         out = self.backend.step(job.hidden, job.cache)
         if job.kind == DECODE:  # how long a lone step holds whichever thread runs it (see _try_inline)

@@ -2,22 +2,22 @@
 
 The announcer is a background asyncio task of the node. The portal being down, slow or
 refusing never stops the node from serving: every failure is logged and retried with
-exponential backoff. Only the standard library is used (``urllib`` in a worker thread).
+exponential backoff (``tenacity``). Requests go through ``httpx`` in a worker thread, bounded in
+time and size (``swarmnode/discovery/portal_http.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import http.client
-import json
 import logging
 import statistics
 import time
-import urllib.error
-import urllib.request
 from typing import Any
 
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
+
 from swarmnode.discovery import PeerInfo
+from swarmnode.discovery.portal_http import PortalHTTPError, call_json
 from swarmnode.server.blocking import run_blocking
 
 log = logging.getLogger("swarmnode.announce")
@@ -27,19 +27,9 @@ KEY_CHALLENGE_PATH = "/api/v1/nodes/key-challenge/"
 MAX_INTERVAL = 300.0  # the longest heartbeat interval we accept from a portal (a garbage one must not silence us)
 
 
-class PortalRejected(Exception):
-    """The portal answered with an HTTP error status.
-
-    Attributes:
-        status: the HTTP status (401 bad token, 404/410 node unknown or offline, 409 conflict, ...).
-        detail: the portal's explanation.
-    """
-
-    def __init__(self, status: int, detail: str, retry_after: float = 0.0) -> None:
-        super().__init__(f"HTTP {status}: {detail}")
-        self.status = status
-        self.detail = detail
-        self.retry_after = retry_after  # seconds the portal asked us to wait (503 when overloaded)
+# The portal answered with an HTTP error status: ``status`` (401 bad token, 404/410 node unknown or offline,
+# 409 conflict, ...), ``detail``, ``retry_after`` (seconds it asked us to wait, 503 when overloaded).
+PortalRejected = PortalHTTPError
 
 
 def post_json(url: str, token: str, body: dict[str, Any] | None, timeout: float) -> dict[str, Any]:
@@ -49,34 +39,9 @@ def post_json(url: str, token: str, body: dict[str, Any] | None, timeout: float)
         PortalRejected: an HTTP error status.
         OSError: the portal could not be reached, or broke the HTTP exchange off (a reset connection, a
             malformed status line or a truncated body are all ``ConnectionError`` here).
-        ValueError: the reply is not a JSON object.
+        ValueError: the reply is not a JSON object, or larger than the cap.
     """
-    data = json.dumps(body or {}).encode()
-    request = urllib.request.Request(
-        url,
-        data=data,
-        method="POST",
-        headers={"Content-Type": "application/json", "Accept": "application/json", "Authorization": f"Bearer {token}"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            reply = json.loads(response.read() or b"{}")
-    except urllib.error.HTTPError as exc:
-        try:
-            raw = exc.read()[:2000].decode("utf-8", "replace")
-        except (OSError, http.client.HTTPException):
-            raw = ""
-        try:
-            detail = json.loads(raw).get("detail", raw)
-        except (ValueError, AttributeError):
-            detail = raw
-        try:
-            retry_after = float(exc.headers.get("Retry-After", 0) or 0)
-        except (ValueError, TypeError):
-            retry_after = 0.0
-        raise PortalRejected(exc.code, str(detail), min(max(retry_after, 0.0), 3600.0)) from None
-    except http.client.HTTPException as exc:  # not an OSError: BadStatusLine, IncompleteRead, ...
-        raise ConnectionError(f"the portal broke off the HTTP exchange ({exc!r})") from None
+    reply = call_json("POST", url, token=token, body=body or {}, timeout=timeout)
     if not isinstance(reply, dict):
         raise ValueError(f"the portal answered {type(reply).__name__}, not a JSON object")
     return reply
@@ -224,27 +189,36 @@ class Announcer:
         except (TypeError, ValueError):
             measured = 0.0
         self.throughput = measured if measured > 0 else await asyncio.to_thread(measure_throughput, self.node)
-        backoff = 1.0
-        at_once = True  # one immediate re-registration after a 404/410; a portal that keeps saying so waits
+        # Every failure (a bug or a surprise included) is retried; only cancelling the task ends it.
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(Exception), wait=self._backoff, before_sleep=self._failed
+        )
         while True:
-            try:
-                await self.announce_once()
-                backoff, at_once = 1.0, True
-                await self._sleep_unless_moved(self.interval)
-                continue
-            except PortalRejected as exc:
-                level = logging.WARNING if exc.status in (404, 410) else logging.ERROR
-                log.log(level, "portal %s refused the announcement: %s", self.portal, exc)
-                if exc.status in (404, 410) and at_once:
-                    at_once = False
-                    continue  # expired or forgotten: re-register at once
-                backoff = max(backoff, min(exc.retry_after, self.max_backoff))
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                log.warning("portal %s unreachable (%s); retrying in %.0fs", self.portal, exc, backoff)
-            except Exception as exc:  # noqa: BLE001 - a bug or a surprise must not end the node's announcing
-                log.exception("announcing to %s failed unexpectedly (%r); retrying in %.0fs", self.portal, exc, backoff)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, self.max_backoff)
+            await retrying(self.announce_once)  # each outage starts again from the shortest wait
+            await self._sleep_unless_moved(self.interval)
+
+    def _backoff(self, state: RetryCallState) -> float:
+        """Seconds before the next try: doubling up to ``max_backoff``, at least what the portal asked; none
+        for an outage's first 404/410 (expired or forgotten: re-register at once)."""
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, PortalRejected):
+            if exc.status in (404, 410) and state.attempt_number == 1:
+                return 0.0
+            return max(wait_exponential(max=self.max_backoff)(state), min(exc.retry_after, self.max_backoff))
+        return wait_exponential(max=self.max_backoff)(state)
+
+    def _failed(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        wait = state.upcoming_sleep
+        if isinstance(exc, PortalRejected):
+            level = logging.WARNING if exc.status in (404, 410) else logging.ERROR
+            log.log(level, "portal %s refused the announcement: %s; retrying in %.0fs", self.portal, exc, wait)
+        elif isinstance(exc, (OSError, ValueError, KeyError, TypeError)):
+            log.warning("portal %s unreachable (%s); retrying in %.0fs", self.portal, exc, wait)
+        else:
+            log.error(
+                "announcing to %s failed unexpectedly (%r); retrying in %.0fs", self.portal, exc, wait, exc_info=exc
+            )
 
     async def _sleep_unless_moved(self, seconds: float) -> None:
         """Sleep until the next heartbeat, or less if the node's address changed (it moved to another relay)."""

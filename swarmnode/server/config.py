@@ -54,6 +54,10 @@ class NodeConfig:
     token: str | None = None  # node token from the portal's "Contribute a GPU" page
     identity: str | None = None  # key file (created if missing); None: a fresh key pair for this process
     peers: tuple[str, ...] = ()  # other nodes' URLs to learn the swarm from when there is no portal (--blocks auto)
+    dht: tuple[str, ...] = ()  # DHT bootstrap multiaddrs (docs/dht.md): announce there, read spans from there
+    dht_only: bool = False  # with dht: no portal tracker (a portal-less swarm), unless the DHT cannot load here
+    dht_ttl: float = 120.0  # seconds a DHT record lives; re-announced every third of it
+    dht_port: int = 0  # TCP port of the node's DHT peer (0: any free one)
     rebalance_interval: float = 0.0  # seconds between rebalancing checks (±20 % jitter); 0 = never move
     rebalance_margin: float = 0.2  # move only if the swarm's bottleneck rises by more than this fraction
     drain_timeout: float = 120.0  # seconds to let open sessions finish before moving
@@ -78,3 +82,11 @@ class NodeConfig:
     # -- TLS (spec §1.1): serve wss:// with this certificate chain and key (PEM files); None: plain ws://
     tls_cert: str | None = None
     tls_key: str | None = None
+    # -- observability
+    metrics: str = "loopback"  # who may GET /metrics on the node's port: off, loopback, public (server/metrics.py)
+    log_format: str = "text"  # text or json (one JSON event per line: server/logs.py)
+    # -- weights (issue #19, docs/weights.md): the object store, whose publishers to trust, what to seed
+    store: str | None = None  # object store directory; None: $LAYERSWARM_HOME/store
+    cache_size: str | None = None  # the store's size cap, e.g. "20GB"; None: half the free disk
+    trust_keys: tuple[str, ...] = ()  # trusted publisher keys (ed25519:...) or key files, besides the portal's
+    seed_cache: bool = False  # also send peers store objects this node does not serve (else only its own blocks)

@@ -33,6 +33,7 @@ from swarmnode.protocol import (
     check_open_session,
 )
 from swarmnode.protocol.signing import sign_result
+from swarmnode.protocol.validation import check_lengths
 from swarmnode.trust.receipts import ReceiptError, countersign
 
 if TYPE_CHECKING:  # the node imports this module; handlers only use the node they are given
@@ -172,11 +173,25 @@ async def forward(node: Node, msg: Forward, owner: object) -> ForwardResult:
             "too_many_tokens",
             f"a forward of {hidden.shape[0]} x {hidden.shape[1]} positions exceeds this node's {cap}: split it",
         )
+    _check_encoder_forward(node, msg, hidden)
     started = time.perf_counter()
-    out = await node.scheduler.forward(hidden)
+    out = await node.scheduler.forward(hidden, msg.lengths)
     compute_us = int((time.perf_counter() - started) * 1e6)
-    signature = sign_result(node.identity, "forward", "", 0, (node.start, node.end), hidden, out)
+    lengths = "lengths:" + ",".join(map(str, msg.lengths)) if msg.lengths else ""  # §11.1: the mask is signed too
+    signature = sign_result(node.identity, "forward", lengths, 0, (node.start, node.end), hidden, out)
     return ForwardResult(id=msg.id, hidden=out, compute_us=compute_us, signature=signature)
+
+
+def _check_encoder_forward(node: Node, msg: Forward, hidden) -> None:
+    """§4.4: ``lengths`` only for an encoder span, one per row; an encoder's positions within its model's."""
+    check_lengths(msg.lengths, hidden)
+    encoder = bool(getattr(getattr(node.backend, "span", None), "cache_less", False))
+    if msg.lengths and not encoder:
+        raise ProtocolError("bad_field", "lengths (padded rows) are for encoder-only models: this is a decoder")
+    if encoder and hidden.shape[1] > node.max_session_length:  # learned positions end there
+        raise ProtocolError(
+            "too_many_tokens", f"{hidden.shape[1]} positions exceed this encoder's {node.max_session_length}"
+        )
 
 
 async def close_session(node: Node, msg: CloseSession, owner: object) -> SessionClosed:

@@ -19,25 +19,28 @@ import torch
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request, Response
 
-from swarmnode.models import Checkpoint, load_span, resolve_model
-from swarmnode.models.registry import model_name
+from swarmnode.models import Checkpoint, load_span
 from swarmnode.protocol import Error, InfoReply, Message, ProtocolError, Step, decode, encode
 from swarmnode.protocol.framing import message_bound
 from swarmnode.runtime import CachePool
 from swarmnode.runtime.planning import TORCH_DTYPES, build_backend, resolve_device, resolve_precision
 from swarmnode.runtime.prefix import PrefixStore, PrefixTracker
 from swarmnode.runtime.scheduler import Scheduler
-from swarmnode.server.announce import start_announcer
 from swarmnode.server.config import WS_PATH, NodeConfig
 from swarmnode.server.connections import ConnectionsPerAddress
 from swarmnode.server.corruption import Corruptor
+from swarmnode.server.dht_announce import start_announcers
 from swarmnode.server.handlers import HANDLERS
+from swarmnode.server.logs import configure_logging
+from swarmnode.server.metrics import NodeMetrics
 from swarmnode.server.placement import choose_blocks
 from swarmnode.server.push import PushRelay
 from swarmnode.server.receipts import ReceiptOutbox, start_outbox
 from swarmnode.server.relay_hub import RELAY_SUFFIX, RelayHub, RelayLimits
 from swarmnode.server.secure_conn import SecureConnection
+from swarmnode.server.signals import stop_on_signals
 from swarmnode.server.throughput import Throughput, node_throughput
+from swarmnode.server.weights import object_routes, open_weights
 from swarmnode.trust.identity import NodeIdentity
 from swarmnode.trust.secure_channel import ChannelError, is_handshake_frame
 from swarmnode.version import __version__
@@ -65,9 +68,10 @@ class Node:
         self.limits = config.limits
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
-        path = resolve_model(config.model)
-        self.checkpoint = Checkpoint(path)
-        self.model_name = model_name(config.model)
+        self.weights = open_weights(config)  # a checkpoint, or a checkout of a trusted manifest (cold join)
+        config = self.config = self.weights.config  # its span fixed when the cold join chose one
+        self.checkpoint = Checkpoint(self.weights.path)
+        self.model_name = self.weights.name
         self.device = resolve_device(config.device)
         self.precision, precision_reason = resolve_precision(self.device, config.dtype)
         self.start, self.end, self.capacity = choose_blocks(
@@ -76,6 +80,7 @@ class Node:
         self.hidden_size = self.checkpoint.hidden_size
         load_dtype = TORCH_DTYPES.get(self.precision, torch.float32)  # int8 spans load fp32, then quantize
         span = load_span(self.checkpoint, self.start, self.end, load_dtype, self.device)
+        self.weights.record_loaded(self.start, self.end)  # the blocks' hashes, reported in Info (spec §4.10)
         self.backend, backend_reason = build_backend(
             span,
             self.device,
@@ -135,6 +140,7 @@ class Node:
         self._stopped: asyncio.Future | None = None
         self._stop_requested = False
         self.connections = ConnectionsPerAddress(config.max_connections_per_ip)  # direct ones (§6.5)
+        self.metrics = NodeMetrics(self, config.metrics)  # GET /metrics on this port (server/metrics.py)
 
     @property
     def address(self) -> str:
@@ -163,6 +169,7 @@ class Node:
             prefill_throughput=self.throughput.prefill,
             state=self.state,
             public_key=self.identity.public_key,
+            **self.weights.reported(),
         )
 
     async def handle_frame(self, frame: bytes | str, owner: object) -> Message | None:
@@ -191,7 +198,7 @@ class Node:
             return Error(id=request_id, code=exc.code, message=exc.message, session_id=session_id)
         except Exception:  # a bug or a backend failure: this session's cache is suspect
             # The details (paths, shapes, library versions) stay in our log: a peer learns only the code.
-            log.exception("internal error while handling a request")
+            log.exception("internal error while handling a request", extra=_ids(session_id, request_id))
             if session_id:
                 self.pool.close(session_id)
             return Error(id=request_id, code="internal", message=INTERNAL_MESSAGE, session_id=session_id)
@@ -217,6 +224,7 @@ class Node:
         conn = ws  # becomes a SecureConnection after a secure_hello (spec §10)
         try:
             async for frame in ws:
+                self.metrics.received(frame)
                 if conn is not ws:
                     frame = conn.open(frame)
                 elif is_handshake_frame(frame):
@@ -224,7 +232,9 @@ class Node:
                     continue
                 reply = await self.handle_frame(frame, conn)
                 if reply is not None:
-                    await conn.send(encode(reply))
+                    data = encode(reply)
+                    self.metrics.replied(reply, len(data))
+                    await conn.send(data)
         except ChannelError as exc:  # tampered, replayed or reordered: this connection is done
             log.warning("closing a secure connection: %s", exc)
             try:
@@ -242,6 +252,8 @@ class Node:
                 log.info("freed %d session(s) of a closed connection", closed)
 
     def _check_path(self, connection: ServerConnection, request: Request) -> Response | None:
+        if (metrics := self.metrics.respond(connection, request)) is not None:
+            return metrics
         path = request.path.split("?")[0]
         relay_path = WS_PATH + RELAY_SUFFIX
         if self.relay_hub is not None and (path == relay_path or path.startswith(relay_path + "/")):
@@ -254,7 +266,7 @@ class Node:
         while True:
             await asyncio.sleep(min(5.0, self.config.idle_timeout / 2))
             for sid in self.pool.evict_idle():
-                log.info("evicted idle session %s", sid)
+                log.info("evicted idle session %s", sid, extra=_ids(sid))
 
     async def serve(self, ready: asyncio.Future | None = None) -> None:
         """Listen until cancelled; print the ready line once listening."""
@@ -266,7 +278,7 @@ class Node:
             # A frame plus room for a seal and a relay envelope; bigger messages are never read (§6.3).
             max_size=message_bound(self.limits.max_frame_bytes),
             compression=None,  # float bytes do not compress; deflate would only cost CPU
-            process_request=self._check_path,
+            process_request=object_routes(self.weights, self.limits.max_frame_bytes, self._check_path),
             ping_interval=20,
             ping_timeout=60,
             close_timeout=SHUTDOWN_GRACE_S / 2,  # a client that never answers our close does not hold us up
@@ -296,7 +308,7 @@ class Node:
             from swarmnode.server.relay_link import start_relaying
 
             self.relay_link = await start_relaying(self)  # None while directly reachable (spec §9.3)
-            announcer = start_announcer(self)  # None unless --portal and --token were given
+            announcer = start_announcers(self)  # None unless --portal or --dht was given
             self.receipts = start_outbox(self)  # likewise
             rebalancer = None
             if self.config.rebalance_interval > 0:
@@ -357,6 +369,11 @@ def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
     return context
 
 
+def _ids(session_id: str = "", request_id: int = 0) -> dict:
+    """The ids a log event carries as fields (JSON log lines): the session and the peer's request number."""
+    return {"session_id": session_id or None, "request_id": request_id or None}
+
+
 def _remote_ip(ws) -> str | None:
     """The peer's IP address of a direct websocket; ``None`` for a relayed connection (no socket of its own)."""
     try:
@@ -368,7 +385,7 @@ def _remote_ip(ws) -> str | None:
 
 def run_node(config: NodeConfig) -> None:
     """Load the span and serve it in the foreground until interrupted."""
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    configure_logging(config.log_format)  # text, or one JSON event per line (--log-format json)
 
     def _terminate(signum, frame):  # SIGTERM (systemd, LocalSwarm.stop) leaves as gracefully as Ctrl-C
         raise KeyboardInterrupt
@@ -387,13 +404,16 @@ def run_node(config: NodeConfig) -> None:
     async def main() -> None:
         # From here on SIGTERM asks the loop to stop the node; raising KeyboardInterrupt inside the running
         # loop (the handler above, fine while loading) could land in any callback and strand the cleanup.
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, node.stop)
-        await node.serve()
+        # Windows' loops lack add_signal_handler: stop_on_signals falls back to signal.signal there.
+        with stop_on_signals(asyncio.get_running_loop(), node.stop):
+            await node.serve()
 
     try:
         runner(main())
     except KeyboardInterrupt:
         pass
+    if node.moving_to is None:
+        log.info("stopped")
     if node.moving_to is not None:  # rebalancing: start over on the new span, same port
         from swarmnode.server.rebalance import restart_args
 

@@ -31,14 +31,21 @@ def auto_blocks(
     peers: list[str],
     own_rate: float = 0.0,
     rng: random.Random | None = None,
+    dht: tuple[str, ...] = (),
 ) -> tuple[int, int]:
     """The span a joining node of ``capacity`` blocks should serve, from the swarm's current state.
 
     Args:
         own_rate: this node's block-tokens/s if known (from the throughput cache), else the swarm's median.
         rng: jitter so that simultaneous joiners spread out (default: a fresh random generator).
+        dht: DHT bootstrap multiaddrs: the nodes the DHT lists count too.
     """
     view = swarm_view(model, portal, peers)
+    if dht:
+        from swarmnode.server.dht_announce import dht_view
+
+        known = {p.url for p in view}
+        view += [p for p in dht_view(model, num_blocks, list(dht)) if p.url not in known and p.state == "online"]
     others = placements(view)
     rate = own_rate or (statistics.median(p.rate for p in others) if others else 1.0)
     start, end = choose_span(block_throughput(others, num_blocks), capacity, rate, rng or random.Random())
@@ -67,8 +74,9 @@ def choose_blocks(
         reuse = config.prefix_cache_tokens if device == "cpu" and config.backend != "torch" else 0
         plan = plan_memory(checkpoint, precision, budget, config.cache_tokens + reuse)
     capacity = min(num, plan.max_blocks if plan else int(config.num_blocks or num))
-    if config.blocks == "auto" or (not config.blocks and (config.portal or config.peers)):
-        start, end = auto_blocks(model, num, capacity, config.portal, list(config.peers))
+    if config.blocks == "auto" or (not config.blocks and (config.portal or config.peers or config.dht)):
+        portal = None if config.dht_only else config.portal
+        start, end = auto_blocks(model, num, capacity, portal, list(config.peers), dht=config.dht)
     elif config.blocks:
         start, end = parse_blocks(config.blocks, num)
     elif config.num_blocks:

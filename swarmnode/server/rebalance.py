@@ -2,7 +2,8 @@
 
 Every ``rebalance_interval`` seconds (± 20 % jitter so nodes do not move in lockstep) the node
 reads the swarm's state (tracker and/or ``--peers``) and asks :func:`selection.rebalance` whether
-moving would raise the bottleneck by more than ``rebalance_margin``. If so it announces
+moving would raise the bottleneck by more than ``rebalance_margin``. If so it fetches the new span's
+weights while still serving (:meth:`NodeWeights.prefetch`, a no-op for a plain checkpoint), announces
 ``draining`` (clients open no new sessions on it), lets its open sessions finish (up to
 ``drain_timeout``), says goodbye to the tracker, and restarts itself on the new span (same port).
 It never moves away from a block that it alone serves.
@@ -48,7 +49,10 @@ async def rebalance_loop(node, rng: random.Random | None = None) -> None:
     while True:
         await asyncio.sleep(cfg.rebalance_interval * rng.uniform(0.8, 1.2))
         try:
-            view = await run_blocking(swarm_view, node.model_name, cfg.portal, list(cfg.peers), node.url)
+            portal = None if cfg.dht_only else cfg.portal
+            view = await run_blocking(swarm_view, node.model_name, portal, list(cfg.peers), node.url)
+            if cfg.dht:  # the nodes the DHT lists count too (a --dht-only swarm has no other view)
+                view += await run_blocking(_dht_others, node, {p.url for p in view})
             decision = decide(node, view, rng)
             node.links = await probe_links(view, node.start, node.end, cfg.portal)
             for url, q in node.links.items():
@@ -59,11 +63,29 @@ async def rebalance_loop(node, rng: random.Random | None = None) -> None:
         log.info("rebalancing check: %s", decision.reason)
         if not decision.move:
             continue
+        try:  # the new span's weights first, while this one is still served (a checkout: nothing to fetch)
+            await run_blocking(node.weights.prefetch, decision.start, decision.end)
+        except Exception as exc:
+            log.warning("not moving to blocks %d:%d: cannot get their weights: %s", decision.start, decision.end, exc)
+            continue
         left = await drain(node, cfg.drain_timeout)
         if left:
             log.warning("moving with %d session(s) still open (their clients fail over)", left)
         node.request_move(decision.start, decision.end)
         return
+
+
+def _dht_others(node, known: set[str]) -> list:
+    """The online nodes the DHT lists for this node's model, other than itself and those in ``known``."""
+    from swarmnode.server.dht_announce import dht_view
+
+    listed = dht_view(node.model_name, node.checkpoint.num_blocks, list(node.config.dht))
+    own = {node.url, getattr(node, "address", node.url)}
+    return [
+        p
+        for p in listed
+        if p.state == "online" and p.url not in known | own and p.public_key != node.identity.public_key
+    ]
 
 
 def restart_args(argv: list[str], blocks: tuple[int, int], port: int) -> list[str]:

@@ -6,7 +6,7 @@ countersigns to a :class:`ReceiptOutbox`, a background task that posts them to
 (an SQLite file under ``$LAYERSWARM_HOME/receipts/``) until the portal answered for them, so a node
 killed with receipts pending sends them after it restarts. The portal being down, resetting
 connections or answering garbage never stops the node nor the task: failures are retried with
-exponential backoff. The portal stores each receipt id once, so a receipt posted twice (a reply
+exponential backoff (``tenacity``). The portal stores each receipt id once, so a receipt posted twice (a reply
 lost after the portal stored it) is harmless.
 """
 
@@ -16,6 +16,8 @@ import asyncio
 import logging
 import sqlite3
 from pathlib import Path
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, retry_if_result, wait_exponential
 
 from swarmnode.server.announce import PortalRejected, post_json
 from swarmnode.server.blocking import run_blocking
@@ -86,18 +88,16 @@ class ReceiptOutbox:
         self._task = asyncio.create_task(self._run(), name="receipts")
 
     async def _run(self) -> None:
-        backoff = 1.0
+        # Not delivered, or a bug or a surprise (nothing may end the task that carries the node's earnings):
+        # wait, doubling up to max_backoff; a delivery starts the next receipt from the shortest wait.
+        retrying = AsyncRetrying(
+            retry=retry_if_result(lambda delivered: not delivered) | retry_if_exception_type(Exception),
+            wait=wait_exponential(max=self.max_backoff),
+            sleep=lambda seconds: self._sleep(seconds),
+            before_sleep=_log_surprise,
+        )
         while True:
-            try:
-                delivered = await self._send_oldest()
-            except Exception as exc:  # noqa: BLE001 - nothing may end the task that carries the node's earnings
-                log.exception("receipt outbox failed unexpectedly (%r); retrying in %.0fs", exc, backoff)
-                delivered = False
-            if delivered:
-                backoff = 1.0
-                continue
-            await self._sleep(backoff)
-            backoff = min(backoff * 2, self.max_backoff)
+            await retrying(self._send_oldest)
 
     async def _send_oldest(self) -> bool:
         """Send the oldest receipt (waiting for one); True once the portal answered for it, False to back off."""
@@ -143,6 +143,12 @@ class ReceiptOutbox:
         except (asyncio.CancelledError, Exception):
             pass
         self.store.close()
+
+
+def _log_surprise(state: RetryCallState) -> None:
+    if state.outcome is not None and state.outcome.failed:
+        exc = state.outcome.exception()
+        log.error("receipt outbox failed unexpectedly (%r); retrying in %.0fs", exc, state.upcoming_sleep, exc_info=exc)
 
 
 def start_outbox(node) -> ReceiptOutbox | None:

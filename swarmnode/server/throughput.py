@@ -66,18 +66,20 @@ def measure(
 
     one = tensor_to_wire(torch.randn(1, 1, hidden_size) * 0.1, wire_dtype)  # (B=1, T=1, H)
     long = tensor_to_wire(torch.randn(1, prefill_tokens, hidden_size) * 0.1, wire_dtype)  # (1, T, H)
-    cache = backend.new_cache()
-    backend.step(one, cache)  # warm-up: lazy initialisation, first allocation
+    encoder = getattr(getattr(backend, "span", None), "cache_less", False)  # no cache: forwards only
     times = []
-    for _ in range(steps):
-        started = time.perf_counter()
-        backend.step(one, cache)
-        times.append(time.perf_counter() - started)
-    decode = 1.0 / max(statistics.median(times), 1e-6)
+    if not encoder:
+        cache = backend.new_cache()
+        backend.step(one, cache)  # warm-up: lazy initialisation, first allocation
+        for _ in range(steps):
+            started = time.perf_counter()
+            backend.step(one, cache)
+            times.append(time.perf_counter() - started)
     backend.forward(long)  # warm-up at this shape
     started = time.perf_counter()
     backend.forward(long)
     prefill = prefill_tokens / max(time.perf_counter() - started, 1e-6)
+    decode = 1.0 / max(statistics.median(times), 1e-6) if times else prefill  # an encoder's speed is its forward's
     return Throughput(round(decode, 2), round(prefill, 2))
 
 

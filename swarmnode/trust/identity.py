@@ -133,12 +133,13 @@ class NodeIdentity:
     def load_or_create(cls, path: str | os.PathLike) -> NodeIdentity:
         """Read the identity stored at ``path`` or create one there (mode 0600).
 
-        The file holds the two raw 32-byte private keys, Ed25519 first.
+        The file holds the two raw 32-byte private keys, Ed25519 first. A leading ``~`` is the user's home
+        (a config file's ``identity = "~/..."`` is not expanded by any shell).
 
         Raises:
             ValueError: the file exists but is not 64 bytes.
         """
-        path = Path(path)
+        path = Path(path).expanduser()
         if path.exists():
             raw = path.read_bytes()
             if len(raw) != 64:

@@ -34,7 +34,12 @@ def test_it_turns_the_block_range_green_when_a_node_starts(portal, browser):
     page.click("#new-token-form button[type=submit]")
     token = page.inner_text("#node-token").strip()
     assert token.startswith("lsn_")
-    assert f"--portal {portal.url} --token {token}" in page.inner_text("#install-commands")
+    commands = page.inner_text("#install-commands")  # the visible OS's commands only: the token is in node.toml
+    assert f'token = "{token}"' in commands and f'portal = "{portal.url}"' in commands
+    assert commands.count('" serve --config ') == 1
+    page.click('.os-switcher a[data-os="windows"]')  # the switcher keeps the token shown once on screen
+    assert "WriteAllText" in page.inner_text("#install-commands") and page.is_hidden("#setup-linux")
+    assert f'token = "{token}"' in page.inner_text("#install-commands")
 
     page.goto(f"{portal.url}/swarm/smollm2/")
     page.wait_for_selector('#health-map[data-live="true"]')  # the websocket for live updates is open
@@ -47,7 +52,7 @@ def test_it_turns_the_block_range_green_when_a_node_starts(portal, browser):
         states = page.eval_on_selector_all(".block", "cells => cells.map(c => c.dataset.state)")
         assert states == ["online"] * 10 + ["uncovered"] * 20
         assert page.evaluate("getComputedStyle(document.querySelector('.block.online')).backgroundColor") == (
-            "rgb(46, 157, 79)"  # green
+            "rgb(30, 122, 60)"  # green (--online, AA contrast since 336a72a)
         )
         assert "broken: blocks 10-29 uncovered" in page.inner_text(".banner")
         assert "dora" in page.inner_text(".lane.online")

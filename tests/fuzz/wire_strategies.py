@@ -98,6 +98,7 @@ _FIELD_VALUES = {
     float: st.floats(allow_nan=False, allow_infinity=False),
     bool: st.booleans(),
     tuple: st.lists(st.text(max_size=40), max_size=64).map(tuple),
+    list: st.lists(st.integers(0, 2**31 - 1), max_size=64).map(tuple),  # the tuple[int, ...] marker
     WireTensor: st.one_of(st.none(), valid_tensors()),
 }
 

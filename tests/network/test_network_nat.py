@@ -122,6 +122,13 @@ def _client(nat: Nat, ns: str, url: str, direct: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def _doctor(nat: Nat, ns: str, env: dict[str, str]) -> dict[str, dict]:
+    cmd = ("env", *(f"{k}={v}" for k, v in env.items()), sys.executable, "-m", "swarmnode", "doctor", "--json")
+    result = nat.ns(ns, *cmd, "--no-speed", "--config", os.devnull, check=False)
+    assert result.stdout, result.stderr[-3000:]
+    return {c["name"]: c for c in json.loads(result.stdout)["checks"]}
+
+
 def test_it_serves_a_node_behind_nat_through_a_relay_with_the_tokens_of_a_direct_run(nat, tmp_path):
     relay = start_relay(
         extra_args=["--host", "0.0.0.0", "--public-host", PUB], log_path=tmp_path / "relay.log",
@@ -146,6 +153,12 @@ def test_it_serves_a_node_behind_nat_through_a_relay_with_the_tokens_of_a_direct
         assert public["direct"] in ("unavailable", "timeout")  # the NAT does drop inbound connections
         assert public["relay"] and not home["relay"] and home["direct"] == "reachable"
         assert public["tokens"] == home["tokens"]
+        # `swarmnode doctor` on the home machine, with the node's settings, says it needs a relay.
+        env = {"SWARMNODE_HOST": "0.0.0.0", "SWARMNODE_PUBLIC_HOST": HOME, "SWARMNODE_RELAYS": relay.url}
+        report = _doctor(nat, nat.home, env)
+        assert report["reachability"]["status"] == "WARN", report["reachability"]
+        assert "needs a relay" in report["reachability"]["detail"]
+        assert "forward TCP port" in report["reachability"]["fix"]
     finally:
         for proc in (node, relay):
             if proc is not None:

@@ -66,7 +66,14 @@ def smollm2(db) -> SwarmModel:
     """The model the migrations seed (seeded again after transactional tests flush the tables)."""
     return SwarmModel.objects.get_or_create(
         name="smollm2",
-        defaults={"num_blocks": 30, "hidden_size": 576, "description": "SmolLM2-135M-Instruct (Llama, 30 blocks)"},
+        defaults={
+            "num_blocks": 30,
+            "hidden_size": 576,
+            "description": "SmolLM2-135M-Instruct (Llama, 30 blocks)",
+            "source": "smollm2",
+            "architecture": "llama",
+            "size_bytes": 538090408,
+        },
     )[0]
 
 

@@ -38,8 +38,13 @@ def test_it_counts_online_nodes_per_model(owner_token, register, heartbeat, anon
     assert models == [
         {
             "name": "smollm2",
+            "kind": "chat",
+            "chat": True,
+            "architecture": "llama",
             "num_blocks": 30,
             "hidden_size": 576,
+            "size_bytes": 538090408,
+            "source_kind": "wheel",
             "description": "SmolLM2-135M-Instruct (Llama, 30 blocks)",
             "online_nodes": 1,
         }

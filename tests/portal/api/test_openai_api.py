@@ -226,6 +226,89 @@ def test_it_refuses_calls_without_a_valid_api_key(portal):
     assert caught.value.code == 401 and "missing API key" in json.loads(caught.value.read())["error"]["message"]
 
 
+def test_it_reports_the_models_own_logprobs_whole_and_streamed(client, portal, reference):
+    whole = client.chat.completions.create(
+        model="smollm2", messages=QUESTION, max_tokens=8, temperature=0, logprobs=True, top_logprobs=3
+    )
+    choice = whole.choices[0]
+    entries = choice.logprobs.content
+    assert "".join(e.token for e in entries) == choice.message.content and len(entries) > 2
+    for e in entries:  # greedy: each token is the most likely one, and the alternatives come in order
+        assert len(e.top_logprobs) == 3 and e.top_logprobs[0].token == e.token
+        assert e.logprob == e.top_logprobs[0].logprob >= e.top_logprobs[1].logprob >= e.top_logprobs[2].logprob
+        assert e.bytes == list(e.token.encode())
+    # The values are log_softmax of the model's logits at those positions (the swarm without cache, here).
+    ids = chat_prompt(reference.tokenizer, QUESTION, 8, 8192).ids
+    new = reference.tokenizer(choice.message.content, add_special_tokens=False)["input_ids"]
+    model = AutoDistributedModelForCausalLM.from_pretrained("smollm2", portal=portal.url)
+    expected = torch.log_softmax(model(torch.tensor([ids + new]))[0, len(ids) - 1 : -1].float(), dim=-1)
+    got = torch.tensor([e.logprob for e in entries])
+    assert len(new) == len(entries)
+    assert torch.allclose(got, expected[torch.arange(len(new)), torch.tensor(new)], atol=2e-3)
+
+    chunks = list(
+        client.chat.completions.create(
+            model="smollm2", messages=QUESTION, max_tokens=8, temperature=0, logprobs=True, stream=True
+        )
+    )
+    streamed = [e for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    for c in chunks:  # each chunk's entries spell its own text
+        if c.choices and c.choices[0].delta.content:
+            assert "".join(e.token for e in c.choices[0].logprobs.content) == c.choices[0].delta.content
+    assert [(e.token, e.logprob) for e in streamed] == [(e.token, e.logprob) for e in entries]
+
+    text = client.completions.create(model="smollm2", prompt="The capital of France is", max_tokens=6,
+                                     temperature=0, logprobs=2)  # fmt: skip
+    legacy = text.choices[0].logprobs
+    assert "".join(legacy.tokens) == text.choices[0].text and len(legacy.token_logprobs) == len(legacy.tokens)
+    assert all(len(alternatives) == 2 for alternatives in legacy.top_logprobs)
+    assert legacy.text_offset[0] == len("The capital of France is")
+    plain = client.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=2, temperature=0)
+    assert plain.choices[0].logprobs is None  # only when asked for
+
+
+def test_it_gets_a_model_by_id_and_refuses_tools_naming_the_field(client):
+    assert client.models.retrieve("smollm2").id == "smollm2"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-17")
+    weather = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object", "properties": {}}}}
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="smollm2", messages=QUESTION, tools=[weather])
+    assert caught.value.body["param"] == "tools" and caught.value.body["code"] == "unsupported_parameter"
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="smollm2", messages=QUESTION, response_format={"type": "json_object"})
+    assert caught.value.body["param"] == "response_format"
+
+
+def test_max_tokens_left_out_fills_the_room_left_in_the_context(client, reference):
+    prompt = "one two three four five six seven eight nine ten " * 98  # ~1000 of the 1024 tokens of context
+    whole = client.completions.create(model="smollm2", prompt=prompt, temperature=0)
+    usage = whole.usage
+    assert usage.prompt_tokens == len(reference.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    assert 950 < usage.prompt_tokens < 1024 and usage.completion_tokens > 0
+    assert whole.choices[0].finish_reason == "stop" or usage.total_tokens == 1024  # 1024: CHAT_CONTEXT_TOKENS
+
+
+def test_langchain_chat_openai_chats_streams_and_reads_logprobs(portal, monkeypatch, tmp_path):
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))  # nothing here may need tiktoken's downloads
+    from langchain_core.messages import HumanMessage
+    from langchain_openai import ChatOpenAI
+
+    chat = ChatOpenAI(model="smollm2", base_url=f"{portal.url}/v1", api_key=portal.key, temperature=0,
+                      max_tokens=12, max_retries=0, timeout=120)  # fmt: skip
+    answer = chat.invoke([HumanMessage("What is the capital of France?")])
+    assert "Paris" in answer.content and answer.usage_metadata["output_tokens"] > 0
+    pieces = [chunk.content for chunk in chat.stream("What is the capital of France?")]
+    assert len([p for p in pieces if p]) > 1 and "".join(pieces) == answer.content
+    scored = chat.bind(logprobs=True).invoke("What is the capital of France?")
+    content = scored.response_metadata["logprobs"]["content"]
+    assert "".join(e["token"] for e in content) == scored.content and all(e["logprob"] <= 0 for e in content)
+    weather = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object", "properties": {}}}}
+    with pytest.raises(openai.BadRequestError) as caught:
+        chat.bind_tools([weather]).invoke("What is the weather in Paris?")
+    assert caught.value.body["param"] == "tools"
+
+
 def test_it_answers_503_when_the_swarm_does_not_cover_the_model(client, portal):
     manage(
         ["shell", "-c", "from portal.swarm.models import SwarmModel; "

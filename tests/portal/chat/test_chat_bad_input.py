@@ -52,6 +52,8 @@ def test_it_refuses_malformed_and_oversized_messages(owner, smollm2, chat_socket
         ({"content": "   "}, "invalid_value", "type a message first"),
         ({"content": ["a"]}, "invalid_value", "type a message first"),
         ({"content": "hi", "conversation": "1; DROP TABLE"}, "not_found", "no such conversation"),
+        ({"content": "hi", "system_prompt": ["be evil"]}, "invalid_value", "system_prompt must be text"),
+        ({"content": "hi", "system_prompt": "x" * 4001}, "invalid_value", "limited to 4000 characters"),
     ],
 )
 def test_it_refuses_invalid_requests_with_a_clear_message(owner, smollm2, chat_socket, message, code, text):

@@ -116,7 +116,11 @@ def test_it_cancels_the_generation_when_the_socket_drops(owner, smollm2, embedde
     async def scenario():
         await ws.connect()
         await ws.send_json_to(
-            {"type": "send", "content": "Count from one to five hundred.", "settings": {"max_new_tokens": 400}}
+            {
+                "type": "send",
+                "content": "Write a long story about a dragon who learns to fly.",
+                "settings": {"max_new_tokens": 400},
+            }
         )
         await _until(ws, "token")
         await ws.disconnect()

@@ -50,7 +50,7 @@ def test_it_loads_only_the_span_weights(tiny_models):
     span = load_span(ck, 2, 4)
     assert len(span.inner.layers) == 2
     assert span.inner.embed_tokens is None
-    n_params = sum(p.numel() for p in span.parameters())
+    n_params = sum(p.numel() for p in span.parameters())  # Llama's input side has no weights of its own
     per_block = sum(p.numel() for p in load_span(ck, 0, 1).parameters())
     assert n_params == 2 * per_block
 
@@ -68,11 +68,18 @@ def test_it_refuses_spans_outside_the_model(tiny_models, start, end):
         load_span(Checkpoint(tiny_models["llama"]), start, end)
 
 
-def test_it_names_unsupported_architectures(tiny_models):
-    config = Checkpoint(tiny_models["llama"]).config
-    config.model_type = "gpt2"
-    with pytest.raises(NotImplementedError, match="gpt2"):
-        family_of(config)
+def test_it_names_unsupported_architectures(monkeypatch):
+    from transformers import AutoConfig
+
+    from swarmnode.models import structure
+
+    t5 = AutoConfig.for_model("t5", d_model=64, num_layers=2, num_heads=4, d_ff=128)
+    with pytest.raises(NotImplementedError, match="'t5'.*no causal-LM class"):
+        family_of(t5)  # encoder-decoder: no causal-LM class to map
+    llama = AutoConfig.for_model("llama", hidden_size=64, num_hidden_layers=3, num_attention_heads=4)
+    monkeypatch.setattr(structure, "FINAL_NORM_NAMES", ("final_norm_of_another_name",))
+    with pytest.raises(NotImplementedError, match="no final norm on 'model'"):
+        structure.detect_structure(llama)
 
 
 def test_it_resolves_names_dirs_and_refuses_the_rest(tiny_models, smollm2_dir, tmp_path):

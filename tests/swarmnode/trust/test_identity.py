@@ -39,6 +39,14 @@ def test_it_persists_the_identity_with_private_mode(tmp_path):
         NodeIdentity.load_or_create(path)
 
 
+def test_it_reads_a_key_file_under_the_users_home(tmp_path, monkeypatch):
+    """node.toml's ``identity = "~/..."`` reaches no shell: the node expands ``~`` itself (#21)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    first = NodeIdentity.load_or_create("~/layerswarm/node.key")
+    assert (tmp_path / "layerswarm" / "node.key").exists()
+    assert NodeIdentity.load_or_create(tmp_path / "layerswarm" / "node.key").public == first.public
+
+
 def test_it_agrees_the_same_secret_on_both_sides():
     a, b = NodeIdentity.generate(), NodeIdentity.generate()
     assert a.shared_secret(b.public.x25519) == b.shared_secret(a.public.x25519)
