@@ -188,19 +188,7 @@ class ObjectStore:
             digest = hasher.hexdigest()
             if expected is not None and digest != expected:
                 raise ValueError(f"the bytes hash to {digest}, not the expected {expected}")
-            if size is None:
-                self.make_room(written, exclude_new=digest)
-            final = self.path(digest)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            added = not final.exists()
-            os.replace(tmp, final)  # atomic: the name appears only with the whole, verified content
-            with self._db() as db:
-                db.execute(
-                    "INSERT INTO objects (digest, size, kind, last_used) VALUES (?, ?, ?, ?)"
-                    " ON CONFLICT(digest) DO UPDATE SET last_used = excluded.last_used",
-                    (digest, written, kind, time.time()),
-                )
-            return digest, added
+            return digest, self._admit(tmp, digest, written, kind)
         finally:
             tmp.unlink(missing_ok=True)
 
@@ -222,18 +210,29 @@ class ObjectStore:
         if not hashed and hasher.hexdigest() != expected:
             path.unlink(missing_ok=True)
             return False
-        size = path.stat().st_size
-        self.make_room(size, exclude_new=expected)
-        final = self.path(expected)
+        self._admit(path, expected, path.stat().st_size, kind)
+        return True
+
+    def _admit(self, path: Path, digest: str, size: int, kind: str) -> bool:
+        """Make room for, name and index the verified file at ``path``, all in one transaction.
+
+        One transaction, so that concurrent writers (threads of one fetch, other processes) each see the
+        others' admitted objects when they count what the cap leaves: checking room first and indexing
+        later let two writers both find room for one object and overfill the store together.
+        Returns whether the object is new.
+        """
+        final = self.path(digest)
         final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(path, final)
         with self._db() as db:
+            self._evict(db, size, digest)
+            added = not final.exists()
+            os.replace(path, final)  # atomic: the name appears only with the whole, verified content
             db.execute(
                 "INSERT INTO objects (digest, size, kind, last_used) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT(digest) DO UPDATE SET last_used = excluded.last_used",
-                (expected, size, kind, time.time()),
+                (digest, size, kind, time.time()),
             )
-        return True
+        return added
 
     # -- reading ---------------------------------------------------------------------------------------
     def read(self, digest: str, verify: bool = True) -> bytes:
@@ -303,8 +302,12 @@ class ObjectStore:
     def pinned(self) -> set[str]:
         """Digests some holder protects now."""
         with self._db() as db:
-            db.execute("DELETE FROM pins WHERE expires < ?", (time.time(),))
-            return {row[0] for row in db.execute("SELECT DISTINCT digest FROM pins")}
+            return self._pinned(db)
+
+    @staticmethod
+    def _pinned(db: sqlite3.Connection) -> set[str]:
+        db.execute("DELETE FROM pins WHERE expires < ?", (time.time(),))
+        return {row[0] for row in db.execute("SELECT DISTINCT digest FROM pins")}
 
     def make_room(self, size: int, exclude_new: str | None = None) -> list[str]:
         """Evict least recently used, unpinned objects until ``size`` more bytes fit under the cap.
@@ -313,31 +316,35 @@ class ObjectStore:
             the digests evicted.
 
         Raises:
-            StoreFull: the pinned objects alone leave no room for ``size`` bytes.
+            StoreFull: the pinned objects alone leave no room for ``size`` bytes (then nothing is evicted).
         """
-        evicted = []
-        protected = self.pinned()
-        if exclude_new:
-            protected.add(exclude_new)
         with self._db() as db:
-            total = int(db.execute("SELECT COALESCE(SUM(size), 0) FROM objects").fetchone()[0])
+            return self._evict(db, size, exclude_new)
+
+    def _evict(self, db: sqlite3.Connection, size: int, new: str | None) -> list[str]:
+        """:meth:`make_room` inside the caller's transaction (which holds the index's write lock).
+
+        ``new`` is the object about to be admitted: never evicted, and not counted twice if the index has it.
+        """
+        protected = self._pinned(db) | {new}
+        others = db.execute("SELECT COALESCE(SUM(size), 0) FROM objects WHERE digest != ?", (new or "",))
+        total = int(others.fetchone()[0])
+        victims = []
+        for digest, object_size in db.execute("SELECT digest, size FROM objects ORDER BY last_used").fetchall():
             if total + size <= self.cap_bytes:
-                return evicted
-            for digest, object_size in db.execute("SELECT digest, size FROM objects ORDER BY last_used").fetchall():
-                if total + size <= self.cap_bytes:
-                    break
-                if digest in protected:
-                    continue
-                db.execute("DELETE FROM objects WHERE digest = ?", (digest,))
-                self.path(digest).unlink(missing_ok=True)
+                break
+            if digest not in protected:
+                victims.append(digest)
                 total -= object_size
-                evicted.append(digest)
         if total + size > self.cap_bytes:
             raise StoreFull(
                 f"{size} bytes do not fit in the store's cap of {self.cap_bytes} bytes: {total} bytes are pinned by"
                 " running nodes or too recent to evict; raise --cache-size"
             )
-        return evicted
+        for digest in victims:
+            db.execute("DELETE FROM objects WHERE digest = ?", (digest,))
+            self.path(digest).unlink(missing_ok=True)
+        return victims
 
     def remove(self, digest: str) -> None:
         """Forget ``digest`` and delete its file (pins are ignored: used for corrupted objects)."""

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -68,6 +69,29 @@ def test_an_expired_pin_protects_nothing(tmp_path):
     store.pin([a], holder="a node that died", ttl_s=-1)
     store.put(b"b" * 1000)
     assert a not in store
+
+
+def test_writers_at_once_never_overfill_the_cap(tmp_path):
+    # A fetch admits several objects from several threads: each must see what the others admitted
+    # when it counts its room (two writers once both found room for one object and overfilled it).
+    store = ObjectStore(tmp_path, cap_bytes=4500)
+    old = [store.put(bytes([i]) * 1000)[0] for i in range(4)]  # full but for 500 bytes, nothing pinned
+    barrier = threading.Barrier(4)
+
+    def write(i: int) -> None:
+        data = bytes([100 + i]) * 1000
+        path = store.tmp_dir / f"part-{i}"
+        path.write_bytes(data)
+        barrier.wait()
+        assert store.adopt(path, sha256_hex(data), hashed=True)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert store.total_size() <= 4500 and len(store.list()) == 4
+    assert not any(digest in store for digest in old), "the four new objects pushed out the four old ones"
 
 
 WRITER = """
