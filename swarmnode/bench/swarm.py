@@ -80,6 +80,7 @@ def run_bench(
     runs: int = 3,
     prompt: str = DEFAULT_PROMPT,
     backend: str = "auto",
+    dtype: str | None = None,
 ) -> dict:
     """Measure local decoding and the same greedy generation through ``nodes`` local processes.
 
@@ -87,9 +88,12 @@ def run_bench(
     (on CPU the faster of ONNX Runtime and PyTorch, measured at start-up).
     ``backend="torch"``: local ``transformers`` ``generate`` vs PyTorch nodes (bit-exact parity).
     ``backend="onnxruntime"``: the whole model in one local ONNX Runtime session vs ONNX nodes.
+    ``dtype``: the nodes' precision (``serve --dtype``, e.g. ``int8``); the local side stays fp32, and
+    ``token_agreement`` / ``first_divergence`` say how far the swarm's greedy tokens follow it.
 
     Returns:
-        ``{"local_tok_s", "swarm_tok_s", "ratio", "ttft_local_s", "ttft_swarm_s", "tokens_equal", ...}``;
+        ``{"local_tok_s", "swarm_tok_s", "ratio", "ttft_local_s", "ttft_swarm_s", "tokens_equal",
+        "token_agreement", "first_divergence", ...}``;
         speeds are decoding tokens/s after the first token, medians over ``runs`` after a warm-up.
     """
     from transformers import AutoModelForCausalLM
@@ -123,7 +127,7 @@ def run_bench(
         def run_local(streamer):
             return local_backend_generate(whole, head, ids, new_tokens, streamer, fast_head=True)
 
-    node_args = ["--backend", backend]
+    node_args = ["--backend", backend] + (["--dtype", dtype] if dtype else [])
     node_backends: set[str] = set()
     with (
         tempfile.TemporaryDirectory() as logs,
@@ -162,4 +166,20 @@ def run_bench(
         "ttft_local_s": round(statistics.median(r[1] for r in results["local"]), 4),
         "ttft_swarm_s": round(statistics.median(r[1] for r in results["swarm"]), 4),
         "tokens_equal": tokens["local"] == tokens["swarm"],
+        **token_agreement(tokens["local"], tokens["swarm"]),
+        "node_dtype": dtype or "default",
+    }
+
+
+def token_agreement(reference: list[int], other: list[int]) -> dict:
+    """How far ``other`` follows ``reference``: the share of equal tokens position by position, and the
+    index of the first difference (None when they are equal)."""
+    pairs = list(zip(reference, other, strict=False))
+    first = next((i for i, (a, b) in enumerate(pairs) if a != b), None)
+    if first is None and len(reference) != len(other):
+        first = len(pairs)
+    equal = sum(a == b for a, b in pairs)
+    return {
+        "token_agreement": round(equal / max(len(reference), len(other), 1), 4),
+        "first_divergence": first,
     }

@@ -7,6 +7,8 @@ import json
 
 
 def _bench(args: argparse.Namespace) -> None:
+    if args.dtype and (args.sessions or args.relay):
+        raise SystemExit("--dtype applies to the plain swarm vs local bench, not with --sessions or --relay")
     if args.sessions:
         from swarmnode.bench.sessions import run_bench_sessions  # torch, as every benchmark
 
@@ -34,7 +36,18 @@ def _bench(args: argparse.Namespace) -> None:
         return
     from swarmnode.bench.swarm import run_bench  # torch
 
-    result = run_bench(args.model, args.nodes, args.new_tokens, args.runs, backend=args.backend or "auto")
+    result = run_bench(
+        args.model, args.nodes, args.new_tokens, args.runs, backend=args.backend or "auto", dtype=args.dtype
+    )
+    print(json.dumps(result) if args.json else json.dumps(result, indent=2))
+
+
+def _bench_failover(args: argparse.Namespace) -> None:
+    from swarmnode.bench.failover import run_bench_failover  # torch
+
+    result = run_bench_failover(
+        args.model, args.kills, args.new_tokens, backend=args.backend, replay=args.replay, seed=args.seed
+    )
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
 
 
@@ -71,7 +84,7 @@ def _bench_audit(args: argparse.Namespace) -> None:
 
 
 def add_commands(sub) -> None:
-    """Add bench, bench-backends, bench-fetch, bench-audit to the ``swarmnode`` sub-command parsers ``sub``."""
+    """Add bench, bench-failover, bench-backends, bench-fetch, bench-audit to the sub-command parsers ``sub``."""
     bench = sub.add_parser("bench", help="swarm vs local transformers, same run")
     bench.add_argument("--model", default="smollm2", help="known name, checkpoint dir or .gguf path")
     bench.add_argument("--nodes", type=int, default=3, help="node processes splitting the model")
@@ -82,6 +95,12 @@ def add_commands(sub) -> None:
         choices=["auto", "torch", "onnxruntime"],
         help="nodes' backend (default auto: the faster on this CPU) vs local transformers generate; torch: "
         "PyTorch nodes (bit-exact); onnxruntime: ONNX nodes vs the whole model in local ONNX Runtime",
+    )
+    bench.add_argument(
+        "--dtype",
+        choices=["float32", "int8"],
+        help="nodes' precision (serve --dtype); int8: weight-only int8 ONNX spans, the report says how many "
+        "greedy tokens still equal the local fp32 run's",
     )
     bench.add_argument("--sessions", help="comma-separated concurrency levels, e.g. 1,4,8,16")
     bench.add_argument(
@@ -94,6 +113,22 @@ def add_commands(sub) -> None:
     )
     bench.add_argument("--json", action="store_true", help="one line of JSON")
     bench.set_defaults(func=_bench)
+
+    bfo = sub.add_parser("bench-failover", help="stalls when a serving node is killed mid-generation, K times")
+    bfo.add_argument("--model", default="smollm2", help="known name, checkpoint dir or .gguf path")
+    bfo.add_argument("--kills", type=int, default=10, help="generations, each with one serving node killed")
+    bfo.add_argument("--new-tokens", type=int, default=64, help="tokens per generation")
+    bfo.add_argument(
+        "--backend",
+        default="onnxruntime",
+        choices=["auto", "torch", "onnxruntime"],
+        help="every node's backend (one for all: a replay into another backend would not be bit-identical; "
+        "auto may choose differently per node on a loaded machine)",
+    )
+    bfo.add_argument("--replay", default="exact", choices=["exact", "prefill"], help="the client's failover replay")
+    bfo.add_argument("--seed", type=int, default=5, help="seed of the kill steps and victims")
+    bfo.add_argument("--json", action="store_true", help="one line of JSON")
+    bfo.set_defaults(func=_bench_failover)
 
     bb = sub.add_parser("bench-backends", help="every backend and precision on the whole model, one run")
     bb.add_argument("--model", default="smollm2", help="known name, checkpoint dir or .gguf path")
