@@ -151,6 +151,13 @@ bench-swarm: install
 bench-browser: model system-packages
 	$(PY) bench/browser_node.py --blocks 10:20 --threads 1 --route
 
+.PHONY: bench-all
+## Every benchmark of issue #24's goals, one after the other (~35 min on 2 cores): writes docs/bench/latest.json,
+## the generated section of docs/benchmarks.md, README's summary table and docs/img/*.png. Run it on a quiet
+## machine; BENCH_NOTE="..." marks a loaded one. `$(PY) bench/all.py --render-only` redraws from the saved JSON.
+bench-all: model
+	$(PY) bench/all.py --pg $(PORTAL_PG) --redis $(PORTAL_REDIS) $(if $(BENCH_NOTE),--note "$(BENCH_NOTE)")
+
 .PHONY: bench-chat
 ## 20 simultaneous chat websockets against the demo swarm (embedded, then Redis + a run_gateway process):
 ## none lost or mixed up; aggregate tok/s and p95 time to first token, next to the swarm client alone.
