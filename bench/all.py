@@ -1,0 +1,204 @@
+"""``make bench-all``: every benchmark of issue #24's goals in one go, then one report.
+
+Runs the benchmarks one after the other (never two at once: they would measure each other), each in
+its own process with a time limit, and captures the JSON each prints. A benchmark that fails or
+times out is recorded with its error and the run goes on. The run is saved after every benchmark
+to ``docs/bench/latest.json`` (with the machine, the load average before and after, the commit and
+the date), then ``bench/report.py`` writes the generated section of ``docs/benchmarks.md``, the
+README's summary table and the plots in ``docs/img/``.
+
+Usage: ``python bench/all.py`` (``make bench-all``); ``--only failover,int8`` runs some of them (the
+others keep their saved results); ``--render-only`` redraws the report from the saved JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import report  # noqa: E402 - bench/report.py, beside this script
+
+LATEST = ROOT / "docs" / "bench" / "latest.json"
+QUIET_LOAD_PER_CORE = 0.25  # a 1-minute load average above this share of the cores: "under load"
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One benchmark process: what it runs, how long it may take, whether it needs PostgreSQL + Redis."""
+
+    name: str
+    args: list[str]  # after the Python interpreter, or a full command when ``make`` is set
+    timeout_s: int
+    services: bool = False  # DATABASE_URL / REDIS_URL point at the machine's PostgreSQL and Redis
+    make: bool = False  # args is a make target (its recipe sets its own environment)
+    env: dict = field(default_factory=dict)
+
+
+SWARM = ["-m", "swarmnode", "bench", "--model", "smollm2", "--nodes", "3", "--new-tokens", "64", "--json"]
+BENCHMARKS = [
+    Benchmark("swarm_default", SWARM, 600),
+    Benchmark("swarm_onnx", [*SWARM, "--backend", "onnxruntime"], 600),
+    Benchmark("sessions", [*SWARM, "--sessions", "1,8,16"], 900),
+    Benchmark("chat_memory", ["bench/chat_concurrency.py", "--sessions", "20"], 900),
+    Benchmark("chat_redis", ["bench/chat_concurrency.py", "--sessions", "20"], 900, services=True),
+    Benchmark("failover", ["-m", "swarmnode", "bench-failover", "--kills", "10", "--json"], 600),
+    Benchmark("heartbeats", ["bench-portal"], 900, make=True),
+    Benchmark("torch", [*SWARM, "--backend", "torch"], 600),
+    Benchmark("torch_sessions", [*SWARM, "--backend", "torch", "--sessions", "1,8", "--runs", "2"], 900),
+    Benchmark("int8", [*SWARM, "--dtype", "int8"], 600),
+    Benchmark("backends", ["-m", "swarmnode", "bench-backends", "--model", "smollm2", "--json"], 900),
+]
+
+
+def last_json(text: str):
+    """The last JSON object or array printed in ``text`` (one line or indented over many), or None."""
+    decoder = json.JSONDecoder()
+    lines = text.splitlines(keepends=True)
+    offsets, at = [], 0
+    for line in lines:
+        offsets.append(at)
+        at += len(line)
+    for offset, line in zip(reversed(offsets), reversed(lines), strict=True):
+        if line.lstrip()[:1] in ("{", "["):
+            start = offset + len(line) - len(line.lstrip())
+            try:
+                value, _ = decoder.raw_decode(text, start)
+            except ValueError:
+                continue
+            if isinstance(value, dict | list):
+                return value
+    return None
+
+
+def machine() -> dict:
+    """The CPU model, core count and RAM of this machine."""
+    model = "?"
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        model = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "?")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {"model_name": model, "cores": os.cpu_count(), "ram_gib": round(ram, 1)}
+
+
+def commit() -> str:
+    """The measured commit (with ``+dirty`` when tracked files differ from it)."""
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=ROOT).returncode != 0
+    return (head or "unknown") + ("+dirty" if dirty else "")
+
+
+def run_one(bench: Benchmark, services: dict[str, str]) -> dict:
+    """Run ``bench`` to completion or its time limit; return its record (status, seconds, result, error)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env.update(bench.env)
+    if bench.services:
+        env.update(services)
+    cmd = ["make", "--no-print-directory", "-s", *bench.args] if bench.make else [sys.executable, *bench.args]
+    shown = " ".join(["make", *bench.args] if bench.make else ["python", *bench.args])
+    record = {"command": shown, "status": "failed", "seconds": None, "result": None, "error": None}
+    started = time.perf_counter()
+    try:
+        done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=bench.timeout_s)
+        stdout, stderr, code = done.stdout, done.stderr, done.returncode
+        record["status"] = "ok" if code == 0 else f"exit {code}"
+    except subprocess.TimeoutExpired as exc:
+        stdout, stderr = _text(exc.stdout), _text(exc.stderr)
+        record["status"] = f"timeout after {bench.timeout_s} s"
+    record["seconds"] = round(time.perf_counter() - started, 1)
+    record["result"] = last_json(stdout)
+    if record["status"] != "ok" or record["result"] is None:
+        record["error"] = (stderr or stdout or "no output")[-2000:]
+        if record["status"] == "ok":
+            record["status"] = "no JSON in its output"
+    return record
+
+
+def _text(data) -> str:
+    return data.decode(errors="replace") if isinstance(data, bytes) else (data or "")
+
+
+def load_average() -> list[float]:
+    """The 1, 5 and 15-minute load averages."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def run_all(
+    selected: list[Benchmark], services: dict[str, str], previous: dict | None, note: str | None, path: Path
+) -> dict:
+    """Run ``selected`` one after the other, saving the run to ``path`` after each; results of the
+    benchmarks not selected come from ``previous``."""
+    run = {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": commit(),
+        "machine": machine(),
+        "load_before": load_average(),
+        "benchmarks": dict((previous or {}).get("benchmarks", {})),
+    }
+    cores = run["machine"]["cores"] or 1
+    run["under_load"] = bool(note) or run["load_before"][0] > QUIET_LOAD_PER_CORE * cores
+    run["load_note"] = note or (
+        f"1-minute load average {run['load_before'][0]} at the start" if run["under_load"] else None
+    )
+    began = time.perf_counter()
+    for i, bench in enumerate(selected, 1):
+        print(f"[{i}/{len(selected)}] {bench.name}: {' '.join(bench.args)} (limit {bench.timeout_s} s)", flush=True)
+        record = run_one(bench, services)
+        run["benchmarks"][bench.name] = record
+        tail = "" if record["status"] == "ok" else f": {(record['error'] or '').strip().splitlines()[-1:]}"
+        print(f"    {record['status']} in {record['seconds']} s{tail}", flush=True)
+        run["load_after"] = load_average()
+        run["wall_s"] = round(time.perf_counter() - began, 1)
+        save(run, path)
+    return run
+
+
+def save(run: dict, path: Path = LATEST) -> None:
+    """Write ``run`` as indented JSON to ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(run, indent=2) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", help="comma-separated benchmark names (default: all): " + ", ".join(
+        b.name for b in BENCHMARKS))  # fmt: skip
+    parser.add_argument("--render-only", action="store_true", help="redraw the report from the saved run")
+    parser.add_argument("--json", type=Path, default=LATEST, help="the saved run (read and written)")
+    parser.add_argument("--pg", default="postgres://postgres@127.0.0.1:5432/layerswarm", help="PostgreSQL URL")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="Redis URL")
+    parser.add_argument("--note", help="say the machine was loaded, and by what (printed in the report)")
+    args = parser.parse_args()
+
+    previous = json.loads(args.json.read_text()) if args.json.exists() else None
+    if args.render_only:
+        if previous is None:
+            raise SystemExit(f"no saved run at {args.json}")
+        run = previous
+    else:
+        names = args.only.split(",") if args.only else [b.name for b in BENCHMARKS]
+        unknown = set(names) - {b.name for b in BENCHMARKS}
+        if unknown:
+            raise SystemExit(f"unknown benchmarks: {', '.join(sorted(unknown))}")
+        selected = [b for b in BENCHMARKS if b.name in names]
+        services = {"DATABASE_URL": args.pg, "REDIS_URL": args.redis}
+        run = run_all(selected, services, previous if args.only else None, args.note, args.json)
+    written = report.render(run, ROOT)
+    for row in report.goal_rows(run):
+        print(f"{row['goal']:<16} {row['what'][:60]:<60} {row['measured'][:40]:<40} {report.verdict(row)}")
+    print("wrote " + ", ".join(str(p.relative_to(ROOT)) for p in [args.json, *written]))
+
+
+if __name__ == "__main__":
+    main()
