@@ -17,6 +17,7 @@ import argparse
 import datetime
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -61,23 +62,26 @@ BENCHMARKS = [
 
 
 def last_json(text: str):
-    """The last JSON object or array printed in ``text`` (one line or indented over many), or None."""
+    """The last top-level JSON object or array printed in ``text`` (one line or indented over many), or None.
+
+    Scans forward: a value that parses is skipped whole, so the objects nested in an indented report
+    never count as reports of their own.
+    """
     decoder = json.JSONDecoder()
-    lines = text.splitlines(keepends=True)
-    offsets, at = [], 0
-    for line in lines:
-        offsets.append(at)
-        at += len(line)
-    for offset, line in zip(reversed(offsets), reversed(lines), strict=True):
-        if line.lstrip()[:1] in ("{", "["):
-            start = offset + len(line) - len(line.lstrip())
+    found, at = None, 0
+    while at < len(text):
+        end = text.find("\n", at)
+        end = len(text) if end < 0 else end + 1
+        start = at + len(text[at:end]) - len(text[at:end].lstrip())
+        if text[start : start + 1] in ("{", "["):
             try:
-                value, _ = decoder.raw_decode(text, start)
+                value, stop = decoder.raw_decode(text, start)
             except ValueError:
-                continue
+                value = None
             if isinstance(value, dict | list):
-                return value
-    return None
+                found, end = value, max(end, stop)
+        at = end
+    return found
 
 
 def machine() -> dict:
@@ -109,13 +113,8 @@ def run_one(bench: Benchmark, services: dict[str, str]) -> dict:
     shown = " ".join(["make", *bench.args] if bench.make else ["python", *bench.args])
     record = {"command": shown, "status": "failed", "seconds": None, "result": None, "error": None}
     started = time.perf_counter()
-    try:
-        done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=bench.timeout_s)
-        stdout, stderr, code = done.stdout, done.stderr, done.returncode
-        record["status"] = "ok" if code == 0 else f"exit {code}"
-    except subprocess.TimeoutExpired as exc:
-        stdout, stderr = _text(exc.stdout), _text(exc.stderr)
-        record["status"] = f"timeout after {bench.timeout_s} s"
+    stdout, stderr, code = _run_group(cmd, env, bench.timeout_s)
+    record["status"] = f"timeout after {bench.timeout_s} s" if code is None else ("ok" if code == 0 else f"exit {code}")
     record["seconds"] = round(time.perf_counter() - started, 1)
     record["result"] = last_json(stdout)
     if record["status"] != "ok" or record["result"] is None:
@@ -125,8 +124,36 @@ def run_one(bench: Benchmark, services: dict[str, str]) -> dict:
     return record
 
 
-def _text(data) -> str:
-    return data.decode(errors="replace") if isinstance(data, bytes) else (data or "")
+def _run_group(cmd: list[str], env: dict, timeout_s: int) -> tuple[str, str, int | None]:
+    """Run ``cmd`` in a process group of its own; at ``timeout_s`` end the whole group (the node processes a
+    benchmark started too, not only the benchmark). Returns stdout, stderr and the exit code (None: timed out)."""
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout_s)
+        return stdout, stderr, proc.returncode
+    except subprocess.TimeoutExpired:
+        for sig, grace in ((signal.SIGTERM, 15), (signal.SIGKILL, None)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                stdout, stderr = proc.communicate(timeout=grace)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        else:
+            stdout, stderr = proc.communicate()
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever outlived the benchmark's own exit
+        except ProcessLookupError:
+            pass
+        return stdout or "", stderr or "", None
+    except BaseException:  # Ctrl-C: the benchmark's own session would not get it
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
 
 
 def load_average() -> list[float]:
