@@ -1,15 +1,18 @@
-"""Load benchmark of the tracker: heartbeats of N simulated nodes against daphne + PostgreSQL.
+"""Load benchmark of the tracker: N simulated nodes heartbeating, driven by Locust, against PostgreSQL + Redis.
 
-Starts a real portal (daphne, no Celery) on a scratch database, creates N node tokens, registers N
-nodes over HTTP, then measures heartbeats two ways in one run:
+Starts a real portal on a scratch database, creates N node tokens and registers N nodes over HTTP, then runs
+``bench/locust_heartbeats.py`` (one Locust user per node, a fixed interval each) at several offered loads,
+twice in one run:
 
-- saturation: ``--concurrency`` keep-alive connections send heartbeats back to back for ``--duration`` s
-  (the most requests/s one daphne process sustains);
-- realistic: every node heartbeats once per ``--interval`` s (N / interval requests/s offered), and we
-  report the latency nodes see at that rate.
+- ``before``: HTTP served by daphne processes (how the portal served heartbeats until #24);
+- ``after``: HTTP served by gunicorn's WSGI workers beside daphne (``portal/wsgi.py``, deploy/).
 
-Usage: ``DATABASE_URL=postgres://postgres@127.0.0.1:5432/layerswarm python bench/portal_heartbeats.py``
-(``make bench-portal``). Prints one JSON object.
+Each point of ``load_curve`` gives the achieved heartbeats/s, latency percentiles and the CPU the portal's
+own processes spent per heartbeat (``/proc``, over the same window as the latencies); PostgreSQL's, Redis'
+and Locust's CPU per heartbeat are reported apart (Locust shares this machine's cores).
+
+Usage: ``DATABASE_URL=postgres://postgres@127.0.0.1:5432/layerswarm REDIS_URL=redis://127.0.0.1:6379/0
+python bench/portal_heartbeats.py`` (``make bench-portal``). Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -19,11 +22,10 @@ import asyncio
 import json
 import os
 import random
-import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -90,25 +92,6 @@ def cpu_seconds(pids: list[int] | None = None, comm: str | None = None) -> float
     return total
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
-
-
-def summary(latencies: list[float], errors: Counter, seconds: float) -> dict:
-    ms = [v * 1000 for v in latencies]
-    return {
-        "requests": len(ms),
-        "errors": sum(errors.values()),
-        "error_statuses": dict(errors),
-        "seconds": round(seconds, 2),
-        "requests_per_s": round(len(ms) / seconds, 1),
-        "p50_ms": round(statistics.median(ms), 2),
-        "p99_ms": round(percentile(ms, 99), 2),
-        "max_ms": round(max(ms), 2),
-    }
-
-
 async def register_all(port: int, tokens: list[str], concurrency: int) -> list[tuple[str, int]]:
     queue = list(enumerate(tokens))
     nodes: list[tuple[str, int]] = []
@@ -142,63 +125,6 @@ async def register_all(port: int, tokens: list[str], concurrency: int) -> list[t
     return nodes
 
 
-def beat_body() -> dict:
-    return {"cache_tokens_left": random.randrange(0, 32768), "open_sessions": random.randrange(0, 8)}
-
-
-async def saturation(port: int, nodes: list[tuple[str, int]], concurrency: int, duration: float) -> dict:
-    latencies: list[float] = []
-    errors: Counter = Counter()
-    deadline = time.perf_counter() + duration
-
-    async def worker(offset: int):
-        conn = Connection("127.0.0.1", port)
-        i = offset
-        while time.perf_counter() < deadline:
-            token, node_id = nodes[i % len(nodes)]
-            i += concurrency
-            started = time.perf_counter()
-            status, _ = await conn.post(f"/api/v1/nodes/{node_id}/heartbeat/", token, beat_body())
-            latencies.append(time.perf_counter() - started)
-            if status != 200:
-                errors[status] += 1
-        conn.close()
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker(k) for k in range(concurrency)))
-    return summary(latencies, errors, time.perf_counter() - started)
-
-
-async def realistic(port: int, nodes: list[tuple[str, int]], interval: float, duration: float) -> dict:
-    """Every node heartbeats every ``interval`` s, phases spread evenly (open loop: a slow portal
-    does not slow the offered rate down)."""
-    latencies: list[float] = []
-    errors: Counter = Counter()
-    pool: list[Connection] = []
-    begin = time.perf_counter()
-
-    async def node_loop(k: int, token: str, node_id: int):
-        next_at = begin + interval * k / len(nodes)
-        while next_at < begin + duration:
-            await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
-            conn = pool.pop() if pool else Connection("127.0.0.1", port)
-            started = time.perf_counter()
-            status, _ = await conn.post(f"/api/v1/nodes/{node_id}/heartbeat/", token, beat_body())
-            latencies.append(time.perf_counter() - started)
-            pool.append(conn)
-            if status != 200:
-                errors[status] += 1
-            next_at += interval
-
-    await asyncio.gather(*(node_loop(k, t, n) for k, (t, n) in enumerate(nodes)))
-    result = summary(latencies, errors, time.perf_counter() - begin)
-    result["offered_per_s"] = round(len(nodes) / interval, 1)
-    result["connections"] = len(pool)
-    for conn in pool:
-        conn.close()
-    return result
-
-
 def create_tokens(env: dict[str, str], count: int) -> list[str]:
     code = "\n".join(
         [
@@ -213,8 +139,60 @@ def create_tokens(env: dict[str, str], count: int) -> list[str]:
     return json.loads(manage(["shell", "-c", code], env).stdout.strip().splitlines()[-1])
 
 
-def run_one(args: argparse.Namespace, workers: int, folder: Path) -> dict:
-    """Fresh database, ``workers`` daphne processes, N registrations, then both heartbeat phases."""
+def group_pids(leaders: list[int]) -> list[int]:
+    """Every process in the process groups of ``leaders`` (gunicorn's master and its workers)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        if int(stat[stat.rindex(")") + 2 :].split()[2]) in leaders:  # process group = the one we spawned
+            pids.append(int(entry))
+    return pids
+
+
+def locust_point(url: str, nodes_file: Path, users: int, offered: float, pids: list[int], args) -> dict:
+    """One Locust run: ``users`` nodes heartbeating ``offered`` times a second in all; its measured window."""
+    interval = users / offered
+    result_file = nodes_file.with_name(f"result-{os.getpid()}-{offered:g}.json")
+    result_file.unlink(missing_ok=True)
+    env = {
+        **os.environ,
+        "HEARTBEAT_NODES": str(nodes_file),
+        "HEARTBEAT_INTERVAL": str(interval),
+        "HEARTBEAT_WARMUP": str(interval + 1.0),
+        "HEARTBEAT_PIDS": ",".join(map(str, pids)),
+        "HEARTBEAT_RESULT": str(result_file),
+    }
+    run_time = int(interval + 1.0 + args.duration) + 1
+    cmd = [sys.executable, "-m", "locust", "-f", str(Path(__file__).with_name("locust_heartbeats.py"))]
+    cmd += ["--headless", "--only-summary", "--loglevel", "WARNING", "-u", str(users), "-r", str(users)]
+    cmd += ["-t", f"{run_time}s", "--stop-timeout", "0", "--host", url]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=run_time + 120)
+    if not result_file.exists():
+        raise RuntimeError(f"locust wrote no result (exit {done.returncode}):\n{done.stderr[-2000:]}")
+    point = json.loads(result_file.read_text())
+    return {"offered_per_s": offered, "interval_s": round(interval, 3), **point}
+
+
+def cpu_per_heartbeat(curve: list[dict]) -> float | None:
+    """The portal's CPU per heartbeat at the busiest point of a curve (the cost that sets capacity)."""
+    served = [p for p in curve if p["achieved_per_s"] > 0]
+    return max(served, key=lambda p: p["achieved_per_s"])["portal_cpu_ms_per_heartbeat"] if served else None
+
+
+def best_rate(curve: list[dict], p99_limit_ms: float = 100.0) -> dict | None:
+    """The point with the most heartbeats/s whose p99 stays under ``p99_limit_ms`` and nothing failed."""
+    good = [p for p in curve if p["p99_ms"] < p99_limit_ms and not p["failures"]]
+    return max(good, key=lambda p: p["achieved_per_s"]) if good else None
+
+
+def run_server(args: argparse.Namespace, server: str, folder: Path) -> dict:
+    """Fresh database, the portal with HTTP on ``server`` (daphne or gunicorn), N registrations, the curve."""
     base = os.environ.get("DATABASE_URL", "") or "sqlite://"
     with scratch_database(base, "layerswarm_bench", folder) as db_url:
         env = {
@@ -224,53 +202,92 @@ def run_one(args: argparse.Namespace, workers: int, folder: Path) -> dict:
             "DJANGO_DEBUG": "0",
             "DJANGO_SECRET_KEY": "bench-" + "x" * 50,
             "DJANGO_SECURE_SSL_REDIRECT": "0",
-            "SWARM_HEARTBEAT_INTERVAL": str(args.interval),
-            "SWARM_HEARTBEAT_TIMEOUT": str(max(3600.0, 2 * args.interval)),  # nothing expires mid-run
+            "SWARM_HEARTBEAT_TIMEOUT": "3600",  # nothing expires mid-run
             "SWARM_MAX_NODES_PER_TOKEN": "8",
             "API_THROTTLE_USER": "1000000000/min",  # measure the tracker, not the per-user rate limit (#17)
         }
-        portal = PortalProcesses(env=env, celery=False, log_dir=folder / "logs", workers=workers, access_log=False)
+        gunicorn = server == "gunicorn"
+        portal = PortalProcesses(
+            env=env,
+            celery=False,
+            gateway=False,
+            log_dir=folder / "logs" / server,
+            workers=1 if gunicorn else args.processes,
+            http_workers=args.processes if gunicorn else 0,
+            access_log=False,
+        )
         with portal:
+            port = portal.http_port if gunicorn else portal.port
             tokens = create_tokens(env, args.nodes)
             t0 = time.perf_counter()
-            nodes = asyncio.run(register_all(portal.port, tokens, args.concurrency))
+            nodes = asyncio.run(register_all(port, tokens, args.concurrency))
             register_s = time.perf_counter() - t0
-            daphne_pids = [p.pid for p in portal.procs]
-            cpu_before = (cpu_seconds(daphne_pids), cpu_seconds(comm="postgres"))
-            sat = asyncio.run(saturation(portal.port, nodes, args.concurrency, args.duration))
-            cpu_after = (cpu_seconds(daphne_pids), cpu_seconds(comm="postgres"))
-            # CPU per heartbeat is what the machine's load does not change much: capacity ~ cores / cost.
-            n = max(1, sat["requests"])
-            sat["daphne_cpu_ms_per_request"] = round((cpu_after[0] - cpu_before[0]) * 1000 / n, 2)
-            sat["postgres_cpu_ms_per_request"] = round((cpu_after[1] - cpu_before[1]) * 1000 / n, 2)
-            real = asyncio.run(realistic(portal.port, nodes, args.interval, args.duration))
+            nodes_file = folder / f"nodes-{server}.json"
+            nodes_file.write_text(json.dumps(nodes))
+            # The HTTP servers (each started in a process group of its own): daphne, or gunicorn and its workers.
+            pids = group_pids([p.pid for p in portal.procs if p.args[2] == ("gunicorn" if gunicorn else "daphne")])
+            loads = [float(x) for x in (args.loads if gunicorn else args.before_loads).split(",")]
+            curve = [locust_point(portal.http_url, nodes_file, len(nodes), rate, pids, args) for rate in loads]
+    best = best_rate(curve)
     return {
+        "server": server,
+        "processes": args.processes,
         "database": db_url.split("://")[0],
-        "daphne_processes": workers,
         "nodes": len(nodes),
         "register_per_s": round(len(nodes) / register_s, 1),
-        "saturation": sat,
-        "realistic": real,
-        "headroom": round(sat["requests_per_s"] / (len(nodes) / args.interval), 2),
+        "cpu_ms_per_heartbeat": cpu_per_heartbeat(curve),
+        "heartbeats_per_s": best["achieved_per_s"] if best else 0.0,
+        "p99_ms": best["p99_ms"] if best else None,
+        "load_curve": curve,
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--nodes", type=int, default=1000)
-    parser.add_argument("--concurrency", type=int, default=32, help="connections in the saturation phase")
-    parser.add_argument("--duration", type=float, default=15.0, help="seconds per phase")
-    parser.add_argument("--interval", type=float, default=10.0, help="heartbeat interval in the realistic phase")
-    parser.add_argument("--workers", default="1,2", help="daphne process counts to compare, e.g. 1,2")
+    parser.add_argument("--nodes", type=int, default=1000, help="simulated nodes (Locust users)")
+    parser.add_argument("--loads", default="100,300,1000", help="offered heartbeats/s, gunicorn")
+    parser.add_argument("--before-loads", default="100,300", help="offered heartbeats/s, daphne ('' to skip)")
+    parser.add_argument("--processes", type=int, default=2, help="HTTP server processes (daphne or gunicorn)")
+    parser.add_argument("--duration", type=float, default=15.0, help="measured seconds per offered load")
+    parser.add_argument("--concurrency", type=int, default=32, help="connections registering the nodes")
     args = parser.parse_args()
 
     if not os.environ.get("DATABASE_URL", "").startswith("postgres"):
         print("warning: DATABASE_URL is not PostgreSQL; measuring SQLite instead", file=sys.stderr)
     folder = Path(tempfile.mkdtemp(prefix="bench-portal-"))
-    runs = [run_one(args, int(w), folder) for w in args.workers.split(",")]
-    load = os.getloadavg()
-    result = {"cpu_cores": os.cpu_count(), "load_average_after": [round(x, 2) for x in load], "runs": runs}
-    print(json.dumps(result, indent=2))
+    load_before = os.getloadavg()
+    after = run_server(args, "gunicorn", folder)
+    before = run_server(args, "daphne", folder) if args.before_loads else None
+    result = {
+        "cpu_cores": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "load_average_before": [round(x, 2) for x in load_before],
+        "redis": bool(os.environ.get("REDIS_URL")),
+        # The goal's figures (#24 goal 5), from the gunicorn run: portal CPU per heartbeat at its busiest
+        # point, and the most heartbeats/s served with p99 < 100 ms and no failures.
+        "cpu_ms_per_heartbeat": after["cpu_ms_per_heartbeat"],
+        "heartbeats_per_s": after["heartbeats_per_s"],
+        "p99_ms": after["p99_ms"],
+        "load_curve": after["load_curve"],
+        "before": before,
+        "cpu_ratio_before_after": (
+            round(before["cpu_ms_per_heartbeat"] / after["cpu_ms_per_heartbeat"], 2)
+            if before and before["cpu_ms_per_heartbeat"] and after["cpu_ms_per_heartbeat"]
+            else None
+        ),
+        "runs": [r for r in (before, after) if r],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+    }
+    print(json.dumps(result))
+
+
+def cpu_model() -> str:
+    """This machine's CPU, as ``lscpu`` names it."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        return ""
 
 
 if __name__ == "__main__":

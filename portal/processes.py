@@ -21,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 ASGI_APP = "portal.asgi:application"  # what every daphne process serves
+WSGI_APP = "portal.wsgi:application"  # what the HTTP workers (gunicorn) serve beside daphne
 
 
 def free_port(preferred: int | None = None, host: str = "127.0.0.1") -> int:
@@ -82,6 +83,15 @@ def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = N
     raise RuntimeError(f"{url} did not answer within {timeout:.0f}s")
 
 
+def http_command(port: int, workers: int, threads: int = 4, host: str = "127.0.0.1") -> list[str]:
+    """gunicorn serving :data:`WSGI_APP` on ``host:port``: ``workers`` processes of ``threads`` threads each
+    (threaded workers keep connections alive, as nginx's upstream keepalive and nodes' clients reuse them)."""
+    return [
+        *(sys.executable, "-m", "gunicorn", "--bind", f"{host}:{port}", "--workers", str(workers)),
+        *("--worker-class", "gthread", "--threads", str(threads), "--keep-alive", "75", WSGI_APP),
+    ]
+
+
 def _spawn(cmd: list[str], env: dict[str, str], log_path: Path | None, pass_fds: tuple = ()) -> subprocess.Popen:
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - handed to the child
     try:
@@ -135,6 +145,8 @@ class PortalProcesses:
     workers: int = 1  # daphne processes sharing one listening socket (the kernel spreads connections)
     access_log: bool = True
     gateway: bool = True  # a `run_gateway` worker when the channel layer is Redis (else it runs inside daphne)
+    http_workers: int = 0  # >0: also gunicorn (WSGI) with this many processes on `http_port` (docs/deploy.md)
+    http_port: int = 0
     procs: list[subprocess.Popen] = field(default_factory=list)
     _metrics_tmp: Path | None = field(default=None, repr=False)  # a metrics folder of our own, without log_dir
 
@@ -142,6 +154,11 @@ class PortalProcesses:
     def url(self) -> str:
         """``http://127.0.0.1:PORT``."""
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        """Where plain HTTP is served: the gunicorn workers' ``http://127.0.0.1:PORT`` if any, else daphne's."""
+        return f"http://127.0.0.1:{self.http_port}" if self.http_workers else self.url
 
     def start(self, timeout: float = 60.0) -> PortalProcesses:
         """Migrate, start everything, and wait until the portal answers."""
@@ -165,10 +182,17 @@ class PortalProcesses:
                 daphne = [sys.executable, "-m", "daphne", "--fd", fd, *quiet, ASGI_APP]
                 self.procs.append(_spawn(daphne, self.env, self._log(f"daphne-{i}"), pass_fds=(listener.fileno(),)))
             listener.close()  # the workers hold it now
+        http = None
+        if self.http_workers:
+            self.http_port = free_port(self.http_port or None)
+            http = _spawn(http_command(self.http_port, self.http_workers), self.env, self._log("http"))
+            self.procs.append(http)
         for name, cmd in self.workers_commands().items():
             self.procs.append(_spawn(cmd, self.env, self._log(name)))
         try:
             wait_http(self.url + "/api/v1/models/", timeout, self.procs[0])
+            if http is not None:
+                wait_http(self.http_url + "/api/v1/models/", timeout, http)
         except Exception:
             self.stop()
             raise

@@ -21,16 +21,73 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from django.conf import settings
+from django.core.cache import caches
+from django.core.cache.backends.redis import RedisCache
 from django.http import HttpResponse, JsonResponse
 from django_ratelimit.core import get_usage
+from redis.exceptions import ResponseError
 from rest_framework import throttling
+
+# INCR, and the window's expiry set with the first request (and never left unset: a counter without one would
+# refuse its caller for ever). Returns {requests in the window, milliseconds left}.
+_COUNT_HIT = """
+local hits = redis.call('INCR', KEYS[1])
+local left = redis.call('PTTL', KEYS[1])
+if left < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]); left = tonumber(ARGV[1]) end
+return {hits, left}
+"""
+
+
+def count_hit(key: str, seconds: int) -> tuple[int, float]:
+    """Count one request against ``key`` in the default cache, in a window that opens with the key's first
+    request and lasts ``seconds``.
+
+    Returns:
+        The requests counted in the window (this one included) and the seconds left until it closes
+        (``seconds`` where the cache cannot tell).
+    """
+    cache = caches["default"]
+    if isinstance(cache, RedisCache):
+        # One command, atomic across workers: DRF's own throttles read and rewrite the caller's whole list of
+        # request times (two round trips, and a cost growing with the rate: every heartbeat paid it).
+        full = cache.make_and_validate_key(key)
+        client = cache._cache.get_client(full, write=True)
+        try:
+            hits, left_ms = client.register_script(_COUNT_HIT)(keys=[full], args=[seconds * 1000])
+        except ResponseError:  # not a counter (written by something else): start the window again
+            client.set(full, 1, ex=seconds)
+            return 1, float(seconds)
+        return hits, left_ms / 1000
+    if cache.add(key, 1, seconds):
+        return 1, float(seconds)
+    try:
+        return cache.incr(key), float(seconds)
+    except ValueError:  # expired between add and incr: a new window
+        cache.set(key, 1, seconds)
+        return 1, float(seconds)
 
 
 class _SettingsRates:
-    """Read the rate for ``self.scope`` from ``API_THROTTLE_RATES`` on each request (not at import)."""
+    """Read the rate for ``self.scope`` from ``API_THROTTLE_RATES`` on each request (not at import), and count
+    requests with :func:`count_hit` (one counter per caller and window) instead of DRF's list of request times."""
+
+    cache_format = "throttle_count_%(scope)s_%(ident)s"  # not DRF's key: its value there is a list, not a count
 
     def get_rate(self):
         return settings.API_THROTTLE_RATES.get(self.scope)
+
+    def allow_request(self, request, view) -> bool:
+        if self.rate is None:
+            return True
+        key = self.get_cache_key(request, view)
+        if key is None:
+            return True
+        hits, self.left = count_hit(key, self.duration)
+        return hits <= self.num_requests
+
+    def wait(self) -> float:
+        """Seconds until the caller's window closes (``Retry-After``)."""
+        return self.left
 
 
 class AnonThrottle(_SettingsRates, throttling.AnonRateThrottle):
@@ -50,7 +107,7 @@ class ScopedThrottle(_SettingsRates, throttling.ScopedRateThrottle):
             return True
         self.rate = self.get_rate()
         self.num_requests, self.duration = self.parse_rate(self.rate)
-        return throttling.SimpleRateThrottle.allow_request(self, request, view)
+        return _SettingsRates.allow_request(self, request, view)
 
 
 @dataclass(frozen=True)
