@@ -37,6 +37,8 @@ class LimitedJSONParser(JSONParser):
             body = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
         except (ValueError, UnicodeDecodeError) as exc:
             raise ParseError(f"JSON parse error - {exc}") from None
+        except RecursionError:  # thousands of nested brackets fit under the size limit: a 400, not a 500
+            raise ParseError("JSON parse error - nested too deeply") from None
         if not isinstance(body, dict):  # every endpoint takes an object; views may rely on request.data.get
             raise ParseError(f"the body must be a JSON object, not {type(body).__name__}")
         return body
