@@ -25,6 +25,7 @@ from django.core.cache import caches
 from django.core.cache.backends.redis import RedisCache
 from django.http import HttpResponse, JsonResponse
 from django_ratelimit.core import get_usage
+from redis import Redis
 from redis.exceptions import ResponseError
 from rest_framework import throttling
 
@@ -36,6 +37,12 @@ local left = redis.call('PTTL', KEYS[1])
 if left < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]); left = tonumber(ARGV[1]) end
 return {hits, left}
 """
+
+
+@lru_cache(maxsize=16)
+def _count_script(pool):
+    """:data:`_COUNT_HIT`, registered once per connection pool (EVALSHA; loaded again if Redis forgot it)."""
+    return Redis(connection_pool=pool).register_script(_COUNT_HIT)
 
 
 def count_hit(key: str, seconds: int) -> tuple[int, float]:
@@ -50,12 +57,12 @@ def count_hit(key: str, seconds: int) -> tuple[int, float]:
     if isinstance(cache, RedisCache):
         # One command, atomic across workers: DRF's own throttles read and rewrite the caller's whole list of
         # request times (two round trips, and a cost growing with the rate: every heartbeat paid it).
-        full = cache.make_and_validate_key(key)
-        client = cache._cache.get_client(full, write=True)
+        full = cache.make_key(key)  # our own keys: a user id or an address, nothing to validate
+        script = _count_script(cache._cache._get_connection_pool(write=True))
         try:
-            hits, left_ms = client.register_script(_COUNT_HIT)(keys=[full], args=[seconds * 1000])
+            hits, left_ms = script(keys=[full], args=[seconds * 1000])
         except ResponseError:  # not a counter (written by something else): start the window again
-            client.set(full, 1, ex=seconds)
+            script.registered_client.set(full, 1, ex=seconds)
             return 1, float(seconds)
         return hits, left_ms / 1000
     if cache.add(key, 1, seconds):

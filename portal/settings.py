@@ -118,7 +118,12 @@ else:
 # The cache holds rate-limit counters (portal/ratelimits.py): shared through Redis by every worker in production.
 CACHES = {
     "default": (
-        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL, "KEY_PREFIX": "layerswarm"}
+        {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "layerswarm",
+            "OPTIONS": {"pool_class": "portal.cachepool.SharedConnectionPool"},  # not one per request
+        }
         if REDIS_URL
         else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "KEY_PREFIX": "layerswarm"}
     )
