@@ -145,10 +145,16 @@ class PortalProcesses:
     workers: int = 1  # daphne processes sharing one listening socket (the kernel spreads connections)
     access_log: bool = True
     gateway: bool = True  # a `run_gateway` worker when the channel layer is Redis (else it runs inside daphne)
-    http_workers: int = 0  # >0: also gunicorn (WSGI) with this many processes on `http_port` (docs/deploy.md)
+    # >0: plain HTTP also from gunicorn (WSGI) with this many processes on `http_port` (docs/deploy.md);
+    # None: PORTAL_HTTP_WORKERS from `env` or the environment (production sets it), else 0.
+    http_workers: int | None = None
     http_port: int = 0
     procs: list[subprocess.Popen] = field(default_factory=list)
     _metrics_tmp: Path | None = field(default=None, repr=False)  # a metrics folder of our own, without log_dir
+
+    def __post_init__(self) -> None:
+        if self.http_workers is None:
+            self.http_workers = int({**os.environ, **self.env}.get("PORTAL_HTTP_WORKERS") or 0)
 
     @property
     def url(self) -> str:
@@ -182,26 +188,26 @@ class PortalProcesses:
                 daphne = [sys.executable, "-m", "daphne", "--fd", fd, *quiet, ASGI_APP]
                 self.procs.append(_spawn(daphne, self.env, self._log(f"daphne-{i}"), pass_fds=(listener.fileno(),)))
             listener.close()  # the workers hold it now
-        http = None
         if self.http_workers:
             self.http_port = free_port(self.http_port or None)
-            http = _spawn(http_command(self.http_port, self.http_workers), self.env, self._log("http"))
-            self.procs.append(http)
-        for name, cmd in self.workers_commands().items():
-            self.procs.append(_spawn(cmd, self.env, self._log(name)))
+        started = {name: _spawn(cmd, self.env, self._log(name)) for name, cmd in self.workers_commands().items()}
+        self.procs += started.values()
         try:
             wait_http(self.url + "/api/v1/models/", timeout, self.procs[0])
-            if http is not None:
-                wait_http(self.http_url + "/api/v1/models/", timeout, http)
+            if "http" in started:
+                wait_http(self.http_url + "/api/v1/models/", timeout, started["http"])
         except Exception:
             self.stop()
             raise
         return self
 
     def workers_commands(self) -> dict[str, list[str]]:
-        """The processes started beside daphne, by log name: the chat gateway (when it runs on its own)
-        and the Celery worker with embedded beat. ``deploy/`` declares the same ones (tests/deploy checks)."""
+        """The processes started beside daphne, by log name: the HTTP workers (when asked for), the chat gateway
+        (when it runs on its own) and the Celery worker with embedded beat. ``deploy/`` declares the same ones
+        (tests/deploy checks)."""
         commands = {}
+        if self.http_workers:
+            commands["http"] = http_command(self.http_port, self.http_workers)
         if self.gateway and self.separate_gateway:
             commands["gateway"] = [sys.executable, str(BASE_DIR / "manage.py"), "run_gateway"]
         if self.celery:
