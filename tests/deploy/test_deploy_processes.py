@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from portal.middleware import client_address
-from portal.processes import ASGI_APP, PortalProcesses
+from portal.processes import ASGI_APP, WSGI_APP, PortalProcesses
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 PORTAL_SERVICES = {"migrate", "postgres", "redis", "nginx"}  # not long-running portal processes
@@ -27,6 +27,8 @@ def kinds(argv: list[str]) -> set[str]:
     found = set()
     if "daphne" in words and ASGI_APP in argv:
         found.add("daphne")
+    if "gunicorn" in words and WSGI_APP in argv:
+        found.add("http")
     if "manage.py" in words and "run_gateway" in words:
         found.add("gateway")
     if "celery" in words and "portal" in words:
@@ -70,12 +72,15 @@ def test_it_starts_a_separate_gateway_exactly_when_redis_is_the_channel_layer():
     assert demo_kinds({}) == {"daphne", "celery-worker", "celery-beat"}  # the demo: gateway inside daphne
     production = demo_kinds({"REDIS_URL": "redis://127.0.0.1:6379/0", "CHAT_GATEWAY_EMBEDDED": "0"})
     assert production == {"daphne", "gateway", "celery-worker", "celery-beat"}
+    # Production serves /api/ from gunicorn's WSGI workers too (#24): PORTAL_HTTP_WORKERS asks for them.
+    assert demo_kinds({"PORTAL_HTTP_WORKERS": "4"}) == {"daphne", "http", "celery-worker", "celery-beat"}
 
 
 def test_it_declares_every_systemd_unit_the_production_env_needs_and_supervises_them():
     env = env_file(DEPLOY / "portal.env.example")
     wanted = demo_kinds(env)
     assert "gateway" in wanted, "portal.env.example uses Redis, so the gateway runs on its own"
+    assert "http" in wanted, "portal.env.example serves /api/ from gunicorn's workers (PORTAL_HTTP_WORKERS)"
     declared: set[str] = set()
     for unit in DEPLOY.glob("portal-*.service"):
         found = kinds(unit_exec(unit))
@@ -127,6 +132,18 @@ def test_it_lets_only_nginx_name_the_visitors_address_on_a_systemd_host():
     assert "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;" in nginx
     assert client_address("127.0.0.1", "198.51.100.4, 203.0.113.7", trusted_proxies=trusted) == "203.0.113.7"
     assert client_address("203.0.113.99", "198.51.100.4", trusted_proxies=trusted) == "203.0.113.99"
+
+
+def test_nginx_sends_the_tracker_api_to_the_http_workers_on_loopback():
+    http = unit_exec(DEPLOY / "portal-http.service")
+    assert http[http.index("--bind") + 1] == "127.0.0.1:8100", "gunicorn must not be reachable around nginx"
+    for conf, server in (("nginx.conf", ("127.0.0.1", "8100")), ("nginx-compose.conf", ("http", "8100"))):
+        nginx = (DEPLOY / conf).read_text()
+        upstream = re.search(r"upstream layerswarm_http \{(.*?)\}", nginx, re.S).group(1)
+        assert re.findall(r"server (\S+?):(\d+);", upstream) == [server], conf
+        api = re.search(r"location /api/ \{(.*?)\}", nginx, re.S).group(1)
+        assert "proxy_pass http://layerswarm_http;" in api, conf
+        assert "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;" in api, conf
 
 
 def test_the_node_image_serves_from_the_config_file_with_the_token_from_the_environment():
