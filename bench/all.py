@@ -45,13 +45,16 @@ class Benchmark:
     env: dict = field(default_factory=dict)
 
 
+# The chat bench imports portal settings in its own process, and they refuse to load without a secret key unless
+# DEBUG is on; its portal processes run on loopback as a local development portal (portal.processes.local_env).
+LOCAL_PORTAL = {"DJANGO_DEBUG": "1"}
 SWARM = ["-m", "swarmnode", "bench", "--model", "smollm2", "--nodes", "3", "--new-tokens", "64", "--json"]
 BENCHMARKS = [
     Benchmark("swarm_default", SWARM, 600),
     Benchmark("swarm_onnx", [*SWARM, "--backend", "onnxruntime"], 600),
     Benchmark("sessions", [*SWARM, "--sessions", "1,8,16"], 900),
-    Benchmark("chat_memory", ["bench/chat_concurrency.py", "--sessions", "20"], 900),
-    Benchmark("chat_redis", ["bench/chat_concurrency.py", "--sessions", "20"], 900, services=True),
+    Benchmark("chat_memory", ["bench/chat_concurrency.py", "--sessions", "20"], 900, env=LOCAL_PORTAL),
+    Benchmark("chat_redis", ["bench/chat_concurrency.py", "--sessions", "20"], 900, services=True, env=LOCAL_PORTAL),
     Benchmark("failover", ["-m", "swarmnode", "bench-failover", "--kills", "10", "--json"], 600),
     Benchmark("heartbeats", ["bench-portal"], 900, make=True),
     Benchmark("torch", [*SWARM, "--backend", "torch"], 600),
@@ -85,7 +88,7 @@ def last_json(text: str):
 
 
 def machine() -> dict:
-    """The CPU model, core count and RAM of this machine."""
+    """The CPU model, core count, RAM and GPU (``nvidia-smi -L``'s first line, or none) of this machine."""
     model = "?"
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
@@ -93,7 +96,13 @@ def machine() -> dict:
     except (OSError, subprocess.SubprocessError):
         pass
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return {"model_name": model, "cores": os.cpu_count(), "ram_gib": round(ram, 1)}
+    gpu = "none"
+    try:
+        listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10).stdout.strip()
+        gpu = listed.splitlines()[0] if listed else gpu
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"model_name": model, "cores": os.cpu_count(), "ram_gib": round(ram, 1), "gpu": gpu}
 
 
 def commit() -> str:
@@ -164,20 +173,29 @@ def load_average() -> list[float]:
 def run_all(
     selected: list[Benchmark], services: dict[str, str], previous: dict | None, note: str | None, path: Path
 ) -> dict:
-    """Run ``selected`` one after the other, saving the run to ``path`` after each; results of the
-    benchmarks not selected come from ``previous``."""
-    run = {
+    """Run ``selected`` one after the other, saving the run to ``path`` after each.
+
+    With ``previous`` (a partial rerun, ``--only``), the other benchmarks keep their saved results and the
+    run keeps its date, commit and load figures; the rerun is listed under ``reruns`` with its own.
+    """
+    now = {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": commit(),
-        "machine": machine(),
         "load_before": load_average(),
-        "benchmarks": dict((previous or {}).get("benchmarks", {})),
     }
-    cores = run["machine"]["cores"] or 1
-    run["under_load"] = bool(note) or run["load_before"][0] > QUIET_LOAD_PER_CORE * cores
-    run["load_note"] = note or (
-        f"1-minute load average {run['load_before'][0]} at the start" if run["under_load"] else None
-    )
+    cores = os.cpu_count() or 1
+    under_load = bool(note) or now["load_before"][0] > QUIET_LOAD_PER_CORE * cores
+    now["under_load"] = under_load
+    now["load_note"] = note or (f"1-minute load average {now['load_before'][0]} at the start" if under_load else None)
+    if previous:
+        run = {**previous, "benchmarks": dict(previous.get("benchmarks", {}))}
+        rerun = {**now, "benchmarks": [b.name for b in selected]}
+        run["reruns"] = [*previous.get("reruns", []), rerun]
+        run["under_load"] = bool(previous.get("under_load")) or under_load
+        run["load_note"] = previous.get("load_note") or now["load_note"]
+    else:
+        run = {**now, "machine": machine(), "benchmarks": {}}
+        rerun = run
     began = time.perf_counter()
     for i, bench in enumerate(selected, 1):
         print(f"[{i}/{len(selected)}] {bench.name}: {' '.join(bench.args)} (limit {bench.timeout_s} s)", flush=True)
@@ -185,8 +203,8 @@ def run_all(
         run["benchmarks"][bench.name] = record
         tail = "" if record["status"] == "ok" else f": {(record['error'] or '').strip().splitlines()[-1:]}"
         print(f"    {record['status']} in {record['seconds']} s{tail}", flush=True)
-        run["load_after"] = load_average()
-        run["wall_s"] = round(time.perf_counter() - began, 1)
+        rerun["load_after"] = load_average()
+        rerun["wall_s"] = round(time.perf_counter() - began, 1)
         save(run, path)
     return run
 

@@ -88,25 +88,54 @@ def heartbeat_figures(hb) -> dict:
     return {"cpu_ms": cpu, "per_s": rate, "p99_ms": p99}
 
 
-def latency_points(hb) -> list[tuple[str, float, float]]:
-    """Every ``(label, requests/s, p99 ms)`` the tracker benchmark reported (a curve when there are several)."""
-    points: list[tuple[str, float, float]] = []
+RATE_KEYS = ("achieved_per_s", "requests_per_s", "heartbeats_per_s", "offered_per_s")
 
-    def walk(obj, label: str) -> None:
-        if isinstance(obj, dict):
-            rate = obj.get("requests_per_s", obj.get("heartbeats_per_s"))
-            p99 = obj.get("p99_ms")
-            if isinstance(rate, int | float) and isinstance(p99, int | float):
-                points.append((label, float(rate), float(p99)))
-            for key, value in obj.items():
-                walk(value, f"{label}/{key}" if label else str(key))
-        elif isinstance(obj, list):
-            for i, value in enumerate(obj):
-                workers = value.get("daphne_processes", i) if isinstance(value, dict) else i
-                walk(value, f"{label}[{workers}]")
 
-    walk(hb, "")
+def _rate_p99_points(obj) -> list[tuple[float, float]]:
+    """Every ``(heartbeats/s, p99 ms)`` pair in the dicts below ``obj``."""
+    points = []
+    if isinstance(obj, dict):
+        rate = next((obj[k] for k in RATE_KEYS if isinstance(obj.get(k), int | float)), None)
+        if rate is not None and isinstance(obj.get("p99_ms"), int | float):
+            points.append((float(rate), float(obj["p99_ms"])))
+        for value in obj.values():
+            points += _rate_p99_points(value)
+    elif isinstance(obj, list):
+        for value in obj:
+            points += _rate_p99_points(value)
     return points
+
+
+def latency_curves(hb) -> dict[str, list[tuple[float, float]]]:
+    """p99 latency against heartbeats/s, one curve per server setup the tracker benchmark measured.
+
+    Reads ``runs`` (one per server and process count, each with a ``load_curve`` or the older
+    saturation / realistic phases) or, without runs, every point of the report as one curve.
+    """
+    runs = [r for r in dig(hb, "runs", default=[]) or [] if isinstance(r, dict)]
+    if not runs:
+        return {"tracker": sorted(_rate_p99_points(hb))} if _rate_p99_points(hb) else {}
+    curves = {}
+    for i, r in enumerate(runs):
+        processes = r.get("processes", r.get("daphne_processes"))
+        label = f"{r.get('server', 'daphne')} × {processes}" if processes else f"run {i + 1}"
+        points = sorted(_rate_p99_points(r))
+        if points:
+            curves[label] = points
+    return curves
+
+
+def load_curve_rows(hb) -> list[list]:
+    """One table row per measured load level of each server setup (the Locust-driven tracker benchmark)."""
+    rows = []
+    for r in dig(hb, "runs", default=[]) or []:
+        for point in dig(r, "load_curve", default=[]) or []:
+            rows.append(
+                [f"{dig(r, 'server', default='?')} × {dig(r, 'processes', default='?')}"]
+                + [dig(point, k) for k in ("offered_per_s", "achieved_per_s", "p50_ms", "p99_ms", "failures")]
+                + [dig(point, "portal_cpu_ms_per_heartbeat")]
+            )
+    return rows
 
 
 @dataclass(frozen=True)
@@ -258,8 +287,13 @@ def machine_lines(run: dict) -> list[str]:
     lines = [
         f"Measured {run.get('date', '?')} at commit `{str(run.get('commit', '?'))[:12]}` on "
         f"{m.get('model_name', '?')}, {m.get('cores', '?')} cores, {m.get('ram_gib', '?')} GiB RAM, "
-        f"no GPU; load average (1/5/15 min) before {before}, after {after}; {run.get('wall_s', '?')} s in all.",
+        f"GPU: {m.get('gpu', 'none')}; load average (1/5/15 min) before {before}, after {after}; "
+        f"{run.get('wall_s', '?')} s in all.",
     ]
+    for r in run.get("reruns", []):
+        lines += ["", f"Rerun {r.get('date', '?')} at commit `{str(r.get('commit', '?'))[:12]}` (`--only`): "
+                  f"{', '.join(r.get('benchmarks', []))}; load average before {r.get('load_before')}, after "
+                  f"{r.get('load_after')}; {r.get('wall_s', '?')} s."]  # fmt: skip
     if run.get("under_load"):
         lines += ["", f"**Measured under load** ({run.get('load_note') or 'other jobs shared the machine'}): "
                   "ratios are indicative only; the quiet run replaces this one."]  # fmt: skip
@@ -323,7 +357,14 @@ def detail_markdown(run: dict) -> list[str]:
     )  # fmt: skip
     hb = heartbeat_figures(result(run, "heartbeats"))
     out += ["", "### Tracker heartbeats", ""]
-    out += _table(["CPU ms per heartbeat", "heartbeats/s", "p99 ms"], [[hb["cpu_ms"], hb["per_s"], hb["p99_ms"]]])
+    out += _table(
+        ["CPU ms per heartbeat", "heartbeats/s at p99 < 100 ms", "p99 ms"], [[hb["cpu_ms"], hb["per_s"], hb["p99_ms"]]]
+    )
+    curve = load_curve_rows(result(run, "heartbeats"))
+    if curve:
+        out += [""] + _table(
+            ["server × processes", "offered/s", "achieved/s", "p50 ms", "p99 ms", "failures", "portal CPU ms"], curve
+        )
     bb = result(run, "backends")
     out += ["", "### Whole model in one process (`bench-backends`)", ""]
     keys = ("transformers_generate_tok_s", "torch_fp32_tok_s", "onnx_fp32_tok_s", "onnx_int8_tok_s",
@@ -406,14 +447,14 @@ def plot(run: dict, img_dir: Path) -> list[Path]:
         ax.set(xlabel="seconds", ylabel="kills", title=f"Failover stalls ({len(stalls)} kills)")
         ax.legend()
         made.append(_save(fig, img_dir / "bench-failover.png"))
-    points = latency_points(result(run, "heartbeats"))
-    if len(points) >= 2:
+    curves = latency_curves(result(run, "heartbeats"))
+    if sum(len(points) for points in curves.values()) >= 2:
         fig, ax = plt.subplots(figsize=(6, 4))
-        for label, rate, p99 in sorted(points, key=lambda p: p[1]):
-            ax.scatter([rate], [p99], label=label)
-        ax.axhline(100, linestyle="--", color="black", label="goal p99")
-        ax.set(xlabel="heartbeats/s", ylabel="p99 latency ms", title="Tracker latency vs load", yscale="log")
-        ax.legend(fontsize="x-small")
+        for label, points in curves.items():
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+        ax.axhline(100, linestyle="--", color="black", label="goal: p99 < 100 ms")
+        ax.set(xlabel="heartbeats/s achieved", ylabel="p99 latency ms", title="Tracker latency vs load", yscale="log")
+        ax.legend(fontsize="small")
         made.append(_save(fig, img_dir / "bench-heartbeats.png"))
     return made
 

@@ -53,3 +53,13 @@ def test_it_ends_what_a_timed_out_benchmark_started(tmp_path):
     assert run["benchmarks"]["nodes"]["status"] == "timeout after 2 s"
     child = int(pid_file.read_text())
     assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
+
+
+def test_it_keeps_the_saved_run_when_rerunning_some(tmp_path):
+    first = bench_all.Benchmark("first", ["-c", "print('[1]')"], 60)
+    again = bench_all.Benchmark("again", ["-c", "print('[2]')"], 60)
+    run = bench_all.run_all([first, again], {}, None, None, tmp_path / "run.json")
+    rerun = bench_all.run_all([again], {}, run, "rerun under load", tmp_path / "run.json")
+    assert rerun["date"] == run["date"] and rerun["machine"] == run["machine"]
+    assert rerun["benchmarks"]["first"] == run["benchmarks"]["first"]
+    assert [r["benchmarks"] for r in rerun["reruns"]] == [["again"]] and rerun["under_load"]
