@@ -72,6 +72,21 @@ MIDDLEWARE = [
     "portal.accounts.middleware.UnverifiedAccountMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",  # last
 ]
+# The node heartbeat under the WSGI workers (portal/wsgi.py): a bearer-token JSON endpoint, so without the
+# session, CSRF, user, messages, page-header, rate-limit-rule and e-mail-check middleware (none of them has a
+# part in it); metrics, the visitor's address, the request id and the security headers stay.
+TRACKER_MIDDLEWARE = [
+    path
+    for path in MIDDLEWARE
+    if path.rsplit(".", 1)[1]
+    in {
+        "PrometheusBeforeMiddleware",
+        "ClientAddressMiddleware",
+        "RequestIdMiddleware",
+        "SecurityMiddleware",
+        "PrometheusAfterMiddleware",
+    }
+]
 ROOT_URLCONF = "portal.urls"
 TEMPLATES = [
     {
