@@ -45,16 +45,13 @@ class Benchmark:
     env: dict = field(default_factory=dict)
 
 
-# The chat bench imports portal settings in its own process, and they refuse to load without a secret key unless
-# DEBUG is on; its portal processes run on loopback as a local development portal (portal.processes.local_env).
-LOCAL_PORTAL = {"DJANGO_DEBUG": "1"}
 SWARM = ["-m", "swarmnode", "bench", "--model", "smollm2", "--nodes", "3", "--new-tokens", "64", "--json"]
 BENCHMARKS = [
     Benchmark("swarm_default", SWARM, 600),
     Benchmark("swarm_onnx", [*SWARM, "--backend", "onnxruntime"], 600),
     Benchmark("sessions", [*SWARM, "--sessions", "1,8,16"], 900),
-    Benchmark("chat_memory", ["bench/chat_concurrency.py", "--sessions", "20"], 900, env=LOCAL_PORTAL),
-    Benchmark("chat_redis", ["bench/chat_concurrency.py", "--sessions", "20"], 900, services=True, env=LOCAL_PORTAL),
+    Benchmark("chat_memory", ["bench/chat_concurrency.py", "--sessions", "20"], 900),
+    Benchmark("chat_redis", ["bench/chat_concurrency.py", "--sessions", "20"], 900, services=True),
     Benchmark("failover", ["-m", "swarmnode", "bench-failover", "--kills", "10", "--json"], 600),
     Benchmark("heartbeats", ["bench-portal"], 900, make=True),
     Benchmark("torch", [*SWARM, "--backend", "torch"], 600),

@@ -103,7 +103,14 @@ def direct(portal: str, questions: list[str], new_tokens: int) -> dict:
     path): what the gateway's numbers are compared with."""
     import threading
 
+    import django
     import torch
+
+    # The gateway's own modules need Django set up in this process too (a local run: DEBUG without a secret key).
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
+    if not os.environ.get("DJANGO_SECRET_KEY"):
+        os.environ.setdefault("DJANGO_DEBUG", "1")
+    django.setup()
 
     from portal.generation.pool import GATEWAY_FAILOVER
     from portal.generation.prompts import chat_prompt
