@@ -268,6 +268,7 @@ def main() -> None:
         "cpu_ms_per_heartbeat": after["cpu_ms_per_heartbeat"],
         "heartbeats_per_s": after["heartbeats_per_s"],
         "p99_ms": after["p99_ms"],
+        "max_achieved_per_s": max((p["achieved_per_s"] for p in after["load_curve"]), default=0.0),
         "load_curve": after["load_curve"],
         "before": before,
         "cpu_ratio_before_after": (
