@@ -202,7 +202,11 @@ async def run(portal: str, session: str, sessions: int, new_tokens: int, solo: b
         "completion_tokens": tokens,
         "wall_s": round(wall, 2),
         "aggregate_tok_s": gateway_rate,
-        "ttft_s": {"p50": round(pct(ttfts, 0.5), 3), "p95": round(pct(ttfts, 0.95), 3), "max": round(max(ttfts), 3)},
+        "ttft_s": {
+            "p50": round(pct(ttfts, 0.5), 3),
+            "p95": round(pct(ttfts, 0.95), 3),
+            "max": round(max(ttfts), 3) if ttfts else None,
+        },
         "swarm_client_direct": {**swarm, "answers_equal_to_chat": same},
         "chat_vs_direct_tok_s": round(gateway_rate / swarm["aggregate_tok_s"], 2) if swarm["aggregate_tok_s"] else None,
     }
@@ -230,7 +234,9 @@ def main() -> None:
 
             folder = args.log_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-chat-")))
             folder.mkdir(parents=True, exist_ok=True)
-            env = {"SWARM_HEARTBEAT_TIMEOUT": "30"}
+            # The chat is measured, not billing: the bench user's starting grant pays for every answer
+            # (the default grant, 200 tokens, refused most of the 20 x 2 questions as insufficient_credits).
+            env = {"SWARM_HEARTBEAT_TIMEOUT": "30", "LEDGER_STARTING_GRANT": str(10**9)}
             live = stack.enter_context(live_portal(folder, f"layerswarm_bench_chat_{os.getpid()}", False, env))
             portal, user, password = live.url, "bench", "bench-password-1"
             token = create_user_with_node_token(live.env, user, password)
