@@ -234,9 +234,15 @@ def main() -> None:
 
             folder = args.log_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-chat-")))
             folder.mkdir(parents=True, exist_ok=True)
-            # The chat is measured, not billing: the bench user's starting grant pays for every answer
-            # (the default grant, 200 tokens, refused most of the 20 x 2 questions as insufficient_credits).
-            env = {"SWARM_HEARTBEAT_TIMEOUT": "30", "LEDGER_STARTING_GRANT": str(10**9)}
+            # The chat is measured, not billing or abuse limits: one bench user from one address stands for
+            # N browsers, so its starting grant pays for every answer (the default, 200 tokens, refused most as
+            # insufficient_credits) and it may run N generations at once (default 4 per user, 8 per address).
+            env = {
+                "SWARM_HEARTBEAT_TIMEOUT": "30",
+                "LEDGER_STARTING_GRANT": str(10**9),
+                "CHAT_MAX_GENERATIONS_PER_USER": str(args.sessions),
+                "CHAT_MAX_GENERATIONS_PER_IP": str(args.sessions),
+            }
             live = stack.enter_context(live_portal(folder, f"layerswarm_bench_chat_{os.getpid()}", False, env))
             portal, user, password = live.url, "bench", "bench-password-1"
             token = create_user_with_node_token(live.env, user, password)
