@@ -46,18 +46,19 @@ class Benchmark:
 
 
 SWARM = ["-m", "swarmnode", "bench", "--model", "smollm2", "--nodes", "3", "--new-tokens", "64", "--json"]
+# Time limits: about 2.5x what each took on a loaded 2-core machine (2026-12-03: 79-264 s each, 37 min in all).
 BENCHMARKS = [
-    Benchmark("swarm_default", SWARM, 600),
-    Benchmark("swarm_onnx", [*SWARM, "--backend", "onnxruntime"], 600),
-    Benchmark("sessions", [*SWARM, "--sessions", "1,8,16"], 900),
-    Benchmark("chat_memory", ["bench/chat_concurrency.py", "--sessions", "20"], 900),
-    Benchmark("chat_redis", ["bench/chat_concurrency.py", "--sessions", "20"], 900, services=True),
-    Benchmark("failover", ["-m", "swarmnode", "bench-failover", "--kills", "10", "--json"], 600),
-    Benchmark("heartbeats", ["bench-portal"], 900, make=True),
-    Benchmark("torch", [*SWARM, "--backend", "torch"], 600),
-    Benchmark("torch_sessions", [*SWARM, "--backend", "torch", "--sessions", "1,8", "--runs", "2"], 900),
-    Benchmark("int8", [*SWARM, "--dtype", "int8"], 600),
-    Benchmark("backends", ["-m", "swarmnode", "bench-backends", "--model", "smollm2", "--json"], 900),
+    Benchmark("swarm_default", SWARM, 420),
+    Benchmark("swarm_onnx", [*SWARM, "--backend", "onnxruntime"], 300),
+    Benchmark("sessions", [*SWARM, "--sessions", "1,8,16"], 600),
+    Benchmark("chat_memory", ["bench/chat_concurrency.py", "--sessions", "20"], 600),
+    Benchmark("chat_redis", ["bench/chat_concurrency.py", "--sessions", "20"], 600, services=True),
+    Benchmark("failover", ["-m", "swarmnode", "bench-failover", "--kills", "10", "--json"], 660),
+    Benchmark("heartbeats", ["bench-portal"], 600, make=True),
+    Benchmark("torch", [*SWARM, "--backend", "torch"], 400),
+    Benchmark("torch_sessions", [*SWARM, "--backend", "torch", "--sessions", "1,8", "--runs", "2"], 600),
+    Benchmark("int8", [*SWARM, "--dtype", "int8"], 400),
+    Benchmark("backends", ["-m", "swarmnode", "bench-backends", "--model", "smollm2", "--json"], 660),
 ]
 
 

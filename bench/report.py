@@ -88,7 +88,7 @@ def heartbeat_figures(hb) -> dict:
     return {"cpu_ms": cpu, "per_s": rate, "p99_ms": p99}
 
 
-RATE_KEYS = ("achieved_per_s", "requests_per_s", "heartbeats_per_s", "offered_per_s")
+RATE_KEYS = ("offered_per_s", "requests_per_s", "heartbeats_per_s", "achieved_per_s")  # the load: offered first
 
 
 def _rate_p99_points(obj) -> list[tuple[float, float]]:
@@ -416,6 +416,7 @@ def replace_between(text: str, body: str, anchor: str) -> str:
 def plot(run: dict, img_dir: Path) -> list[Path]:
     """Draw the PNG plots this run has data for into ``img_dir``; return their paths."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -426,12 +427,13 @@ def plot(run: dict, img_dir: Path) -> list[Path]:
     curves = {n: [r for r in rows if isinstance(r, dict)] for n, rows in curves.items() if isinstance(rows, list)}
     if any(curves.values()):
         fig, ax = plt.subplots(figsize=(6, 4))
+        labels = {"sessions": "default (ONNX) nodes", "torch_sessions": "PyTorch nodes"}
         for name, rows in curves.items():
             xs, ys = [r["sessions"] for r in rows], [r["aggregate_tok_s"] for r in rows]
-            ax.plot(xs, ys, marker="o", label=name.replace("_", " "))
+            (line,) = ax.plot(xs, ys, marker="o", label=labels[name])
             base = dict(zip(xs, ys, strict=True)).get(1)
             if base:
-                ax.plot(xs, [base * x for x in xs], linestyle=":", color="grey", label=f"{name} linear")
+                ax.plot(xs, [base * x for x in xs], linestyle=":", color=line.get_color(), label="× sessions (linear)")
         ax.set(xlabel="concurrent sessions", ylabel="aggregate tok/s", title="Throughput vs sessions (3 nodes)")
         ax.legend()
         made.append(_save(fig, img_dir / "bench-sessions.png"))
@@ -445,6 +447,7 @@ def plot(run: dict, img_dir: Path) -> list[Path]:
                                 (BASELINE["failover_median_stall_s"], "-.", "before: median")):  # fmt: skip
             ax.axvline(x, linestyle=style, color="black", label=label)
         ax.set(xlabel="seconds", ylabel="kills", title=f"Failover stalls ({len(stalls)} kills)")
+        ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.legend()
         made.append(_save(fig, img_dir / "bench-failover.png"))
     curves = latency_curves(result(run, "heartbeats"))
@@ -453,7 +456,7 @@ def plot(run: dict, img_dir: Path) -> list[Path]:
         for label, points in curves.items():
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
         ax.axhline(100, linestyle="--", color="black", label="goal: p99 < 100 ms")
-        ax.set(xlabel="heartbeats/s achieved", ylabel="p99 latency ms", title="Tracker latency vs load", yscale="log")
+        ax.set(xlabel="heartbeats/s offered", ylabel="p99 latency ms", title="Tracker latency vs load", yscale="log")
         ax.legend(fontsize="small")
         made.append(_save(fig, img_dir / "bench-heartbeats.png"))
     return made
