@@ -236,12 +236,14 @@ def main() -> None:
             folder.mkdir(parents=True, exist_ok=True)
             # The chat is measured, not billing or abuse limits: one bench user from one address stands for
             # N browsers, so its starting grant pays for every answer (the default, 200 tokens, refused most as
-            # insufficient_credits) and it may run N generations at once (default 4 per user, 8 per address).
+            # insufficient_credits) and it may run N generations at once (default 4 per user, 8 per address),
+            # with room for the solo answers' reservations, released a moment after their answers (on Redis a
+            # cap of exactly N refused 1 of 20).
             env = {
                 "SWARM_HEARTBEAT_TIMEOUT": "30",
                 "LEDGER_STARTING_GRANT": str(10**9),
-                "CHAT_MAX_GENERATIONS_PER_USER": str(args.sessions),
-                "CHAT_MAX_GENERATIONS_PER_IP": str(args.sessions),
+                "CHAT_MAX_GENERATIONS_PER_USER": str(2 * args.sessions),
+                "CHAT_MAX_GENERATIONS_PER_IP": str(2 * args.sessions),
             }
             live = stack.enter_context(live_portal(folder, f"layerswarm_bench_chat_{os.getpid()}", False, env))
             portal, user, password = live.url, "bench", "bench-password-1"
