@@ -353,7 +353,7 @@ def detail_markdown(run: dict) -> list[str]:
     out += _table(
         ["kills", "stall median / p95 / max s", "token gap median / p95 / max s", "tokens equal", "stalls s"],
         [[dig(fo, "kills"), _triple(dig(fo, "stall")), _triple(dig(fo, "token_gap")),
-          _yes(dig(fo, "tokens_equal")), ", ".join(f"{s:.2f}" for s in dig(fo, "stalls_s", default=[]) or [])]],
+          _yes(dig(fo, "tokens_equal")), ", ".join(f"{s:.2f}" for s in dig(fo, "stalls_s", default=[]) or [] if isinstance(s, int | float))]],
     )  # fmt: skip
     hb = heartbeat_figures(result(run, "heartbeats"))
     out += ["", "### Tracker heartbeats", ""]
@@ -424,7 +424,11 @@ def plot(run: dict, img_dir: Path) -> list[Path]:
     img_dir.mkdir(parents=True, exist_ok=True)
     made = []
     curves = {n: result(run, n) for n in ("sessions", "torch_sessions")}
-    curves = {n: [r for r in rows if isinstance(r, dict)] for n, rows in curves.items() if isinstance(rows, list)}
+    curves = {
+        n: [r for r in rows if isinstance(r, dict) and _numbers(r, "sessions", "aggregate_tok_s")]
+        for n, rows in curves.items()
+        if isinstance(rows, list)
+    }
     if any(curves.values()):
         fig, ax = plt.subplots(figsize=(6, 4))
         labels = {"sessions": "default (ONNX) nodes", "torch_sessions": "PyTorch nodes"}
@@ -438,10 +442,10 @@ def plot(run: dict, img_dir: Path) -> list[Path]:
         ax.legend()
         made.append(_save(fig, img_dir / "bench-sessions.png"))
     fo = result(run, "failover")
-    stalls = dig(fo, "stalls_s", default=[]) or []
+    stalls = [s for s in dig(fo, "stalls_s", default=[]) or [] if isinstance(s, int | float)]
     if stalls:
         fig, ax = plt.subplots(figsize=(6, 4))
-        gaps = dig(fo, "token_gaps_s", default=[]) or []
+        gaps = [g for g in dig(fo, "token_gaps_s", default=[]) or [] if isinstance(g, int | float)]
         ax.hist([stalls, gaps] if gaps else [stalls], bins=12, label=["client stall", "token gap"][: 1 + bool(gaps)])
         for x, style, label in ((0.5, "--", "goal median"), (1.5, ":", "goal max"),
                                 (BASELINE["failover_median_stall_s"], "-.", "before: median")):  # fmt: skip
@@ -460,6 +464,10 @@ def plot(run: dict, img_dir: Path) -> list[Path]:
         ax.legend(fontsize="small")
         made.append(_save(fig, img_dir / "bench-heartbeats.png"))
     return made
+
+
+def _numbers(row: dict, *keys: str) -> bool:
+    return all(isinstance(row.get(k), int | float) for k in keys)
 
 
 def _save(fig, path: Path) -> Path:
