@@ -349,11 +349,12 @@ def detail_markdown(run: dict) -> list[str]:
     out += _table(["layer", "chat tok/s", "direct client tok/s", "ratio", "TTFT p50 s", "TTFT p95 s", "lost",
                    "mixed up"], rows)  # fmt: skip
     fo = result(run, "failover")
+    stalls = ", ".join(f"{s:.2f}" for s in dig(fo, "stalls_s", default=[]) or [] if isinstance(s, int | float))
     out += ["", "### Failover (a serving node killed mid-generation)", ""]
     out += _table(
         ["kills", "stall median / p95 / max s", "token gap median / p95 / max s", "tokens equal", "stalls s"],
         [[dig(fo, "kills"), _triple(dig(fo, "stall")), _triple(dig(fo, "token_gap")),
-          _yes(dig(fo, "tokens_equal")), ", ".join(f"{s:.2f}" for s in dig(fo, "stalls_s", default=[]) or [] if isinstance(s, int | float))]],
+          _yes(dig(fo, "tokens_equal")), stalls]],
     )  # fmt: skip
     hb = heartbeat_figures(result(run, "heartbeats"))
     out += ["", "### Tracker heartbeats", ""]
