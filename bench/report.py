@@ -295,8 +295,8 @@ def machine_lines(run: dict) -> list[str]:
                   f"{', '.join(r.get('benchmarks', []))}; load average before {r.get('load_before')}, after "
                   f"{r.get('load_after')}; {r.get('wall_s', '?')} s."]  # fmt: skip
     if run.get("under_load"):
-        lines += ["", f"**Measured under load** ({run.get('load_note') or 'other jobs shared the machine'}): "
-                  "ratios are indicative only; the quiet run replaces this one."]  # fmt: skip
+        lines += ["", f"**Measured under load**: {run.get('load_note') or 'other jobs shared the machine'}. "
+                  "Ratios are indicative only; the quiet run replaces this one."]  # fmt: skip
     return lines
 
 
@@ -345,7 +345,7 @@ def detail_markdown(run: dict) -> list[str]:
         r = result(run, name)
         rows.append([name, dig(r, "aggregate_tok_s"), dig(r, "swarm_client_direct", "aggregate_tok_s"),
                      dig(r, "chat_vs_direct_tok_s"), dig(r, "ttft_s", "p50"), dig(r, "ttft_s", "p95"),
-                     dig(r, "lost"), dig(r, "mixed_up")])  # fmt: skip
+                     _count(dig(r, "lost")), _count(dig(r, "mixed_up"))])  # fmt: skip
     out += _table(["layer", "chat tok/s", "direct client tok/s", "ratio", "TTFT p50 s", "TTFT p95 s", "lost",
                    "mixed up"], rows)  # fmt: skip
     fo = result(run, "failover")
@@ -374,6 +374,10 @@ def detail_markdown(run: dict) -> list[str]:
     return out
 
 
+def _count(items) -> int | None:
+    return len(items) if isinstance(items, list) else items
+
+
 def _triple(summary) -> str:
     if not isinstance(summary, dict):
         return NOT_MEASURED
@@ -394,12 +398,37 @@ def benchmarks_section(run: dict, images: list[str]) -> str:
 
 
 def readme_section(run: dict) -> str:
-    """The README's summary table (without the markers)."""
+    """The README's summary table (without the markers): one row per goal, its figures joined by "; "."""
     m = run.get("machine", {})
     note = ", **under load**" if run.get("under_load") else ""
     out = [f"Latest `make bench-all` ({run.get('date', '?')[:10]}, commit `{str(run.get('commit', '?'))[:12]}`, "
-           f"{m.get('model_name', '?')}{note}; details in [docs/benchmarks.md](docs/benchmarks.md)):", ""]  # fmt: skip
-    return "\n".join(out + goals_markdown(run)) + "\n"
+           f"{m.get('model_name', '?')}{note}; same-run ratios, the full report in "
+           "[docs/benchmarks.md](docs/benchmarks.md)):", ""]  # fmt: skip
+    goals: dict[str, list[dict]] = {}
+    for row in goal_rows(run):
+        if row["has_target"] or row["goal"].startswith("7"):  # goal 7 has no target, only its report
+            goals.setdefault(row["goal"], []).append(row)
+    table = []
+    for goal, rows in goals.items():
+        table.append([goal, "; ".join(f"{r['what']} {r['target']}" for r in rows),
+                      "; ".join(r["before"] for r in rows), "; ".join(r["measured"] for r in rows),
+                      overall_verdict([r["met"] for r in rows if r["has_target"]])])  # fmt: skip
+    out += _table(["goal", "target", "before (#24)", "measured", "verdict"], table)
+    return "\n".join(out) + "\n"
+
+
+def overall_verdict(verdicts: list[bool | None]) -> str:
+    """One verdict for a goal's targets: met, not met, partly met, not measured, or a dash without targets."""
+    measured = [v for v in verdicts if v is not None]
+    if not verdicts:
+        return "—"
+    if not measured:
+        return NOT_MEASURED
+    if all(measured) and len(measured) == len(verdicts):
+        return "met"
+    if not any(measured):
+        return "**not met**" + (" (some not measured)" if len(measured) < len(verdicts) else "")
+    return "partly met"
 
 
 def replace_between(text: str, body: str, anchor: str) -> str:
