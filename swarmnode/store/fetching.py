@@ -319,12 +319,12 @@ class Fetcher:
             sum(min(self.piece_size, r.size - i * self.piece_size) for r in wanted for i in partials[r.digest].done)
         )
 
-        def take(peer: str) -> list | None:
+        def take(peer: str, wait: bool = True) -> list | None:
             """The next run of consecutive pieces of one object for ``peer``: of the rarest objects it holds,
             the one fewest workers are on (so objects fill in order, in parallel: each one's hash is computed
             from the bytes as they arrive); at most ``self.batch`` pieces, and no more than a fair share of
             what is left, so that every worker has some. None when none is left, nor in flight elsewhere
-            (pieces in flight may come back)."""
+            (pieces in flight may come back), or at once with ``wait`` False."""
             while True:
                 with lock:
                     start, best = -1, (0, 0)
@@ -351,7 +351,7 @@ class Fetcher:
                         in_flight[0] += 1
                         busy[digest] = busy.get(digest, 0) + 1
                         return run
-                    if not in_flight[0] or peer in report.banned:
+                    if not wait or not in_flight[0] or peer in report.banned:
                         return None
                 time.sleep(BUSY_WAIT_S)
 
@@ -381,12 +381,12 @@ class Fetcher:
             finally:
                 partial.discard()
 
-        def work(peer: str) -> None:
+        def work(peer: str, first: list | None) -> None:
             failures = 0
             connection = self._connection(peer)
             try:
                 while peer not in report.banned:
-                    run = take(peer)
+                    run, first = first or take(peer), None
                     if run is None:
                         return
                     error = ask(peer, connection, run)
@@ -444,10 +444,13 @@ class Fetcher:
         for partial in partials.values():  # objects an earlier fetch had completely (killed before the rename)
             if len(partial.done) == len(partial.ref.pieces):
                 finish(partial)
+        workers = [(peer, n) for n in range(self.per_peer) for peer in self.peers]
+        # Every worker's first run is dealt before any starts, round the peers: a worker whose thread or
+        # connection starts late would otherwise find the others had taken everything of a small span.
+        firsts = [take(peer, wait=False) for peer, _ in workers]
         workers = [
-            threading.Thread(target=work, args=(peer,), daemon=True, name=f"fetch-{n}")
-            for peer in self.peers
-            for n in range(self.per_peer)
+            threading.Thread(target=work, args=(peer, run), daemon=True, name=f"fetch-{n}")
+            for (peer, n), run in zip(workers, firsts, strict=True)
         ]
         for w in workers:
             w.start()
