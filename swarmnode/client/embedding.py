@@ -11,14 +11,12 @@ reaches any real token's attention. Every sentence's embedding is therefore the 
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
 from swarmnode.client.config import ClientConfig
 from swarmnode.client.failover import BanList, FailoverPolicy
 from swarmnode.client.latency import RttTable
-from swarmnode.client.parts import split_peers
+from swarmnode.client.parts import chain_or_explain, config_and_peers
 from swarmnode.client.probing import probe_swarm
 from swarmnode.client.remote import POOL, RemoteError, RemoteSpan
 from swarmnode.client.routing import SwarmNotCovering, find_chain
@@ -243,9 +241,7 @@ class AutoDistributedModel:
             return AutoDistributedModelForCausalLM.from_pretrained(
                 model, peers, initial_peers=initial_peers, config=config, **options
             )
-        config = ClientConfig.build(config, **options)
-        extra, portal = split_peers(list(initial_peers or []), config.portal, use_env=not peers)
-        peers, config = [*(peers or []), *extra], dataclasses.replace(config, portal=portal)
+        peers, config = config_and_peers(config, options, peers, initial_peers)
         if not peers and not config.portal:
             raise ValueError("give peers=[...] (node URLs) or portal=URL (a tracker), or set $LAYERSWARM_INITIAL_PEERS")
         name = model_name(model)
@@ -253,11 +249,4 @@ class AutoDistributedModel:
         timeout = min(config.timeout, 10.0)
         infos, errors = probe_swarm(peers, config.portal, name, rtts, timeout, tracker_optional=False)
         client = DistributedEncoderModel(name, checkpoint, infos, urls=peers, rtts=rtts, config=config)
-        try:
-            client.chain()
-        except SwarmNotCovering as exc:
-            detail = "; ".join(f"{u}: {e}" for u, e in errors.items())
-            raise SwarmNotCovering(name, checkpoint.num_blocks, exc.uncovered) from (
-                RuntimeError(detail) if detail else None
-            )
-        return client
+        return chain_or_explain(client, name, checkpoint.num_blocks, errors)

@@ -31,9 +31,9 @@ from swarmnode.client.generation import (
 )
 from swarmnode.client.head import load_client_head
 from swarmnode.client.latency import RttTable
-from swarmnode.client.parts import SessionsMixin, continued_ids, split_peers
+from swarmnode.client.parts import SessionsMixin, chain_or_explain, config_and_peers, continued_ids
 from swarmnode.client.probing import probe_swarm
-from swarmnode.client.routing import RoutingPolicy, SwarmNotCovering, find_chain
+from swarmnode.client.routing import RoutingPolicy, find_chain
 from swarmnode.client.session import AuditRollback, InferenceSession
 from swarmnode.client.weights import keep_matching
 from swarmnode.discovery import PeerInfo
@@ -356,9 +356,7 @@ class AutoDistributedModelForCausalLM:
                 fails.
             SwarmNotCovering: the peers that answered do not cover every block.
         """
-        config = ClientConfig.build(config, **options)
-        extra, portal = split_peers(list(initial_peers or []), config.portal, use_env=not peers)
-        peers, config = [*(peers or []), *extra], dataclasses.replace(config, portal=portal)
+        peers, config = config_and_peers(config, options, peers, initial_peers)
         if not peers and not config.portal and not config.dht:
             raise ValueError(
                 "give peers=[...] (node URLs), portal=URL (a tracker) or dht=[multiaddr, ...] (DHT bootstrap peers),"
@@ -389,11 +387,4 @@ class AutoDistributedModelForCausalLM:
         distributed = DistributedModelForCausalLM(
             name, checkpoint, infos, urls=list(peers or []), rtts=rtts, config=config
         )
-        try:
-            distributed.chain()
-        except SwarmNotCovering as exc:
-            detail = "; ".join(f"{u}: {e}" for u, e in errors.items())
-            raise SwarmNotCovering(name, checkpoint.num_blocks, exc.uncovered) from (
-                RuntimeError(detail) if detail else None
-            )
-        return distributed
+        return chain_or_explain(distributed, name, checkpoint.num_blocks, errors)

@@ -16,6 +16,7 @@ only the tokens after ``session.position``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 import re
@@ -26,7 +27,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from swarmnode.client.config import ClientConfig
 from swarmnode.client.remote import RemoteSpan
+from swarmnode.client.routing import SwarmNotCovering
 from swarmnode.client.session import InferenceSession
 from swarmnode.models.wire import tensor_to_wire, wire_to_tensor
 from swarmnode.protocol import Forward, ForwardResult
@@ -295,3 +298,27 @@ def split_peers(initial_peers: list[str], portal: str | None, use_env: bool = Tr
     if len(set(portals)) > 1 and not portal:
         raise ValueError(f"initial peers name {len(set(portals))} portals; give one")
     return nodes, portal or (portals[0] if portals else None)
+
+
+def config_and_peers(
+    config: ClientConfig | None, options: dict, peers: list[str] | None, initial_peers: list[str] | None
+) -> tuple[list[str], ClientConfig]:
+    """``from_pretrained``'s node URLs and options: ``options`` over ``config``, Petals-style ``initial_peers``
+    split into nodes (added to ``peers``) and the portal (see :func:`split_peers`)."""
+    config = ClientConfig.build(config, **options)
+    extra, portal = split_peers(list(initial_peers or []), config.portal, use_env=not peers)
+    return [*(peers or []), *extra], dataclasses.replace(config, portal=portal)
+
+
+def chain_or_explain(client, name: str, num_blocks: int, errors: dict[str, object]):
+    """``client`` once its first chain of nodes is found.
+
+    Raises:
+        SwarmNotCovering: no chain covers the model; it is caused by why each peer that did not answer failed.
+    """
+    try:
+        client.chain()
+    except SwarmNotCovering as exc:
+        detail = "; ".join(f"{u}: {e}" for u, e in errors.items())
+        raise SwarmNotCovering(name, num_blocks, exc.uncovered) from (RuntimeError(detail) if detail else None)
+    return client
