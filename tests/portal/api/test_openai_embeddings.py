@@ -19,19 +19,9 @@ from portal.processes import live_portal, manage
 from swarmnode.launcher import LocalSwarm
 from swarmnode.models import resolve_model
 from swarmnode.testing.polling import wait_until
+from swarmnode.testing.sentences import SENTENCES
 
 pytestmark = [pytest.mark.slow, pytest.mark.model]
-
-SENTENCES = [
-    "The capital of France is Paris.",
-    "A lighthouse keeper trimmed the wicks and polished the brass every night.",
-    "Embeddings map sentences to vectors.",
-    "ok",
-    "Volunteers run the blocks of large language models on their own machines, BitTorrent-style.",
-    "The cat sat on the mat.",
-    "¿Dónde está la biblioteca?",
-    "Distributed inference splits a transformer into spans of layers served by different nodes.",
-]
 
 
 def _get(url: str, key: str | None = None) -> dict:
