@@ -77,3 +77,25 @@ def test_no_file_or_class_grows_into_a_god_object():
                     f"{node.end_lineno - node.lineno + 1} lines"
                 )
     assert not too_long, "split these by responsibility:\n" + "\n".join(too_long)
+
+
+def duplicate_test_basenames(tests: Path) -> dict[str, list[str]]:
+    """Test modules sharing a file name: pytest's rootdir-relative import makes the second one an error."""
+    seen: dict[str, list[str]] = {}
+    for path in sorted(tests.rglob("test_*.py")):
+        if "__pycache__" not in path.parts:
+            seen.setdefault(path.name, []).append(str(path.relative_to(tests)))
+    return {name: paths for name, paths in seen.items() if len(paths) > 1}
+
+
+def test_every_test_module_has_its_own_file_name():
+    # The test directories have no __init__.py, so two test_failover.py files stop the whole collection.
+    assert duplicate_test_basenames(ROOT / "tests") == {}
+
+
+def test_a_second_module_of_the_same_name_is_found(tmp_path):
+    for folder in ("client", "bench"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "test_failover.py").write_text("")
+    found = duplicate_test_basenames(tmp_path)
+    assert found == {"test_failover.py": ["bench/test_failover.py", "client/test_failover.py"]}
