@@ -1,6 +1,8 @@
 """The scheduler on hand-made outputs: batching, priorities, aging, chunked prompts."""
 
 import asyncio
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -9,7 +11,7 @@ import numpy as np
 import pytest
 
 from swarmnode.protocol import tensor_from_numpy
-from swarmnode.runtime.scheduler import Scheduler, split_tokens
+from swarmnode.runtime.scheduler import MachineLock, Scheduler, split_tokens
 
 
 def hid(tokens, value=0.0, batch=1):
@@ -324,6 +326,41 @@ def test_nodes_sharing_a_machine_lock_take_turns_and_batch_what_queued_meanwhile
     assert all(end <= nxt for (_, end), (nxt, _) in zip(spans, spans[1:], strict=False))  # never two at once
     sizes = [c[1] if c[0] == "batch" else 1 for c in a.calls + b.calls]
     assert sum(sizes) == 14 and len(sizes) <= 6  # 14 steps in a few passes, not 14 passes
+
+
+def test_a_machine_lock_held_by_another_process_is_refused_until_it_lets_go(tmp_path):
+    path = str(tmp_path / "machine.lock")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, path], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        mine = MachineLock(path)
+        assert not mine.try_acquire()
+        holder.stdin.write("go\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().strip() == "released"
+        assert mine.try_acquire()
+        assert not MachineLock(path).try_acquire()  # a second node in this process waits too
+        mine.release()
+        mine.acquire()  # the blocking way, now free
+        mine.release()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+HOLDER = """
+import sys
+from swarmnode.runtime.scheduler import MachineLock
+lock = MachineLock(sys.argv[1])
+lock.acquire()
+print("held", flush=True)
+sys.stdin.readline()
+lock.release()
+print("released", flush=True)
+sys.stdin.readline()
+"""
 
 
 def test_a_first_prompt_waits_briefly_for_sessions_just_opened_to_share_its_pass():
