@@ -12,13 +12,23 @@ import re
 import shlex
 from pathlib import Path
 
+import pytest
 import yaml
 
 from portal.middleware import client_address
 from portal.processes import ASGI_APP, WSGI_APP, PortalProcesses
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+# PortalProcesses reads these from the environment too: a shell with REDIS_URL set (make test's second pass,
+# a developer's) must not change what the tests below ask of it.
+PROCESS_SETTINGS = ("REDIS_URL", "CHAT_GATEWAY_EMBEDDED", "PORTAL_HTTP_WORKERS", "PROMETHEUS_MULTIPROC_DIR")
 PORTAL_SERVICES = {"migrate", "postgres", "redis", "nginx"}  # not long-running portal processes
+
+
+@pytest.fixture(autouse=True)
+def _no_process_settings_from_the_shell(monkeypatch):
+    for name in PROCESS_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
 
 
 def kinds(argv: list[str]) -> set[str]:
