@@ -46,6 +46,7 @@ class Benchmark:
 
 
 SWARM = ["-m", "swarmnode", "bench", "--model", "smollm2", "--nodes", "3", "--new-tokens", "64", "--json"]
+FAILOVER = ["-m", "swarmnode", "bench-failover", "--kills", "10", "--json"]
 # Time limits: about 2.5x what each took on a loaded 2-core machine (2026-12-03: 79-264 s each, 37 min in all).
 BENCHMARKS = [
     Benchmark("swarm_default", SWARM, 420),
@@ -53,7 +54,9 @@ BENCHMARKS = [
     Benchmark("sessions", [*SWARM, "--sessions", "1,8,16"], 600),
     Benchmark("chat_memory", ["bench/chat_concurrency.py", "--sessions", "20"], 600),
     Benchmark("chat_redis", ["bench/chat_concurrency.py", "--sessions", "20"], 600, services=True),
-    Benchmark("failover", ["-m", "swarmnode", "bench-failover", "--kills", "10", "--json"], 660),
+    Benchmark("failover", FAILOVER, 660),
+    # The failover baseline came from PyTorch nodes: the same kills on them, like for like.
+    Benchmark("failover_torch", [*FAILOVER, "--backend", "torch"], 660),
     Benchmark("heartbeats", ["bench-portal"], 600, make=True),
     Benchmark("torch", [*SWARM, "--backend", "torch"], 400),
     Benchmark("torch_sessions", [*SWARM, "--backend", "torch", "--sessions", "1,8", "--runs", "2"], 600),

@@ -94,3 +94,19 @@ def test_it_draws_one_latency_curve_per_tracker_setup():
     old = {"runs": [{"daphne_processes": 1, "saturation": {"requests_per_s": 55.0, "p99_ms": 80.0},
             "realistic": {"requests_per_s": 10.0, "p99_ms": 9.0}}]}  # fmt: skip
     assert report.latency_curves(old) == {"daphne × 1": [(10.0, 9.0), (55.0, 80.0)]}
+
+
+def test_the_pytorch_failover_run_has_rows_of_its_own_and_counts_for_exactness(root):
+    run = copy.deepcopy(RUN)
+    torch_run = copy.deepcopy(run["benchmarks"]["failover"])
+    torch_run["result"].update(backend="torch", node_backends=["torch"], stall={"median_s": 0.42, "max_s": 1.9})
+    run["benchmarks"]["failover_torch"] = torch_run
+    rows = {r["what"]: r for r in report.goal_rows(run)}
+    median = rows["median stall per killed node, PyTorch nodes (the baseline's kind)"]
+    assert (median["measured"], median["met"]) == ("0.42 s", True)
+    assert rows["max stall per killed node, PyTorch nodes"]["met"] is False
+    assert report.tokens_equal_everywhere(run) == report.tokens_equal_everywhere(RUN)
+    torch_run["result"]["tokens_equal"] = False
+    assert report.tokens_equal_everywhere(run) is False
+    report.render(run, root)
+    assert "| torch | " in (root / "docs" / "benchmarks.md").read_text()
