@@ -168,6 +168,12 @@ SWARM_HEARTBEAT_TIMEOUT = env_float("SWARM_HEARTBEAT_TIMEOUT", 35.0)  # silent t
 SWARM_EXPIRE_EVERY = env_float("SWARM_EXPIRE_EVERY", 5.0)  # how often the beat task marks stale nodes
 SWARM_HEARTBEAT_HISTORY = env_int("SWARM_HEARTBEAT_HISTORY", 24 * 3600)  # seconds of heartbeats to keep
 SWARM_HEARTBEAT_HISTORY_EVERY = env_float("SWARM_HEARTBEAT_HISTORY_EVERY", 60.0)  # history: a row per node per N s
+# Write-behind heartbeats (portal/swarm/beats.py): an online node's heartbeat goes to Redis, a flush writes them
+# in batches. Needs the Redis cache; off when embedded. VOUCH_TTL: seconds a node stays on the fast path between
+# database checks (bans, leaves and expiry take effect at once; an edit behind the tracker's back within this).
+SWARM_HEARTBEAT_WRITE_BEHIND = env_bool("SWARM_HEARTBEAT_WRITE_BEHIND", bool(REDIS_URL))
+SWARM_HEARTBEAT_VOUCH_TTL = env_float("SWARM_HEARTBEAT_VOUCH_TTL", 60.0)
+SWARM_HEARTBEAT_FLUSH_EVERY = env_float("SWARM_HEARTBEAT_FLUSH_EVERY", 2.0)  # seconds between flushes (Celery beat)
 API_MAX_JSON_BYTES = env_int("API_MAX_JSON_BYTES", 16 * 1024)  # JSON request body limit (413 above)
 SWARM_MAX_NODES_PER_TOKEN = env_int("SWARM_MAX_NODES_PER_TOKEN", 8)  # active nodes one machine may run
 SWARM_DHT_BOOTSTRAP = env_list("SWARM_DHT_BOOTSTRAP", [])  # DHT multiaddrs to read and publish (#18, docs/dht.md)
@@ -221,6 +227,7 @@ CELERY_BEAT_SCHEDULE = {
     "settle-receipts": {"task": "portal.ledger.tasks.settle_receipts", "schedule": LEDGER_SETTLE_EVERY},
     "release-escrow": {"task": "portal.ledger.tasks.release_escrow", "schedule": LEDGER_ESCROW_EVERY},
     "expire-stale-nodes": {"task": "portal.swarm.tasks.expire_stale_nodes", "schedule": SWARM_EXPIRE_EVERY},
+    "flush-heartbeats": {"task": "portal.swarm.tasks.flush_heartbeats", "schedule": SWARM_HEARTBEAT_FLUSH_EVERY},
     "prune-heartbeats": {"task": "portal.swarm.tasks.prune_heartbeats", "schedule": 600.0},
     "decay-reputation": {"task": "portal.reputation.tasks.decay_reputation", "schedule": REPUTATION_DECAY_EVERY},
     "prune-score-history": {"task": "portal.reputation.tasks.prune_score_history", "schedule": 3600.0},

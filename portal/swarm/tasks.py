@@ -12,6 +12,12 @@ def expire_stale_nodes() -> int:
 
 
 @shared_task
+def flush_heartbeats() -> int:
+    """Write the heartbeats buffered in Redis to the database (write-behind, ``portal.swarm.beats``)."""
+    return tracker.flush_heartbeats()
+
+
+@shared_task
 def prune_heartbeats() -> int:
     """Drop old heartbeat history."""
     return tracker.prune_heartbeats()

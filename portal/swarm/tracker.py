@@ -15,6 +15,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from portal.accounts.models import NodeToken
+from portal.swarm import beats
 from portal.swarm.live import health_changed
 from portal.swarm.models import Heartbeat, Node, NodeKey, SwarmModel
 from portal.swarm.weights_check import weights_refusal
@@ -101,6 +102,7 @@ def register_node(token: NodeToken, reg: PeerInfo, now: datetime | None = None) 
         else:
             node = Node.objects.create(owner=token.user, token=token, model=model, registered_at=now, **fields)
             created, moved = True, set()
+        _forget_on_commit([node.pk])  # joining again: its next heartbeat goes through the database
         for name in {model.name, *moved}:
             health_changed(name)
         return node, created
@@ -131,7 +133,10 @@ def _retire_predecessors(token: NodeToken, reg: PeerInfo, same: Node | None) -> 
     gone = Node.objects.active().filter(token=token, url=reg.url)
     if same is not None:
         gone = gone.exclude(pk=same.pk)
-    gone.update(state=Node.State.OFFLINE)
+    retired = list(gone.values_list("pk", flat=True))
+    if retired:
+        Node.objects.filter(pk__in=retired).update(state=Node.State.OFFLINE)
+        _forget_on_commit(retired)
 
 
 def _model_for(reg: PeerInfo) -> SwarmModel:
@@ -196,8 +201,11 @@ def _token_node(token: NodeToken, node_id: int, lock: bool = False) -> Node:
 def record_heartbeat(token: NodeToken, node_id: int, beat: Beat, now: datetime | None = None) -> Node.State:
     """Record a heartbeat: the node is online and its stats are fresh. Returns the node's new state.
 
-    The hot path of the tracker (every node, every few seconds): one UPDATE, plus one INSERT into the
-    history at most every ``SWARM_HEARTBEAT_HISTORY_EVERY`` seconds (a single statement on PostgreSQL).
+    The hot path of the tracker (every node, every few seconds). With Redis (:mod:`portal.swarm.beats`), an
+    online node the tracker vouched for costs one Redis round trip and no database write: its beat is buffered
+    and :func:`flush_heartbeats` writes it. Otherwise (no vouch, no Redis): one UPDATE, plus one INSERT into the
+    history at most every ``SWARM_HEARTBEAT_HISTORY_EVERY`` seconds (a single statement on PostgreSQL), and
+    with Redis a fresh vouch, written while the node's row is locked.
 
     Raises:
         TrackerError: not this token's node (404), banned (403), already marked offline (410: register again).
@@ -211,33 +219,51 @@ def record_heartbeat(token: NodeToken, node_id: int, beat: Beat, now: datetime |
     }
     if beat.throughput is not None:
         fields["throughput"] = beat.throughput
-    if connection.vendor == "postgresql" and _online_heartbeat_postgres(token.pk, node_id, beat, now):
+    behind = beats.enabled()
+    if behind and beats.admit(token.pk, node_id, now, beat.cache_tokens_left, beat.open_sessions, beat.throughput):
         return Node.State.ONLINE
+    if connection.vendor == "postgresql" and not behind:
+        if _online_heartbeat_postgres(token.pk, node_id, beat, now):  # autocommit: one round trip
+            return Node.State.ONLINE
+    elif connection.vendor == "postgresql":
+        with transaction.atomic():
+            # The vouch is written before this transaction commits: a ban or leave waits for the row lock the
+            # UPDATE holds, commits after, and deletes the vouch after that (never the other way round).
+            if _online_heartbeat_postgres(token.pk, node_id, beat, now):
+                beats.vouch(token.pk, node_id)
+                return Node.State.ONLINE
     with transaction.atomic():
-        # Locked, so that two overlapping heartbeats of a joining node cannot both miss it.
-        row = (
-            Node.objects.select_for_update(of=("self",))
-            .filter(pk=node_id, token=token)
-            .values_list("state", "banned", "model__name")
-            .first()
+        return _heartbeat_orm(token, node_id, beat, fields, now, behind)
+
+
+def _heartbeat_orm(token: NodeToken, node_id: int, beat: Beat, fields: dict, now: datetime, behind: bool):
+    """The general path (joining, offline, banned or foreign nodes; SQLite): inside the caller's transaction."""
+    # Locked, so that two overlapping heartbeats of a joining node cannot both miss it.
+    row = (
+        Node.objects.select_for_update(of=("self",))
+        .filter(pk=node_id, token=token)
+        .values_list("state", "banned", "model__name")
+        .first()
+    )
+    if row is None or row[1]:
+        _token_node(token, node_id)  # raises the 404 or 403
+    state, _, model_name = row
+    if state == Node.State.OFFLINE:
+        raise TrackerError(410, "offline", "the node was marked offline; register again")
+    Node.objects.filter(pk=node_id).update(**fields)
+    if state == Node.State.JOINING:
+        health_changed(model_name)
+    if behind:
+        beats.vouch(token.pk, node_id)
+    recent = now - timedelta(seconds=settings.SWARM_HEARTBEAT_HISTORY_EVERY)
+    if not Heartbeat.objects.filter(node_id=node_id, at__gt=recent).exists():
+        Heartbeat.objects.create(
+            node_id=node_id,
+            at=now,
+            cache_tokens_left=beat.cache_tokens_left,
+            throughput=beat.throughput or 0.0,
+            open_sessions=beat.open_sessions,
         )
-        if row is None or row[1]:
-            _token_node(token, node_id)  # raises the 404 or 403
-        state, _, model_name = row
-        if state == Node.State.OFFLINE:
-            raise TrackerError(410, "offline", "the node was marked offline; register again")
-        Node.objects.filter(pk=node_id).update(**fields)
-        if state == Node.State.JOINING:
-            health_changed(model_name)
-        recent = now - timedelta(seconds=settings.SWARM_HEARTBEAT_HISTORY_EVERY)
-        if not Heartbeat.objects.filter(node_id=node_id, at__gt=recent).exists():
-            Heartbeat.objects.create(
-                node_id=node_id,
-                at=now,
-                cache_tokens_left=beat.cache_tokens_left,
-                throughput=beat.throughput or 0.0,
-                open_sessions=beat.open_sessions,
-            )
     return Node.State.ONLINE
 
 
@@ -279,19 +305,42 @@ def leave(token: NodeToken, node_id: int) -> Node:
         node = _token_node(token, node_id, lock=True)
         node.state = Node.State.OFFLINE
         node.save(update_fields=["state"])
+        _forget_on_commit([node.pk])
         health_changed(node.model.name)
     return node
 
 
+def _forget_on_commit(node_ids: list[int]) -> None:
+    """Withdraw the nodes' heartbeat vouches now (the rows are locked by the caller's UPDATE: a heartbeat that
+    misses the vouch waits for them) and again once the transaction commits (any vouch written meanwhile)."""
+    if beats.enabled():
+        beats.forget(node_ids)
+        transaction.on_commit(lambda: beats.forget(node_ids))
+
+
+def flush_heartbeats() -> int:
+    """Write the heartbeats buffered in Redis to their nodes (:mod:`portal.swarm.beats`); return how many nodes.
+
+    Runs every ``SWARM_HEARTBEAT_FLUSH_EVERY`` seconds (Celery beat) and before expiry. Nodes banned, left or
+    expired since their beat was buffered stay as they are. Without write-behind there is nothing to flush.
+    """
+    return beats.write_pending(beats.take_pending())
+
+
 def expire_stale_nodes(now: datetime | None = None) -> int:
-    """Mark offline every joining/online node silent for ``SWARM_HEARTBEAT_TIMEOUT``; return how many."""
+    """Mark offline every joining/online node silent for ``SWARM_HEARTBEAT_TIMEOUT``; return how many.
+
+    Buffered heartbeats are flushed first, so a node heard from only through Redis is not taken for silent.
+    """
     now = now or timezone.now()
     cutoff = now - timedelta(seconds=settings.SWARM_HEARTBEAT_TIMEOUT)
+    flush_heartbeats()
     with transaction.atomic():
         stale = Node.objects.active().filter(last_seen_at__lt=cutoff)
-        models = set(stale.values_list("model__name", flat=True))
-        count = stale.update(state=Node.State.OFFLINE)
-        for name in models:
+        gone = list(stale.select_for_update(of=("self",)).values_list("pk", "model__name"))
+        count = Node.objects.filter(pk__in=[pk for pk, _ in gone]).update(state=Node.State.OFFLINE)
+        _forget_on_commit([pk for pk, _ in gone])
+        for name in {name for _, name in gone}:
             health_changed(name)
     return count
 
@@ -310,7 +359,10 @@ def set_banned(nodes, banned: bool) -> int:
         for name in set(nodes.values_list("model__name", flat=True)):
             health_changed(name)
         if banned:
-            return nodes.update(banned=True, state=Node.State.OFFLINE)
+            ids = list(nodes.values_list("pk", flat=True))
+            changed = Node.objects.filter(pk__in=ids).update(banned=True, state=Node.State.OFFLINE)
+            _forget_on_commit(ids)  # after the UPDATE: a heartbeat missing the vouch waits for the locked rows
+            return changed
         return nodes.update(banned=False)
 
 
