@@ -28,6 +28,10 @@ class ClientHead(nn.Module):
         super().__init__()
         self.parts = lm
         self.embed = lm.get_input_embeddings()
+        # Whether the input side is the embedding table alone (no positions, no scaling): then a token's
+        # input is one table lookup instead of the stack's forward up to its first block (rotary tables,
+        # masks: ~0.5-1 ms a step here, for every session). None: not probed yet.
+        self._plain_embed: bool | None = None
         self.norm = lm.norm
         self.lm_head = lm.get_output_embeddings()
         self._rows = RowBatcher(self._logits)
@@ -42,7 +46,23 @@ class ClientHead(nn.Module):
     @torch.inference_mode()
     def embed_tokens(self, input_ids: torch.Tensor, past_length: int = 0) -> torch.Tensor:  # (B, T) -> (B, T, H)
         """What the first block receives for token ids at positions ``past_length...`` (the model's own input side)."""
-        return self.parts.embed(input_ids.to(self.device), past_length).cpu()
+        ids = input_ids.to(self.device)
+        if self._plain_embed is None:
+            self._plain_embed = self._input_side_is_lookup()
+        if self._plain_embed:
+            return self.embed(ids).cpu()
+        return self.parts.embed(ids, past_length).cpu()
+
+    def _input_side_is_lookup(self) -> bool:
+        """Whether the stack's input side equals the bare embedding lookup, bit for bit, at two different
+        positions (a model that adds position embeddings or scales its embeddings differs on the probe)."""
+        vocab = int(self.embed.weight.shape[0])
+        probe = torch.randint(0, vocab, (2, 3), generator=torch.Generator().manual_seed(0)).to(self.device)
+        try:
+            table = self.embed(probe)
+            return all(torch.equal(self.parts.embed(probe, past), table) for past in (0, 5))
+        except Exception:  # an input side the bare table cannot even be compared with: keep the stack's own
+            return False
 
     @torch.inference_mode()
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
