@@ -4,8 +4,12 @@ Starts a real portal on a scratch database, creates N node tokens and registers 
 ``bench/locust_heartbeats.py`` (one Locust user per node, a fixed interval each) at several offered loads,
 twice in one run:
 
-- ``before``: HTTP served by daphne processes (how the portal served heartbeats until #24);
-- ``after``: HTTP served by gunicorn's WSGI workers beside daphne (``portal/wsgi.py``, deploy/).
+- ``before`` (``--before direct``, the default): gunicorn's WSGI workers (``portal/wsgi.py``, deploy/) writing
+  every heartbeat to PostgreSQL (``SWARM_HEARTBEAT_WRITE_BEHIND=0``), as until #24 goal 5; ``--before daphne``:
+  HTTP served by daphne processes instead (how the portal served heartbeats before that);
+- ``after``: the same gunicorn workers with write-behind heartbeats (``portal/swarm/beats.py``): an online
+  node's heartbeat goes to Redis, and a flusher process (standing in for the Celery beat task, every
+  ``SWARM_HEARTBEAT_FLUSH_EVERY`` s) writes them in batches. Its CPU counts as the portal's.
 
 Each point of ``load_curve`` gives the achieved heartbeats/s, latency percentiles and the CPU the portal's
 own processes spent per heartbeat (``/proc``, over the same window as the latencies); PostgreSQL's, Redis'
@@ -30,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from portal.processes import PortalProcesses, manage, scratch_database  # noqa: E402
+from portal.processes import PortalProcesses, local_env, manage, scratch_database  # noqa: E402
 
 
 class Connection:
@@ -155,15 +159,18 @@ def group_pids(leaders: list[int]) -> list[int]:
     return pids
 
 
-def locust_point(url: str, nodes_file: Path, users: int, offered: float, pids: list[int], args) -> dict:
-    """One Locust run: ``users`` nodes heartbeating ``offered`` times a second in all; its measured window."""
-    interval = users / offered
+def locust_point(url: str, nodes_file: Path, nodes: int, offered: float, pids: list[int], args) -> dict:
+    """One Locust run: ``nodes`` nodes heartbeating ``offered`` times a second in all, over ``args.connections``
+    keep-alive connections (Locust users); its measured window."""
+    interval = nodes / offered
+    users = min(args.connections, nodes)
     result_file = nodes_file.with_name(f"result-{os.getpid()}-{offered:g}.json")
     result_file.unlink(missing_ok=True)
     env = {
         **os.environ,
         "HEARTBEAT_NODES": str(nodes_file),
         "HEARTBEAT_INTERVAL": str(interval),
+        "HEARTBEAT_CONNECTIONS": str(users),
         "HEARTBEAT_WARMUP": str(interval + 1.0),
         "HEARTBEAT_PIDS": ",".join(map(str, pids)),
         "HEARTBEAT_RESULT": str(result_file),
@@ -176,7 +183,7 @@ def locust_point(url: str, nodes_file: Path, users: int, offered: float, pids: l
     if not result_file.exists():
         raise RuntimeError(f"locust wrote no result (exit {done.returncode}):\n{done.stderr[-2000:]}")
     point = json.loads(result_file.read_text())
-    return {"offered_per_s": offered, "interval_s": round(interval, 3), **point}
+    return {"offered_per_s": offered, "interval_s": round(interval, 3), "connections": users, **point}
 
 
 def cpu_per_heartbeat(curve: list[dict]) -> float | None:
@@ -191,7 +198,16 @@ def best_rate(curve: list[dict], p99_limit_ms: float = 100.0) -> dict | None:
     return max(good, key=lambda p: p["achieved_per_s"]) if good else None
 
 
-def run_server(args: argparse.Namespace, server: str, folder: Path) -> dict:
+FLUSHER = """
+import time
+from portal.swarm import tracker
+while True:
+    tracker.flush_heartbeats()
+    time.sleep({every})
+"""
+
+
+def run_server(args: argparse.Namespace, server: str, folder: Path, write_behind: bool = False) -> dict:
     """Fresh database, the portal with HTTP on ``server`` (daphne or gunicorn), N registrations, the curve."""
     base = os.environ.get("DATABASE_URL", "") or "sqlite://"
     with scratch_database(base, "layerswarm_bench", folder) as db_url:
@@ -205,6 +221,8 @@ def run_server(args: argparse.Namespace, server: str, folder: Path) -> dict:
             "SWARM_HEARTBEAT_TIMEOUT": "3600",  # nothing expires mid-run
             "SWARM_MAX_NODES_PER_TOKEN": "8",
             "API_THROTTLE_USER": "1000000000/min",  # measure the tracker, not the per-user rate limit (#17)
+            "SWARM_HEARTBEAT_WRITE_BEHIND": "1" if write_behind else "0",
+            "SWARM_HEARTBEAT_FLUSH_EVERY": str(args.flush_every),
         }
         gunicorn = server == "gunicorn"
         portal = PortalProcesses(
@@ -225,12 +243,25 @@ def run_server(args: argparse.Namespace, server: str, folder: Path) -> dict:
             nodes_file = folder / f"nodes-{server}.json"
             nodes_file.write_text(json.dumps(nodes))
             # The HTTP servers (each started in a process group of its own): daphne, or gunicorn and its workers.
-            pids = group_pids([p.pid for p in portal.procs if p.args[2] == ("gunicorn" if gunicorn else "daphne")])
-            loads = [float(x) for x in (args.loads if gunicorn else args.before_loads).split(",")]
-            curve = [locust_point(portal.http_url, nodes_file, len(nodes), rate, pids, args) for rate in loads]
+            leaders = [p.pid for p in portal.procs if p.args[2] == ("gunicorn" if gunicorn else "daphne")]
+            flusher = None
+            if write_behind:
+                code = FLUSHER.format(every=args.flush_every)
+                cmd = [sys.executable, str(Path(__file__).resolve().parent.parent / "manage.py"), "shell", "-c", code]
+                flusher = subprocess.Popen(cmd, env=local_env(env), start_new_session=True)
+                leaders.append(flusher.pid)
+            pids = group_pids(leaders)
+            loads = [float(x) for x in (args.before_loads if server == "daphne" else args.loads).split(",")]
+            try:
+                curve = [locust_point(portal.http_url, nodes_file, len(nodes), rate, pids, args) for rate in loads]
+            finally:
+                if flusher is not None:
+                    flusher.terminate()
+                    flusher.wait(10)
     best = best_rate(curve)
     return {
-        "server": server,
+        "server": server + (" write-behind" if write_behind else ""),
+        "write_behind": write_behind,
         "processes": args.processes,
         "database": db_url.split("://")[0],
         "nodes": len(nodes),
@@ -244,9 +275,14 @@ def run_server(args: argparse.Namespace, server: str, folder: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--nodes", type=int, default=1000, help="simulated nodes (Locust users)")
+    parser.add_argument("--nodes", type=int, default=1000, help="simulated nodes")
+    parser.add_argument(
+        "--connections", type=int, default=32, help="keep-alive connections carrying them (Locust users; nginx's pool)"
+    )
     parser.add_argument("--loads", default="100,300,1000", help="offered heartbeats/s, gunicorn")
-    parser.add_argument("--before-loads", default="100,300", help="offered heartbeats/s, daphne ('' to skip)")
+    parser.add_argument("--before", choices=["direct", "daphne", "none"], default="direct", help="the run to compare")
+    parser.add_argument("--before-loads", default="100,300", help="offered heartbeats/s, --before daphne")
+    parser.add_argument("--flush-every", type=float, default=2.0, help="seconds between write-behind flushes")
     parser.add_argument("--processes", type=int, default=2, help="HTTP server processes (daphne or gunicorn)")
     parser.add_argument("--duration", type=float, default=15.0, help="measured seconds per offered load")
     parser.add_argument("--concurrency", type=int, default=32, help="connections registering the nodes")
@@ -256,14 +292,18 @@ def main() -> None:
         print("warning: DATABASE_URL is not PostgreSQL; measuring SQLite instead", file=sys.stderr)
     folder = Path(tempfile.mkdtemp(prefix="bench-portal-"))
     load_before = os.getloadavg()
-    after = run_server(args, "gunicorn", folder)
-    before = run_server(args, "daphne", folder) if args.before_loads else None
+    after = run_server(args, "gunicorn", folder, write_behind=True)
+    before = {
+        "direct": lambda: run_server(args, "gunicorn", folder),
+        "daphne": lambda: run_server(args, "daphne", folder),
+        "none": lambda: None,
+    }[args.before]()
     result = {
         "cpu_cores": os.cpu_count(),
         "cpu_model": cpu_model(),
         "load_average_before": [round(x, 2) for x in load_before],
         "redis": bool(os.environ.get("REDIS_URL")),
-        # The goal's figures (#24 goal 5), from the gunicorn run: portal CPU per heartbeat at its busiest
+        # The goal's figures (#24 goal 5), from the write-behind run: portal CPU per heartbeat at its busiest
         # point, and the most heartbeats/s served with p99 < 100 ms and no failures.
         "cpu_ms_per_heartbeat": after["cpu_ms_per_heartbeat"],
         "heartbeats_per_s": after["heartbeats_per_s"],
