@@ -63,8 +63,11 @@ class HeartbeatConnection(FastHttpUser):
             [({"Authorization": f"Bearer {t}"}, f"/api/v1/nodes/{n}/heartbeat/") for t, n in mine]
         )
         self.pace = INTERVAL / len(mine)
-        self.wait_time = constant_pacing(self.pace)
+        self._pacing = constant_pacing(self.pace)
         gevent.sleep(random.uniform(0, self.pace))  # connections out of phase with each other
+
+    def wait_time(self) -> float:
+        return self._pacing(self)
 
     @task
     def heartbeat(self) -> None:

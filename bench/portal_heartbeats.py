@@ -248,7 +248,11 @@ def run_server(args: argparse.Namespace, server: str, folder: Path, write_behind
             if write_behind:
                 code = FLUSHER.format(every=args.flush_every)
                 cmd = [sys.executable, str(Path(__file__).resolve().parent.parent / "manage.py"), "shell", "-c", code]
-                flusher = subprocess.Popen(cmd, env=local_env(env), start_new_session=True)
+                log = open(folder / "logs" / server / "flusher.log", "ab")  # noqa: SIM115 - handed to the child
+                flusher = subprocess.Popen(
+                    cmd, env=local_env(env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                )
+                log.close()
                 leaders.append(flusher.pid)
             pids = group_pids(leaders)
             loads = [float(x) for x in (args.before_loads if server == "daphne" else args.loads).split(",")]
