@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from functools import lru_cache
 
 from django.conf import settings
@@ -175,9 +175,7 @@ def _write_orm(beat: PendingBeat) -> int:
     node = Node.objects.filter(pk=beat.node_id, banned=False, state=Node.State.ONLINE, last_seen_at__lte=beat.at)
     if not node.update(last_seen_at=beat.at, **stats):
         return 0
-    recent = beat.at - timedelta(seconds=settings.SWARM_HEARTBEAT_HISTORY_EVERY)
-    if not Heartbeat.objects.filter(node_id=beat.node_id, at__gt=recent).exists():
-        Heartbeat.objects.create(node_id=beat.node_id, at=beat.at, throughput=beat.throughput or 0.0, **stats)
+    Heartbeat.log_unless_recent(beat.node_id, beat.at, beat.cache_tokens_left, beat.open_sessions, beat.throughput)
     return 1
 
 

@@ -193,6 +193,21 @@ class Heartbeat(models.Model):
     def __str__(self) -> str:
         return f"node #{self.node_id} at {self.at:%Y-%m-%d %H:%M:%S}"
 
+    @classmethod
+    def log_unless_recent(
+        cls, node_id: int, at, cache_tokens_left: int, open_sessions: int, throughput: float | None
+    ) -> None:
+        """Add a history row unless the node has one from the last ``SWARM_HEARTBEAT_HISTORY_EVERY`` seconds."""
+        recent = at - timedelta(seconds=settings.SWARM_HEARTBEAT_HISTORY_EVERY)
+        if not cls.objects.filter(node_id=node_id, at__gt=recent).exists():
+            cls.objects.create(
+                node_id=node_id,
+                at=at,
+                cache_tokens_left=cache_tokens_left,
+                throughput=throughput or 0.0,
+                open_sessions=open_sessions,
+            )
+
 
 class SpanFile(models.Model):
     """A span of a model exported to ONNX for browser nodes, content-addressed by the file's SHA-256.

@@ -255,15 +255,7 @@ def _heartbeat_orm(token: NodeToken, node_id: int, beat: Beat, fields: dict, now
         health_changed(model_name)
     if behind:
         beats.vouch(token.pk, node_id)
-    recent = now - timedelta(seconds=settings.SWARM_HEARTBEAT_HISTORY_EVERY)
-    if not Heartbeat.objects.filter(node_id=node_id, at__gt=recent).exists():
-        Heartbeat.objects.create(
-            node_id=node_id,
-            at=now,
-            cache_tokens_left=beat.cache_tokens_left,
-            throughput=beat.throughput or 0.0,
-            open_sessions=beat.open_sessions,
-        )
+    Heartbeat.log_unless_recent(node_id, now, beat.cache_tokens_left, beat.open_sessions, beat.throughput)
     return Node.State.ONLINE
 
 
