@@ -173,6 +173,8 @@ SWARM_HEARTBEAT_HISTORY_EVERY = env_float("SWARM_HEARTBEAT_HISTORY_EVERY", 60.0)
 # database checks (bans, leaves and expiry take effect at once; an edit behind the tracker's back within this).
 SWARM_HEARTBEAT_WRITE_BEHIND = env_bool("SWARM_HEARTBEAT_WRITE_BEHIND", bool(REDIS_URL))
 SWARM_HEARTBEAT_VOUCH_TTL = env_float("SWARM_HEARTBEAT_VOUCH_TTL", 60.0)
+# A vouched node's heartbeat answered before Django (portal/swarm/fastbeat.py): a Redis token cache and one Lua call.
+SWARM_HEARTBEAT_FAST_PATH = env_bool("SWARM_HEARTBEAT_FAST_PATH", SWARM_HEARTBEAT_WRITE_BEHIND)
 SWARM_HEARTBEAT_FLUSH_EVERY = env_float("SWARM_HEARTBEAT_FLUSH_EVERY", 2.0)  # seconds between flushes (Celery beat)
 API_MAX_JSON_BYTES = env_int("API_MAX_JSON_BYTES", 16 * 1024)  # JSON request body limit (413 above)
 SWARM_MAX_NODES_PER_TOKEN = env_int("SWARM_MAX_NODES_PER_TOKEN", 8)  # active nodes one machine may run

@@ -6,8 +6,10 @@ daphne (``portal.asgi``) for what needs ASGI: websockets (chat, relay, live page
 hand-off, and the thread's database and Redis connections are reused. That was most of what a heartbeat cost
 under daphne (``make bench-portal``, docs/deploy.md).
 
-The node heartbeat (every node, every few seconds) goes through ``TRACKER_MIDDLEWARE``, the part of the
-middleware that a bearer-token JSON endpoint uses; everything else through the whole ``MIDDLEWARE``.
+The node heartbeat (every node, every few seconds) goes first to the fast path (``portal.swarm.fastbeat``:
+a vouched online node's heartbeat answered with one Redis call, no Django request, no PostgreSQL), and what it
+does not answer through ``TRACKER_MIDDLEWARE``, the part of the middleware that a bearer-token JSON endpoint
+uses; everything else through the whole ``MIDDLEWARE``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
 full_application = get_wsgi_application()
 
 from django.core.handlers.wsgi import WSGIHandler  # noqa: E402  (needs Django set up first)
+
+from portal.swarm.fastbeat import FastHeartbeats  # noqa: E402
 
 HEARTBEAT_PATH = re.compile(r"^/api/v1/nodes/[0-9]+/heartbeat/$")
 
@@ -44,7 +48,8 @@ class LeanHandler(WSGIHandler):
 
 
 class TrackerRouter:
-    """Sends ``POST /api/v1/nodes/<id>/heartbeat/`` to ``lean``, every other request to ``full``."""
+    """Sends ``POST /api/v1/nodes/<id>/heartbeat/`` to ``lean`` (the fast path, then the lean chain), every
+    other request to ``full``."""
 
     def __init__(self, full, lean) -> None:
         self.full, self.lean = full, lean
@@ -55,4 +60,4 @@ class TrackerRouter:
         return self.full(environ, start_response)
 
 
-application = TrackerRouter(full_application, LeanHandler(settings.TRACKER_MIDDLEWARE))
+application = TrackerRouter(full_application, FastHeartbeats(LeanHandler(settings.TRACKER_MIDDLEWARE)))

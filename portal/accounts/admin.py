@@ -4,6 +4,7 @@ from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin
 from django.contrib.auth.models import User
 
+from portal.accounts import tokencache
 from portal.accounts.models import ApiKey, NodeToken
 
 
@@ -34,7 +35,10 @@ class SwarmUserAdmin(UserAdmin):
     @admin.action(description="Ban the selected users (log-in, API keys and node tokens stop working)")
     def ban(self, request, queryset):
         # The tracker hides nodes of inactive owners, so their spans leave the swarm at once.
-        queryset.exclude(pk=request.user.pk).update(is_active=False)
+        banned = queryset.exclude(pk=request.user.pk)
+        user_ids = list(banned.values_list("pk", flat=True))
+        banned.update(is_active=False)  # no signals: the heartbeat fast path's token cache is told below
+        tokencache.forget_users(user_ids)
         self.message_user(request, "Banned.", messages.SUCCESS)
 
     @admin.action(description="Unban the selected users")

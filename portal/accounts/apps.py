@@ -8,3 +8,8 @@ class AccountsConfig(AppConfig):
 
     name = "portal.accounts"
     label = "accounts"
+
+    def ready(self) -> None:
+        from portal.accounts import tokencache
+
+        tokencache.connect()  # the heartbeat fast path's token cache follows revocations and bans
