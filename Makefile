@@ -158,6 +158,14 @@ bench-browser: model system-packages
 bench-all: model
 	$(PY) bench/all.py --pg $(PORTAL_PG) --redis $(PORTAL_REDIS) $(if $(BENCH_NOTE),--note "$(BENCH_NOTE)")
 
+.PHONY: bench-profile
+## Where the time goes: py-spy samples of each #24 goal's workload (every process it starts, set-up left out),
+## summed by process role and by what the code was doing (bench-all runs it last). TARGETS=sessions,chat picks some;
+## the folded stacks stay in /tmp/layerswarm-profiles (https://www.speedscope.app draws them).
+bench-profile: model
+	PROFILE_DATABASE_URL=$(PORTAL_PG) PROFILE_REDIS_URL=$(PORTAL_REDIS) $(PY) bench/profiles.py \
+	  --raw-dir /tmp/layerswarm-profiles $(if $(TARGETS),--targets $(TARGETS))
+
 .PHONY: bench-chat
 ## 20 simultaneous chat websockets against the demo swarm (embedded, then Redis + a run_gateway process):
 ## none lost or mixed up; aggregate tok/s and p95 time to first token, next to the swarm client alone.

@@ -62,6 +62,8 @@ BENCHMARKS = [
     Benchmark("torch_sessions", [*SWARM, "--backend", "torch", "--sessions", "1,8", "--runs", "2"], 600),
     Benchmark("int8", [*SWARM, "--dtype", "int8"], 400),
     Benchmark("backends", ["-m", "swarmnode", "bench-backends", "--model", "smollm2", "--json"], 660),
+    # Where the time goes for each goal's workload (py-spy); last, so that sampling never slows a measurement.
+    Benchmark("profiles", ["bench/profiles.py", "--json"], 2400),
 ]
 
 

@@ -391,6 +391,37 @@ def detail_markdown(run: dict) -> list[str]:
     return out
 
 
+def _shares(pairs, count: int) -> str:
+    return "; ".join(f"{name} {pct}%" for name, pct in (pairs or [])[:count]).replace("|", "/")
+
+
+def profile_markdown(run: dict) -> list[str]:
+    """Where the time goes (``bench/profiles.py``): per goal, each process role's busy time and what it did."""
+    profiles = result(run, "profiles")
+    if not isinstance(profiles, dict) or not profiles:
+        return []
+    out = ["### Where the time goes (py-spy, `bench/profiles.py`)", "",
+           "Each goal's workload sampled with py-spy while it runs (set-up and reference runs left out). Busy "
+           "cores: the role's busy Python threads per second of the stretch (a native call, ONNX Runtime's "
+           "arithmetic included, counts in the Python frame that made it; its extra intra-op threads are not "
+           "counted). Shares are of the role's own busy time; the profiler slows what it watches, so read "
+           "shares, not speeds.", ""]  # fmt: skip
+    for name, p in profiles.items():
+        if not isinstance(p, dict):
+            continue
+        head = f"**Goal {p.get('goal', '?')}: {p.get('what', name)}** (`{name}`)"
+        if p.get("error"):
+            out += [f"{head}: not profiled ({str(p['error']).strip().splitlines()[-1][:200]})", ""]
+            continue
+        out += [f"{head}: {p.get('seconds')} s sampled, {p.get('busy_s')} busy thread-seconds.", ""]
+        rows = [[r.get("role"), r.get("processes"), r.get("busy_cores"), f"{r.get('share_pct')}%",
+                 _shares(r.get("categories"), 4), _shares(r.get("frames"), 2)]
+                for r in p.get("roles", []) if (r.get("share_pct") or 0) >= 1]  # fmt: skip
+        out += _table(["role", "processes", "busy cores", "share", "doing (share of the role)", "top frames"], rows)
+        out += [""]
+    return out
+
+
 def _count(items) -> int | None:
     return len(items) if isinstance(items, list) else items
 
@@ -410,7 +441,8 @@ def benchmarks_section(run: dict, images: list[str]) -> str:
             f"{PETALS_LOCAL_TOK_S} tok/s in its environment) is the reference, not a same-run figure. "
             "Raw JSON of this run: [bench/latest.json](bench/latest.json).", ""]  # fmt: skip
     out += [f"![{Path(i).stem}]({i})" for i in images] + [""]
-    out += detail_markdown(run) + ["", "### Benchmarks run", ""] + status_markdown(run)
+    out += detail_markdown(run) + [""] + profile_markdown(run)
+    out += ["### Benchmarks run", ""] + status_markdown(run)
     return "\n".join(out) + "\n"
 
 
