@@ -4,12 +4,15 @@ Starts a real portal on a scratch database, creates N node tokens and registers 
 ``bench/locust_heartbeats.py`` (one Locust user per node, a fixed interval each) at several offered loads,
 twice in one run:
 
-- ``before`` (``--before direct``, the default): gunicorn's WSGI workers (``portal/wsgi.py``, deploy/) writing
+- ``before`` (``--before write-behind``, the default): gunicorn's WSGI workers (``portal/wsgi.py``, deploy/) with
+  write-behind heartbeats (``portal/swarm/beats.py``) but every heartbeat through Django (DRF, the token's SQL
+  lookup, then one Redis call: ``SWARM_HEARTBEAT_FAST_PATH=0``); ``--before direct``: the same workers writing
   every heartbeat to PostgreSQL (``SWARM_HEARTBEAT_WRITE_BEHIND=0``), as until #24 goal 5; ``--before daphne``:
   HTTP served by daphne processes instead (how the portal served heartbeats before that);
-- ``after``: the same gunicorn workers with write-behind heartbeats (``portal/swarm/beats.py``): an online
-  node's heartbeat goes to Redis, and a flusher process (standing in for the Celery beat task, every
-  ``SWARM_HEARTBEAT_FLUSH_EVERY`` s) writes them in batches. Its CPU counts as the portal's.
+- ``after``: the same gunicorn workers with write-behind heartbeats and the fast path in front of Django
+  (``portal/swarm/fastbeat.py``): a vouched online node's heartbeat is one Redis call, and a flusher process
+  (standing in for the Celery beat task, every ``SWARM_HEARTBEAT_FLUSH_EVERY`` s) writes them in batches. Its
+  CPU counts as the portal's.
 
 Each point of ``load_curve`` gives the achieved heartbeats/s, latency percentiles and the CPU the portal's
 own processes spent per heartbeat (``/proc``, over the same window as the latencies); PostgreSQL's, Redis'
@@ -207,8 +210,11 @@ while True:
 """
 
 
-def run_server(args: argparse.Namespace, server: str, folder: Path, write_behind: bool = False) -> dict:
-    """Fresh database, the portal with HTTP on ``server`` (daphne or gunicorn), N registrations, the curve."""
+def run_server(
+    args: argparse.Namespace, server: str, folder: Path, write_behind: bool = False, fast_path: bool = False
+) -> dict:
+    """Fresh database, the portal with HTTP on ``server`` (daphne or gunicorn), N registrations, the curve;
+    ``write_behind``: heartbeats buffered in Redis, ``fast_path``: and answered in front of Django."""
     base = os.environ.get("DATABASE_URL", "") or "sqlite://"
     with scratch_database(base, "layerswarm_bench", folder) as db_url:
         env = {
@@ -222,6 +228,7 @@ def run_server(args: argparse.Namespace, server: str, folder: Path, write_behind
             "SWARM_MAX_NODES_PER_TOKEN": "8",
             "API_THROTTLE_USER": "1000000000/min",  # measure the tracker, not the per-user rate limit (#17)
             "SWARM_HEARTBEAT_WRITE_BEHIND": "1" if write_behind else "0",
+            "SWARM_HEARTBEAT_FAST_PATH": "1" if fast_path else "0",
             "SWARM_HEARTBEAT_FLUSH_EVERY": str(args.flush_every),
         }
         gunicorn = server == "gunicorn"
@@ -264,8 +271,9 @@ def run_server(args: argparse.Namespace, server: str, folder: Path, write_behind
                     flusher.wait(10)
     best = best_rate(curve)
     return {
-        "server": server + (" write-behind" if write_behind else ""),
+        "server": server + (" write-behind" if write_behind else "") + (" fast-path" if fast_path else ""),
         "write_behind": write_behind,
+        "fast_path": fast_path,
         "processes": args.processes,
         "database": db_url.split("://")[0],
         "nodes": len(nodes),
@@ -284,7 +292,12 @@ def main() -> None:
         "--connections", type=int, default=32, help="keep-alive connections carrying them (Locust users; nginx's pool)"
     )
     parser.add_argument("--loads", default="100,300,1000", help="offered heartbeats/s, gunicorn")
-    parser.add_argument("--before", choices=["direct", "daphne", "none"], default="direct", help="the run to compare")
+    parser.add_argument(
+        "--before",
+        choices=["write-behind", "direct", "daphne", "none"],
+        default="write-behind",
+        help="the run to compare",
+    )
     parser.add_argument("--before-loads", default="100,300", help="offered heartbeats/s, --before daphne")
     parser.add_argument("--flush-every", type=float, default=2.0, help="seconds between write-behind flushes")
     parser.add_argument("--processes", type=int, default=2, help="HTTP server processes (daphne or gunicorn)")
@@ -296,8 +309,9 @@ def main() -> None:
         print("warning: DATABASE_URL is not PostgreSQL; measuring SQLite instead", file=sys.stderr)
     folder = Path(tempfile.mkdtemp(prefix="bench-portal-"))
     load_before = os.getloadavg()
-    after = run_server(args, "gunicorn", folder, write_behind=True)
+    after = run_server(args, "gunicorn", folder, write_behind=True, fast_path=True)
     before = {
+        "write-behind": lambda: run_server(args, "gunicorn", folder, write_behind=True),
         "direct": lambda: run_server(args, "gunicorn", folder),
         "daphne": lambda: run_server(args, "daphne", folder),
         "none": lambda: None,
@@ -307,7 +321,7 @@ def main() -> None:
         "cpu_model": cpu_model(),
         "load_average_before": [round(x, 2) for x in load_before],
         "redis": bool(os.environ.get("REDIS_URL")),
-        # The goal's figures (#24 goal 5), from the write-behind run: portal CPU per heartbeat at its busiest
+        # The goal's figures (#24 goal 5), from the fast-path run: portal CPU per heartbeat at its busiest
         # point, and the most heartbeats/s served with p99 < 100 ms and no failures.
         "cpu_ms_per_heartbeat": after["cpu_ms_per_heartbeat"],
         "heartbeats_per_s": after["heartbeats_per_s"],

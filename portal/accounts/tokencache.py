@@ -7,8 +7,8 @@ token, leaves ``<prefix>:tok:<digest>`` = ``<token id>:<user id>`` in the Redis 
 
 Withdrawal cannot simply delete the key: a lookup that read the token just before a revocation committed
 could write it again just after. So withdrawal writes a *tombstone* (``-``, for :data:`TOMBSTONE_SECONDS`,
-longer than any entry lives) and entries are written only where no key is (``SET NX``): a tombstone wins
-over any lookup in flight, and the token is looked up in the database again once it is gone.
+longer than any entry lives) and entries are written (or renewed) only where no tombstone is (one Lua step): a
+tombstone wins over any lookup in flight, and the token is looked up in the database again once it is gone.
 
 Withdrawn: a token saved (revoked, its expiry changed: the admin's form) or deleted, and every token of a
 user saved inactive (banned) or banned by the admin's bulk action; each inside the transaction and again once
@@ -20,15 +20,30 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
+from functools import lru_cache
 
 from django.conf import settings
 from django.core.cache import caches
 from django.core.cache.backends.redis import RedisCache
 from django.db import transaction
+from redis import Redis
 
 ENTRY_SECONDS = 60.0
 TOMBSTONE = "-"
 TOMBSTONE_SECONDS = 120  # longer than an entry lives, and than any request's lookup can take
+
+
+# Write the entry (or renew its lifetime: it then ends with the node's vouch, written by the same request) unless
+# a tombstone is there.
+_REMEMBER = """
+if redis.call('GET', KEYS[1]) ~= ARGV[3] then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
+"""
+
+
+@lru_cache(maxsize=16)
+def _remember_script(pool):
+    """:data:`_REMEMBER`, registered once per connection pool (EVALSHA; loaded again if Redis forgot it)."""
+    return Redis(connection_pool=pool).register_script(_REMEMBER)
 
 
 def _cache() -> RedisCache | None:
@@ -52,7 +67,9 @@ def remember(digest: str, token_id: int, user_id: int, expires_at: datetime | No
     if seconds < 0.001:
         return
     client = cache._cache.get_client(write=True)
-    client.set(key(cache, digest), f"{token_id}:{user_id}", px=int(seconds * 1000), nx=True)
+    _remember_script(client.connection_pool)(
+        keys=[key(cache, digest)], args=[f"{token_id}:{user_id}", int(seconds * 1000), TOMBSTONE]
+    )
 
 
 def forget(digests: Iterable[str]) -> None:

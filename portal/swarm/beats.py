@@ -12,7 +12,9 @@ PostgreSQL write:
 - **Admitting.** A heartbeat whose token matches the vouch is admitted by one Lua script (one round trip): the
   node's last-seen and stats go into the hash ``<prefix>:hb:pending`` (one field per node; the latest wins).
   Anything else (no vouch, another token: a foreign node id, a banned, offline or joining node) takes the
-  database path, which answers 404/403/410 and handles the joining -> online transition.
+  database path, which answers 404/403/410 and handles the joining -> online transition. Under gunicorn,
+  :mod:`portal.swarm.fastbeat` runs the same check (and the token's, from a Redis token cache) in front of
+  Django, so such a heartbeat costs no Django request at all.
 - **Forgetting.** Ban, leave, expiry and re-registration delete the node's vouch (inside their transaction, and
   again once it commits), so the next heartbeat takes the database path and is refused at once.
 - **Flushing.** :func:`take_pending` empties the hash atomically; the tracker's flush writes what it held in one

@@ -114,7 +114,7 @@ def _is_secure(environ) -> bool:
     return environ.get("wsgi.url_scheme") == "https"
 
 
-def _headers(secure: bool, length: int) -> list[tuple[str, str]]:
+def _headers(secure: bool) -> list[tuple[str, str]]:
     """What the lean chain's response carries (DRF's ``Response``, then ``SecurityMiddleware``, ``X-Request-ID``)."""
     headers = [
         ("Content-Type", "application/json"),
@@ -196,6 +196,6 @@ class FastHeartbeats:
             return self.django(environ, start_response)
         body = {"id": node_id, "state": "online", "heartbeat_interval": settings.SWARM_HEARTBEAT_INTERVAL}
         content = json.dumps(body, separators=(",", ":")).encode()
-        start_response("200 OK", _headers(_is_secure(environ), len(content)))
+        start_response("200 OK", _headers(_is_secure(environ)))
         FAST_HEARTBEATS.inc()
         return [content]

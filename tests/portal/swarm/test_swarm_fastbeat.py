@@ -26,7 +26,7 @@ from portal.swarm.models import Node
 from portal.wsgi import LeanHandler, application
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def _fast_path(settings) -> None:
     if not beats.enabled():
         pytest.skip("the fast path needs write-behind with the Redis cache (REDIS_URL)")
@@ -44,7 +44,7 @@ class Answer:
 
 
 @pytest.fixture
-def call(db):
+def call(db, _fast_path):
     """``call(path, body, token, **environ)``: a POST through ``portal.wsgi.application`` (or ``app=``); an
     :class:`Answer`. ``body`` is a dict (sent as JSON) or raw bytes."""
 
