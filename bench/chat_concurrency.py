@@ -33,7 +33,9 @@ from contextlib import ExitStack
 from http.cookiejar import CookieJar
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# The repository instead of this script's folder: a module there (bench/profile.py) would shadow the standard
+# library's ``profile``, which torch imports through cProfile.
+sys.path[:1] = [str(Path(__file__).resolve().parent.parent)]
 
 TOPICS = ["the moon", "bread", "a lighthouse", "rivers", "bicycles", "owls", "volcanoes", "chess", "tea",
           "glaciers", "bees", "trains", "violins", "deserts", "comets", "libraries", "coral reefs", "windmills",
@@ -79,8 +81,11 @@ async def ask(portal: str, session: str, question: str, new_tokens: int, start: 
         while True:
             message = json.loads(await asyncio.wait_for(ws.recv(), 600))
             kind = message["type"]
-            if kind == "accepted":
+            if kind == "accepted":  # the question is stored and admitted (database work on the portal)
                 seen["conversation"] = message["conversation"]["id"]
+                seen["accepted_s"] = time.perf_counter() - sent
+            elif kind == "started":  # a gateway took the request and built the prompt
+                seen["started_s"] = time.perf_counter() - sent
             elif kind == "token":
                 if seen["ttft_s"] is None:
                     seen["ttft_s"] = time.perf_counter() - sent
@@ -153,7 +158,7 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))] if values else float("nan")
 
 
-async def run(portal: str, session: str, sessions: int, new_tokens: int, solo: bool) -> dict:
+async def run(portal: str, session: str, sessions: int, new_tokens: int, solo: bool, compare: bool = True) -> dict:
     questions = [f"Write three sentences about {TOPICS[i % len(TOPICS)]}." for i in range(sessions)]
     await ask(portal, session, "Hello!", 8)  # warm-up: the gateway loads the model's client parts
     reference = {}
@@ -171,6 +176,8 @@ async def run(portal: str, session: str, sessions: int, new_tokens: int, solo: b
 
     failures, mixed, tokens, ttfts, unequal = [], [], 0, [], []
     conversations = set()
+    phases: dict[str, list[float]] = {"accepted_s": [], "started_s": []}  # where time to first token goes
+    messages: list[int] = []  # token messages per answer (several tokens may share one)
     for q, r in zip(questions, results, strict=True):
         if not isinstance(r, dict) or r.get("answers") != 1:
             failures.append({"question": q, "got": repr(r)[:300] if not isinstance(r, dict) else r.get("error")})
@@ -186,10 +193,17 @@ async def run(portal: str, session: str, sessions: int, new_tokens: int, solo: b
             unequal.append(q)
         tokens += r["done"]["usage"]["completion_tokens"]
         ttfts.append(r["ttft_s"])
-    swarm = await asyncio.to_thread(direct, portal, questions, new_tokens)
+        for phase in phases:
+            phases[phase].append(r.get(phase) or 0.0)
+        messages.append(r["done"].get("token_messages") or len(r["pieces"]))
+    if not compare:  # profiling the chat path alone
+        swarm = {"aggregate_tok_s": 0.0, "ttft_s": None, "answers": [None] * len(questions)}
+    else:
+        swarm = await asyncio.to_thread(direct, portal, questions, new_tokens)
     same = sum(
         1 for q, r, d in zip(questions, results, swarm.pop("answers"), strict=True)
-        if isinstance(r, dict) and "done" in r and r["done"]["message"]["content"].strip() == d.strip()
+        if d is not None and isinstance(r, dict) and "done" in r
+        and r["done"]["message"]["content"].strip() == d.strip()
     )  # fmt: skip
     gateway_rate = round(tokens / wall, 2)
     return {
@@ -207,6 +221,8 @@ async def run(portal: str, session: str, sessions: int, new_tokens: int, solo: b
             "p95": round(pct(ttfts, 0.95), 3),
             "max": round(max(ttfts), 3) if ttfts else None,
         },
+        "ttft_phases_p50_s": {k: round(pct(v, 0.5), 3) for k, v in phases.items()},
+        "token_messages_per_answer": round(sum(messages) / len(messages), 1) if messages else None,
         "swarm_client_direct": {**swarm, "answers_equal_to_chat": same},
         "chat_vs_direct_tok_s": round(gateway_rate / swarm["aggregate_tok_s"], 2) if swarm["aggregate_tok_s"] else None,
     }
@@ -222,6 +238,9 @@ def main() -> None:
     parser.add_argument("--backend", default="auto", help="the nodes' backend (auto, as in the demo)")
     parser.add_argument("--log-dir", type=Path, help="keep the portal's and nodes' logs here")
     parser.add_argument("--no-solo", action="store_true", help="skip the solo reference answers")
+    parser.add_argument(
+        "--no-direct", action="store_true", help="skip the direct swarm client (profile the chat alone)"
+    )
     args = parser.parse_args()
 
     with ExitStack() as stack:
@@ -254,7 +273,7 @@ def main() -> None:
             print(f"portal {portal} (gateway: {'run_gateway' if live.separate_gateway else 'in daphne'})",
                   file=sys.stderr)  # fmt: skip
         session = login(portal, user, password)
-        report = asyncio.run(run(portal, session, args.sessions, args.new_tokens, not args.no_solo))
+        report = asyncio.run(run(portal, session, args.sessions, args.new_tokens, not args.no_solo, not args.no_direct))
         report["channel_layer"] = "redis" if os.environ.get("REDIS_URL") else "in-memory"
         print(json.dumps(report, indent=2))
         if report["lost"] or report["mixed_up"]:

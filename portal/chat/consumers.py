@@ -130,6 +130,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         conversation = question.conversation
         call = GatewayCall(request, token_timeout=None)  # no stall limit: the user has a Stop button
         active = self.active = _Active(call, conversation.pk, dropped=question.dropped)
+        await active.call.open()  # the gateway starts on it while the browser hears that it was accepted
         await self.send_json(
             {
                 "type": "accepted",
@@ -142,7 +143,6 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 "question": question.message.as_dict() if question.message else None,
             }
         )
-        await active.call.open()
         task = asyncio.create_task(self._follow(active))
         self.follows.add(task)
         task.add_done_callback(self.follows.discard)

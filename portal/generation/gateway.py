@@ -15,6 +15,7 @@ control and heartbeat loops are restarted when they fail.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import threading
@@ -31,6 +32,7 @@ from django.db import connections
 from portal import metrics
 from portal.generation import reservations
 from portal.generation.decoding import Usage
+from portal.generation.outbox import Outbox
 from portal.generation.pool import ModelPool, SwarmUnavailable, shared_pool
 from portal.generation.protocol import CONTROL_GROUP, BadRequest, GenerationRequest
 from portal.generation.streaming import Cancelled, cancelled_before_start, done_reply, error_reply, serve_request
@@ -200,7 +202,9 @@ class Gateway:
         The reservation is settled with every token used, before ``gateway.done`` goes out, and also when
         the generation ends any other way (stopped, requester gone, swarm failure).
         """
-        emit = functools.partial(self._send_from_thread, request.reply_to, request.id, cancelled)
+        outbox = Outbox(self.loop, functools.partial(self._send_to, request.reply_to, request.id), cancelled,
+                        SEND_TIMEOUT_S)  # fmt: skip
+        emit = outbox.emit  # tokens do not wait for the loop: the swarm client keeps decoding
         usage = Usage()
         settled = not request.reservation
         try:
@@ -218,18 +222,12 @@ class Gateway:
                     reservations.settle(request.reservation, usage.total)
             except Exception:  # the database is down: the reservation expires (logged, never silent)
                 log.exception("settling %s (%d tokens) failed", request.reservation, usage.total)
+            with contextlib.suppress(Cancelled):  # queued tokens go out before _handle's error reply, if any
+                outbox.drain()
             connections.close_all()  # this thread's database connection (the tracker lookup, the ledger)
 
-    def _send_from_thread(self, reply_to: str, request_id: str, cancelled: threading.Event, kind: str, **fields):
-        if self.loop.is_closed():
-            cancelled.set()
-            raise Cancelled("the gateway stopped")
-        future = asyncio.run_coroutine_threadsafe(self._send(reply_to, kind, request_id, **fields), self.loop)
-        try:
-            future.result(SEND_TIMEOUT_S)
-        except Exception as exc:  # the requester's channel is full or gone: it stopped listening
-            cancelled.set()
-            raise Cancelled(str(exc)) from None
+    async def _send_to(self, reply_to: str, request_id: str, kind: str, **fields) -> None:
+        await self._send(reply_to, kind, request_id, **fields)
 
     async def _send(self, reply_to: str, kind: str, request_id: str, **fields) -> None:
         await self.layer.send(reply_to, {"type": kind, "id": request_id, **fields})
