@@ -189,6 +189,18 @@ def locust_point(url: str, nodes_file: Path, nodes: int, offered: float, pids: l
     return {"offered_per_s": offered, "interval_s": round(interval, 3), "connections": users, **point}
 
 
+def served_by(metrics: Path, registrations: int) -> dict:
+    """Heartbeats the fast path answered and those Django did (its POSTs less the registrations), over the whole
+    run, from the portal's Prometheus files (``portal/processes.py`` gives each run a fresh folder)."""
+    from prometheus_client import CollectorRegistry, multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(metrics))
+    fast = registry.get_sample_value("layerswarm_fast_heartbeats_total") or 0.0
+    posts = registry.get_sample_value("django_http_requests_total_by_method_total", {"method": "POST"}) or 0.0
+    return {"fast_path": int(fast), "django": max(0, int(posts) - registrations)}
+
+
 def cpu_per_heartbeat(curve: list[dict]) -> float | None:
     """The portal's CPU per heartbeat at the busiest point of a curve (the cost that sets capacity)."""
     served = [p for p in curve if p["achieved_per_s"] > 0]
@@ -265,6 +277,7 @@ def run_server(
             loads = [float(x) for x in (args.before_loads if server == "daphne" else args.loads).split(",")]
             try:
                 curve = [locust_point(portal.http_url, nodes_file, len(nodes), rate, pids, args) for rate in loads]
+                served = served_by(Path(local_env(portal.env)["PROMETHEUS_MULTIPROC_DIR"]), len(nodes))
             finally:
                 if flusher is not None:
                     flusher.terminate()
@@ -279,6 +292,7 @@ def run_server(
         "nodes": len(nodes),
         "register_per_s": round(len(nodes) / register_s, 1),
         "cpu_ms_per_heartbeat": cpu_per_heartbeat(curve),
+        "served_by": served,
         "heartbeats_per_s": best["achieved_per_s"] if best else 0.0,
         "p99_ms": best["p99_ms"] if best else None,
         "load_curve": curve,
