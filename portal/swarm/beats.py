@@ -77,7 +77,13 @@ def enabled() -> bool:
 
 def _redis() -> tuple[Redis, RedisCache]:
     cache = caches["default"]
-    return cache._cache.get_client(write=True), cache
+    return _pool_client(cache._cache._get_connection_pool(write=True)), cache
+
+
+@lru_cache(maxsize=16)
+def _pool_client(pool) -> Redis:
+    """One client per connection pool (thread-safe): the cache's ``get_client`` builds one per call."""
+    return Redis(connection_pool=pool)
 
 
 def _vouch_key(cache: RedisCache, node_id: int) -> str:
