@@ -365,12 +365,13 @@ def detail_markdown(run: dict) -> list[str]:
             continue
         stalls = ", ".join(f"{s:.2f}" for s in dig(fo, "stalls_s", default=[]) or [] if isinstance(s, int | float))
         rows.append([", ".join(dig(fo, "node_backends", default=[]) or []) or dig(fo, "backend"), dig(fo, "kills"),
-                     _triple(dig(fo, "stall")), _triple(dig(fo, "token_gap")), _yes(dig(fo, "tokens_equal")),
-                     stalls])  # fmt: skip
+                     _triple(dig(fo, "stall")), _triple(dig(fo, "token_gap")), replay_share(fo),
+                     _yes(dig(fo, "tokens_equal")), stalls])  # fmt: skip
     out += _table(
-        ["nodes", "kills", "stall median / p95 / max s", "token gap median / p95 / max s", "tokens equal", "stalls s"],
+        ["nodes", "kills", "stall median / p95 / max s", "token gap median / p95 / max s",
+         "replay: share of the stalls, ms per replayed token", "tokens equal", "stalls s"],
         rows,
-    )
+    )  # fmt: skip
     hb = heartbeat_figures(result(run, "heartbeats"))
     out += ["", "### Tracker heartbeats", ""]
     most = dig(result(run, "heartbeats"), "max_achieved_per_s")
@@ -420,6 +421,18 @@ def profile_markdown(run: dict) -> list[str]:
         out += _table(["role", "processes", "busy cores", "share", "doing (share of the role)", "top frames"], rows)
         out += [""]
     return out
+
+
+def replay_share(fo) -> str | None:
+    """Where a failover's stall goes: the replay's share of all stalls, and its milliseconds per replayed token
+    (the rest is noticing the failure and choosing the new route)."""
+    events = [e for e in dig(fo, "events", default=[]) or [] if isinstance(e, dict)]
+    stall = sum(sum(e.get("stall_s") or []) for e in events)
+    replay = sum(sum(e.get("replay_s") or []) for e in events)
+    tokens = sum(sum(e.get("replay_tokens") or []) for e in events)
+    if not stall or not tokens:
+        return None
+    return f"{100 * replay / stall:.0f}%, {1000 * replay / tokens:.1f} ms"
 
 
 def _count(items) -> int | None:

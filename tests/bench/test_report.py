@@ -110,3 +110,11 @@ def test_the_pytorch_failover_run_has_rows_of_its_own_and_counts_for_exactness(r
     assert report.tokens_equal_everywhere(run) is False
     report.render(run, root)
     assert "| torch | " in (root / "docs" / "benchmarks.md").read_text()
+
+
+def test_it_says_how_much_of_the_failover_stalls_the_replay_takes():
+    fo = {"events": [{"stall_s": [1.0], "replay_s": [0.9], "replay_tokens": [90]},
+                     {"stall_s": [0.5, 0.5], "replay_s": [0.3, 0.3], "replay_tokens": [30, 30]}]}  # fmt: skip
+    assert report.replay_share(fo) == "75%, 10.0 ms"
+    assert report.replay_share({"events": []}) is None
+    assert report.replay_share(None) is None
