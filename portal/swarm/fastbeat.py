@@ -54,7 +54,7 @@ FAST_HEARTBEATS = Counter("layerswarm_fast_heartbeats", "Heartbeats answered by 
 
 # KEYS: the token cache entry, the node's vouch, the pending hash. ARGV: node id, entry, throttle window in ms
 # ('' for none), the throttle counter's key without the user id, requests allowed per window.
-# Returns 1 if the beat is buffered; 0: Django answers (and, past the rate, counts and refuses it).
+# Returns 1 if the beat is buffered; 0: Django answers (and, past the rate, counts it again and refuses it).
 _ADMIT = """
 local cached = redis.call('GET', KEYS[1])
 if not cached then return 0 end
