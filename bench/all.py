@@ -52,6 +52,9 @@ BENCHMARKS = [
     Benchmark("swarm_default", SWARM, 420),
     Benchmark("swarm_onnx", [*SWARM, "--backend", "onnxruntime"], 300),
     Benchmark("sessions", [*SWARM, "--sessions", "1,8,16"], 600),
+    # Push mode (nodes forward activations themselves): beside the default chain mode, to decide the default.
+    Benchmark("swarm_onnx_push", [*SWARM, "--backend", "onnxruntime", "--push"], 300),
+    Benchmark("sessions_push", [*SWARM, "--sessions", "1,8,16", "--push"], 600),
     Benchmark("chat_memory", ["bench/chat_concurrency.py", "--sessions", "20"], 600),
     Benchmark("chat_redis", ["bench/chat_concurrency.py", "--sessions", "20"], 600, services=True),
     Benchmark("failover", FAILOVER, 660),

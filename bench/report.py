@@ -334,6 +334,7 @@ def detail_markdown(run: dict) -> list[str]:
     rows = []
     for name, label in (("swarm_default", "default nodes vs local `transformers`"),
                         ("swarm_onnx", "ONNX nodes vs local whole-model ONNX Runtime"),
+                        ("swarm_onnx_push", "ONNX nodes, push mode, vs local whole-model ONNX Runtime"),
                         ("torch", "PyTorch nodes vs local `transformers`"),
                         ("int8", "int8 nodes vs local fp32 `transformers`")):  # fmt: skip
         r = result(run, name)
@@ -342,12 +343,15 @@ def detail_markdown(run: dict) -> list[str]:
     out += _table(["run", "local tok/s", "swarm tok/s", "ratio", "tokens equal", "token agreement"], rows)
     out += ["", "### Concurrent sessions (3 nodes)", ""]
     rows = []
-    for name in ("sessions", "torch_sessions"):
+    for name in ("sessions", "sessions_push", "torch_sessions"):
         for r in result(run, name) or []:
             if isinstance(r, dict):
+                batch = r.get("mean_batch")
+                batch = ", ".join(str(b) for b in batch) if isinstance(batch, list) else batch
                 rows.append([name, r.get("sessions"), r.get("aggregate_tok_s"), r.get("speedup_vs_first"),
-                             r.get("p95_step_s"), _yes(r.get("tokens_equal"))])  # fmt: skip
-    out += _table(["bench", "sessions", "aggregate tok/s", "× one session", "p95 step s", "tokens equal"], rows)
+                             r.get("p95_step_s"), batch, _yes(r.get("tokens_equal"))])  # fmt: skip
+    out += _table(["bench", "sessions", "aggregate tok/s", "× one session", "p95 step s", "jobs per pass (each node)",
+                   "tokens equal"], rows)  # fmt: skip
     out += ["", "### Chat, 20 browser sessions at once", ""]
     rows = []
     for name in ("chat_memory", "chat_redis"):

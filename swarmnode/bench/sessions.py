@@ -88,8 +88,10 @@ def run_bench_sessions(
     backend: str = "auto",
     rounds: int = 3,
     prefix_reuse: bool = True,
+    push: bool = False,
 ) -> list[dict]:
-    """Measure ``levels`` concurrent sessions through ``nodes`` local node processes.
+    """Measure ``levels`` concurrent sessions through ``nodes`` local node processes (``push``: the nodes
+    forward each step's activations to the next node themselves instead of returning them to the client).
 
     The levels run ``rounds`` times, interleaved (1, 4, 8, 16, 1, 4, ...), so that drifting
     machine load hits every level alike; each figure is the median over the rounds. The prompts
@@ -115,7 +117,7 @@ def run_bench_sessions(
         tempfile.TemporaryDirectory() as logs,
         LocalSwarm(model, checkpoint.num_blocks, nodes, extra_args=node_args, log_dir=Path(logs)) as swarm,
     ):
-        remote = AutoDistributedModelForCausalLM.from_pretrained(model, peers=swarm.urls)
+        remote = AutoDistributedModelForCausalLM.from_pretrained(model, peers=swarm.urls, push=push)
         remote.generate(prompts[0], **opts)  # warm-up
         alone = [remote.generate(ids, **opts)[0, ids.shape[1] :].tolist() for ids in prompts]
         runs: dict[int, list[dict]] = {level: [] for level in levels}

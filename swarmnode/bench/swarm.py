@@ -81,8 +81,11 @@ def run_bench(
     prompt: str = DEFAULT_PROMPT,
     backend: str = "auto",
     dtype: str | None = None,
+    push: bool = False,
 ) -> dict:
     """Measure local decoding and the same greedy generation through ``nodes`` local processes.
+
+    ``push``: the nodes forward each step's activations to the next node themselves (server-to-server).
 
     ``backend="auto"``: local ``transformers`` ``generate`` vs nodes on their default backend
     (on CPU the faster of ONNX Runtime and PyTorch, measured at start-up).
@@ -133,7 +136,7 @@ def run_bench(
         tempfile.TemporaryDirectory() as logs,
         LocalSwarm(model, checkpoint.num_blocks, nodes, extra_args=node_args, log_dir=Path(logs)) as swarm,
     ):
-        remote = AutoDistributedModelForCausalLM.from_pretrained(model, peers=swarm.urls)
+        remote = AutoDistributedModelForCausalLM.from_pretrained(model, peers=swarm.urls, push=push)
         node_backends = {n.ready["backend"] for n in swarm.nodes}
 
         def run_swarm(streamer):

@@ -7,6 +7,8 @@ import json
 
 
 def _bench(args: argparse.Namespace) -> None:
+    if args.push and args.relay:
+        raise SystemExit("--push applies to the plain swarm bench and --sessions, not with --relay")
     if args.dtype and (args.sessions or args.relay):
         raise SystemExit("--dtype applies to the plain swarm vs local bench, not with --sessions or --relay")
     if args.sessions:
@@ -22,6 +24,7 @@ def _bench(args: argparse.Namespace) -> None:
             backend=backend,
             rounds=args.runs,
             prefix_reuse=not args.no_prefix_reuse,
+            push=args.push,
         )
         base = rows[0]["aggregate_tok_s"]
         for row in rows:
@@ -37,7 +40,13 @@ def _bench(args: argparse.Namespace) -> None:
     from swarmnode.bench.swarm import run_bench  # torch
 
     result = run_bench(
-        args.model, args.nodes, args.new_tokens, args.runs, backend=args.backend or "auto", dtype=args.dtype
+        args.model,
+        args.nodes,
+        args.new_tokens,
+        args.runs,
+        backend=args.backend or "auto",
+        dtype=args.dtype,
+        push=args.push,
     )
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
 
@@ -110,6 +119,9 @@ def add_commands(sub) -> None:
     )
     bench.add_argument(
         "--relay", action="store_true", help="the same nodes directly vs through a relay (encrypted), one run"
+    )
+    bench.add_argument(
+        "--push", action="store_true", help="server-to-server push: nodes forward activations (not with --relay)"
     )
     bench.add_argument("--json", action="store_true", help="one line of JSON")
     bench.set_defaults(func=_bench)

@@ -29,3 +29,14 @@ def test_it_prints_its_version_without_loading_torch():
     code += "print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.split() == ["swarmnode", __version__, "False"]
+
+
+def test_bench_refuses_push_through_a_relay_before_starting_anything():
+    from swarmnode.cli import main
+
+    try:
+        main(["bench", "--push", "--relay"])
+    except SystemExit as exc:
+        assert "--push applies to the plain swarm bench and --sessions" in str(exc.code)
+    else:
+        raise AssertionError("bench --push --relay ran")
