@@ -5,11 +5,18 @@ a portal with small JSON bodies. Whatever answers at the portal's address may be
 hostile, so every exchange here is bounded: a timeout per network operation and a deadline for
 the whole exchange, a cap on the reply's size (decompressed), no redirects for requests that carry
 a token, and failures folded into a few exception types callers already handle.
+
+The TLS context (the system's CA bundle, loaded and parsed: ~10-40 ms of CPU) is built once per process and
+per CA setting, not for every exchange: a node heartbeats every few seconds, and building it each time was
+about half of a busy node's CPU in ``bench/chat_concurrency.py``'s profile (#24).
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import os
+import ssl
 import time
 from typing import Any
 
@@ -37,6 +44,16 @@ class PortalHTTPError(Exception):
         self.detail = detail
         self.code = code
         self.retry_after = retry_after
+
+
+@functools.lru_cache(maxsize=8)
+def _tls_context(cert_file: str | None, cert_dir: str | None) -> ssl.SSLContext:
+    return httpx.create_ssl_context()  # reads SSL_CERT_FILE / SSL_CERT_DIR itself: the cache is keyed on them
+
+
+def tls_context() -> ssl.SSLContext:
+    """The verifying TLS context every exchange uses (one per ``SSL_CERT_FILE``/``SSL_CERT_DIR`` setting)."""
+    return _tls_context(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
 
 
 def call_json(
@@ -79,6 +96,7 @@ def call_json(
             headers=headers,
             timeout=timeout,
             follow_redirects=not token,
+            verify=tls_context(),
         ) as response:
             if response.status_code >= 300:
                 raw = _read(response, _ERROR_BODY_BYTES, deadline, truncate=True)

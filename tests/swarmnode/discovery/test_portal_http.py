@@ -131,3 +131,18 @@ def test_the_tracker_reads_spans_and_names_an_unknown_model(portal):
     portal.answer = lambda h: send(h, 404, b'{"detail": "no"}')
     with pytest.raises(TrackerError, match="does not know"):
         fetch_spans(portal.url, "nope", timeout=5)
+
+
+def test_the_tls_context_is_built_once_not_for_every_exchange(portal, monkeypatch):
+    import ssl
+
+    from swarmnode.discovery import portal_http
+
+    loads = []  # CA bundles loaded and parsed: the expensive part of a TLS context
+    real = ssl.SSLContext.load_verify_locations
+    monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", lambda *a, **k: loads.append(1) or real(*a, **k))
+    monkeypatch.setenv("SSL_CERT_DIR", "/nonexistent-for-this-test")  # a CA setting of its own: a fresh entry
+    for _ in range(5):
+        assert call_json("GET", portal.url + "/x/", timeout=5) == {}
+    assert len(loads) == 1
+    assert portal_http.tls_context().verify_mode == ssl.CERT_REQUIRED
