@@ -409,8 +409,9 @@ def profile_markdown(run: dict) -> list[str]:
            "Each goal's workload sampled with py-spy while it runs (set-up and reference runs left out). Busy "
            "cores: the role's busy Python threads per second of the stretch (a native call, ONNX Runtime's "
            "arithmetic included, counts in the Python frame that made it; its extra intra-op threads are not "
-           "counted). Shares are of the role's own busy time; the profiler slows what it watches, so read "
-           "shares, not speeds.", ""]  # fmt: skip
+           "counted; a thread blocked inside a C call py-spy cannot tell from work, such as psycopg's wait or a "
+           "blocking socket read, counts as busy too). Shares are of the role's own busy time; the profiler "
+           "slows what it watches, so read shares, not speeds.", ""]  # fmt: skip
     for name, p in profiles.items():
         if not isinstance(p, dict):
             continue
